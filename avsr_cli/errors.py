@@ -1,0 +1,25 @@
+"""Errors a user can act on: each carries a one-line message naming the file and the problem."""
+
+from __future__ import annotations
+
+
+class AvsrError(Exception):
+    """Base class for user-facing errors (printed as one line by the CLI, no traceback)."""
+
+    exit_code = 1
+
+
+class MediaError(AvsrError):
+    """A media file cannot be read or holds no usable stream."""
+
+
+class CheckpointError(AvsrError):
+    """A checkpoint is missing, unknown, or malformed."""
+
+    exit_code = 2
+
+
+class UsageError(AvsrError):
+    """The request itself cannot be carried out (e.g. an unwritable output directory): nothing was done."""
+
+    exit_code = 2

@@ -1,0 +1,170 @@
+"""The AVSR model: frozen encoders -> compression -> projectors -> LLM (with LoRA) that writes the transcript.
+
+Input sequence, as Llama-AVSR models/modeling_AVSRLLM.py `prepare_inputs` builds it (and Omni-AVSR alike):
+    [BOS] <audio> A_1..A_n </audio> <video> V_1..V_m </video> PROMPT  -> generate
+Training appends the transcript tokens + EOS, with labels -100 everywhere before the transcript.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .decoding import DecodingOptions, generation_config
+from .llm import TokenIds, set_active_adapters
+from .projector import ModalityProjector
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModalityInputs:
+    """Encoder frames per clip for one modality, and the compression rate to apply."""
+
+    frames: list[torch.Tensor]
+    rate: int
+
+
+class AVSRModel(nn.Module):
+    """Projectors + LLM around frozen encoders; `generate` and `loss` take per-clip encoder frames."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        llm: nn.Module,
+        tokenizer,
+        ids: TokenIds,
+        audio_encoder: nn.Module | None = None,
+        video_encoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.ids = ids
+        self.audio_encoder = audio_encoder
+        self.video_encoder = video_encoder
+        c, hidden = config, config.llm.hidden_size
+        self.projectors = nn.ModuleDict()
+        for modality, enc in (("audio", c.audio_encoder), ("video", c.video_encoder)):
+            if enc is not None and c.rates(modality):
+                self.projectors[modality] = ModalityProjector(
+                    enc.dim,
+                    c.rates(modality),
+                    c.compression.mode,
+                    c.projector.intermediate_size,
+                    hidden,
+                    c.projector.layernorm,
+                )
+        self._prompt_cache: dict[str, list[int]] = {}
+        self._active: list[str] | None = None
+
+    # -- input construction -------------------------------------------------------------------------
+    def prompt_ids(self, mode: str) -> list[int]:
+        """Prompt token ids without BOS/EOS.
+
+        The reference tokenizes with a post-processor that adds BOS and EOS and keeps `input_ids[:, 1:-1]`
+        (Llama-AVSR modeling L401; Omni-AVSR prompt_* buffers); tokenizing without special tokens is equal.
+        """
+        if mode not in self._prompt_cache:
+            self._prompt_cache[mode] = self.tokenizer(
+                self.config.prompts[mode], add_special_tokens=False
+            ).input_ids
+        return self._prompt_cache[mode]
+
+    def target_ids(self, text: str) -> list[int]:
+        """Transcript tokens + EOS; plain text with no leading space, as the reference trains."""
+        return self.tokenizer(text, add_special_tokens=False).input_ids + [self.ids.eos]
+
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        emb = self.llm.get_input_embeddings()
+        return emb(torch.tensor(ids, device=emb.weight.device))
+
+    def sequences(
+        self,
+        mode: str,
+        audio: ModalityInputs | None,
+        video: ModalityInputs | None,
+        targets: list[list[int]] | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per clip: the input embedding sequence (L_i, H) and its labels (L_i,)."""
+        proj_a = self.projectors["audio"](audio.frames, audio.rate) if audio is not None else None
+        proj_v = self.projectors["video"](video.frames, video.rate) if video is not None else None
+        n = len((audio or video).frames)
+        ids, prompt = self.ids, self.prompt_ids(mode)
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        seqs, labels = [], []
+        for i in range(n):
+            parts = [self._embed([ids.bos])] if ids.bos is not None else []
+            # Audio block first, then video: the reference inserts video after BOS, then audio after BOS.
+            if proj_a is not None:
+                parts += [self._embed([ids.audio_start]), proj_a[i], self._embed([ids.audio_end])]
+            if proj_v is not None:
+                parts += [self._embed([ids.video_start]), proj_v[i], self._embed([ids.video_end])]
+            parts.append(self._embed(prompt))
+            n_context = sum(p.shape[0] for p in parts)
+            label = [IGNORE_INDEX] * n_context
+            if targets is not None:
+                parts.append(self._embed(targets[i]))
+                label += targets[i]
+            seqs.append(torch.cat([p.to(dtype) for p in parts]))
+            labels.append(torch.tensor(label, device=seqs[-1].device))
+        return seqs, labels
+
+    def _pad_left(self, seqs: list[torch.Tensor], labels: list[torch.Tensor]):
+        """Left-pad a batch (so generation continues every row from its last real token)."""
+        length = max(s.shape[0] for s in seqs)
+        hidden, device, dtype = seqs[0].shape[1], seqs[0].device, seqs[0].dtype
+        pad_emb = self._embed([self.ids.pad])[0].to(dtype)
+        embeds = pad_emb.expand(len(seqs), length, hidden).clone()
+        mask = torch.zeros(len(seqs), length, dtype=torch.long, device=device)
+        lab = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long, device=device)
+        for i, (s, y) in enumerate(zip(seqs, labels, strict=True)):
+            embeds[i, length - s.shape[0] :] = s
+            mask[i, length - s.shape[0] :] = 1
+            lab[i, length - s.shape[0] :] = y
+        return embeds, mask, lab
+
+    def _activate(self, mode: str) -> None:
+        """Switch the LLM's LoRA to the adapters of `mode` (shared and/or the task's)."""
+        if self.config.lora is not None:
+            names = self.config.lora.active_adapters(mode)
+            if names != self._active:
+                set_active_adapters(self.llm, names)
+                self._active = names
+
+    # -- training and decoding ----------------------------------------------------------------------
+    def loss(
+        self, mode: str, audio: ModalityInputs | None, video: ModalityInputs | None, targets: list[list[int]]
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy over the transcript tokens (+EOS) of a batch."""
+        self._activate(mode)
+        seqs, labels = self.sequences(mode, audio, video, targets)
+        embeds, mask, lab = self._pad_left(seqs, labels)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=lab).loss
+
+    @torch.no_grad()
+    def generate(
+        self, mode: str, audio: ModalityInputs | None, video: ModalityInputs | None, options: DecodingOptions
+    ) -> list[str]:
+        """Transcripts for a batch of clips, decoded as the reference decodes them."""
+        self._activate(mode)
+        seqs, labels = self.sequences(mode, audio, video)
+        embeds, mask, _ = self._pad_left(seqs, labels)
+        gen = generation_config(options, self.config.decoding, self.ids)
+        generator_state = None
+        if gen.do_sample:
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(options.seed)
+        try:
+            out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gen)
+        finally:
+            if generator_state is not None:
+                torch.random.set_rng_state(generator_state)
+        # Reference: batch_decode(skip_special_tokens=True, clean_up_tokenization_spaces=False), nothing else.
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return [t.strip() for t in texts]

@@ -1,0 +1,184 @@
+"""The `avsr` command on a tiny random checkpoint: options, outputs, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tiny import tiny_config
+from typer.testing import CliRunner
+
+from avsr_cli import __version__
+from avsr_cli.checkpoint import build_model, save_checkpoint
+from avsr_cli.cli import app
+
+runner = CliRunner()
+
+
+def ffmpeg(*args):
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_dirs, tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(*tiny_dirs))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2", str(d / "tone.wav"))
+    ffmpeg("-f", "lavfi", "-i", "anoisesrc=d=1.5:a=0.3:seed=1", "-c:a", "aac", str(d / "noise.m4a"))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=duration=1:rate=25:size=64x64", str(d / "video_only.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "2", str(d / "silence.wav"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=0.1", str(d / "short.wav"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=31", str(d / "long.flac"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=500:duration=1", str(d / "-dash.wav"))
+    (d / "empty.wav").write_bytes(b"")
+    (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    (d / "folder").mkdir()
+    return d
+
+
+def run(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"avsr {__version__}"
+    for args in (["--help"], ["transcribe", "--help"], ["import-checkpoint", "--help"]):
+        r = run(*args)
+        assert r.exit_code == 0 and "Usage" in r.stdout
+    assert "--output-format" in run("transcribe", "--help").stdout
+
+
+def test_transcribe_writes_every_format(ckpt, media, tmp_path):
+    out = tmp_path / "out"
+    r = run(
+        "transcribe",
+        media / "tone.wav",
+        media / "noise.m4a",
+        "-c",
+        ckpt,
+        "--output-format",
+        "all",
+        "--output-dir",
+        out,
+        "--num-beams",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    )
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2  # one transcript line per file on stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        f"{s}.{e}" for s in ("tone", "noise") for e in ("txt", "json", "srt", "vtt", "tsv")
+    )
+    data = json.loads((out / "tone.json").read_text())
+    assert data["text"] == lines[0] and data["mode"] == "asr" and abs(data["duration"] - 2.0) < 0.01
+    assert data["options"]["decoding"]["num_beams"] == 2
+    assert {"demux", "features", "encoder", "llm"} <= set(data["timings"])
+    assert (out / "tone.txt").read_text() == lines[0] + "\n"
+
+
+def test_json_on_stdout_and_env_checkpoint(ckpt, media):
+    r = run(
+        "transcribe",
+        media / "tone.wav",
+        "-f",
+        "json",
+        "--max-new-tokens",
+        "3",
+        env={"AVSR_CHECKPOINT": str(ckpt)},
+    )
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["path"].endswith("tone.wav")
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("absent.wav", "no such file"),
+        ("folder", "is a directory"),
+        ("empty.wav", "empty file"),
+        ("corrupt.mp4", "cannot read media file"),
+        ("video_only.mp4", "has no audio stream"),
+        ("short.wav", "only 0.10 s long"),
+        ("long.flac", "longer than the 30 s"),
+    ],
+)
+def test_bad_file_is_reported_and_skipped(ckpt, media, tmp_path, name, message):
+    out = tmp_path / "out"
+    r = run("transcribe", media / name, media / "tone.wav", "-c", ckpt, "-o", out, "--max-new-tokens", "3")
+    assert r.exit_code == 1
+    err_lines = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(err_lines) == 1 and name in err_lines[0] and message in err_lines[0]
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["tone.txt"]  # the good file is still done
+    assert len(r.stdout.splitlines()) == 1
+
+
+def test_silence_gives_empty_transcript_and_a_warning(ckpt, media, tmp_path):
+    r = run("transcribe", media / "silence.wav", "-c", ckpt, "-o", tmp_path, "-f", "srt")
+    assert r.exit_code == 0
+    assert "no speech" in r.stderr and "silence.wav" in r.stderr
+    assert r.stdout == "" and (tmp_path / "silence.srt").read_text() == ""
+
+
+def test_path_beginning_with_dash(ckpt, media, monkeypatch):
+    monkeypatch.chdir(media)
+    r = run("transcribe", "-c", ckpt, "--max-new-tokens", "3", "--", "-dash.wav")
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 1
+
+
+def test_usage_errors_exit_2_before_any_work(ckpt, media, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = run("transcribe", media / "tone.wav", "-c", ckpt, "-o", tmp_path / "file" / "sub")
+    assert r.exit_code == 2 and "not writable" in r.stderr and "Traceback" not in r.stderr
+    r = run("transcribe", media / "tone.wav", "-c", "no-such-model")
+    assert r.exit_code == 2 and "unknown checkpoint 'no-such-model'" in r.stderr
+    r = run("transcribe", media / "tone.wav", env={"AVSR_CHECKPOINT": ""})
+    assert r.exit_code == 2 and "no checkpoint given" in r.stderr
+    r = run("transcribe", media / "tone.wav", "-c", ckpt, "--mode", "vsr")
+    assert r.exit_code == 2 and "supports modes asr" in r.stderr
+    r = run("transcribe", media / "tone.wav", "-c", ckpt, "--audio-rate", "7")
+    assert r.exit_code == 2 and "rates [4], not 7" in r.stderr
+
+
+def test_debug_shows_the_traceback(media):
+    r = run("--debug", "transcribe", media / "tone.wav", "-c", "no-such-model")
+    assert r.exit_code != 0 and isinstance(r.exception, Exception)
+
+
+def test_python_dash_m_entry_point(ckpt, media):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avsr_cli",
+            "transcribe",
+            str(media / "tone.wav"),
+            "-c",
+            str(ckpt),
+            "--max-new-tokens",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.splitlines()) == 1
+    assert "Loading weights" not in p.stderr and "Traceback" not in p.stderr

@@ -1,0 +1,215 @@
+"""avsr_cli.media: decoding through ffmpeg, with inputs generated at test time from ffmpeg's lavfi sources."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avsr_cli import media
+from avsr_cli.errors import MediaError
+from avsr_cli.media import SAMPLE_RATE, load_audio, load_video, probe
+
+FFMPEG = media.find_ffmpeg()
+pytestmark = pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg binary (apt install ffmpeg)")
+LRS3 = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "lrs3_example.mp4"
+DUR = 2.0
+
+
+def ffmpeg(*args: str, exe: str | None = None) -> None:
+    subprocess.run([exe or FFMPEG, "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def sine(freq: float, rate: int = 48000, channels: int = 1) -> list[str]:
+    expr = "|".join([f"0.5*sin(2*PI*{freq}*t)"] * channels)
+    return ["-f", "lavfi", "-i", f"aevalsrc={expr}:s={rate}:d={DUR}"]
+
+
+TESTSRC = ["-f", "lavfi", "-i", f"testsrc=s=96x64:r=30:d={DUR}"]
+X264 = ["-c:v", "libx264", "-preset", "ultrafast"]
+AUDIO_CASES = {  # name: (frequency, ffmpeg args producing it)
+    "mono.wav": (440, sine(440, 16000)),
+    "stereo44k.wav": (440, sine(440, 44100, 2)),
+    "8k.wav": (1000, sine(1000, 8000)),
+    "flac.flac": (523, sine(523, 22050)),
+    "mp3.mp3": (440, [*sine(440, 44100, 2), "-b:a", "128k"]),
+    "aac.m4a": (880, [*sine(880, 44100), "-c:a", "aac"]),
+    "av.mp4": (440, [*TESTSRC, *sine(440), *X264, "-c:a", "aac", "-shortest"]),
+    "av.mkv": (660, [*TESTSRC, *sine(660), *X264, "-c:a", "flac"]),
+    "av.webm": (440, [*TESTSRC, *sine(440), "-c:v", "libvpx", "-deadline", "realtime", "-c:a", "libopus"]),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("media")
+    for name, (_, args) in AUDIO_CASES.items():
+        ffmpeg(*args, str(d / name))
+    ffmpeg(*TESTSRC, *X264, str(d / "silent.mp4"))
+    ffmpeg("-f", "lavfi", "-i", f"color=c=red:s=32x32:r=30:d={DUR}", *X264, str(d / "red.mp4"))
+    ffmpeg("-f", "lavfi", "-i", f"anoisesrc=a=1:c=white:r=16000:d={DUR}", str(d / "noise.wav"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"aevalsrc=0.5*sin(2*PI*440*t)|-0.5*sin(2*PI*440*t):s=16000:d={DUR}",
+        str(d / "antiphase.wav"),
+    )
+    ffmpeg("-f", "lavfi", "-i", f"aevalsrc=0.5*sin(2*PI*440*t)|0:s=16000:d={DUR}", str(d / "left.wav"))
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000", "-t", "0", str(d / "zero.wav"))
+    shutil.copy(d / "mono.wav", d / "-clip.wav")
+    shutil.copy(d / "mono.wav", d / "a:b.wav")
+    (d / "empty.wav").touch()
+    (d / "garbage.mp4").write_bytes(b"this is not a media file\n" * 200)
+    (d / "truncated.mp4").write_bytes((d / "av.mp4").read_bytes()[:2000])
+    (d / "folder.wav").mkdir()
+    return d
+
+
+def peak_hz(audio: np.ndarray, rate: int = SAMPLE_RATE) -> float:
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return float(np.argmax(spectrum) * rate / len(audio))
+
+
+@pytest.mark.parametrize("name", AUDIO_CASES)
+def test_load_audio_containers(files: Path, name: str) -> None:
+    audio = load_audio(files / name)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) - DUR * SAMPLE_RATE) < 0.06 * SAMPLE_RATE  # codec priming/padding
+    assert np.abs(audio).max() <= 1.0
+    rms = np.sqrt(np.mean(audio[4000:-4000] ** 2))
+    assert rms == pytest.approx(0.5 / np.sqrt(2), rel=0.05)  # the 0.5 amplitude survives coding, resampling
+    assert abs(peak_hz(audio) - AUDIO_CASES[name][0]) < 3
+
+
+def test_stereo_downmix_is_channel_mean(files: Path) -> None:
+    left = load_audio(files / "left.wav")  # 0.5 sine on the left, silence on the right
+    assert np.abs(left).max() == pytest.approx(0.25, abs=0.01)  # ffmpeg's default would give 0.354
+    assert np.abs(load_audio(files / "antiphase.wav")).max() < 1e-3
+
+
+def test_load_audio_range_and_rate(files: Path) -> None:
+    noise = load_audio(files / "noise.wav")
+    assert noise.min() >= -1.0 and noise.max() <= 1.0 and noise.std() > 0.1
+    audio8k = load_audio(files / "stereo44k.wav", sample_rate=8000)
+    assert len(audio8k) == pytest.approx(DUR * 8000, abs=10)
+    assert abs(peak_hz(audio8k, 8000) - 440) < 3
+
+
+def test_zero_length_stream(files: Path) -> None:
+    assert load_audio(files / "zero.wav").shape == (0,)
+
+
+def test_odd_names(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(files)
+    assert len(load_audio("-clip.wav")) == DUR * SAMPLE_RATE
+    assert probe("-clip.wav").duration == pytest.approx(DUR)
+    assert len(load_audio("a:b.wav")) == DUR * SAMPLE_RATE
+    with pytest.raises(MediaError, match="-missing.wav: no such file"):
+        load_audio("-missing.wav")
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("nope.wav", "no such file"),
+        ("folder.wav", "is a directory"),
+        ("empty.wav", "empty file"),
+        ("garbage.mp4", "cannot read media file"),
+        ("truncated.mp4", "cannot read media file"),
+        ("silent.mp4", "has no audio stream"),
+    ],
+)
+def test_bad_inputs(files: Path, name: str, problem: str) -> None:
+    with pytest.raises(MediaError) as err:
+        load_audio(files / name)
+    message = str(err.value)
+    assert name in message and problem in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_bad_inputs_probe_and_video(files: Path) -> None:
+    for name in ("nope.wav", "folder.wav", "empty.wav", "garbage.mp4"):
+        with pytest.raises(MediaError, match=name):
+            probe(files / name)
+    with pytest.raises(MediaError, match="mono.wav: has no video stream"):
+        load_video(files / "mono.wav")
+
+
+def test_ffmpeg_missing(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(media.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import fails
+    for fn in (load_audio, probe, load_video):
+        with pytest.raises(MediaError, match="mono.wav: .*ffmpeg not found"):
+            fn(files / "mono.wav")
+
+
+def test_imageio_ffmpeg_without_ffprobe(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only imageio-ffmpeg's binary (a newer ffmpeg, no ffprobe): decoding, probing and errors still work."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    monkeypatch.setattr(media.shutil, "which", lambda name: None)
+    assert media.find_ffmpeg() == imageio_ffmpeg.get_ffmpeg_exe() and media.find_ffprobe() is None
+    assert abs(peak_hz(load_audio(files / "av.mkv")) - 660) < 3
+    info = probe(files / "av.mp4")
+    assert (info.width, info.height, info.video_fps, info.audio_channels) == (96, 64, 30, 1)
+    with pytest.raises(MediaError, match="silent.mp4: has no audio stream"):
+        load_audio(files / "silent.mp4")
+    with pytest.raises(MediaError, match="garbage.mp4: cannot read media file"):
+        probe(files / "garbage.mp4")
+
+
+@pytest.mark.parametrize("ffprobe", [True, False], ids=["ffprobe", "ffmpeg-i"])
+def test_probe(files: Path, monkeypatch: pytest.MonkeyPatch, ffprobe: bool) -> None:
+    if not ffprobe:
+        monkeypatch.setattr(media, "find_ffprobe", lambda: None)
+    elif media.find_ffprobe() is None:
+        pytest.skip("no ffprobe binary")
+    info = probe(files / "av.mp4")
+    assert info.path == files / "av.mp4" and info.duration == pytest.approx(DUR, abs=0.1)
+    assert info.has_audio and info.has_video
+    assert (info.audio_sample_rate, info.audio_channels) == (48000, 1)
+    assert (info.video_fps, info.width, info.height) == (30, 96, 64)
+    assert abs(info.n_frames - DUR * 30) <= 2
+    info = probe(files / "stereo44k.wav")
+    assert (info.has_audio, info.has_video) == (True, False)
+    assert (info.audio_sample_rate, info.audio_channels) == (44100, 2)
+    assert info.video_fps is info.width is info.n_frames is None
+    assert probe(files / "silent.mp4").has_audio is False
+    assert probe(files / "av.webm").duration == pytest.approx(DUR, abs=0.1)
+
+
+def test_probe_rotation(tmp_path: Path) -> None:
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")  # its ffmpeg >= 6 has -display_rotation
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    plain, rotated = str(tmp_path / "plain.mp4"), str(tmp_path / "rot.mp4")
+    ffmpeg(*TESTSRC, "-t", "0.2", *X264, plain, exe=exe)
+    ffmpeg("-display_rotation", "90", "-i", plain, "-c", "copy", rotated, exe=exe)
+    info = probe(tmp_path / "rot.mp4")
+    assert (info.width, info.height) == (64, 96)
+    assert load_video(tmp_path / "rot.mp4").shape[1:] == (96, 64, 3)
+
+
+def test_load_video(files: Path) -> None:
+    frames = load_video(files / "av.mp4")  # 30 fps testsrc -> 25 fps
+    assert frames.dtype == np.uint8 and frames.shape == (DUR * 25, 64, 96, 3)
+    assert frames.std() > 10
+    assert load_video(files / "av.webm", size=(32, 48), max_frames=10).shape == (10, 32, 48, 3)
+    assert load_video(files / "av.mkv", fps=10).shape[0] == DUR * 10
+    red = load_video(files / "red.mp4").reshape(-1, 3).mean(0)
+    assert red[0] > 200 and red[1] < 40 and red[2] < 40  # RGB order
+
+
+@pytest.mark.skipif(not LRS3.exists(), reason=f"real clip {LRS3} not present")
+def test_lrs3_example() -> None:
+    info = probe(LRS3)
+    assert info.duration == pytest.approx(6.2, abs=0.1)
+    assert (info.width, info.height, info.video_fps, info.audio_sample_rate) == (224, 224, 25, 16000)
+    audio, video = load_audio(LRS3), load_video(LRS3)
+    assert len(audio) == pytest.approx(6.2 * SAMPLE_RATE, abs=0.05 * SAMPLE_RATE)
+    assert 0.05 < np.abs(audio).max() <= 1.0
+    assert video.shape == (155, 224, 224, 3)
+    assert abs(len(video) * media.SAMPLES_PER_FRAME - len(audio)) < 0.05 * SAMPLE_RATE

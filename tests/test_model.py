@@ -1,0 +1,198 @@
+"""Model core on tiny random Whisper + Llama: compression, sequence layout, masking, batching, decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_config
+
+from avsr_cli.checkpoint import ADAPTER_FILE, build_model, load_checkpoint, save_checkpoint
+from avsr_cli.config import CompressionConfig, LoraConfig, ModelConfig
+from avsr_cli.decoding import DecodingOptions
+from avsr_cli.errors import CheckpointError
+from avsr_cli.features import encoder_frames, normalize_waveform
+from avsr_cli.model import IGNORE_INDEX, ModalityInputs
+from avsr_cli.projector import compress
+
+
+def waves(seconds=(1.0, 2.3, 0.6), seed=0):
+    rng = np.random.RandomState(seed)
+    return [(0.1 * rng.randn(int(s * 16000))).astype(np.float32) for s in seconds]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    torch.manual_seed(1)
+    m = build_model(tiny_config(*tiny_dirs))
+    for p in m.projectors.parameters():  # non-trivial projector weights
+        torch.nn.init.normal_(p, std=0.5)
+    return m
+
+
+def frames_of(model, audio):
+    feats = model.audio_frontend(audio)
+    return model.audio_encoder(feats.input_features, feats.n_frames)
+
+
+def test_encoder_frames_formula_matches_reference():
+    assert encoder_frames(16000) == 50
+    assert encoder_frames(8000) == 25 and encoder_frames(100) == 25  # floor of 25 frames
+    assert encoder_frames(int(16000 * 6.2)) == int(int(16000 * 6.2) / 16000 * 50)
+    assert encoder_frames(16000 * 30) == 1500
+
+
+def test_waveform_layer_norm():
+    x = np.random.RandomState(0).randn(16000).astype(np.float32) * 3 + 1
+    y = normalize_waveform(x)
+    assert abs(y.mean()) < 1e-5 and abs(y.std() - 1) < 1e-3
+    ref = (x - x.mean()) / np.sqrt(x.var() + 1e-8)
+    np.testing.assert_allclose(y, ref, atol=1e-4)
+
+
+def test_stack_and_avg_pool_compression():
+    x = torch.arange(7 * 2, dtype=torch.float32).reshape(7, 2)
+    s = compress(x, 3, "stack")
+    assert s.shape == (2, 6)  # the partial last group is dropped
+    assert s[1].tolist() == x[3:6].reshape(-1).tolist()  # frame 3 first, as the reference's view(B,1,-1)
+    a = compress(x, 3, "avg-pooling")
+    ref = torch.nn.AvgPool1d(3)(x.T.unsqueeze(0))[0].T
+    assert torch.allclose(a, ref)
+    with pytest.raises(ValueError):
+        compress(x, 3, "concat")
+
+
+def test_encoder_output_is_cut_to_speech_length(model):
+    frames = frames_of(model, waves())
+    assert [f.shape[0] for f in frames] == [50, 114, 30]  # int(2.3*16000)=36799 samples -> 114.99 -> 114
+    assert all(f.shape[1] == 32 for f in frames)
+
+
+def test_sequence_layout_and_labels(model):
+    frames = frames_of(model, waves((1.0,)))
+    target = model.target_ids("hello world")
+    seqs, labels = model.sequences("asr", ModalityInputs(frames, 4), None, [target])
+    emb = model.llm.get_input_embeddings().weight
+    ids, prompt = model.ids, model.prompt_ids("asr")
+    n_audio = 50 // 4
+    expect_ids = [ids.bos, ids.audio_start] + [None] * n_audio + [ids.audio_end] + prompt + target
+    assert seqs[0].shape[0] == len(expect_ids)
+    for pos, tok in enumerate(expect_ids):
+        if tok is not None:
+            assert torch.equal(seqs[0][pos], emb[tok]), pos
+    proj = model.projectors["audio"](frames, 4)[0]
+    assert torch.equal(seqs[0][2 : 2 + n_audio], proj)
+    n_ctx = len(expect_ids) - len(target)
+    assert labels[0][:n_ctx].eq(IGNORE_INDEX).all() and labels[0][n_ctx:].tolist() == target
+    assert target[-1] == ids.eos
+    assert model.tokenizer.decode(prompt) == "Transcribe speech to text."
+
+
+def test_batch_equals_one_by_one(model):
+    audio = waves()
+    frames = frames_of(model, audio)
+    for opts in (
+        DecodingOptions(num_beams=1, max_new_tokens=6),
+        DecodingOptions(num_beams=3, max_new_tokens=6),
+    ):
+        batched = model.generate("asr", ModalityInputs(frames, 4), None, opts)
+        single = [
+            model.generate("asr", ModalityInputs([f], 4), None, opts)[0] for f in frames_of(model, audio)
+        ]
+        assert batched == single
+    # the loss too: a padded batch gives each clip the same loss as alone
+    targets = [model.target_ids(t) for t in ("one two", "the quick brown fox", "hello")]
+    with torch.no_grad():
+        together = model.loss("asr", ModalityInputs(frames, 4), None, targets)
+        per_token = [
+            model.loss("asr", ModalityInputs([f], 4), None, [t]) * len(t)
+            for f, t in zip(frames, targets, strict=True)
+        ]
+    assert torch.allclose(together, sum(per_token) / sum(len(t) for t in targets), atol=1e-5)
+
+
+def test_greedy_matches_a_manual_argmax_loop(model):
+    frames = frames_of(model, waves((1.5,)))
+    got = model.generate(
+        "asr", ModalityInputs(frames, 4), None, DecodingOptions(num_beams=1, max_new_tokens=5)
+    )
+    seqs, _ = model.sequences("asr", ModalityInputs(frames, 4), None)
+    x, out = seqs[0][None], []
+    with torch.no_grad():
+        for _ in range(5):
+            nxt = int(model.llm(inputs_embeds=x).logits[0, -1].argmax())
+            if nxt == model.ids.eos:
+                break
+            out.append(nxt)
+            x = torch.cat([x, model.llm.get_input_embeddings().weight[nxt][None, None]], dim=1)
+    assert got == [model.tokenizer.decode(out, skip_special_tokens=True).strip()]
+
+
+def test_beam_search_is_deterministic_and_reference_sampling_is_seeded(model):
+    frames = frames_of(model, waves((1.2,)))
+    beam = DecodingOptions(num_beams=4, max_new_tokens=6)
+    assert model.generate("asr", ModalityInputs(frames, 4), None, beam) == model.generate(
+        "asr", ModalityInputs(frames, 4), None, beam
+    )
+    ref = DecodingOptions(strategy="reference", num_beams=4, max_new_tokens=6, seed=7)
+    a = model.generate("asr", ModalityInputs(frames, 4), None, ref)
+    torch.manual_seed(123)  # the global RNG must not matter, and must be restored
+    state = torch.random.get_rng_state()
+    b = model.generate("asr", ModalityInputs(frames, 4), None, ref)
+    assert a == b and torch.equal(state, torch.random.get_rng_state())
+
+
+def test_checkpoint_round_trip(model, tmp_path):
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["adapter.safetensors", "config.json"]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ckpt" / ADAPTER_FILE), "pt") as f:
+        keys = set(f.keys())
+    assert "projectors.audio.4.0.weight" in keys and "llm.added_embed_rows" in keys
+    assert "llm.lora.shared.layers.0.self_attn.q_proj.lora_A" in keys
+    loaded = load_checkpoint(tmp_path / "ckpt", device="cpu", dtype="float32")
+    frames = frames_of(model, waves())
+    opts = DecodingOptions(num_beams=2, max_new_tokens=6)
+    assert loaded.generate("asr", ModalityInputs(frames, 4), None, opts) == model.generate(
+        "asr", ModalityInputs(frames, 4), None, opts
+    )
+
+
+def test_broken_checkpoints_are_clear_errors(model, tmp_path):
+    save_checkpoint(model, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / ADAPTER_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path / "ckpt", device="cpu")
+    with pytest.raises(CheckpointError, match="unknown checkpoint 'nope'"):
+        load_checkpoint("nope")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint config"):
+        load_checkpoint(tmp_path / "bad")
+
+
+def test_task_specific_lora_selects_the_mode_adapter(tiny_dirs):
+    cfg = tiny_config(
+        *tiny_dirs,
+        lora=LoraConfig(r=4, alpha=8.0, variant="shared+task"),
+        compression=CompressionConfig(mode="avg-pooling", audio_rates=[4, 16]),
+    )
+    m = build_model(cfg)
+    assert set(m.llm.peft_config) == {"shared", "audio", "video", "audiovisual"}
+    m._activate("asr")
+    assert sorted(m.llm.base_model.active_adapters) == ["audio", "shared"]
+    m._activate("avsr")
+    assert sorted(m.llm.base_model.active_adapters) == ["audiovisual", "shared"]
+    assert cfg.pick_rate("audio", None) == 4 and cfg.pick_rate("audio", 16) == 16
+    with pytest.raises(CheckpointError, match="rates"):
+        cfg.pick_rate("audio", 8)
+
+
+def test_config_json_round_trip(tiny_dirs, tmp_path):
+    cfg = tiny_config(*tiny_dirs)
+    cfg.save(tmp_path / "c.json")
+    assert ModelConfig.load(tmp_path / "c.json") == cfg
+    (tmp_path / "u.json").write_text('{"format": "avsr-checkpoint", "bogus": 1}')
+    with pytest.raises(CheckpointError, match="unknown keys: bogus"):
+        ModelConfig.load(tmp_path / "u.json")
