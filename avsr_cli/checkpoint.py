@@ -59,7 +59,7 @@ def build_model(
     audio_encoder = frontend = None
     if config.audio_encoder is not None:
         enc_cfg = config.audio_encoder
-        enc_dir = resolve_source(enc_cfg.source, base_dir, enc_cfg.revision)
+        enc_dir = resolve_source(enc_cfg.source, base_dir, enc_cfg.revision, weights=not enc_cfg.weights)
         weights = base_dir / enc_cfg.weights if enc_cfg.weights and base_dir else None
         audio_encoder = WhisperAudioEncoder.from_dir(enc_dir, weights).to(dtype)
         if audio_encoder.dim != enc_cfg.dim:
@@ -72,7 +72,7 @@ def build_model(
     if config.video_encoder is not None:
         raise CheckpointError(f"checkpoint '{config.name}' needs a video encoder, not supported yet")
 
-    llm_dir = resolve_source(config.llm.source, base_dir, config.llm.revision)
+    llm_dir = resolve_source(config.llm.source, base_dir, config.llm.revision, weights=not config.llm.weights)
     tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
     llm_weights = base_dir / config.llm.weights if config.llm.weights and base_dir else None
     llm = load_llm(llm_dir, llm_weights, dtype)

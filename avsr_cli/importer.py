@@ -33,6 +33,7 @@ from .config import (
 )
 from .errors import CheckpointError
 from .llm import load_tokenizer
+from .sources import DESCRIPTION_FILES, resolve_source
 
 LORA_KEY = re.compile(
     r"^llm\.model\.layers\.(\d+)\.self_attn\.lora_(down|up)_([QV])(_shared)?(?:\.(\w+))?\.weight$"
@@ -134,11 +135,19 @@ def _lora_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return out, variant, sorted(tasks)
 
 
+def copy_description(model_dir: Path, dest: Path) -> str:
+    """Copy a model's configs and tokenizer files into the checkpoint: it then loads with no download."""
+    dest.mkdir()
+    for pattern in DESCRIPTION_FILES:
+        for path in model_dir.glob(pattern):
+            if path.name != "model.safetensors.index.json":
+                shutil.copy2(path, dest / path.name)
+    return dest.name
+
+
 def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen: bool = True) -> Path:
     """Write an avsr checkpoint directory from a reference state dict (see module docstring)."""
     from transformers import AutoConfig
-
-    from .sources import resolve_source
 
     state = load_state_dict(pth)
     if any(k.startswith("video_encoder.") for k in state) or any(k.startswith("video_proj.") for k in state):
@@ -151,7 +160,7 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
     lora, variant, tasks = _lora_state(state)
     adapter.update(lora)
 
-    llm_dir = resolve_source(spec.llm_source)
+    llm_dir = resolve_source(spec.llm_source, weights=not keep_frozen)
     llm_cfg = AutoConfig.from_pretrained(llm_dir)
     hidden = llm_cfg.hidden_size
     down = next((v for k, v in lora.items() if k.endswith("q_proj.lora_A")), None)
@@ -210,7 +219,8 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
         lora=lora_cfg,
         prompts=dict(REFERENCE_PROMPTS),
         decoding=DecodingDefaults(**spec.decoding),
-        notes=f"imported from {Path(pth).name} with spec {json.dumps(asdict(spec))}",
+        notes=f"imported from {Path(pth).name} with spec {json.dumps(asdict(spec))}"
+        + ("; encoder and LLM weights, configs and tokenizer copied in" if keep_frozen else ""),
     )
 
     output_dir = Path(output_dir)
@@ -226,6 +236,8 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
             if enc:
                 save_file(enc, str(tmp / "audio_encoder.safetensors"))
                 config.audio_encoder.weights = "audio_encoder.safetensors"
+                enc_dir = resolve_source(spec.audio_encoder_source, weights=False)
+                config.audio_encoder.source = copy_description(enc_dir, tmp / "audio_encoder")
             vocab = llm_cfg.vocab_size
             llm = {}
             for key, value in state.items():
@@ -239,6 +251,7 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
                 llm[name] = value.contiguous()
             save_file(llm, str(tmp / "llm.safetensors"))
             config.llm.weights = "llm.safetensors"
+            config.llm.source = copy_description(llm_dir, tmp / "llm")
         save_file(
             {k: v.contiguous() for k, v in adapter.items()},
             str(tmp / "adapter.safetensors"),

