@@ -43,6 +43,11 @@ class OutputFormat(str, enum.Enum):
     all = "all"
 
 
+class LongForm(str, enum.Enum):
+    vad = "vad"
+    off = "off"
+
+
 class Decoding(str, enum.Enum):
     beam = "beam"
     reference = "reference"
@@ -88,6 +93,43 @@ def run_guarded(func, *args, **kwargs):
         raise fail(str(exc), EXIT_USAGE) from None
 
 
+# Options shared by the commands that run a model.
+CheckpointOpt = Annotated[
+    Optional[str],
+    typer.Option("--checkpoint", "-c", help="Checkpoint directory or model name.", envvar="AVSR_CHECKPOINT"),
+]
+NumBeamsOpt = Annotated[Optional[int], typer.Option(min=1, help="Beams (default: the checkpoint's).")]
+MaxNewTokensOpt = Annotated[
+    Optional[int], typer.Option(min=1, help="Most tokens to generate (default: the checkpoint's).")
+]
+DecodingOpt = Annotated[
+    Decoding,
+    typer.Option(
+        help="beam: deterministic beam search; reference: the reference's beam sampling "
+        "(temperature 0.6, top-p 0.9), seeded."
+    ),
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed for --decoding reference (and noise in evaluate).")]
+AudioRateOpt = Annotated[
+    Optional[int], typer.Option(help="Audio compression rate (one the checkpoint was trained with).")
+]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Clips (or chunks) decoded together.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
+
+
+def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool):
+    """The model of --checkpoint, loaded once (errors become one-line messages)."""
+    from .transcribe import Transcriber
+
+    if checkpoint is None:
+        raise fail("no checkpoint given: pass --checkpoint DIR_OR_NAME or set AVSR_CHECKPOINT")
+    if not quiet:
+        stderr.print(f"loading checkpoint {checkpoint} ...")
+    return run_guarded(Transcriber.from_checkpoint, checkpoint, device=device, dtype=dtype)
+
+
 @app.command()
 def transcribe(
     files: Annotated[
@@ -97,12 +139,7 @@ def transcribe(
             show_default=False,
         ),
     ],
-    checkpoint: Annotated[
-        Optional[str],
-        typer.Option(
-            "--checkpoint", "-c", help="Checkpoint directory or model name.", envvar="AVSR_CHECKPOINT"
-        ),
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     mode: Annotated[Mode, typer.Option(help="asr: audio; vsr: lips; avsr: both.")] = Mode.asr,
     output_format: Annotated[
         OutputFormat,
@@ -111,37 +148,36 @@ def transcribe(
     output_dir: Annotated[
         Optional[Path], typer.Option("--output-dir", "-o", help="Write <stem>.<ext> files here.")
     ] = None,
-    num_beams: Annotated[
-        Optional[int], typer.Option(min=1, help="Beams (default: the checkpoint's).")
-    ] = None,
-    max_new_tokens: Annotated[
-        Optional[int], typer.Option(min=1, help="Most tokens to generate (default: the checkpoint's).")
-    ] = None,
-    decoding: Annotated[
-        Decoding,
-        typer.Option(
-            help="beam: deterministic beam search; reference: the reference's beam sampling "
-            "(temperature 0.6, top-p 0.9), seeded."
-        ),
-    ] = Decoding.beam,
-    seed: Annotated[int, typer.Option(help="Seed for --decoding reference.")] = 0,
-    audio_rate: Annotated[
-        Optional[int], typer.Option(help="Audio compression rate (one the checkpoint was trained with).")
-    ] = None,
+    num_beams: NumBeamsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    decoding: DecodingOpt = Decoding.beam,
+    seed: SeedOpt = 0,
+    audio_rate: AudioRateOpt = None,
     video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Clips decoded together.")] = 1,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+    batch_size: BatchSizeOpt = 1,
+    long_form: Annotated[
+        LongForm,
+        typer.Option(
+            help="Inputs longer than --max-chunk: vad cuts them into speech chunks at pauses (Silero VAD); "
+            "off decodes them whole (refused beyond the encoder's 30 s)."
+        ),
+    ] = LongForm.vad,
+    max_chunk: Annotated[
+        Optional[float],
+        typer.Option(
+            min=1.0, help="Longest chunk in seconds (default: the checkpoint's training clip length, 16 s)."
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Per-file timings on stderr.")] = False,
 ) -> None:
     """Transcribe media files: text on stdout, and files in --output-dir."""
     from .decoding import DecodingOptions
-    from .transcribe import TranscribeOptions, Transcriber
+    from .transcribe import TranscribeOptions
     from .writers import FORMATS, WRITERS, check_output_dir, write_result
 
-    if checkpoint is None:
-        raise fail("no checkpoint given: pass --checkpoint DIR_OR_NAME or set AVSR_CHECKPOINT")
     formats = list(FORMATS) if output_format is OutputFormat.all else [output_format.value]
     if output_dir is not None:
         run_guarded(check_output_dir, output_dir)
@@ -151,20 +187,18 @@ def transcribe(
         audio_rate=audio_rate,
         video_rate=video_rate,
         batch_size=batch_size,
+        long_form=long_form.value,
+        max_chunk=max_chunk,
         decoding=DecodingOptions(
             strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
         ),
     )
-    if not quiet:
-        stderr.print(f"loading checkpoint {checkpoint} ...")
-    transcriber = run_guarded(
-        Transcriber.from_checkpoint, checkpoint, device=device, dtype=dtype, options=options
-    )
+    transcriber = load_transcriber(checkpoint, device, dtype, quiet)
     run_guarded(transcriber.check_options, options)
     failed = 0
     stdout_writer = WRITERS["txt" if output_format is OutputFormat.all else output_format.value]
     with _progress(len(files), quiet) as advance:
-        for item in transcriber.transcribe_many(files):
+        for item in transcriber.transcribe_many(files, options):
             if isinstance(item, AvsrError):
                 failed += 1
                 stderr.print(f"[red]error:[/red] {item}", soft_wrap=True)
@@ -189,12 +223,145 @@ def transcribe(
         raise typer.Exit(EXIT_FAILED)
 
 
+def parse_snrs(values: list[str], clean: bool) -> tuple[float, ...]:
+    """`--snr 10,5 --snr -5` -> (inf, 10, 5, -5): the clean condition first unless --no-clean."""
+    from .evaluate import CLEAN
+
+    snrs = [CLEAN] if clean else []
+    for value in values:
+        for token in value.replace(",", " ").split():
+            try:
+                snr = CLEAN if token.lower() in ("clean", "inf") else float(token)
+            except ValueError:
+                raise fail(f"--snr: {token!r} is not a number (dB) or 'clean'") from None
+            if snr not in snrs:
+                snrs.append(snr)
+    if not snrs:
+        raise fail("nothing to evaluate: --no-clean and no --snr")
+    return tuple(snrs)
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            help="An LRS2/LRS3-style folder (spk/00001.mp4 + .txt 'Text:  ...'), a folder of media with "
+            "same-stem .txt transcripts, a CSV/JSONL manifest (path, transcript, id), or a Llama-AVSR label "
+            "CSV.",
+            show_default=False,
+        ),
+    ],
+    checkpoint: CheckpointOpt = None,
+    mode: Annotated[list[Mode], typer.Option(help="Modes to score (repeat for several).")] = [Mode.asr],  # noqa: B006
+    snr: Annotated[
+        list[str],
+        typer.Option(help="Add noise at these SNRs in dB (e.g. --snr 10,5,0,-5; repeatable)."),
+    ] = [],  # noqa: B006
+    clean: Annotated[bool, typer.Option(help="Also score the clean condition.")] = True,
+    noise: Annotated[
+        str, typer.Option(help="Noise: a file ffmpeg reads, or a built-in generator: babble or white.")
+    ] = "babble",
+    normalizer: Annotated[
+        str, typer.Option(help="Text normalisation before scoring: lrs (default), whisper, or none.")
+    ] = "lrs",
+    report_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Write summary.json, results.jsonl (per clip) and alignment.txt here."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Skip clips already scored in --report-dir.")] = False,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N clips (by id).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes decoding and mixing audio.")] = 1,
+    batch_size: BatchSizeOpt = 1,
+    num_beams: NumBeamsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    decoding: DecodingOpt = Decoding.beam,
+    seed: SeedOpt = 0,
+    audio_rate: AudioRateOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Transcribe a dataset and report WER/CER (corpus level) per mode and SNR."""
+    from .decoding import DecodingOptions
+    from .evaluate import EvaluateOptions
+    from .evaluate import evaluate as run_evaluation
+    from .scoring import get_normalizer
+
+    run_guarded(get_normalizer, normalizer)
+    options = EvaluateOptions(
+        modes=tuple(dict.fromkeys(m.value for m in mode)),
+        snrs=parse_snrs(snr, clean),
+        noise=noise,
+        seed=seed,
+        normalizer=normalizer,
+        limit=limit,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        audio_rate=audio_rate,
+        decoding=DecodingOptions(
+            strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
+        ),
+    )
+    if report_dir is not None:
+        from .writers import check_output_dir
+
+        run_guarded(check_output_dir, report_dir)
+    transcriber = load_transcriber(checkpoint, device, dtype, quiet)
+    with _progress(None, quiet, "scoring") as advance:
+
+        def on_clip(mode: str, snr: str, row: dict) -> None:
+            if row.get("error") and not quiet:
+                stderr.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True)
+            advance()
+
+        report = run_guarded(run_evaluation, transcriber, dataset, options, report_dir, on_clip)
+    if not quiet:
+        print_report(report)
+    if json_out:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    if report.conditions and all(c.failed == c.clips for c in report.conditions):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def print_report(report) -> None:
+    """The summary table (stderr)."""
+    from rich.table import Table
+
+    for item in report.skipped[:20]:
+        stderr.print(f"[yellow]skipped:[/yellow] {item['path']}: {item['reason']}", soft_wrap=True)
+    if len(report.skipped) > 20:
+        stderr.print(f"[yellow]skipped:[/yellow] ... {len(report.skipped) - 20} more (see summary.json)")
+    table = Table(title=f"{report.dataset} ({report.kind}), normaliser {report.normalizer}")
+    for col in ("mode", "SNR dB", "clips", "failed", "WER %", "CER %", "S", "D", "I", "words", "SER %"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for c in report.conditions:
+        sc = c.scores
+        table.add_row(
+            c.mode,
+            "clean" if c.snr == float("inf") else f"{c.snr:g}",
+            str(c.clips),
+            str(c.failed),
+            f"{100 * sc['wer']:.2f}",
+            f"{100 * sc['cer']:.2f}",
+            str(sc["substitutions"]),
+            str(sc["deletions"]),
+            str(sc["insertions"]),
+            str(sc["ref_words"]),
+            f"{100 * sc['ser']:.1f}",
+        )
+    stderr.print(table)
+    stderr.print(f"normaliser {report.normalizer}: {report.normalizer_description}", soft_wrap=True)
+
+
 class _progress:
     """A Rich progress bar on stderr, shown only on a terminal and without --quiet."""
 
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.enabled = not quiet and stderr.is_terminal and total > 1
-        self.total = total
+    def __init__(self, total: int | None, quiet: bool, label: str = "transcribing") -> None:
+        self.enabled = not quiet and stderr.is_terminal and total != 1
+        self.total, self.label = total, label
 
     def __enter__(self):
         if not self.enabled:
@@ -203,7 +370,7 @@ class _progress:
 
         self.progress = Progress(console=stderr, transient=True)
         self.progress.start()
-        task = self.progress.add_task("transcribing", total=self.total)
+        task = self.progress.add_task(self.label, total=self.total)
         return lambda: self.progress.advance(task)
 
     def __exit__(self, *exc) -> None:

@@ -151,6 +151,9 @@ class ModelConfig:
     special_tokens: dict[str, str] = field(default_factory=lambda: dict(REFERENCE_SPECIAL_TOKENS))
     decoding: DecodingDefaults = field(default_factory=DecodingDefaults)
     max_audio_seconds: float = 30.0  # Whisper's window: longer input would be silently truncated
+    # Longer inputs are cut into speech chunks of at most this: the reference trained on <= 16 s clips
+    # (auto_avsr preparation splits LRS3 at 16 s, `seg_duration`).
+    chunk_seconds: float = 16.0
     notes: str = ""
 
     def rates(self, modality: str) -> list[int]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ class TranscribeOptions:
     video_rate: int | None = None
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     batch_size: int = 1
+    long_form: str = "vad"  # longer than max_chunk: "vad" cuts at pauses (Silero VAD); "off" decodes whole
+    max_chunk: float | None = None  # seconds; default: the checkpoint's training clip length
     min_duration: float = 0.3  # shorter clips cannot hold a word; refuse rather than hallucinate
     silence_dbfs: float = -60.0  # RMS below this is silence: empty transcript, with a warning
 
@@ -33,11 +36,13 @@ class TranscribeOptions:
             raise ValueError(f"unknown mode {self.mode!r} (expected one of {', '.join(MODES)})")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.long_form not in ("vad", "off"):
+            raise ValueError(f"unknown long_form {self.long_form!r} (expected vad or off)")
 
 
 @dataclass
 class Segment:
-    """A timed piece of transcript (one per clip for now; long-form segmentation adds more)."""
+    """A timed piece of transcript: one per clip, or one per speech chunk of a long file."""
 
     start: float
     end: float
@@ -116,10 +121,10 @@ class Transcriber:
         self, audio: np.ndarray, name: str = "<array>", options: TranscribeOptions | None = None
     ) -> Result:
         """Transcribe a 16 kHz mono float32 waveform."""
-        options = options or self.options
-        self.check_options(options)
-        self._check_audio(name, audio, options)
-        return self._run_batch([(name, audio, {"demux": 0.0})], options)[0]
+        result = next(self.transcribe_loaded([(name, audio, 0.0)], options))
+        if isinstance(result, AvsrError):
+            raise result
+        return result
 
     def transcribe_many(
         self, paths: Iterable[str | Path], options: TranscribeOptions | None = None
@@ -127,86 +132,143 @@ class Transcriber:
         """Yield, in order, a Result or the AvsrError explaining why that file failed."""
         from .media import load_audio
 
+        def loaded() -> Iterator[Loaded]:
+            for path in paths:
+                start = time.perf_counter()
+                try:
+                    audio: np.ndarray | AvsrError = load_audio(path)
+                except AvsrError as exc:
+                    audio = exc
+                yield str(path), audio, time.perf_counter() - start
+
+        return self.transcribe_loaded(loaded(), options)
+
+    def transcribe_loaded(
+        self, items: Iterable[Loaded], options: TranscribeOptions | None = None
+    ) -> Iterator[Result | AvsrError]:
+        """The core loop over decoded inputs `(name, audio or the error loading raised, demux seconds)`.
+
+        Long inputs are cut into speech chunks; chunks of several files share batches; results come in order.
+        """
         options = options or self.options
         self.check_options(options)
-        pending: list[tuple[str, np.ndarray, dict[str, float]]] = []
-        order: list[str | Result | AvsrError] = []
-
-        def flush() -> Iterator[Result | AvsrError]:
-            results = iter(self._run_batch(pending, options)) if pending else iter(())
-            for item in order:
-                yield next(results) if isinstance(item, str) else item
-            pending.clear()
-            order.clear()
-
-        for path in paths:
-            start = time.perf_counter()
-            try:
-                audio = load_audio(path)
-                self._check_audio(str(path), audio, options)
-            except AvsrError as exc:
-                order.append(exc)
-            else:
-                pending.append((str(path), audio, {"demux": time.perf_counter() - start}))
-                order.append(str(path))
+        queue: list[_Job] = []
+        pending: list[tuple[_Job, int]] = []
+        for name, audio, demux in items:
+            job = self._prepare(name, audio, demux, options)
+            queue.append(job)
+            pending += [(job, i) for i in range(len(job.chunks))]
             if len(pending) >= options.batch_size:
-                yield from flush()
-        yield from flush()
+                self._run_pieces(pending, options)
+                pending = []
+            while queue and queue[0].done():
+                yield queue.pop(0).result(self.model.config.name, options)
+        if pending:
+            self._run_pieces(pending, options)
+        for job in queue:
+            yield job.result(self.model.config.name, options)
 
-    def _check_audio(self, name: str, audio: np.ndarray, options: TranscribeOptions) -> None:
+    def _prepare(
+        self, name: str, audio: np.ndarray | AvsrError, demux: float, options: TranscribeOptions
+    ) -> _Job:
+        if isinstance(audio, AvsrError):
+            return _Job(name, None, error=audio)
+        job = _Job(name, audio, timings={"demux": demux})
         duration = len(audio) / SAMPLE_RATE
         if duration < options.min_duration:
-            raise MediaError(
+            job.error = MediaError(
                 f"{name}: audio is only {duration:.2f} s long (at least {options.min_duration:.2f} s needed)"
             )
-        limit = self.model.config.max_audio_seconds
-        if duration > limit:
-            raise MediaError(
-                f"{name}: {duration:.1f} s of audio is longer than the {limit:.0f} s this model "
-                f"accepts; cut it into shorter clips (it would be silently truncated)"
-            )
+            return job
+        level = rms_dbfs(audio)
+        if level < options.silence_dbfs:
+            job.warnings.append(f"{name}: no speech: audio is silent ({level:.0f} dBFS RMS)")
+            return job
+        max_chunk = options.max_chunk or self.model.config.chunk_seconds
+        if duration > max_chunk and options.long_form == "vad":
+            from .segmentation import ChunkOptions, segment_audio
 
-    def _run_batch(
-        self, batch: list[tuple[str, np.ndarray, dict[str, float]]], options: TranscribeOptions
-    ) -> list[Result]:
-        model, cfg = self.model, self.model.config
-        texts: dict[int, str] = {}
-        warnings: dict[int, list[str]] = {i: [] for i in range(len(batch))}
-        speech = []
-        for i, (name, audio, _) in enumerate(batch):
-            level = rms_dbfs(audio)
-            if level < options.silence_dbfs:
-                texts[i] = ""
-                warnings[i].append(f"{name}: no speech: audio is silent ({level:.0f} dBFS RMS)")
-            else:
-                speech.append(i)
-        timings = {"features": 0.0, "encoder": 0.0, "llm": 0.0}
-        if speech:
-            t0 = time.perf_counter()
-            feats = model.audio_frontend([batch[i][1] for i in speech])
-            t1 = time.perf_counter()
-            frames = model.audio_encoder(feats.input_features, feats.n_frames)
-            t2 = time.perf_counter()
-            rate = cfg.pick_rate("audio", options.audio_rate)
-            out = model.generate(options.mode, ModalityInputs(frames, rate), None, options.decoding)
-            t3 = time.perf_counter()
-            timings = {"features": t1 - t0, "encoder": t2 - t1, "llm": t3 - t2}
-            texts.update(zip(speech, out, strict=True))
-        echo = asdict(options)
-        results = []
-        for i, (name, audio, own) in enumerate(batch):
-            duration = len(audio) / SAMPLE_RATE
-            results.append(
-                Result(
-                    path=name,
-                    text=texts[i],
-                    duration=duration,
-                    mode=options.mode,
-                    model=cfg.name,
-                    segments=[Segment(0.0, duration, texts[i])] if texts[i] else [],
-                    timings={**own, **timings, "batch_size": len(speech)},
-                    options=echo,
-                    warnings=warnings[i],
-                )
+            start = time.perf_counter()
+            job.chunks = [
+                (c.start, c.end) for c in segment_audio(audio, chunks=ChunkOptions(max_chunk=max_chunk))
+            ]
+            job.timings["segmentation"] = time.perf_counter() - start
+            if not job.chunks:
+                job.warnings.append(f"{name}: no speech found by voice activity detection")
+        elif duration > self.model.config.max_audio_seconds:
+            limit = self.model.config.max_audio_seconds
+            job.error = MediaError(
+                f"{name}: {duration:.1f} s of audio is longer than the {limit:.0f} s this model accepts "
+                f"(long-form chunking is off); it would be silently truncated"
             )
-        return results
+        else:
+            job.chunks = [(0.0, duration)]
+        job.texts = [None] * len(job.chunks)
+        return job
+
+    def _run_pieces(self, pieces: list[tuple[_Job, int]], options: TranscribeOptions) -> None:
+        """Decode a batch of chunks (possibly from several files) and store each text in its job."""
+        model, cfg = self.model, self.model.config
+        waves = []
+        for job, i in pieces:
+            start, end = job.chunks[i]
+            waves.append(job.audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
+        t0 = time.perf_counter()
+        feats = model.audio_frontend(waves)
+        t1 = time.perf_counter()
+        frames = model.audio_encoder(feats.input_features, feats.n_frames)
+        t2 = time.perf_counter()
+        decoding = options.decoding
+        if any(len(job.chunks) > 1 for job, _ in pieces) and decoding.max_new_tokens is None:
+            # Chunks of long files can hold more words than the reference's 32-token budget allows.
+            longest = max(len(w) for w in waves) / SAMPLE_RATE
+            budget = max(cfg.decoding.max_new_tokens, math.ceil(longest * LONG_FORM_TOKENS_PER_SECOND))
+            decoding = replace(decoding, max_new_tokens=budget)
+        rate = cfg.pick_rate("audio", options.audio_rate)
+        texts = model.generate(options.mode, ModalityInputs(frames, rate), None, decoding)
+        t3 = time.perf_counter()
+        share = {"features": (t1 - t0), "encoder": (t2 - t1), "llm": (t3 - t2)}
+        for (job, i), text in zip(pieces, texts, strict=True):
+            job.texts[i] = text
+            for key, value in share.items():
+                job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
+
+
+LONG_FORM_TOKENS_PER_SECOND = 8  # generous: fast English speech is ~3 words (~4-5 tokens) per second
+Loaded = tuple[str, "np.ndarray | AvsrError", float]
+
+
+@dataclass
+class _Job:
+    """One input file on its way through the batched loop."""
+
+    name: str
+    audio: np.ndarray | None
+    error: AvsrError | None = None
+    chunks: list[tuple[float, float]] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def done(self) -> bool:
+        return self.error is not None or all(t is not None for t in self.texts)
+
+    def result(self, model_name: str, options: TranscribeOptions) -> Result | AvsrError:
+        if self.error is not None:
+            return self.error
+        segments = [Segment(s, e, t) for (s, e), t in zip(self.chunks, self.texts, strict=True) if t]
+        if len(self.chunks) > 1:
+            from .subtitles import drop_repeated_phrases
+
+            segments = [Segment(s.start, s.end, drop_repeated_phrases(s.text)) for s in segments]
+        return Result(
+            path=self.name,
+            text=" ".join(s.text for s in segments),
+            duration=len(self.audio) / SAMPLE_RATE,
+            mode=options.mode,
+            model=model_name,
+            segments=segments,
+            timings=self.timings,
+            options=asdict(options),
+            warnings=self.warnings,
+        )

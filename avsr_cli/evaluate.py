@@ -1,0 +1,251 @@
+"""Batch scoring of a dataset: transcribe every clip under each condition (mode x SNR), score, report.
+
+Rows are appended to `results.jsonl` (flushed per clip), so an interrupted run loses nothing already scored
+and `resume` skips what is there. WER/CER are corpus-level (total errors / total reference units), as the
+Llama-AVSR / Omni-AVSR papers report them (REFERENCE.md §5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import Item, load_dataset
+from .decoding import DecodingOptions
+from .errors import AvsrError, UsageError
+from .scoring import alignment_text, get_normalizer, score
+from .transcribe import TranscribeOptions, Transcriber
+from .writers import atomic_write_text
+
+CLEAN = math.inf  # the "SNR" of a clean condition
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What to evaluate; echoed into summary.json."""
+
+    modes: tuple[str, ...] = ("asr",)
+    snrs: tuple[float, ...] = (CLEAN,)  # dB; inf = clean
+    noise: str = "babble"  # a noise file, or a built-in generator: "white" or "babble"
+    seed: int = 0
+    normalizer: str = "lrs"
+    limit: int | None = None
+    batch_size: int = 1
+    workers: int = 1  # processes that decode and mix audio while the model decodes
+    resume: bool = False
+    audio_rate: int | None = None
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+
+
+@dataclass
+class Condition:
+    """The scores of one (mode, SNR) condition."""
+
+    mode: str
+    snr: float
+    clips: int
+    failed: int
+    scores: dict  # Scores.to_dict(rows=False)
+
+
+@dataclass
+class Report:
+    dataset: str
+    kind: str
+    normalizer: str
+    normalizer_description: str
+    conditions: list[Condition]
+    skipped: list[dict]
+    failures: list[dict]
+    options: dict
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+
+def snr_key(snr: float) -> str:
+    return "clean" if snr == CLEAN else f"{snr:g}"
+
+
+def _json_safe(obj):
+    """JSON has no inf/nan: write them as strings."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else "-inf" if obj < 0 else "nan"
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+# -- preprocessing (runs in worker processes) ------------------------------------------------------------
+_NOISE_CACHE: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _noise_source(spec: str, seed: int) -> np.ndarray:
+    """A long noise signal: the user's file, or 60 s of the built-in white/babble generator (seeded)."""
+    key = (spec, seed)
+    if key not in _NOISE_CACHE:
+        from . import noise
+
+        if spec in ("white", "babble"):
+            rng = np.random.default_rng(seed)
+            n = 60 * 16000
+            _NOISE_CACHE[key] = noise.white_noise(n, rng) if spec == "white" else noise.babble_noise(n, rng)
+        else:
+            _NOISE_CACHE[key] = noise.load_noise(spec)
+    return _NOISE_CACHE[key]
+
+
+def prepare_clip(item: Item, snr: float, noise_spec: str, seed: int) -> tuple[np.ndarray | AvsrError, float]:
+    """Decode a clip's audio, mix noise at `snr` (seeded per clip id); returns (audio or error, seconds)."""
+    from .media import load_audio
+    from .noise import AudioNoise
+
+    start = time.perf_counter()
+    try:
+        audio = load_audio(item.audio_path)
+        if snr != CLEAN and len(audio):
+            audio = AudioNoise(_noise_source(noise_spec, seed), snr, seed).apply(audio, item.id)
+    except AvsrError as exc:
+        return exc, time.perf_counter() - start
+    return audio.astype(np.float32), time.perf_counter() - start
+
+
+def _prepared(
+    items: list[Item], snr: float, options: EvaluateOptions, pool: Executor | None
+) -> Iterator[tuple[str, np.ndarray | AvsrError, float]]:
+    """Clips in order, prepared ahead in the pool (a bounded window, so memory stays flat)."""
+    if pool is None:
+        for item in items:
+            yield (str(item.media), *prepare_clip(item, snr, options.noise, options.seed))
+        return
+    window: deque[tuple[Item, Future]] = deque()
+    ahead = 2 * options.workers + options.batch_size
+    it = iter(items)
+    while True:
+        while len(window) < ahead:
+            item = next(it, None)
+            if item is None:
+                break
+            window.append((item, pool.submit(prepare_clip, item, snr, options.noise, options.seed)))
+        if not window:
+            return
+        item, future = window.popleft()
+        yield (str(item.media), *future.result())
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict]:
+    """Rows of a results.jsonl; a torn last line (killed mid-write) is ignored."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def evaluate(
+    transcriber: Transcriber,
+    dataset: str | Path,
+    options: EvaluateOptions,
+    report_dir: Path | None = None,
+    on_clip: Callable[[str, str, dict], None] | None = None,
+) -> Report:
+    """Transcribe and score `dataset` under every (mode, SNR) condition; write the report files if asked."""
+    started = time.perf_counter()
+    normalizer = get_normalizer(options.normalizer)
+    data = load_dataset(dataset, limit=options.limit)
+    results_path = Path(report_dir) / "results.jsonl" if report_dir else None
+    if results_path is not None:
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        if results_path.exists() and not options.resume:
+            raise UsageError(
+                f"{results_path} exists: pass --resume to continue it, or choose another --report-dir"
+            )
+    rows = read_results(results_path) if results_path is not None else []
+    done = {(r["mode"], r["snr"], r["id"]) for r in rows}
+    pool = ProcessPoolExecutor(options.workers) if options.workers > 1 else None
+    out = open(results_path, "a", encoding="utf-8") if results_path is not None else None  # noqa: SIM115
+    try:
+        for mode in options.modes:
+            topts = TranscribeOptions(
+                mode=mode,
+                audio_rate=options.audio_rate,
+                decoding=options.decoding,
+                batch_size=options.batch_size,
+            )
+            transcriber.check_options(topts)
+            for snr in options.snrs:
+                key = snr_key(snr)
+                todo = [item for item in data.items if (mode, key, item.id) not in done]
+                results = transcriber.transcribe_loaded(_prepared(todo, snr, options, pool), topts)
+                for item, result in zip(todo, results, strict=True):
+                    row = {
+                        "mode": mode,
+                        "snr": key,
+                        "id": item.id,
+                        "media": str(item.media),
+                        "ref": item.reference,
+                    }
+                    if isinstance(result, AvsrError):
+                        row.update(hyp=None, error=str(result))
+                    else:
+                        row.update(hyp=result.text, duration=result.duration, timings=result.timings)
+                    rows.append(row)
+                    if out is not None:
+                        out.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
+                        out.flush()
+                        os.fsync(out.fileno())
+                    if on_clip is not None:
+                        on_clip(mode, key, row)
+    finally:
+        if out is not None:
+            out.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    conditions, failures, alignments = [], [], []
+    for mode in options.modes:
+        for snr in options.snrs:
+            key = snr_key(snr)
+            mine = [r for r in rows if r["mode"] == mode and r["snr"] == key]
+            ok = [r for r in mine if r.get("error") is None]
+            failures += [
+                {"mode": mode, "snr": key, "id": r["id"], "error": r["error"]} for r in mine if r.get("error")
+            ]
+            scores = score([(r["ref"], r["hyp"]) for r in ok], normalizer, ids=[r["id"] for r in ok])
+            conditions.append(
+                Condition(mode, snr, len(mine), len(mine) - len(ok), scores.to_dict(rows=False))
+            )
+            alignments.append(
+                f"# mode {mode}, SNR {key}: {scores.summary()}\n\n" + alignment_text(scores.rows)
+            )
+    report = Report(
+        dataset=str(dataset),
+        kind=data.kind,
+        normalizer=normalizer.name,
+        normalizer_description=normalizer.description,
+        conditions=conditions,
+        skipped=[asdict(s) for s in data.skipped],
+        failures=failures,
+        options=asdict(options),
+        seconds=time.perf_counter() - started,
+    )
+    if report_dir is not None:
+        atomic_write_text(Path(report_dir) / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(report_dir) / "alignment.txt", "\n\n".join(alignments))
+    return report

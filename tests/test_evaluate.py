@@ -1,0 +1,166 @@
+"""`avsr evaluate` on generated datasets in every accepted layout (a tiny random model: accounting only)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from speech import synthesize
+from tiny import tiny_config
+from typer.testing import CliRunner
+
+from avsr_cli.checkpoint import build_model, save_checkpoint
+from avsr_cli.cli import app
+from avsr_cli.evaluate import CLEAN, EvaluateOptions, evaluate, read_results
+from avsr_cli.transcribe import Transcriber
+
+SENTENCES = ["the cat sat on the mat", "open the door please", "seven green apples", "it is raining again"]
+runner = CliRunner()
+
+
+def ffmpeg(*args):
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_dirs, tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(build_model(tiny_config(*tiny_dirs)), tmp_path_factory.mktemp("ck") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tts")
+    return [synthesize(t, d / f"s{i}.wav") for i, t in enumerate(SENTENCES)]
+
+
+@pytest.fixture(scope="module")
+def layouts(wavs, tmp_path_factory):
+    """The same four clips as an LRS3-style folder (mp4 = video + TTS audio), a media folder, CSV, JSONL."""
+    root = tmp_path_factory.mktemp("layouts")
+    lrs = root / "lrs3" / "spk1"
+    lrs.mkdir(parents=True)
+    media = root / "media"
+    media.mkdir()
+    for i, (wav, text) in enumerate(zip(wavs, SENTENCES, strict=True)):
+        ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=rate=25:size=96x96",
+            "-i",
+            str(wav),
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            str(lrs / f"{i:05d}.mp4"),
+        )
+        (lrs / f"{i:05d}.txt").write_text(f"Text:  {text.upper()}\nConf:  4\n")
+        ffmpeg("-i", str(wav), str(media / f"clip{i}.flac"))
+        (media / f"clip{i}.txt").write_text(text + "\n")
+    (media / "orphan.flac").write_bytes(b"")  # media without a transcript: skipped with a reason
+    csv = root / "manifest.csv"
+    csv.write_text(
+        "id,path,transcript\n"
+        + "".join(f"c{i},{w},{t}\n" for i, (w, t) in enumerate(zip(wavs, SENTENCES, strict=True)))
+    )
+    jsonl = root / "manifest.jsonl"
+    jsonl.write_text(
+        "".join(json.dumps({"path": str(w), "text": t}) + "\n" for w, t in zip(wavs, SENTENCES, strict=True))
+    )
+    return {"lrs": root / "lrs3", "folder": media, "csv": csv, "jsonl": jsonl}
+
+
+@pytest.mark.parametrize("layout", ["lrs", "folder", "csv", "jsonl"])
+def test_every_layout_is_scored(ckpt, layouts, layout, tmp_path):
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(layouts[layout]),
+            "-c",
+            str(ckpt),
+            "--snr",
+            "5",
+            "--max-new-tokens",
+            "3",
+            "--report-dir",
+            str(tmp_path),
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert [(c["mode"], c["snr"], c["clips"], c["failed"]) for c in summary["conditions"]] == [
+        ("asr", "inf", 4, 0),
+        ("asr", 5.0, 4, 0),
+    ]
+    assert all(c["scores"]["ref_words"] == 17 for c in summary["conditions"])  # LRS text case-folded
+    rows = read_results(tmp_path / "results.jsonl")
+    assert len(rows) == 8 and {r["snr"] for r in rows} == {"clean", "5"}
+    assert (tmp_path / "alignment.txt").read_text().count("# mode asr") == 2
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    if layout == "folder":
+        assert [s["reason"] for s in summary["skipped"]] and "orphan" in summary["skipped"][0]["path"]
+    assert "WER %" in r.stderr  # the table
+
+
+def test_failures_are_counted_and_the_run_goes_on(ckpt, layouts, tmp_path):
+    bad = tmp_path / "data"
+    bad.mkdir()
+    for i, f in enumerate(sorted(layouts["folder"].glob("clip*.flac"))[:2]):
+        (bad / f.name).write_bytes(f.read_bytes())
+        (bad / f.with_suffix(".txt").name).write_text(SENTENCES[i])
+    (bad / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    (bad / "broken.txt").write_text("words")
+    t = Transcriber.from_checkpoint(ckpt, device="cpu")
+    report = evaluate(t, bad, EvaluateOptions(), tmp_path / "rep")
+    (cond,) = report.conditions
+    assert (cond.clips, cond.failed) == (3, 1)
+    assert report.failures[0]["id"] == "broken" and "broken.wav" in report.failures[0]["error"]
+
+
+def test_resume_skips_what_is_scored_and_refuses_to_overwrite(ckpt, layouts, tmp_path):
+    t = Transcriber.from_checkpoint(ckpt, device="cpu")
+    opts = EvaluateOptions(snrs=(CLEAN, 0.0), limit=3)
+    evaluate(t, layouts["csv"], opts, tmp_path)
+    rows = read_results(tmp_path / "results.jsonl")
+    assert len(rows) == 6
+    with pytest.raises(Exception, match="pass --resume"):
+        evaluate(t, layouts["csv"], opts, tmp_path)
+    # lose the last two rows and tear the line before them, as a kill mid-write would
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    (tmp_path / "results.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])
+    seen = []
+    report = evaluate(
+        t,
+        layouts["csv"],
+        EvaluateOptions(snrs=(CLEAN, 0.0), limit=3, resume=True),
+        tmp_path,
+        on_clip=lambda m, s, row: seen.append((s, row["id"])),
+    )
+    assert seen == [("0", "c0"), ("0", "c1"), ("0", "c2")]
+    assert [c.clips for c in report.conditions] == [3, 3]
+
+
+def test_workers_give_the_same_noisy_audio_and_results(ckpt, layouts, tmp_path):
+    t = Transcriber.from_checkpoint(ckpt, device="cpu")
+    one = evaluate(t, layouts["jsonl"], EvaluateOptions(snrs=(0.0,), noise="white", seed=3), tmp_path / "a")
+    two = evaluate(
+        t, layouts["jsonl"], EvaluateOptions(snrs=(0.0,), noise="white", seed=3, workers=2), tmp_path / "b"
+    )
+    hyp = [[r["hyp"] for r in read_results(tmp_path / d / "results.jsonl")] for d in "ab"]
+    assert hyp[0] == hyp[1] and one.conditions[0].scores == two.conditions[0].scores
+
+
+def test_bad_arguments(ckpt, layouts, tmp_path):
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "-c", str(ckpt)])
+    assert r.exit_code == 2 and "nope" in r.stderr
+    r = runner.invoke(app, ["evaluate", str(layouts["csv"]), "-c", str(ckpt), "--snr", "loud"])
+    assert r.exit_code == 2 and "'loud' is not a number" in r.stderr
+    r = runner.invoke(app, ["evaluate", str(layouts["csv"]), "-c", str(ckpt), "--normalizer", "fancy"])
+    assert r.exit_code == 2 and "fancy" in r.stderr

@@ -1,0 +1,255 @@
+"""avsr_cli.segmentation: Silero VAD regions and model-sized chunks on generated speech with known timings."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import soundfile as sf
+from speech import available_voices, make_clip
+
+from avsr_cli import segmentation as seg
+from avsr_cli.segmentation import (
+    Chunk,
+    ChunkOptions,
+    VadOptions,
+    chunk_regions,
+    fixed_windows,
+    segment_audio,
+    speech_probabilities,
+    speech_regions,
+)
+
+RATE = 16000
+needs_voice = pytest.mark.skipif(not available_voices(), reason="no offline TTS voice (see tests/speech.py)")
+
+# (silence before, sentence): a ~75 s talk with pauses of 0.5-3 s between sentences of varied length
+TALK = [
+    (1.0, "Good morning everyone and welcome to the weekly meeting."),
+    (0.6, "Today we will look at the results from the last quarter."),
+    (2.5, "Sales went up."),
+    (0.8, "The new product line did better than anyone had expected, especially in the northern region."),
+    (1.5, "However, shipping costs were higher than planned."),
+    (3.0, "Let me show you the numbers."),
+    (0.5, "Revenue grew by twelve percent compared with the same period last year."),
+    (1.2, "Thank you."),
+    (2.0, "Our biggest customer renewed the contract for another three years, which gives us a stable base."),
+    (0.7, "Marketing spent less than its budget."),
+    (1.8, "The team hired four new engineers in March and two more in April."),
+    (2.8, "Questions are welcome at any time."),
+    (0.9, "Next, we move on to the plans for the summer."),
+    (1.4, "We want to open a second office in the city centre before the end of August."),
+    (0.6, "Rent there is expensive."),
+    (2.2, "But the location is close to the train station and most of our clients."),
+    (1.0, "Please send me your comments by Friday."),
+    (3.0, "That is all for today, see you next week."),
+]
+# then ~40 s of continuous speech: sentences 0.15-0.3 s apart, too close for the VAD to separate them
+STRETCH = [
+    "The river runs slowly through the old town",
+    "Children play by the water in the afternoon",
+    "A small boat carries tourists to the island",
+    "The bakery on the corner opens very early",
+    "Fresh bread is ready before the sun comes up",
+    "Most people walk to work in the morning",
+    "The library is quiet and full of students",
+    "Every evening the square fills with music",
+    "Visitors often stay longer than they planned",
+    "The museum shows paintings from many centuries",
+    "In winter the streets are covered with snow",
+    "The market sells fruit and flowers every Saturday",
+    "A long bridge connects the two parts of town",
+    "Old houses line the narrow streets near the church",
+    "The bus to the airport leaves every half hour",
+    "Nobody in the village is ever in a hurry",
+]
+
+
+@dataclass
+class Recording:
+    audio: np.ndarray
+    starts: list[float]  # speech onset of each sentence
+    ends: list[float]
+    n_talk: int  # sentences [0, n_talk) are the talk, the rest the continuous stretch
+
+    @property
+    def pauses(self) -> list[tuple[float, float]]:
+        return list(zip(self.ends[:-1], self.starts[1:], strict=True))
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Recording:
+    if not available_voices():
+        pytest.skip("no offline TTS voice (see tests/speech.py)")
+    rng = random.Random(0)
+    stretch = [(2.5 if i == 0 else rng.uniform(0.15, 0.3), s + ".") for i, s in enumerate(STRETCH)]
+    items = TALK + stretch
+    path = tmp_path_factory.mktemp("segmentation") / "talk.wav"
+    starts = make_clip(items, path, tail=0.5)
+    audio, rate = sf.read(path, dtype="float32")
+    assert rate == RATE
+    ends = [start - gap for start, (gap, _) in zip(starts[1:], items[1:], strict=True)]
+    ends.append(len(audio) / RATE - 0.5)
+    return Recording(audio, starts, ends, len(TALK))
+
+
+@pytest.fixture(scope="module")
+def regions(recording) -> list[tuple[float, float]]:
+    return speech_regions(recording.audio)
+
+
+def covered(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Fraction of [start, end] inside the union of `spans`."""
+    inside = sum(max(0.0, min(end, e) - max(start, s)) for s, e in spans)
+    return inside / (end - start)
+
+
+def test_recording_is_about_two_minutes(recording) -> None:
+    assert 100 < len(recording.audio) / RATE < 140
+    assert recording.ends[recording.n_talk] - recording.starts[recording.n_talk] > 0  # sanity
+    assert recording.ends[-1] - recording.starts[recording.n_talk] > 38  # the continuous stretch
+
+
+def test_regions_start_at_every_sentence(recording, regions) -> None:
+    assert regions == sorted(regions)
+    assert all(s < e for s, e in regions)
+    assert all(a[1] <= b[0] for a, b in zip(regions, regions[1:]))
+    assert regions[0][0] >= 0 and regions[-1][1] <= len(recording.audio) / RATE
+    onsets = recording.starts[: recording.n_talk + 1]  # sentences of the stretch share one region
+    errors = [min(abs(s - start) for s, _ in regions) for start in onsets]
+    print(f"VAD onset error: mean {np.mean(errors):.3f} s, max {max(errors):.3f} s")
+    assert max(errors) < 0.3
+    for start, end in zip(recording.starts, recording.ends, strict=True):
+        assert covered(regions, start, end) > 0.97  # every sentence is (almost) all inside regions
+
+
+def test_no_region_in_long_silences(recording, regions) -> None:
+    long_pauses = [(a, b) for a, b in recording.pauses if b - a >= 0.9]
+    assert len(long_pauses) >= 10
+    for a, b in long_pauses:
+        inner = (a + 0.3, b - 0.3)  # padding (0.1 s) plus the VAD's own latency may reach into the pause
+        assert not any(s < inner[1] and e > inner[0] for s, e in regions), (a, b)
+
+
+def test_chunks_fit_the_model(recording, regions) -> None:
+    chunks = chunk_regions(recording.audio, regions)
+    assert chunks == segment_audio(recording.audio)
+    assert all(0 < c.duration <= 16.0 + 1e-9 for c in chunks)
+    assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:]))
+    spans = [(c.start, c.end) for c in chunks]
+    for start, end in zip(recording.starts, recording.ends, strict=True):
+        assert covered(spans, start, end) > 0.97
+    talk = [c for c in chunks if c.end < recording.ends[recording.n_talk - 1] + 0.5]
+    assert len(talk) < recording.n_talk  # close sentences were merged
+    assert all(c.samples(recording.audio).size == round(c.duration * RATE) for c in chunks)
+
+
+@pytest.mark.parametrize("max_chunk", [16.0, 10.0, 6.0])
+def test_long_speech_is_cut_in_pauses(recording, regions, max_chunk: float) -> None:
+    chunks = chunk_regions(recording.audio, regions, ChunkOptions(max_chunk=max_chunk))
+    assert all(c.duration <= max_chunk + 1e-9 for c in chunks)
+    stretch = (recording.starts[recording.n_talk], recording.ends[-1])
+    cuts = [a.end for a, b in zip(chunks, chunks[1:]) if a.end == b.start]  # where one region was cut
+    cuts_in_stretch = [t for t in cuts if stretch[0] < t < stretch[1]]
+    assert len(cuts_in_stretch) >= int((stretch[1] - stretch[0]) // max_chunk)
+    for t in cuts:
+        assert any(a - 0.01 <= t <= b + 0.01 for a, b in recording.pauses), f"cut at {t:.2f} s is mid-sentence"
+        around = recording.audio[round((t - 0.01) * RATE) : round((t + 0.01) * RATE)]
+        assert np.sqrt(np.mean(around**2)) < 0.01  # near-silent
+
+
+def test_silence_and_noise_have_no_speech() -> None:
+    assert speech_regions(np.zeros(10 * RATE, np.float32)) == []
+    assert segment_audio(np.zeros(10 * RATE, np.float32)) == []
+    assert speech_regions(np.zeros(0, np.float32)) == []
+    assert speech_probabilities(np.zeros(100, np.float32)).shape == (1,)
+    rng = np.random.default_rng(0)
+    for level in (0.003, 0.01):  # white noise at -50 and -40 dBFS
+        noise = (rng.standard_normal(20 * RATE) * level).astype(np.float32)
+        assert len(speech_regions(noise)) <= 1
+
+
+def test_probabilities_match_the_streaming_model(recording, monkeypatch) -> None:
+    """The batched sequence model gives the streaming model's probabilities (the fallback path)."""
+    import onnxruntime as ort
+
+    path = seg.vad_model_path(seg.STREAMING_MODEL)
+    if not path.is_file():
+        pytest.skip("this silero-vad has no streaming ONNX model")
+    audio = recording.audio[: 20 * RATE + 123]
+    batched = speech_probabilities(audio)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(seg, "_session", lambda: (session, False))
+    streaming = speech_probabilities(audio)
+    assert batched.shape == streaming.shape == (-(-len(audio) // 512),)
+    np.testing.assert_allclose(batched, streaming, atol=1e-5)
+
+
+def test_vad_speed(recording) -> None:
+    speech_probabilities(recording.audio[:RATE])  # the model is loaded once, not timed
+    start = time.perf_counter()
+    probs = speech_probabilities(recording.audio)
+    elapsed = time.perf_counter() - start
+    print(f"Silero VAD: {len(probs) / elapsed:.0f} windows/s ({len(recording.audio) / RATE / elapsed:.0f}x real time)")
+    assert len(probs) / elapsed > 1000
+
+
+def test_split_cuts_at_the_quietest_point() -> None:
+    t = np.arange(30 * RATE) / RATE
+    audio = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    audio[round(13.0 * RATE) : round(13.2 * RATE)] *= 0.001  # a pause inside the search window [12, 16]
+    audio[round(5.0 * RATE) : round(5.5 * RATE)] = 0  # a longer pause, too early to be used
+    chunks = chunk_regions(audio, [(0.0, 30.0)])
+    assert 13.0 <= chunks[0].end <= 13.2 and chunks[1].start == chunks[0].end
+    assert all(c.duration <= 16.0 for c in chunks) and chunks[-1].end == 30.0
+    flat = chunk_regions(np.full(40 * RATE, 0.1, np.float32), [(0.0, 40.0)])  # no pause: cut anyway
+    assert [round(c.duration, 3) <= 16 for c in flat] == [True] * 3 and flat[-1].end == 40.0
+
+
+def test_chunk_merging_and_widening() -> None:
+    audio = np.zeros(60 * RATE, np.float32)
+    chunks = chunk_regions(audio, [(1.0, 4.0), (4.5, 8.0), (10.0, 12.0), (12.5, 19.0), (30.0, 30.2)])
+    assert chunks == [Chunk(1.0, 8.0), Chunk(10.0, 19.0), Chunk(29.6, 30.6)]  # 0.2 s widened to min_chunk
+    chunks = chunk_regions(audio, [(5.0, 9.0), (1.0, 6.0), (-1.0, 0.2), (59.9, 70.0)], ChunkOptions(min_chunk=0))
+    assert chunks == [Chunk(0.0, 0.2), Chunk(1.0, 9.0), Chunk(59.9, 60.0)]  # union, clamped to the audio
+    near = chunk_regions(audio, [(0.1, 0.3), (0.5, 0.6)], ChunkOptions(merge_gap=0.1, min_chunk=1.0))
+    assert near[0].start == 0.0 and near[0].end <= near[1].start and near[1].duration == pytest.approx(1.0)
+    assert chunk_regions(audio, [(0.0, 10.0), (10.5, 20.0)]) == [Chunk(0.0, 10.0), Chunk(10.5, 20.0)]
+    assert chunk_regions(audio, []) == []
+
+
+def test_fixed_windows() -> None:
+    assert fixed_windows(0.0, 40.0, 16.0, 4.0) == [Chunk(0.0, 16.0), Chunk(12.0, 28.0), Chunk(24.0, 40.0)]
+    assert fixed_windows(0.0, 30.0, 16.0, 4.0) == [Chunk(0.0, 16.0), Chunk(12.0, 28.0), Chunk(14.0, 30.0)]
+    assert fixed_windows(5.0, 10.0, 16.0, 2.0) == [Chunk(5.0, 10.0)]
+    assert fixed_windows(0.0, 32.0, 16.0) == [Chunk(0.0, 16.0), Chunk(16.0, 32.0)]
+    assert fixed_windows(3.0, 3.0, 16.0) == []
+    windows = fixed_windows(1.5, 100.0, 10.0, 2.5)
+    assert windows[0].start == 1.5 and windows[-1].end == 100.0
+    assert all(w.duration == pytest.approx(10.0) for w in windows)
+    assert all(b.start - a.start == pytest.approx(7.5) for a, b in zip(windows, windows[1:-1]))
+    for bad in [(0.0, 10.0, 0.0, 0.0), (0.0, 10.0, 5.0, 5.0), (0.0, 10.0, 5.0, -1.0)]:
+        with pytest.raises(ValueError):
+            fixed_windows(*bad)
+
+
+def test_options_and_input_are_checked() -> None:
+    for kwargs in [{"threshold": 1.5}, {"neg_threshold": 0.9}, {"min_silence": -1}]:
+        with pytest.raises(ValueError):
+            VadOptions(**kwargs)
+    for kwargs in [{"max_chunk": 0}, {"min_chunk": 20}, {"merge_gap": -1}, {"split_window": 0}]:
+        with pytest.raises(ValueError):
+            ChunkOptions(**kwargs)
+    assert ChunkOptions(max_chunk=2.0).max_chunk == 2.0  # small limits work with the default window
+    with pytest.raises(ValueError):
+        speech_regions(np.zeros((2, RATE), np.float32))
+
+
+@needs_voice
+def test_short_limit_still_cuts(recording, regions) -> None:
+    chunks = chunk_regions(recording.audio, regions, ChunkOptions(max_chunk=2.0, min_chunk=0.5))
+    assert all(c.duration <= 2.0 + 1e-9 for c in chunks)
+    assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:]))
