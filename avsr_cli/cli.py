@@ -43,7 +43,8 @@ class OutputFormat(str, enum.Enum):
     all = "all"
 
 
-class LongForm(str, enum.Enum):
+class Segmentation(str, enum.Enum):
+    auto = "auto"
     vad = "vad"
     off = "off"
 
@@ -155,13 +156,13 @@ def transcribe(
     audio_rate: AudioRateOpt = None,
     video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
     batch_size: BatchSizeOpt = 1,
-    long_form: Annotated[
-        LongForm,
+    segmentation: Annotated[
+        Segmentation,
         typer.Option(
-            help="Inputs longer than --max-chunk: vad cuts them into speech chunks at pauses (Silero VAD); "
-            "off decodes them whole (refused beyond the encoder's 30 s)."
+            help="auto: inputs longer than --max-chunk are cut into speech chunks at pauses (Silero VAD); "
+            "vad: every input is; off: inputs are decoded whole (refused beyond the encoder's 30 s)."
         ),
-    ] = LongForm.vad,
+    ] = Segmentation.auto,
     max_chunk: Annotated[
         Optional[float],
         typer.Option(
@@ -176,7 +177,7 @@ def transcribe(
     """Transcribe media files: text on stdout, and files in --output-dir."""
     from .decoding import DecodingOptions
     from .transcribe import TranscribeOptions
-    from .writers import FORMATS, WRITERS, check_output_dir, write_result
+    from .writers import FORMATS, check_output_dir
 
     formats = list(FORMATS) if output_format is OutputFormat.all else [output_format.value]
     if output_dir is not None:
@@ -187,40 +188,131 @@ def transcribe(
         audio_rate=audio_rate,
         video_rate=video_rate,
         batch_size=batch_size,
-        long_form=long_form.value,
+        segmentation=segmentation.value,
         max_chunk=max_chunk,
         decoding=DecodingOptions(
             strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
         ),
     )
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
+    stdout_format = "txt" if output_format is OutputFormat.all else output_format.value
+    run_files(transcriber, files, options, output_dir, formats, stdout_format, None, quiet, verbose)
+
+
+def run_files(transcriber, files, options, output_dir, formats, stdout_format, cue_options, quiet, verbose):
+    """Transcribe `files` with one loaded model: outputs per file, errors reported and counted, exit code."""
+    from .media import probe
+    from .writers import WRITERS, write_result
+
     run_guarded(transcriber.check_options, options)
+    total = None
+    if not quiet and stderr.is_terminal:  # progress over media time
+        total = sum(_duration(probe, f) for f in files)
     failed = 0
-    stdout_writer = WRITERS["txt" if output_format is OutputFormat.all else output_format.value]
-    with _progress(len(files), quiet) as advance:
-        for item in transcriber.transcribe_many(files, options):
+    with _progress(total, quiet, unit="s") as advance:
+        for item in transcriber.transcribe_many(files, options, on_progress=advance):
             if isinstance(item, AvsrError):
                 failed += 1
                 stderr.print(f"[red]error:[/red] {item}", soft_wrap=True)
-            else:
-                for warning in item.warnings if not quiet else []:
-                    stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
-                if output_dir is not None:
-                    write_result(item, output_dir, formats)
-                sys.stdout.write(
-                    stdout_writer(item)
-                    if output_format is not OutputFormat.json
-                    else json.dumps(item.to_dict(), ensure_ascii=False) + "\n"
-                )
+                continue
+            for warning in item.warnings if not quiet else []:
+                stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+            if output_dir is not None:
+                write_result(item, output_dir, formats, cue_options)
+            if stdout_format is not None:
+                text = WRITERS[stdout_format](item, cue_options)
+                sys.stdout.write(text if stdout_format != "json" else json.dumps(item.to_dict()) + "\n")
                 sys.stdout.flush()
-                if verbose:
-                    times = ", ".join(f"{k} {v:.2f}s" for k, v in item.timings.items() if k != "batch_size")
-                    stderr.print(f"{item.path}: {item.duration:.1f} s audio; {times}", soft_wrap=True)
-            advance()
+            if verbose:
+                times = ", ".join(f"{k} {v:.2f}s" for k, v in item.timings.items())
+                stderr.print(f"{item.path}: {item.duration:.1f} s audio; {times}", soft_wrap=True)
     if failed:
         if not quiet:
             stderr.print(f"{failed} of {len(files)} file(s) failed")
         raise typer.Exit(EXIT_FAILED)
+
+
+def _duration(probe, path) -> float:
+    try:
+        return probe(path).duration
+    except AvsrError:
+        return 0.0
+
+
+class SubtitleFormat(str, enum.Enum):
+    srt = "srt"
+    vtt = "vtt"
+    both = "both"
+
+
+@app.command("export-subtitles")
+def export_subtitles(
+    files: Annotated[
+        list[Path], typer.Argument(help="Videos or audio files, any length.", show_default=False)
+    ],
+    checkpoint: CheckpointOpt = None,
+    mode: Annotated[Mode, typer.Option(help="asr: audio; vsr: lips; avsr: both.")] = Mode.asr,
+    format: Annotated[SubtitleFormat, typer.Option("--format", help="Subtitle format(s) to write.")] = (
+        SubtitleFormat.srt
+    ),
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Write <stem>.srt/.vtt here.")
+    ] = Path("."),
+    json_segments: Annotated[
+        bool, typer.Option("--json", help="Also write <stem>.json (segments with start, end, text, mode).")
+    ] = False,
+    max_chunk: Annotated[
+        Optional[float],
+        typer.Option(
+            min=1.0, help="Longest speech chunk given to the model, s (default: the checkpoint's 16 s)."
+        ),
+    ] = None,
+    max_line_chars: Annotated[int, typer.Option(min=10, help="Characters per subtitle line.")] = 42,
+    max_lines: Annotated[int, typer.Option(min=1, help="Lines per cue.")] = 2,
+    min_duration: Annotated[float, typer.Option(min=0.0, help="Shortest cue, s.")] = 1.0,
+    max_duration: Annotated[float, typer.Option(min=0.5, help="Longest cue, s.")] = 7.0,
+    num_beams: NumBeamsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    decoding: DecodingOpt = Decoding.beam,
+    seed: SeedOpt = 0,
+    audio_rate: AudioRateOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Per-file timings on stderr.")] = False,
+) -> None:
+    """Subtitle long recordings: speech chunks from voice activity detection, readable timed cues."""
+    from .decoding import DecodingOptions
+    from .subtitles import CueOptions
+    from .transcribe import TranscribeOptions
+    from .writers import check_output_dir
+
+    formats = ["srt", "vtt"] if format is SubtitleFormat.both else [format.value]
+    formats += ["json"] if json_segments else []
+    cue_options = run_guarded(
+        CueOptions,
+        max_line_chars=max_line_chars,
+        max_lines=max_lines,
+        min_duration=min_duration,
+        max_duration=max_duration,
+    )
+    run_guarded(check_output_dir, output_dir)
+    options = run_guarded(
+        TranscribeOptions,
+        mode=mode.value,
+        audio_rate=audio_rate,
+        batch_size=batch_size,
+        segmentation="vad",
+        max_chunk=max_chunk,
+        decoding=DecodingOptions(
+            strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
+        ),
+    )
+    transcriber = load_transcriber(checkpoint, device, dtype, quiet)
+    run_files(transcriber, files, options, output_dir, formats, None, cue_options, quiet, verbose)
+    if not quiet:
+        stderr.print(f"subtitles written to {output_dir}")
 
 
 def parse_snrs(values: list[str], clean: bool) -> tuple[float, ...]:
@@ -357,21 +449,29 @@ def print_report(report) -> None:
 
 
 class _progress:
-    """A Rich progress bar on stderr, shown only on a terminal and without --quiet."""
+    """A Rich progress bar on stderr, shown only on a terminal and without --quiet; returns `advance(n=1)`."""
 
-    def __init__(self, total: int | None, quiet: bool, label: str = "transcribing") -> None:
-        self.enabled = not quiet and stderr.is_terminal and total != 1
-        self.total, self.label = total, label
+    def __init__(self, total: float | None, quiet: bool, label: str = "transcribing", unit: str = "") -> None:
+        self.enabled = not quiet and stderr.is_terminal
+        self.total, self.label, self.unit = total, label, unit
 
     def __enter__(self):
         if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
+            return lambda n=1: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(console=stderr, transient=True)
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn(f"{{task.completed:.0f}}/{{task.total:.0f}} {self.unit}")
+            if self.total
+            else TextColumn("{task.completed:.0f}"),
+            TimeRemainingColumn(),
+        ]
+        self.progress = Progress(*columns, console=stderr, transient=True)
         self.progress.start()
         task = self.progress.add_task(self.label, total=self.total)
-        return lambda: self.progress.advance(task)
+        return lambda n=1: self.progress.advance(task, n)
 
     def __exit__(self, *exc) -> None:
         if self.enabled:

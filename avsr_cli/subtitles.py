@@ -2,7 +2,8 @@
 
 Long segments are split into cues of at most `max_lines` lines of `max_line_chars`, time shared by
 character count; lines and cues break preferably after punctuation, else before a conjunction, else at a
-space, and inside a word only when it is longer than a line. Cues never overlap.
+space, and inside a word only when it is longer than a line. Cues never overlap. Run `clean_segments`
+first to drop empty texts and collapse LLM repeat loops.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .transcribe import Segment
-from .writers import format_timestamp
 
 CONJUNCTIONS = frozenset(
     "and but or nor so yet because that which who whom whose when while where if unless until although "
@@ -127,7 +127,7 @@ def _lines(tokens: list[tuple[str, bool]], o: CueOptions) -> str:
     """`tokens` as the fewest lines that fit, balanced, breaking at the cheapest places."""
     width, n = o.max_line_chars, len(tokens)
     for count in range(1, o.max_lines + 1):
-        # best[j][k]: (cost, breaks) of laying out tokens[:j] as k lines
+        # best[j, k]: (cost, line starts) of laying out tokens[:j] as k lines
         best: dict[tuple[int, int], tuple[float, list[int]]] = {(0, 0): (0.0, [])}
         target = len(_join(tokens)) / count
         for k in range(1, count + 1):
@@ -210,33 +210,3 @@ def make_cues(segments: Iterable[Segment], options: CueOptions = CueOptions()) -
             end = start + max(o.min_duration, 0.001)
         out.append(Segment(start, end, c.text))
     return out
-
-
-def _cue_text(text: str) -> list[str]:
-    return [line for line in (" ".join(line.split()) for line in text.splitlines()) if line]
-
-
-def to_srt(cues: Iterable[Segment]) -> str:
-    """SubRip text: numbered cues, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, blank line between cues."""
-    blocks = []
-    for c in cues:
-        lines = _cue_text(c.text)
-        if lines:
-            stamp = f"{format_timestamp(c.start)} --> {format_timestamp(c.end)}"
-            blocks.append("\n".join([str(len(blocks) + 1), stamp, *lines]) + "\n")
-    return "\n".join(blocks)
-
-
-def _vtt_escape(line: str) -> str:
-    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def to_vtt(cues: Iterable[Segment]) -> str:
-    """WebVTT text: `WEBVTT` header, `HH:MM:SS.mmm --> HH:MM:SS.mmm` cues; & < > escaped."""
-    blocks = ["WEBVTT\n"]
-    for c in cues:
-        lines = [_vtt_escape(line) for line in _cue_text(c.text)]
-        if lines:
-            stamp = f"{format_timestamp(c.start, '.')} --> {format_timestamp(c.end, '.')}"
-            blocks.append("\n".join([stamp, *lines]) + "\n")
-    return "\n".join(blocks)

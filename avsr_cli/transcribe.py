@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from .errors import AvsrError, MediaError
 from .features import SAMPLE_RATE
 from .model import AVSRModel, ModalityInputs
 
+SEGMENTATIONS = ("auto", "vad", "off")
+
 
 @dataclass(frozen=True)
 class TranscribeOptions:
@@ -26,7 +28,9 @@ class TranscribeOptions:
     video_rate: int | None = None
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     batch_size: int = 1
-    long_form: str = "vad"  # longer than max_chunk: "vad" cuts at pauses (Silero VAD); "off" decodes whole
+    # "auto": inputs longer than max_chunk are cut into speech chunks at pauses (Silero VAD); "vad": every
+    # input is (speech-only chunks, so timestamps fit the speech: subtitles); "off": decode inputs whole.
+    segmentation: str = "auto"
     max_chunk: float | None = None  # seconds; default: the checkpoint's training clip length
     min_duration: float = 0.3  # shorter clips cannot hold a word; refuse rather than hallucinate
     silence_dbfs: float = -60.0  # RMS below this is silence: empty transcript, with a warning
@@ -36,8 +40,8 @@ class TranscribeOptions:
             raise ValueError(f"unknown mode {self.mode!r} (expected one of {', '.join(MODES)})")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if self.long_form not in ("vad", "off"):
-            raise ValueError(f"unknown long_form {self.long_form!r} (expected vad or off)")
+        if self.segmentation not in SEGMENTATIONS:
+            raise ValueError(f"unknown segmentation {self.segmentation!r} (expected one of {SEGMENTATIONS})")
 
 
 @dataclass
@@ -127,7 +131,10 @@ class Transcriber:
         return result
 
     def transcribe_many(
-        self, paths: Iterable[str | Path], options: TranscribeOptions | None = None
+        self,
+        paths: Iterable[str | Path],
+        options: TranscribeOptions | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> Iterator[Result | AvsrError]:
         """Yield, in order, a Result or the AvsrError explaining why that file failed."""
         from .media import load_audio
@@ -141,30 +148,36 @@ class Transcriber:
                     audio = exc
                 yield str(path), audio, time.perf_counter() - start
 
-        return self.transcribe_loaded(loaded(), options)
+        return self.transcribe_loaded(loaded(), options, on_progress)
 
     def transcribe_loaded(
-        self, items: Iterable[Loaded], options: TranscribeOptions | None = None
+        self,
+        items: Iterable[Loaded],
+        options: TranscribeOptions | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> Iterator[Result | AvsrError]:
         """The core loop over decoded inputs `(name, audio or the error loading raised, demux seconds)`.
 
         Long inputs are cut into speech chunks; chunks of several files share batches; results come in order.
+        `on_progress(seconds)` is called as media time is done (per decoded chunk, and for skipped audio).
         """
+        report = on_progress or (lambda seconds: None)
         options = options or self.options
         self.check_options(options)
         queue: list[_Job] = []
         pending: list[tuple[_Job, int]] = []
         for name, audio, demux in items:
             job = self._prepare(name, audio, demux, options)
+            report(job.duration - sum(e - s for s, e in job.chunks))  # audio that needs no decoding
             queue.append(job)
             pending += [(job, i) for i in range(len(job.chunks))]
             if len(pending) >= options.batch_size:
-                self._run_pieces(pending, options)
+                self._run_pieces(pending, options, report)
                 pending = []
             while queue and queue[0].done():
                 yield queue.pop(0).result(self.model.config.name, options)
         if pending:
-            self._run_pieces(pending, options)
+            self._run_pieces(pending, options, report)
         for job in queue:
             yield job.result(self.model.config.name, options)
 
@@ -185,7 +198,7 @@ class Transcriber:
             job.warnings.append(f"{name}: no speech: audio is silent ({level:.0f} dBFS RMS)")
             return job
         max_chunk = options.max_chunk or self.model.config.chunk_seconds
-        if duration > max_chunk and options.long_form == "vad":
+        if options.segmentation == "vad" or (options.segmentation == "auto" and duration > max_chunk):
             from .segmentation import ChunkOptions, segment_audio
 
             start = time.perf_counter()
@@ -206,7 +219,9 @@ class Transcriber:
         job.texts = [None] * len(job.chunks)
         return job
 
-    def _run_pieces(self, pieces: list[tuple[_Job, int]], options: TranscribeOptions) -> None:
+    def _run_pieces(
+        self, pieces: list[tuple[_Job, int]], options: TranscribeOptions, report: Callable[[float], None]
+    ) -> None:
         """Decode a batch of chunks (possibly from several files) and store each text in its job."""
         model, cfg = self.model, self.model.config
         waves = []
@@ -230,6 +245,7 @@ class Transcriber:
         share = {"features": (t1 - t0), "encoder": (t2 - t1), "llm": (t3 - t2)}
         for (job, i), text in zip(pieces, texts, strict=True):
             job.texts[i] = text
+            report(job.chunks[i][1] - job.chunks[i][0])
             for key, value in share.items():
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
 
@@ -250,6 +266,10 @@ class _Job:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / SAMPLE_RATE if self.audio is not None else 0.0
+
     def done(self) -> bool:
         return self.error is not None or all(t is not None for t in self.texts)
 
@@ -264,7 +284,7 @@ class _Job:
         return Result(
             path=self.name,
             text=" ".join(s.text for s in segments),
-            duration=len(self.audio) / SAMPLE_RATE,
+            duration=self.duration,
             mode=options.mode,
             model=model_name,
             segments=segments,

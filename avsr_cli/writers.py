@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import UsageError
-from .transcribe import Result
+from .subtitles import CueOptions, clean_segments, make_cues
+from .transcribe import Result, Segment
 
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 
@@ -25,31 +26,60 @@ def format_timestamp(seconds: float, decimal: str = ",", always_hours: bool = Tr
     return f"{head}{minutes:02d}:{secs:02d}{decimal}{ms:03d}"
 
 
-def to_txt(result: Result) -> str:
+def to_txt(result: Result, cues: CueOptions | None = None) -> str:
     return result.text + "\n"
 
 
-def to_json(result: Result) -> str:
+def to_json(result: Result, cues: CueOptions | None = None) -> str:
     return json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n"
 
 
-def to_srt(result: Result) -> str:
-    cues = [
-        f"{i}\n{format_timestamp(s.start)} --> {format_timestamp(s.end)}\n{s.text}\n"
-        for i, s in enumerate(result.segments, start=1)
-    ]
-    return "\n".join(cues)
+def _cue_lines(text: str) -> list[str]:
+    return [line for line in (" ".join(line.split()) for line in text.splitlines()) if line]
 
 
-def to_vtt(result: Result) -> str:
-    cues = [
-        f"{format_timestamp(s.start, '.')} --> {format_timestamp(s.end, '.')}\n{s.text}\n"
-        for s in result.segments
-    ]
-    return "\n".join(["WEBVTT\n", *cues])
+def srt_text(cues: Iterable[Segment]) -> str:
+    """SubRip text: numbered cues, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, blank line between cues."""
+    blocks = []
+    for c in cues:
+        lines = _cue_lines(c.text)
+        if lines:
+            stamp = f"{format_timestamp(c.start)} --> {format_timestamp(c.end)}"
+            blocks.append("\n".join([str(len(blocks) + 1), stamp, *lines]) + "\n")
+    return "\n".join(blocks)
 
 
-def to_tsv(result: Result) -> str:
+def _vtt_escape(line: str) -> str:
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def vtt_text(cues: Iterable[Segment]) -> str:
+    """WebVTT text: `WEBVTT` header, `HH:MM:SS.mmm --> HH:MM:SS.mmm` cues; & < > escaped (a `-->` in the
+    text would otherwise end the cue timing)."""
+    blocks = ["WEBVTT\n"]
+    for c in cues:
+        lines = [_vtt_escape(line) for line in _cue_lines(c.text)]
+        if lines:
+            stamp = f"{format_timestamp(c.start, '.')} --> {format_timestamp(c.end, '.')}"
+            blocks.append("\n".join([stamp, *lines]) + "\n")
+    return "\n".join(blocks)
+
+
+def cues_of(result: Result, options: CueOptions | None = None) -> list[Segment]:
+    """Subtitle cues of a result: repeat loops collapsed, lines <= 42 chars, <= 2 lines, timed by the
+    segmentation (see subtitles.py)."""
+    return make_cues(clean_segments(result.segments), options or CueOptions())
+
+
+def to_srt(result: Result, cues: CueOptions | None = None) -> str:
+    return srt_text(cues_of(result, cues))
+
+
+def to_vtt(result: Result, cues: CueOptions | None = None) -> str:
+    return vtt_text(cues_of(result, cues))
+
+
+def to_tsv(result: Result, cues: CueOptions | None = None) -> str:
     """Whisper's tsv layout: start and end in integer milliseconds, then the text."""
     rows = ["start\tend\ttext"]
     rows += [
@@ -59,7 +89,8 @@ def to_tsv(result: Result) -> str:
     return "\n".join(rows) + "\n"
 
 
-WRITERS: dict[str, Callable[[Result], str]] = {
+# Each writer takes the result and, for subtitle formats, the cue layout options.
+WRITERS: dict[str, Callable[[Result, CueOptions | None], str]] = {
     "txt": to_txt,
     "json": to_json,
     "srt": to_srt,
@@ -92,11 +123,13 @@ def check_output_dir(output_dir: Path) -> Path:
     return output_dir
 
 
-def write_result(result: Result, output_dir: Path, formats: list[str]) -> list[Path]:
+def write_result(
+    result: Result, output_dir: Path, formats: list[str], cues: CueOptions | None = None
+) -> list[Path]:
     """Write `<stem>.<ext>` for each format; returns the paths written."""
     written = []
     for fmt in formats:
         path = Path(output_dir) / f"{Path(result.path).stem}.{fmt}"
-        atomic_write_text(path, WRITERS[fmt](result))
+        atomic_write_text(path, WRITERS[fmt](result, cues))
         written.append(path)
     return written

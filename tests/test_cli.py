@@ -129,7 +129,7 @@ def test_bad_file_is_reported_and_skipped(ckpt, media, tmp_path, name, message):
 
 
 def test_long_input_without_chunking_is_refused(ckpt, media, tmp_path):
-    r = run("transcribe", media / "long.flac", "-c", ckpt, "--long-form", "off")
+    r = run("transcribe", media / "long.flac", "-c", ckpt, "--segmentation", "off")
     assert r.exit_code == 1 and "long.flac: 31.0 s of audio is longer than the 30 s" in r.stderr
     r = run("transcribe", media / "long.flac", "-c", ckpt)  # chunked by VAD: a pure tone holds no speech
     assert r.exit_code == 0 and "no speech found by voice activity detection" in r.stderr

@@ -52,7 +52,8 @@ def test_timestamps(seconds, srt, vtt):
 
 def test_srt_vtt_tsv_layouts():
     r = result([(0.0, 1.0, "one"), (1.5, 2.0, "two")])
-    assert to_srt(r) == "1\n00:00:00,000 --> 00:00:01,000\none\n\n2\n00:00:01,500 --> 00:00:02,000\ntwo\n"
+    # cue conventions apply: the 0.5 s cue is stretched to the 1 s minimum; tsv keeps the raw segments
+    assert to_srt(r) == "1\n00:00:00,000 --> 00:00:01,000\none\n\n2\n00:00:01,500 --> 00:00:02,500\ntwo\n"
     assert to_vtt(r).startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\none\n")
     assert to_tsv(r).splitlines() == ["start\tend\ttext", "0\t1000\tone", "1500\t2000\ttwo"]
     empty = result([])
