@@ -267,6 +267,12 @@ def export_subtitles(
             min=1.0, help="Longest speech chunk given to the model, s (default: the checkpoint's 16 s)."
         ),
     ] = None,
+    merge_gap: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Speech regions closer than this (s) share a chunk; smaller: finer cue timing."
+        ),
+    ] = 0.5,
     max_line_chars: Annotated[int, typer.Option(min=10, help="Characters per subtitle line.")] = 42,
     max_lines: Annotated[int, typer.Option(min=1, help="Lines per cue.")] = 2,
     min_duration: Annotated[float, typer.Option(min=0.0, help="Shortest cue, s.")] = 1.0,
@@ -305,6 +311,7 @@ def export_subtitles(
         batch_size=batch_size,
         segmentation="vad",
         max_chunk=max_chunk,
+        merge_gap=merge_gap,
         decoding=DecodingOptions(
             strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
         ),

@@ -32,6 +32,7 @@ class TranscribeOptions:
     # input is (speech-only chunks, so timestamps fit the speech: subtitles); "off": decode inputs whole.
     segmentation: str = "auto"
     max_chunk: float | None = None  # seconds; default: the checkpoint's training clip length
+    merge_gap: float = 1.0  # speech regions closer than this share a chunk (more context, coarser timing)
     min_duration: float = 0.3  # shorter clips cannot hold a word; refuse rather than hallucinate
     silence_dbfs: float = -60.0  # RMS below this is silence: empty transcript, with a warning
 
@@ -203,7 +204,8 @@ class Transcriber:
 
             start = time.perf_counter()
             job.chunks = [
-                (c.start, c.end) for c in segment_audio(audio, chunks=ChunkOptions(max_chunk=max_chunk))
+                (c.start, c.end)
+                for c in segment_audio(audio, chunks=ChunkOptions(max_chunk, merge_gap=options.merge_gap))
             ]
             job.timings["segmentation"] = time.perf_counter() - start
             if not job.chunks:

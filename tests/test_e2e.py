@@ -3,12 +3,15 @@ train projector + LoRA on three clips, save an avsr checkpoint, then `avsr trans
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+from speech import available_voices, make_clip, synthesize
 
 from avsr_cli.checkpoint import build_model, save_checkpoint
 from avsr_cli.config import (
@@ -20,17 +23,21 @@ from avsr_cli.config import (
     ModelConfig,
     ProjectorConfig,
 )
+from avsr_cli.evaluate import read_results
 from avsr_cli.media import load_audio
 from avsr_cli.train import TrainOptions, encode_audio, fit
 
-try:
-    from tests.speech import synthesize
-except ImportError:  # tests/ on sys.path (rootdir conftest)
-    from speech import synthesize
-
 pytestmark = pytest.mark.slow
 
-TEXTS = ["the cat sat on the mat", "open the door please", "seven green apples fell from the tree"]
+TEXTS = [
+    "the cat sat on the mat",
+    "open the door please",
+    "seven green apples fell from the tree",
+    "we will meet again tomorrow morning",
+    "turn left at the next corner",
+    "my brother plays the violin",
+]
+HELD_OUT = ["the weather is cold today", "please call me after lunch", "she reads a book every night"]
 
 
 def small_config() -> ModelConfig:
@@ -52,7 +59,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(small_config())
     frames = encode_audio(model, [load_audio(w) for w in wavs])
-    losses = fit(model, frames, TEXTS, TrainOptions(steps=60, lr=2e-3, batch_size=3))
+    losses = fit(model, frames, TEXTS, TrainOptions(steps=90, lr=2e-3, batch_size=3))
     return save_checkpoint(model, d / "ckpt"), wavs, losses
 
 
@@ -71,7 +78,8 @@ def test_cli_prints_the_exact_transcripts(trained, tmp_path):
     ckpt, wavs, _ = trained
     m4a = tmp_path / "clip1.m4a"  # another container through the same path
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wavs[1]), str(m4a)], check=True)
-    cmd = avsr_command() + ["transcribe", *map(str, [wavs[0], m4a, wavs[2]]), "--checkpoint", str(ckpt)]
+    files = [wavs[0], m4a, *wavs[2:]]
+    cmd = avsr_command() + ["transcribe", *map(str, files), "--checkpoint", str(ckpt)]
     p = subprocess.run(cmd + ["-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == TEXTS
@@ -96,3 +104,90 @@ def test_encoder_matches_the_full_converted_whisper(lrs3_clip):
         want = full.model.encoder(feats.input_features).last_hidden_state[0]
     got = ours(feats.input_features, [want.shape[0]])[0]
     assert torch.equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory, lrs3_clip):
+    """A 2-3 minute recording: the trained sentences in shuffled order with 1.2-3 s pauses, muxed with a
+    looped real face video; returns (path, [(start, text)])."""
+    import random
+
+    d = tmp_path_factory.mktemp("long")
+    rng = random.Random(4)
+    script = [(round(rng.uniform(1.2, 3.0), 2), t) for _ in range(5) for t in rng.sample(TEXTS, len(TEXTS))]
+    starts = make_clip(script, d / "speech.wav")
+    ffmpeg_cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "-1", "-i", str(lrs3_clip)]
+    ffmpeg_cmd += ["-i", str(d / "speech.wav"), "-map", "0:v", "-map", "1:a", "-shortest", "-c:v", "libx264"]
+    subprocess.run([*ffmpeg_cmd, "-c:a", "aac", str(d / "talk.mp4")], check=True)
+    return d / "talk.mp4", list(zip(starts, (t for _, t in script), strict=True))
+
+
+def test_export_subtitles_timing_and_validity(trained, recording, tmp_path):
+    import srt
+    import webvtt
+
+    ckpt, _, _ = trained
+    video, truth = recording
+    cmd = avsr_command() + ["export-subtitles", str(video), "-c", str(ckpt), "--format", "both", "--json"]
+    p = subprocess.run(cmd + ["-o", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    cues = list(srt.parse((tmp_path / "talk.srt").read_text()))
+    vtt = webvtt.from_string((tmp_path / "talk.vtt").read_text())
+    assert len(cues) == len(vtt.captions) == len(truth)  # one cue per sentence (each fits 2 x 42 chars)
+    for cue, (start, text) in zip(cues, truth, strict=True):
+        assert abs(cue.start.total_seconds() - start) <= 0.3, (cue, start)
+        assert cue.content.replace("\n", " ") == text
+        assert all(len(line) <= 42 for line in cue.content.split("\n")) and cue.content.count("\n") <= 1
+        assert 1.0 - 1e-3 <= (cue.end - cue.start).total_seconds() <= 7.0 + 1e-3
+    assert all(a.end <= b.start for a, b in zip(cues, cues[1:], strict=False))  # no overlaps
+    segments = json.loads((tmp_path / "talk.json").read_text())["segments"]
+    assert [s["text"] for s in segments] == [t for _, t in truth]
+
+
+def test_evaluate_clean_and_noisy_with_resume(trained, tmp_path):
+    """Scores the trained clips (WER 0 when clean) and held-out sentences/voice at 5 and 0 dB."""
+    ckpt, wavs, _ = trained
+    data = tmp_path / "data"
+    data.mkdir()
+    for w, t in zip(wavs, TEXTS, strict=True):
+        (data / w.name).write_bytes(w.read_bytes())
+        (data / w.with_suffix(".txt").name).write_text(t)
+    voice = next((v for v in available_voices() if not v.startswith("piper")), None)
+    for i, t in enumerate(HELD_OUT):
+        synthesize(t, data / f"heldout{i}.wav", voice=voice)
+        (data / f"heldout{i}.txt").write_text(t)
+    report = tmp_path / "report"
+    cmd = avsr_command() + [
+        "evaluate",
+        str(data),
+        "-c",
+        str(ckpt),
+        "--snr",
+        "5,0",
+        "--report-dir",
+        str(report),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = report / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 4):
+        time.sleep(0.05)
+    proc.kill()  # a killed run: what was scored stays scored
+    proc.wait()
+    scored = len(read_results(results))
+    assert 4 <= scored < 27
+    p = subprocess.run(cmd + ["--resume", "--json"], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    rows = read_results(results)
+    assert len(rows) == 27 and len({(r["snr"], r["id"]) for r in rows}) == 27
+    summary = json.loads(p.stdout)
+    by_snr = {c["snr"]: c for c in summary["conditions"]}
+    assert set(by_snr) == {"inf", 5.0, 0.0} and all(
+        c["clips"] == 9 and c["failed"] == 0 for c in by_snr.values()
+    )
+    clean_train = [r for r in rows if r["snr"] == "clean" and not r["id"].startswith("heldout")]
+    assert all(r["hyp"] == r["ref"] for r in clean_train)
+    print(
+        "\nevaluate WER % (6 trained + 3 held-out clips):",
+        {k: round(100 * c["scores"]["wer"], 1) for k, c in by_snr.items()},
+    )
