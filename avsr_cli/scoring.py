@@ -136,8 +136,24 @@ def _rate(errors: int, total: int) -> float:
     return 0.0 if errors == 0 else math.inf
 
 
+class _ErrorRates:
+    """WER/CER from S/D/I counts: total errors over total reference units (words, characters)."""
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def wer(self) -> float:
+        return _rate(self.errors, self.ref_words)
+
+    @property
+    def cer(self) -> float:
+        return _rate(self.char_errors, self.ref_chars)
+
+
 @dataclass
-class UtteranceScore:
+class UtteranceScore(_ErrorRates):
     """One utterance: texts as given and as scored, word and character error counts, word alignment.
 
     alignment: (op, reference word, hypothesis word) with op C (correct), S, D (hyp word ""), I (ref word "").
@@ -160,21 +176,9 @@ class UtteranceScore:
     def ref_words(self) -> int:
         return self.hits + self.substitutions + self.deletions
 
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def wer(self) -> float:
-        return _rate(self.errors, self.ref_words)
-
-    @property
-    def cer(self) -> float:
-        return _rate(self.char_errors, self.ref_chars)
-
 
 @dataclass
-class Scores:
+class Scores(_ErrorRates):
     """Corpus totals (rates are total errors / total reference units) and the per-utterance rows."""
 
     normalizer: str
@@ -189,18 +193,6 @@ class Scores:
     char_errors: int
     sentence_errors: int  # utterances with at least one word error
     rows: list[UtteranceScore]
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def wer(self) -> float:
-        return _rate(self.errors, self.ref_words)
-
-    @property
-    def cer(self) -> float:
-        return _rate(self.char_errors, self.ref_chars)
 
     @property
     def ser(self) -> float:

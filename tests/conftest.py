@@ -23,3 +23,15 @@ def lrs3_clip() -> Path:
     if not path.exists():
         pytest.skip(f"real LRS3 clip not found at {path} (shared assets absent)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_dirs, tmp_path_factory):
+    """An avsr checkpoint of the tiny random model (untrained projector and LoRA)."""
+    import torch
+    from tiny import tiny_config
+
+    from avsr_cli.checkpoint import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(build_model(tiny_config(*tiny_dirs)), tmp_path_factory.mktemp("ck") / "tiny")

@@ -8,26 +8,18 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from tiny import tiny_config
+from tiny import ffmpeg
 from typer.testing import CliRunner
 
 from avsr_cli import __version__
-from avsr_cli.checkpoint import build_model, save_checkpoint
 from avsr_cli.cli import app
 
 runner = CliRunner()
 
 
-def ffmpeg(*args):
-    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *args], check=True)
-
-
 @pytest.fixture(scope="module")
-def ckpt(tiny_dirs, tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model(tiny_config(*tiny_dirs))
-    return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "tiny")
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")

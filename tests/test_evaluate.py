@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
-import torch
 from speech import synthesize
-from tiny import tiny_config
+from tiny import ffmpeg
 from typer.testing import CliRunner
 
-from avsr_cli.checkpoint import build_model, save_checkpoint
 from avsr_cli.cli import app
 from avsr_cli.evaluate import CLEAN, EvaluateOptions, evaluate, read_results
 from avsr_cli.transcribe import Transcriber
@@ -20,14 +17,9 @@ SENTENCES = ["the cat sat on the mat", "open the door please", "seven green appl
 runner = CliRunner()
 
 
-def ffmpeg(*args):
-    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *args], check=True)
-
-
 @pytest.fixture(scope="module")
-def ckpt(tiny_dirs, tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(build_model(tiny_config(*tiny_dirs)), tmp_path_factory.mktemp("ck") / "tiny")
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import torch
@@ -100,3 +101,8 @@ def tiny_config(whisper_dir: Path, llm_dir: Path, **overrides) -> ModelConfig:
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def ffmpeg(*args: str) -> None:
+    """Run the ffmpeg binary quietly (test media are generated with its lavfi sources)."""
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
