@@ -196,10 +196,22 @@ def transcribe(
     )
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
     stdout_format = "txt" if output_format is OutputFormat.all else output_format.value
-    run_files(transcriber, files, options, output_dir, formats, stdout_format, None, quiet, verbose)
+    run_files(
+        transcriber,
+        files,
+        options,
+        output_dir=output_dir,
+        formats=formats,
+        stdout_format=stdout_format,
+        cue_options=None,
+        quiet=quiet,
+        verbose=verbose,
+    )
 
 
-def run_files(transcriber, files, options, output_dir, formats, stdout_format, cue_options, quiet, verbose):
+def run_files(
+    transcriber, files, options, *, output_dir, formats, stdout_format, cue_options, quiet, verbose
+) -> None:
     """Transcribe `files` with one loaded model: outputs per file, errors reported and counted, exit code."""
     from .media import probe
     from .writers import WRITERS, write_result
@@ -317,7 +329,17 @@ def export_subtitles(
         ),
     )
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
-    run_files(transcriber, files, options, output_dir, formats, None, cue_options, quiet, verbose)
+    run_files(
+        transcriber,
+        files,
+        options,
+        output_dir=output_dir,
+        formats=formats,
+        stdout_format=None,
+        cue_options=cue_options,
+        quiet=quiet,
+        verbose=verbose,
+    )
     if not quiet:
         stderr.print(f"subtitles written to {output_dir}")
 
