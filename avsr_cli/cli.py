@@ -120,6 +120,15 @@ DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 
 
+def decoding_options(decoding: Decoding, num_beams: int | None, max_new_tokens: int | None, seed: int):
+    """DecodingOptions from the shared decoding flags (None: the checkpoint's defaults)."""
+    from .decoding import DecodingOptions
+
+    return DecodingOptions(
+        strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
+    )
+
+
 def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool):
     """The model of --checkpoint, loaded once (errors become one-line messages)."""
     from .transcribe import Transcriber
@@ -175,7 +184,6 @@ def transcribe(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Per-file timings on stderr.")] = False,
 ) -> None:
     """Transcribe media files: text on stdout, and files in --output-dir."""
-    from .decoding import DecodingOptions
     from .transcribe import TranscribeOptions
     from .writers import FORMATS, check_output_dir
 
@@ -190,9 +198,7 @@ def transcribe(
         batch_size=batch_size,
         segmentation=segmentation.value,
         max_chunk=max_chunk,
-        decoding=DecodingOptions(
-            strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
-        ),
+        decoding=decoding_options(decoding, num_beams, max_new_tokens, seed),
     )
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
     stdout_format = "txt" if output_format is OutputFormat.all else output_format.value
@@ -301,7 +307,6 @@ def export_subtitles(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Per-file timings on stderr.")] = False,
 ) -> None:
     """Subtitle long recordings: speech chunks from voice activity detection, readable timed cues."""
-    from .decoding import DecodingOptions
     from .subtitles import CueOptions
     from .transcribe import TranscribeOptions
     from .writers import check_output_dir
@@ -324,9 +329,7 @@ def export_subtitles(
         segmentation="vad",
         max_chunk=max_chunk,
         merge_gap=merge_gap,
-        decoding=DecodingOptions(
-            strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
-        ),
+        decoding=decoding_options(decoding, num_beams, max_new_tokens, seed),
     )
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
     run_files(
@@ -405,7 +408,6 @@ def evaluate(
     quiet: QuietOpt = False,
 ) -> None:
     """Transcribe a dataset and report WER/CER (corpus level) per mode and SNR."""
-    from .decoding import DecodingOptions
     from .evaluate import EvaluateOptions
     from .evaluate import evaluate as run_evaluation
     from .scoring import get_normalizer
@@ -422,9 +424,7 @@ def evaluate(
         workers=workers,
         resume=resume,
         audio_rate=audio_rate,
-        decoding=DecodingOptions(
-            strategy=decoding.value, num_beams=num_beams, max_new_tokens=max_new_tokens, seed=seed
-        ),
+        decoding=decoding_options(decoding, num_beams, max_new_tokens, seed),
     )
     if report_dir is not None:
         from .writers import check_output_dir

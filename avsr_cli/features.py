@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
+from .media import SAMPLE_RATE
+
 ENCODER_FRAME_RATE = 50  # Whisper encoder output frames per second (30 s -> 1500 frames)
 MIN_ENCODER_FRAMES = 25
 

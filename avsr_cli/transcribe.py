@@ -98,10 +98,6 @@ class Transcriber:
 
         return cls(load_checkpoint(checkpoint, device=device, dtype=dtype), options)
 
-    @property
-    def model_name(self) -> str:
-        return self.model.config.name
-
     def check_options(self, options: TranscribeOptions) -> None:
         """Raise a user-facing error if this model cannot run `options` (mode, rates)."""
         from .errors import CheckpointError
