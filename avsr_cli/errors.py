@@ -23,3 +23,7 @@ class UsageError(AvsrError):
     """The request itself cannot be carried out (e.g. an unwritable output directory): nothing was done."""
 
     exit_code = 2
+
+
+class DownloadError(AvsrError):
+    """A model part could not be fetched, verified or converted (the message says which and what to do)."""

@@ -13,6 +13,8 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +176,41 @@ def load_video(
         args += ["-frames:v", str(max_frames)]
     out = _decode(path, _url(path), "video", args)
     return np.frombuffer(bytearray(out), np.uint8).reshape(-1, height, width, 3)
+
+
+def iter_video(
+    path: str | os.PathLike, fps: float = VIDEO_FPS, size: tuple[int, int] | None = None
+) -> Iterator[np.ndarray]:
+    """Stream the first video stream of `path` as read-only uint8 RGB frames (H, W, 3) at a constant `fps`.
+
+    As `load_video`, one frame at a time (long or large videos never sit in memory whole); size: (height,
+    width) to resize to, None keeps the displayed size. Frame-rate conversion (ffmpeg's fps filter) turns
+    variable-frame-rate input into constant `fps`.
+    """
+    info = probe(path)
+    if not info.has_video:
+        raise MediaError(f"{path}: has no video stream")
+    height, width = size or (info.height, info.width)
+    url, exe = _url(path), find_ffmpeg()
+    if exe is None:
+        _exec(exe, [], path)  # raises the "ffmpeg not found" error
+    args = ["-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", "-i", url, "-map", "0:v:0"]
+    args += ["-vf", f"fps={fps},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    nbytes = height * width * 3
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([exe, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        try:
+            while len(buf := proc.stdout.read(nbytes)) == nbytes:
+                yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+            proc.wait()
+        finally:
+            if proc.poll() is None:  # the consumer stopped early
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise _error(path, url, err.read(), "video")
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:

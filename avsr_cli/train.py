@@ -1,41 +1,178 @@
 """Training the projectors + LoRA on top of the frozen encoders and LLM (the Llama-AVSR recipe).
 
-Reference recipe (Llama-AVSR train.py / README commands): AdamW betas (0.9, 0.98), weight decay 0.1,
-lr 1e-3 for ASR/AVSR (5e-4 for VSR), cosine schedule, only projectors and LoRA trainable. Omni-AVSR's
-matryoshka training draws one compression rate per step (`random.choice`), so any trained rate can be
-picked at inference.
+Reference recipe (Llama-AVSR train.py / README commands, REFERENCE.md §6.3): AdamW betas (0.9, 0.98), weight
+decay 0.1, lr 1e-3 for ASR/AVSR and 5e-4 for VSR, cosine schedule (`--warmup-epochs 0` by default),
+gradient clip 10, batches by a frame budget (`--max-frames-audiovisual 1500`: 60 s of 25 fps frames per
+device), bf16 on GPU, only projectors and LoRA trainable, checkpoint averaging of the last epochs. Omni-AVSR's
+matryoshka training draws one compression rate per step (`random.choice`), so any trained rate can be picked
+at inference.
+
+Here the frozen encoder runs once per clip under `torch.no_grad()` and its frames are cached on disk
+(`FeatureCache`), so epochs after the first cost only the projector + LLM.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from .config import MODE_TO_TASK
+from .datasets import Dataset, Item
+from .errors import AvsrError, UsageError
 from .model import AVSRModel, ModalityInputs
+
+REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README training commands
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "training.json"
 
 
 @dataclass
 class TrainOptions:
-    steps: int = 100
-    lr: float = 1e-3
+    """What `train` does; defaults follow the reference recipe (module docstring)."""
+
+    mode: str = "asr"
+    epochs: int = 3
+    max_steps: int = 0  # optimizer steps; 0: run `epochs` epochs
+    lr: float | None = None  # None: REFERENCE_LR[mode]
     weight_decay: float = 0.1
     warmup_steps: int = 0
-    batch_size: int = 4
-    mode: str = "asr"
-    train_lora: bool = True
+    batch_seconds: float = 60.0  # padded encoder-input seconds per batch (frame budget)
+    max_batch: int = 16
+    grad_accum: int = 1
     grad_clip: float = 10.0
+    precision: str = "auto"  # auto (bf16 autocast on a bf16 GPU, else fp32) | fp32 | bf16
+    rates: list[int] | None = None  # compression rates to train (matryoshka); None: the config's rates
+    val_every: int = 0  # optimizer steps between validations; 0: at the end of each epoch
+    val_limit: int = 100  # validation clips decoded each time
+    average_last: int = 1  # average the adapters saved at the end of the last N epochs
+    save_every: int = 100  # optimizer steps between resumable states
     seed: int = 0
+    train_lora: bool = True
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else REFERENCE_LR[self.mode]
+
+
+@dataclass
+class TrainResult:
+    """Where the checkpoint went and how training went."""
+
+    checkpoint: Path
+    steps: int
+    epochs: int
+    losses: list[float]  # per optimizer step
+    validations: list[dict] = field(default_factory=list)  # {"step", "epoch", "wer", "cer", "clips"}
+    resumed_from: int = 0  # optimizer step resumed from (0: fresh start)
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # clips that could not be used, and why
+
+
+# ------------------------------------------------------------------------------------------ features
+
+
+class FeatureCache:
+    """Frozen-encoder frames of each clip, computed once and kept as safetensors files in `root`.
+
+    The key covers the encoder (source, revision, weights, width), the file (absolute path, size, mtime) and
+    the modality, so a changed file or encoder never reuses stale frames.
+    """
+
+    def __init__(self, root: Path, model: AVSRModel) -> None:
+        self.root = Path(root)
+        self.model = model
+
+    def _key(self, path: Path, modality: str) -> Path:
+        enc = getattr(self.model.config, f"{modality}_encoder")
+        st = path.stat()
+        ident = json.dumps(
+            [asdict(enc), modality, str(path.resolve()), st.st_size, st.st_mtime_ns], sort_keys=True
+        )
+        return self.root / f"{modality}-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.safetensors"
+
+    def audio_frames(self, items: Sequence[Item], on_clip: Callable[[], None] | None = None) -> list:
+        """Encoder frames per item (a tensor, or the AvsrError that made the clip unusable)."""
+        from .media import load_audio
+
+        out: list = [None] * len(items)
+        todo = []
+        for i, item in enumerate(items):
+            try:
+                key = self._key(item.audio_path, "audio")
+            except OSError as exc:
+                out[i] = AvsrError(f"{item.audio_path}: {exc.strerror or exc}")
+                continue
+            if key.exists():
+                out[i] = load_file(str(key))["frames"]
+                if on_clip:
+                    on_clip()
+            else:
+                todo.append((i, key))
+        self.root.mkdir(parents=True, exist_ok=True)
+        for i, key in todo:
+            try:
+                wave = load_audio(items[i].audio_path)
+                if len(wave) / 16000 > 30:  # the Whisper window; longer clips would be cut (reference: 30 s)
+                    raise AvsrError(
+                        f"{items[i].audio_path}: longer than 30 s, too long for one training clip"
+                    )
+                with torch.no_grad():  # no_grad, not inference_mode: the frames feed a graph later
+                    feats = self.model.audio_frontend([wave])
+                    frames = self.model.audio_encoder(feats.input_features, feats.n_frames)[0]
+                frames = frames.detach().float().cpu().contiguous()
+                tmp = key.with_suffix(f".tmp{os.getpid()}")
+                save_file({"frames": frames}, str(tmp))
+                os.replace(tmp, key)
+                out[i] = frames
+            except AvsrError as exc:
+                out[i] = exc
+            if on_clip:
+                on_clip()
+        return out
 
 
 def encode_audio(model: AVSRModel, waveforms: list[np.ndarray]) -> list[torch.Tensor]:
-    """Frozen encoder frames, computed once (no_grad) and reused every epoch."""
-    feats = model.audio_frontend(waveforms)
-    return [f.detach() for f in model.audio_encoder(feats.input_features, feats.n_frames)]
+    """Frozen encoder frames of in-memory waveforms (no_grad)."""
+    with torch.no_grad():
+        feats = model.audio_frontend(waveforms)
+        return [f.detach() for f in model.audio_encoder(feats.input_features, feats.n_frames)]
+
+
+# ------------------------------------------------------------------------------------------- batching
+
+
+def length_batches(
+    lengths: Sequence[int], frames_per_second: float, options: TrainOptions, rng: random.Random
+) -> list[list[int]]:
+    """Length-bucketed batches: clips sorted by length (with random tie order) and cut so that the padded
+    size (longest clip x clips) stays within `options.batch_seconds`; the batch order is shuffled."""
+    budget = options.batch_seconds * frames_per_second
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches, batch, longest = [], [], 0
+    for i in order:
+        if batch and (
+            max(longest, lengths[i]) * (len(batch) + 1) > budget or len(batch) >= options.max_batch
+        ):
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(i)
+        longest = max(longest, lengths[i])
+    if batch:
+        batches.append(batch)
+    rng.shuffle(batches)
+    return batches
 
 
 def trainable_parameters(model: AVSRModel, mode: str, train_lora: bool) -> list[torch.nn.Parameter]:
@@ -51,71 +188,424 @@ def trainable_parameters(model: AVSRModel, mode: str, train_lora: bool) -> list[
     return params
 
 
+def _autocast(options: TrainOptions, device: torch.device):
+    want = options.precision
+    if want == "auto":
+        want = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if want == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if want != "fp32":
+        raise UsageError(f"unknown precision '{options.precision}' (auto, fp32, bf16)")
+    return nullcontext()
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+class Trainer:
+    """Trains `model`'s projectors + LoRA on (encoder frames, transcript) pairs; resumable from `out_dir`."""
+
+    def __init__(
+        self,
+        model: AVSRModel,
+        frames: list[torch.Tensor],
+        texts: list[str],
+        options: TrainOptions,
+        out_dir: Path,
+        val: tuple[list[torch.Tensor], list[str]] | None = None,
+        frames_per_second: float = 50.0,
+    ) -> None:
+        if options.mode not in MODE_TO_TASK:
+            raise UsageError(f"unknown mode '{options.mode}' (asr, vsr, avsr)")
+        if not frames:
+            raise UsageError("no training clips")
+        self.model, self.frames, self.texts = model, frames, texts
+        self.options, self.out_dir, self.val = options, Path(out_dir), val
+        self.fps = frames_per_second
+        modality = "video" if options.mode == "vsr" else "audio"
+        self.rates = options.rates or model.config.rates(modality)
+        missing = set(self.rates) - set(model.config.rates(modality))
+        if missing:
+            raise UsageError(
+                f"rates {sorted(missing)} are not in the model config {model.config.rates(modality)}"
+            )
+        self.targets = [model.target_ids(t) for t in texts]
+        self.lengths = [f.shape[0] for f in frames]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        return length_batches(
+            self.lengths, self.fps, self.options, random.Random(self.options.seed * 1000 + epoch)
+        )
+
+    def total_steps(self) -> tuple[int, int]:
+        """(optimizer steps, epochs) the run will take."""
+        per_epoch = math.ceil(len(self._epoch_batches(0)) / self.options.grad_accum)
+        if self.options.max_steps:
+            return self.options.max_steps, math.ceil(self.options.max_steps / per_epoch)
+        return per_epoch * self.options.epochs, self.options.epochs
+
+    def validate(self, limit: int) -> dict | None:
+        from .decoding import DecodingOptions
+        from .scoring import score
+
+        if not self.val:
+            return None
+        frames, texts = self.val[0][:limit], self.val[1][:limit]
+        self.model.eval()
+        hyps = []
+        device = self.model.llm.get_input_embeddings().weight.device
+        for i in range(0, len(frames), 8):
+            batch = [f.to(device) for f in frames[i : i + 8]]
+            hyps += self.model.generate(
+                self.options.mode, ModalityInputs(batch, self.rates[0]), None, DecodingOptions(num_beams=1)
+            )
+        s = score(list(zip(texts, hyps, strict=True)), "lrs")
+        return {"wer": s.wer, "cer": s.cer, "clips": len(texts), "example": [texts[0], hyps[0]]}
+
+    def run(self, resume: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
+        o, model = self.options, self.model
+        started = time.monotonic()
+        rng = random.Random(o.seed)
+        torch.manual_seed(o.seed)
+        device = model.llm.get_input_embeddings().weight.device
+        params = trainable_parameters(model, o.mode, o.train_lora)
+        opt = torch.optim.AdamW(params, lr=o.learning_rate(), betas=(0.9, 0.98), weight_decay=o.weight_decay)
+        total, n_epochs = self.total_steps()
+
+        def lr_at(step: int) -> float:
+            if step < o.warmup_steps:
+                return (step + 1) / o.warmup_steps
+            progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        step, epoch, batch_pos, losses, validations = 0, 0, 0, [], []
+        state_path = self.out_dir / STATE_FILE
+        resumed_from = 0
+        if resume and state_path.exists():
+            state = torch.load(state_path, map_location="cpu", weights_only=True)  # never unpickles objects
+            from .checkpoint import load_adapter_state
+
+            load_adapter_state(model, state["adapter"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step, epoch, batch_pos = state["step"], state["epoch"], state["batch_pos"]
+            losses = list(state["losses"])
+            validations = json.loads(state["validations"])
+            rng.setstate(_rng_state(state["rng"]))
+            torch.set_rng_state(state["torch_rng"])
+            resumed_from = step
+        model.train()
+        try:
+            while step < total and epoch < n_epochs:
+                batches = self._epoch_batches(epoch)
+                while batch_pos < len(batches) and step < total:
+                    group = batches[batch_pos : batch_pos + o.grad_accum]
+                    opt.zero_grad()
+                    loss_sum, rates = 0.0, []
+                    for batch in group:
+                        rate = rng.choice(self.rates)
+                        rates.append(rate)
+                        inputs = ModalityInputs([self.frames[i].to(device) for i in batch], rate)
+                        audio, video = (None, inputs) if o.mode == "vsr" else (inputs, None)
+                        with _autocast(o, device):
+                            loss = model.loss(o.mode, audio, video, [self.targets[i] for i in batch])
+                        (loss / len(group)).backward()
+                        loss_sum += float(loss.detach()) / len(group)
+                    torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    batch_pos += len(group)
+                    losses.append(loss_sum)
+                    info = {"step": step, "total": total, "epoch": epoch, "loss": loss_sum, "rates": rates}
+                    info["lr"] = sched.get_last_lr()[0]
+                    if o.val_every and step % o.val_every == 0:
+                        validations.append(self._validation(step, epoch))
+                        info["val"] = validations[-1]
+                    epoch_done = batch_pos >= len(batches)
+                    if epoch_done:
+                        self._save_epoch_adapter(epoch)
+                        if not o.val_every and self.val:
+                            validations.append(self._validation(step, epoch))
+                            info["val"] = validations[-1]
+                        epoch, batch_pos = epoch + 1, 0
+                    self._log(info)
+                    if on_step:
+                        on_step(info)
+                    if step % o.save_every == 0 or step >= total or epoch_done:
+                        self._save_state(opt, sched, step, epoch, batch_pos, losses, validations, rng)
+                    if epoch_done:
+                        break
+        finally:
+            model.eval()
+            for p in params:
+                p.requires_grad_(False)
+        if batch_pos:  # stopped by max_steps inside an epoch: that partial epoch counts as the last
+            self._save_epoch_adapter(epoch)
+        checkpoint = self._finish(n_epochs)
+        result = TrainResult(
+            checkpoint, step, epoch, losses, validations, resumed_from, time.monotonic() - started
+        )
+        summary = {
+            "options": asdict(o),
+            "steps": step,
+            "epochs": epoch,
+            "clips": len(self.frames),
+            "final_loss": float(np.mean(losses[-10:])) if losses else None,
+            "validations": validations,
+            "seconds_this_run": round(result.seconds, 1),
+        }
+        (checkpoint / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        return result
+
+    def _validation(self, step: int, epoch: int) -> dict:
+        was_training = self.model.training
+        v = self.validate(self.options.val_limit) or {}
+        if was_training:
+            self.model.train()
+        return {"step": step, "epoch": epoch, **v}
+
+    def _log(self, info: dict) -> None:
+        with open(self.out_dir / LOG_FILE, "a") as f:
+            f.write(json.dumps(info) + "\n")
+
+    def _epochs_dir(self) -> Path:
+        return self.out_dir / "epochs"
+
+    def _save_epoch_adapter(self, epoch: int) -> None:
+        from .checkpoint import adapter_state
+
+        d = self._epochs_dir()
+        d.mkdir(exist_ok=True)
+        tmp = d / f".epoch{epoch}.tmp"
+        save_file({k: v.float().cpu() for k, v in adapter_state(self.model).items()}, str(tmp))
+        os.replace(tmp, d / f"epoch{epoch:03d}.safetensors")
+
+    def _save_state(self, opt, sched, step, epoch, batch_pos, losses, validations, rng) -> None:
+        from .checkpoint import adapter_state
+
+        state = {
+            "adapter": {k: v.cpu() for k, v in adapter_state(self.model).items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch_pos": batch_pos,
+            "losses": torch.tensor(losses, dtype=torch.float64),
+            "validations": json.dumps(validations),
+            "rng": _rng_tensor(rng.getstate()),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.out_dir / f".{STATE_FILE}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.out_dir / STATE_FILE)
+
+    def _finish(self, n_epochs: int) -> Path:
+        """Average the last `average_last` epoch adapters into the model and save the checkpoint."""
+        from .checkpoint import load_adapter_state, save_checkpoint
+
+        files = sorted(self._epochs_dir().glob("epoch*.safetensors"))[-max(1, self.options.average_last) :]
+        if files:
+            states = [load_file(str(f)) for f in files]
+            avg = {k: sum(s[k].float() for s in states) / len(states) for k in states[0]}
+            load_adapter_state(self.model, avg)
+        return save_checkpoint(self.model, self.out_dir)
+
+
+def _rng_tensor(state) -> torch.Tensor:
+    version, internal, gauss = state
+    return torch.tensor([version, *internal, -1 if gauss is None else 1], dtype=torch.int64)
+
+
+def _rng_state(t: torch.Tensor):
+    values = t.tolist()
+    return values[0], tuple(values[1:-1]), None
+
+
+# ------------------------------------------------------------------------------------- entry points
+
+
+@dataclass
+class TrainData:
+    """A dataset resolved to encoder frames and texts; failures are (item id, reason)."""
+
+    frames: list[torch.Tensor]
+    texts: list[str]
+    failed: list[tuple[str, str]]
+
+
+def prepare_data(
+    model: AVSRModel,
+    dataset: Dataset,
+    mode: str,
+    cache_dir: Path,
+    on_clip: Callable[[], None] | None = None,
+) -> TrainData:
+    """Encoder frames (from the cache, else computed and cached) and transcripts of `dataset`'s items."""
+    if mode != "asr":
+        if model.video_encoder is None:
+            raise UsageError(f"mode '{mode}' needs a model with a video encoder; this one has none")
+        raise UsageError(f"training mode '{mode}' needs the lip pipeline, which is not wired up yet")
+    if model.audio_encoder is None:
+        raise UsageError("mode 'asr' needs a model with an audio encoder")
+    results = FeatureCache(cache_dir, model).audio_frames(dataset.items, on_clip)
+    data = TrainData([], [], [])
+    for item, r in zip(dataset.items, results, strict=True):
+        if isinstance(r, Exception):
+            data.failed.append((item.id, str(r)))
+        else:
+            data.frames.append(r)
+            data.texts.append(item.reference)
+    return data
+
+
 def fit(
     model: AVSRModel,
     frames: list[torch.Tensor],
     texts: list[str],
     options: TrainOptions,
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Train on (encoder frames, transcript) pairs for `options.steps` steps; returns the loss per step."""
-    rng = random.Random(options.seed)
-    torch.manual_seed(options.seed)
-    params = trainable_parameters(model, options.mode, options.train_lora)
-    opt = torch.optim.AdamW(params, lr=options.lr, betas=(0.9, 0.98), weight_decay=options.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < options.warmup_steps:
-            return (step + 1) / options.warmup_steps
-        progress = (step - options.warmup_steps) / max(1, options.steps - options.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    targets = [model.target_ids(t) for t in texts]
-    rates = model.config.compression.audio_rates
-    order: list[int] = []
-    losses = []
-    model.train()
-    try:
-        for step in range(options.steps):
-            batch = []
-            while len(batch) < min(options.batch_size, len(frames)):
-                if not order:
-                    order = list(range(len(frames)))
-                    rng.shuffle(order)
-                batch.append(order.pop())
-            rate = rng.choice(rates)
-            loss = model.loss(
-                options.mode,
-                ModalityInputs([frames[i] for i in batch], rate),
-                None,
-                [targets[i] for i in batch],
-            )
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if on_step is not None:
-                on_step(step, losses[-1])
-    finally:
-        model.eval()
-        for p in params:
-            p.requires_grad_(False)
-    return losses
+    out_dir: Path,
+    val: tuple[list[torch.Tensor], list[str]] | None = None,
+    resume: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train on in-memory (encoder frames, transcript) pairs and save the checkpoint to `out_dir`."""
+    return Trainer(model, frames, texts, options, out_dir, val).run(resume, on_step)
 
 
 def train_checkpoint(
     config, audio_paths: list, texts: list[str], options: TrainOptions, out_dir
 ) -> tuple[AVSRModel, list[float]]:
     """Build `config`'s model, train it on (audio file, transcript) pairs, save it to `out_dir`."""
-    from .checkpoint import build_model, save_checkpoint
+    from .checkpoint import build_model
     from .media import load_audio
 
     torch.manual_seed(options.seed)
     model = build_model(config)
     frames = encode_audio(model, [load_audio(p) for p in audio_paths])
-    losses = fit(model, frames, texts, options)
-    save_checkpoint(model, out_dir)
-    return model, losses
+    result = fit(model, frames, texts, options, Path(out_dir), resume=False)
+    return model, result.losses
+
+
+BASES = {"whisper-base-smollm2": "offline_base_config"}  # built-in base recipes (config.py)
+
+
+def base_config(base: str, name: str):
+    """The ModelConfig of a built-in base recipe (BASES) or of a ModelConfig JSON file."""
+    from . import config as config_module
+    from .config import ModelConfig
+
+    if base in BASES:
+        return getattr(config_module, BASES[base])(name)
+    path = Path(base).expanduser()
+    if path.is_file():
+        cfg = ModelConfig.load(path)
+        cfg.name = name
+        return cfg
+    raise UsageError(f"unknown base '{base}': use one of {', '.join(BASES)} or a model config .json file")
+
+
+def train(
+    data: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    options: TrainOptions | None = None,
+    base: str | None = "whisper-base-smollm2",
+    init_checkpoint: str | None = None,
+    val_data: str | os.PathLike | None = None,
+    feature_cache: str | os.PathLike | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+    resume: bool = True,
+    on_encode: Callable[[int, int], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train projectors + LoRA on a dataset (any layout `load_dataset` reads) into an avsr checkpoint.
+
+    The model starts from `init_checkpoint` (an avsr checkpoint, fine-tuned further) or else from `base` (a
+    built-in recipe or a config .json: encoders + LLM, fresh projectors and LoRA). A run in an `output_dir`
+    that holds a training state resumes from it (`resume=False` starts over). `feature_cache` defaults to
+    `<avsr cache>/features`.
+    """
+    from .checkpoint import build_model, load_checkpoint, resolve_device
+    from .config import ModelConfig
+    from .datasets import load_dataset
+    from .sources import cache_root
+
+    options = options or TrainOptions()
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory")
+    if options.mode not in MODE_TO_TASK:
+        raise UsageError(f"unknown mode '{options.mode}' (asr, vsr, avsr)")
+    train_set = load_dataset(data, limit)
+    if not train_set.items:
+        raise UsageError(f"{data}: no usable clips ({len(train_set.skipped)} skipped)")
+    val_set = load_dataset(val_data) if val_data else None
+    started_config = out / "train_config.json"
+    if resume and (out / STATE_FILE).exists() and started_config.exists():
+        config = ModelConfig.load(started_config)  # the run being resumed decides the model
+        model = build_model(config)
+    elif init_checkpoint:
+        model = load_checkpoint(init_checkpoint, device="cpu")
+        model.config.name = out.name
+    else:
+        config = base_config(base or "whisper-base-smollm2", out.name)
+        if options.rates:
+            attr = "video_rates" if options.mode == "vsr" else "audio_rates"
+            setattr(config.compression, attr, sorted(set(options.rates)))
+        torch.manual_seed(options.seed)
+        model = build_model(config)
+    if not (resume and (out / STATE_FILE).exists()):
+        for stale in (STATE_FILE, LOG_FILE):
+            (out / stale).unlink(missing_ok=True)
+        for f in (out / "epochs").glob("epoch*.safetensors") if (out / "epochs").is_dir() else []:
+            f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save(started_config)
+    cache = Path(feature_cache) if feature_cache else cache_root() / "features"
+    n_total = len(train_set.items) + (len(val_set.items) if val_set else 0)
+    done = [0]
+
+    def encoded() -> None:
+        done[0] += 1
+        if on_encode:
+            on_encode(done[0], n_total)
+
+    model.to(resolve_device(device))
+    tr = prepare_data(model, train_set, options.mode, cache, encoded)
+    val = prepare_data(model, val_set, options.mode, cache, encoded) if val_set else None
+    if not tr.frames:
+        raise AvsrError(f"{data}: no clip could be encoded ({tr.failed[0][0]}: {tr.failed[0][1]})")
+    fps = 25.0 if options.mode == "vsr" else 50.0  # AV-HuBERT frames at 25 Hz, Whisper at 50 Hz
+    trainer = Trainer(model, tr.frames, tr.texts, options, out, (val.frames, val.texts) if val else None, fps)
+    result = trainer.run(resume, on_step)
+    result.failed = tr.failed + (val.failed if val else [])
+    return result
+
+
+def load_train_config(path: str | os.PathLike) -> dict:
+    """Settings of `avsr train` from a TOML file (keys: data, output_dir, base, checkpoint, val_data, ... and
+    every TrainOptions field); unknown keys are an error."""
+    import tomllib
+
+    try:
+        settings = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read train config ({exc})") from None
+    known = {f for f in TrainOptions.__dataclass_fields__} | {
+        "data",
+        "output_dir",
+        "base",
+        "checkpoint",
+        "val_data",
+        "feature_cache",
+        "limit",
+        "resume",
+        "device",
+    }
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UsageError(f"{path}: unknown train settings {', '.join(unknown)}")
+    return settings

@@ -89,13 +89,15 @@ class Transcriber:
     @classmethod
     def from_checkpoint(
         cls,
-        checkpoint: str | Path,
+        checkpoint: str | Path | None = None,
         device: str = "auto",
         dtype: str = "auto",
         options: TranscribeOptions | None = None,
     ) -> Transcriber:
-        from .checkpoint import load_checkpoint
+        """Load a checkpoint directory or model name; None: the built-in offline model (avsr-tiny-en)."""
+        from .checkpoint import default_checkpoint, load_checkpoint
 
+        checkpoint = default_checkpoint() if checkpoint is None else checkpoint
         return cls(load_checkpoint(checkpoint, device=device, dtype=dtype), options)
 
     def check_options(self, options: TranscribeOptions) -> None:

@@ -114,7 +114,7 @@ def main() -> None:
             offline_base_config("bench-longform"),
             wavs,
             SENTENCES,
-            TrainOptions(steps=90, lr=2e-3, batch_size=3),
+            TrainOptions(max_steps=90, lr=2e-3, max_batch=3),
             tmp / "ckpt",
         )
         out["train_seconds"] = time.perf_counter() - t0

@@ -37,6 +37,7 @@ EXIT_STATUS = [("0", "Success."), ("1", "Some inputs failed."), ("2", "Usage err
 ENVIRONMENT = [
     ("AVSR_CHECKPOINT", "Default checkpoint directory or model name (--checkpoint)."),
     ("AVSR_CACHE", "Where avsr caches downloaded and converted models."),
+    ("AVSR_HOME", "avsr's configuration; your own model cards go in its models/ (default ~/.config/avsr)."),
     ("HF_TOKEN", "Hugging Face access token, for gated or private models."),
     ("HF_HUB_OFFLINE", "Set to 1 to use only models already in the cache (no network access)."),
     ("HF_ENDPOINT", "Alternative Hugging Face Hub endpoint (a mirror)."),

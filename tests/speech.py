@@ -80,24 +80,27 @@ def _hibari_voice(name: str):
     return Hibari(voice=name)
 
 
-def _piper(text: str, name: str) -> tuple[np.ndarray, int]:
+def _piper(text: str, name: str, speed: float = 1.0) -> tuple[np.ndarray, int]:
     from piper import SynthesisConfig
 
     voice = _piper_voice(name)
-    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)  # the model's noise is unseeded
+    # the model's noise is unseeded, so it is switched off; length_scale > 1 speaks slower
+    config = SynthesisConfig(length_scale=1 / speed, noise_scale=0.0, noise_w_scale=0.0)
     chunks = [chunk.audio_float_array for chunk in voice.synthesize(text, config)]
     return np.concatenate([np.zeros(0, np.float32), *chunks]), voice.config.sample_rate
 
 
-def _hibari(text: str, name: str) -> tuple[np.ndarray, int]:
+def _hibari(text: str, name: str, speed: float = 1.0) -> tuple[np.ndarray, int]:
     tts = _hibari_voice(name)
-    return tts(text, seed=0), tts.sample_rate
+    return tts(text, speed=speed, seed=0), tts.sample_rate
 
 
-def _espeak_ng(text: str, name: str) -> tuple[np.ndarray, int]:
+def _espeak_ng(text: str, name: str, speed: float = 1.0) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "espeak.wav"
-        subprocess.run([_espeak(), "-b", "1", "-v", name, "-w", str(wav)], input=text.encode(), check=True)
+        words_per_minute = str(round(175 * speed))  # espeak-ng's default is 175
+        cmd = [_espeak(), "-b", "1", "-v", name, "-s", words_per_minute, "-w", str(wav)]
+        subprocess.run(cmd, input=text.encode(), check=True)
         audio, rate = sf.read(wav, dtype="float32")
     return audio, rate
 
@@ -132,8 +135,12 @@ def resample(audio: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np
     return np.frombuffer(out, np.float32).copy()
 
 
-def speech(text: str, voice: str | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """`text` spoken by `voice` (default: the first available) as float32 mono at `sample_rate`, peak PEAK."""
+def speech(
+    text: str, voice: str | None = None, sample_rate: int = SAMPLE_RATE, speed: float = 1.0
+) -> np.ndarray:
+    """`text` spoken by `voice` (default: the first available) as float32 mono at `sample_rate`, peak PEAK.
+
+    `speed` > 1 speaks faster (piper length scale 1/speed, hibari speed, espeak-ng 175*speed words/min)."""
     voices = available_voices()
     if voice is None and not voices:
         raise RuntimeError(
@@ -143,7 +150,7 @@ def speech(text: str, voice: str | None = None, sample_rate: int = SAMPLE_RATE) 
     engine, _, name = (voice or voices[0]).partition(":")
     if engine not in ENGINES:
         raise ValueError(f"unknown TTS voice {voice!r}; available: {', '.join(voices)}")
-    audio = resample(*ENGINES[engine](text, name), sample_rate)
+    audio = resample(*ENGINES[engine](text, name, speed), sample_rate)
     peak = np.abs(audio).max(initial=0.0)
     return audio * (PEAK / peak) if peak > 0 else audio
 

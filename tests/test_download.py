@@ -1,0 +1,475 @@
+"""`download-checkpoint` against real HTTP servers on loopback: a file host with a fake Google Drive and a
+fake Hugging Face Hub (huggingface-hub pointed at it with HF_ENDPOINT). Every failure mode leaves nothing
+usable-but-wrong behind; interrupted downloads resume; an offline round trip transcribes with no network."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from loopback import FakeHub, FileHost, Server, sha256
+
+from avsr_cli import download
+from avsr_cli.download import DownloadOptions, download_model, part_present
+from avsr_cli.errors import DownloadError
+from avsr_cli.zoo import get_card
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOB = os.urandom(300_000)  # a "checkpoint file"
+DESCRIPTION = '["*.json", "*.model", "*.txt", "*.tiktoken"]'
+
+
+def card(home: Path, name: str, parts: str, head: str = 'kind = "base"\n') -> None:
+    (home / f"{name}.toml").write_text(f'name = "{name}"\n{head}{parts}')
+
+
+def url_part(url: str, data: bytes | None = BLOB, file: str = "model.pth", extra: str = "") -> str:
+    checks = f'size = {len(data)}\nsha256 = "{sha256(data)}"\n' if data is not None else ""
+    return f'[parts.weights]\nurl = "{url}"\nfile = "{file}"\n{checks}license = "test licence"\n{extra}'
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A file host on loopback, fresh $AVSR_HOME/$AVSR_CACHE; yields (server, app, user card dir)."""
+    monkeypatch.setenv("AVSR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AVSR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    app = FileHost(files={"/files/model.pth": BLOB}, drive={"abc": BLOB})
+    server = Server(app)
+    yield server, app, tmp_path / "home" / "models"
+    server.stop()
+
+
+def downloads(name: str) -> list[str]:
+    folder = download.default_root() / name / "downloads"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_drive_confirmation_flow_then_present(host):
+    server, _, home = host
+    card(home, "drive", url_part(f"{server.url}/uc?export=download&id=abc"))
+    result = download_model("drive")
+    path = result.parts[0].path
+    assert path.read_bytes() == BLOB and result.parts[0].sha256 == sha256(BLOB)
+    assert [p for _, p, _ in server.log] == [
+        "/uc?export=download&id=abc",
+        "/download?id=abc&export=download&confirm=t&uuid=u-123",
+    ]
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    assert manifest["parts"]["weights"]["sha256"] == sha256(BLOB)
+    n = len(server.log)
+    again = download_model("drive")  # verified from its record: no request, no re-hash
+    assert again.parts[0].action == "present" and len(server.log) == n
+
+
+def test_drive_quota_page_is_refused(host):
+    server, _, home = host
+    card(home, "quota", url_part(f"{server.url}/uc?export=download&id=quota"))
+    with pytest.raises(
+        DownloadError, match=r"returned an HTML page \('Google Drive - Quota exceeded'\) instead"
+    ):
+        download_model("quota")
+    assert downloads("quota") == []
+
+
+def test_html_without_content_type_is_refused(host):
+    server, app, home = host
+    app.files["/page.pth"] = b"<!DOCTYPE html><html><body>sign in</body></html>"
+    card(home, "html", url_part(f"{server.url}/page.pth", data=None))
+    with pytest.raises(DownloadError, match="HTML page instead of the file"):
+        download_model("html")
+    assert downloads("html") == []
+
+
+def test_http_403_names_the_part(host):
+    server, app, home = host
+    app.statuses["/secret.pth"] = 403
+    card(home, "forbidden", url_part(f"{server.url}/secret.pth"))
+    with pytest.raises(DownloadError, match=r"part 'weights' of forbidden: HTTP 403 \(access denied\)"):
+        download_model("forbidden")
+    assert downloads("forbidden") == []
+
+
+def test_truncated_download_resumes_next_time(host):
+    server, app, home = host
+    app.cut_once.add("/files/model.pth")
+    card(home, "cut", url_part(f"{server.url}/files/model.pth"))
+    with pytest.raises(
+        DownloadError, match="interrupted after .* the partial file is kept: run the command again"
+    ):
+        download_model("cut")
+    partial = download.default_root() / "cut" / "downloads" / "model.pth.part"
+    assert partial.stat().st_size == len(BLOB) // 3 and downloads("cut") == ["model.pth.part"]
+    assert not part_present(
+        get_card("cut"), get_card("cut").parts["weights"], download.default_root() / "cut"
+    )
+    result = download_model("cut")
+    assert result.parts[0].path.read_bytes() == BLOB
+    assert server.log[-1][2].get("Range") == f"bytes={len(BLOB) // 3}-"
+    assert downloads("cut") == ["model.pth", "model.pth.sha256"]
+
+
+def test_wrong_checksum_is_quarantined(host):
+    server, app, home = host
+    app.files["/files/other.pth"] = bytes(reversed(BLOB))  # same size, other bytes
+    card(home, "bad-sum", url_part(f"{server.url}/files/other.pth"))
+    with pytest.raises(DownloadError, match="sha256 mismatch .* moved to .*quarantine.* not used") as err:
+        download_model("bad-sum")
+    quarantined = list((download.default_root() / "quarantine").iterdir())
+    assert len(quarantined) == 1 and str(quarantined[0]) in str(err.value)
+    assert quarantined[0].read_bytes() == bytes(reversed(BLOB))
+    assert downloads("bad-sum") == []
+
+
+def test_no_network(host):
+    server, _, home = host
+    card(home, "down", url_part(f"{server.url}/files/model.pth"))
+    server.stop()
+    with pytest.raises(DownloadError, match=r"cannot reach 127.0.0.1 .* no network\?"):
+        download_model("down")
+    assert downloads("down") == []
+
+
+def test_offline_mode_downloads_nothing(host, monkeypatch):
+    server, _, home = host
+    card(home, "offline", url_part(f"{server.url}/files/model.pth"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="not downloaded and HF_HUB_OFFLINE is set"):
+        download_model("offline")
+    assert server.log == []
+
+
+class _Usage:
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+
+def test_disk_full_is_reported_before_writing(host, monkeypatch):
+    server, _, home = host
+    card(home, "full", url_part(f"{server.url}/files/model.pth"))
+    monkeypatch.setattr(
+        download.shutil, "disk_usage", lambda _: os.statvfs_result((0,) * 10) and _Usage(1000)
+    )
+    with pytest.raises(DownloadError, match=r"not enough disk space in .*: needs 300.0 kB more, 1.0 kB free"):
+        download_model("full")
+    assert downloads("full") == []
+
+
+def test_disk_filling_up_midway_keeps_the_partial_file(host, monkeypatch):
+    server, _, home = host
+    card(home, "fills", url_part(f"{server.url}/files/model.pth"))
+
+    class FullDisk(io.FileIO):
+        def write(self, data):  # the disk takes 100 kB, then refuses
+            room = 100_000 - self.tell()
+            if len(data) > room:
+                super().write(data[:room])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(download, "open", FullDisk, raising=False)  # shadows the builtin in download.py
+        with pytest.raises(DownloadError, match="disk full in .* the partial file is kept: free some space"):
+            download_model("fills")
+    partial = download.default_root() / "fills" / "downloads" / "model.pth.part"
+    kept = partial.stat().st_size
+    assert kept == 100_000
+    assert download_model("fills").parts[0].path.read_bytes() == BLOB
+    assert server.log[-1][2].get("Range") == f"bytes={kept}-"
+
+
+def test_page_part_is_fetched_by_hand(host):
+    server, _, home = host
+    part = f'[parts.weights]\npage = "{server.url}/about.html"\nfile = "w.pth"\nsha256 = "{sha256(BLOB)}"\n'
+    card(home, "manual", part)
+    with pytest.raises(
+        DownloadError, match="no direct download link: get it from .*about.html and save it as"
+    ) as err:
+        download_model("manual")
+    target = Path(str(err.value).split("save it as ")[1].split(", then")[0])
+    target.write_bytes(BLOB)
+    assert download_model("manual").parts[0].sha256 == sha256(BLOB) and server.log == []
+
+
+def test_converter_not_available_keeps_the_download(host):
+    server, _, home = host
+    card(home, "conv", url_part(f"{server.url}/files/model.pth", extra='convert = "future-format"\n'))
+    with pytest.raises(
+        DownloadError, match="converter 'future-format' is not available .* the downloaded file is kept"
+    ):
+        download_model("conv")
+    assert downloads("conv") == ["model.pth", "model.pth.sha256"]
+
+
+def test_custom_dir_is_found_by_name(host, tmp_path):
+    server, _, home = host
+    card(home, "elsewhere", url_part(f"{server.url}/files/model.pth"))
+    result = download_model("elsewhere", DownloadOptions(dir=tmp_path / "big-disk"))
+    assert result.parts[0].path.is_relative_to(tmp_path / "big-disk")
+    assert download.model_dir("elsewhere") == tmp_path / "big-disk" / "elsewhere"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Through the CLI, with the fake Hub (HF_ENDPOINT is read when huggingface-hub is imported: subprocesses)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_dirs, tiny_ckpt):
+    """Servers with the tiny model's parts, user cards for them, and the environment of the CLI runs."""
+    import torch
+    from test_importer import reference_state
+    from tiny import ffmpeg
+
+    base = tmp_path_factory.mktemp("world")
+    home, hf_home = base / "home" / "models", base / "hf"
+    home.mkdir(parents=True)
+    whisper_dir, llm_dir = tiny_dirs
+    hub = FakeHub()
+    hub.add("tiny/whisper", {p.name: p.read_bytes() for p in whisper_dir.iterdir() if p.is_file()})
+    hub.add("tiny/llama", {p.name: p.read_bytes() for p in llm_dir.iterdir() if p.is_file()})
+    hub.add("meta/gated", {"config.json": b"{}"}, gated=True, tokens=("hf_good",))
+    hub.add("big/model", {"config.json": b"{}", "model.safetensors": os.urandom(2_000_000)})
+    config = json.loads((tiny_ckpt / "config.json").read_text())
+    config["audio_encoder"]["source"], config["llm"]["source"] = "tiny/whisper", "tiny/llama"
+    adapter = (tiny_ckpt / "adapter.safetensors").read_bytes()
+    hub.add("me/tiny-avsr", {"config.json": json.dumps(config).encode(), "adapter.safetensors": adapter})
+    buf = io.BytesIO()
+    torch.save(reference_state(whisper_dir, llm_dir, "shared", [4], per_rate=False), buf)
+    pth = buf.getvalue()
+    files = FileHost(drive={"tiny": pth})
+    file_server, hub_server = Server(files), Server(hub)
+
+    (home / "tiny-drive.toml").write_text(f"""
+name = "tiny-drive"
+modes = ["asr"]
+checkpoint = "checkpoint"
+[decoding]
+num_beams = 2
+max_new_tokens = 4
+[compression]
+mode = "stack"
+audio_rates = [4]
+[parts.checkpoint]
+url = "{file_server.url}/uc?export=download&id=tiny"
+file = "tiny.pth"
+size = {len(pth)}
+sha256 = "{sha256(pth)}"
+license = "test licence A"
+convert = "reference-pth"
+[parts.checkpoint.import]
+llm_source = "tiny/llama"
+audio_encoder_source = "tiny/whisper"
+lora_rank = 16
+lora_alpha = 2.0
+[parts.llm]
+hub = "tiny/llama"
+patterns = {DESCRIPTION}
+license = "test licence B"
+[parts.audio-encoder]
+hub = "tiny/whisper"
+patterns = {DESCRIPTION}
+license = "test licence C"
+""")
+    (home / "tiny-hub.toml").write_text("""
+name = "tiny-hub"
+modes = ["asr"]
+checkpoint = "checkpoint"
+[parts.checkpoint]
+hub = "me/tiny-avsr"
+license = "mine"
+[parts.llm]
+hub = "tiny/llama"
+license = "test licence B"
+[parts.audio-encoder]
+hub = "tiny/whisper"
+license = "test licence C"
+""")
+    card(home, "gated", '[parts.llm]\nhub = "meta/gated"\nlicense = "Meta licence"\ngated = true\n')
+    card(home, "big", '[parts.weights]\nhub = "big/model"\nlicense = "test"\n')
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2", str(base / "tone.wav"))
+    guard = base / "no-network"  # sitecustomize that refuses every IP connection: the network is off
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""
+        import socket
+        _connect = socket.socket.connect
+
+        def connect(self, address):
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                with open({str(base / "network-attempts.log")!r}, "a") as log:
+                    log.write(repr(address) + "\\n")
+                raise OSError("network disabled by the test")
+            return _connect(self, address)
+
+        socket.socket.connect = connect
+        """)
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "AVSR_"))},
+        "AVSR_HOME": str(home.parent),
+        "AVSR_CACHE": str(base / "cache"),
+        "HF_HOME": str(hf_home),
+        "HF_ENDPOINT": hub_server.url,
+        "HF_HUB_ETAG_TIMEOUT": "5",
+    }
+    world = dict(base=base, hub=hub, hub_server=hub_server, file_server=file_server, env=env, guard=guard)
+    yield world
+    file_server.stop()
+    hub_server.stop()
+
+
+def avsr(world, *args: str, offline: bool = False, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    env = dict(world["env"])
+    if offline:
+        env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(world["guard"]))
+    cmd = [sys.executable, "-m", "avsr_cli", *args]
+    if popen:
+        return subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def test_gated_hub_part_401_403_then_token(world):
+    r = avsr(world, "download-checkpoint", "gated")
+    assert r.returncode == 1, r.stderr
+    assert "part 'llm' of gated: meta/gated is gated (HTTP 401): accept its licence at" in r.stderr
+    assert "pass --token or set HF_TOKEN" in r.stderr and "Traceback" not in r.stderr
+    r = avsr(world, "download-checkpoint", "gated", "--token", "hf_wrong")
+    assert r.returncode == 1 and "your token has no access yet (HTTP 403)" in r.stderr, r.stderr
+    hub_cache = Path(world["env"]["HF_HOME"]) / "hub" / "models--meta--gated"
+    assert not list(hub_cache.glob("snapshots/*/*"))  # nothing usable was left in the cache
+    r = avsr(world, "download-checkpoint", "gated", "--token", "hf_good")
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip(), "config.json").read_text() == "{}" and "Meta licence" in r.stderr
+    assert "hf_good" not in r.stderr + r.stdout
+
+
+def test_hub_download_killed_midway_resumes(world):
+    big = world["hub"].repos["big/model"].files["model.safetensors"]
+    stall = world["hub"].repos["big/model"].stall["model.safetensors"] = threading.Event()
+    world["hub_server"].httpd.stalled.clear()
+    partial = Path(world["env"]["HF_HOME"], "hub", "models--big--model", "blobs", sha256(big) + ".part")
+    proc = avsr(world, "download-checkpoint", "big", popen=True)
+    try:
+        assert world["hub_server"].httpd.stalled.wait(60), "the download never started"
+        for _ in range(100):  # the first half reaches the disk, then the process dies
+            if partial.exists() and partial.stat().st_size == len(big) // 2:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        stall.set()
+    assert partial.stat().st_size == len(big) // 2
+    r = avsr(world, "download-checkpoint", "big")
+    assert r.returncode == 0, r.stderr
+    gets = [h for m, p, h in world["hub_server"].log if m == "GET" and p.endswith("model.safetensors")]
+    assert len(gets) == 2 and gets[-1].get("Range") == f"bytes={len(big) // 2}-"
+    assert Path(r.stdout.strip(), "model.safetensors").read_bytes() == big and not partial.exists()
+
+
+def test_hub_file_not_matching_its_etag_is_quarantined(world):
+    repo = world["hub"].add("bad/etag", {"model.safetensors": b"x" * 1000})
+    repo.served["model.safetensors"] = b"y" * 1000  # the bytes do not match the ETag (sha256) announced
+    card(
+        Path(world["env"]["AVSR_HOME"], "models"), "bad-etag", '[parts.w]\nhub = "bad/etag"\nlicense = "t"\n'
+    )
+    r = avsr(world, "download-checkpoint", "bad-etag")
+    assert r.returncode == 1 and "model.safetensors from the Hub does not match its ETag" in r.stderr, (
+        r.stderr
+    )
+    quarantined = Path(r.stderr.split("moved to ")[1].split(",")[0])
+    assert quarantined.read_bytes() == b"y" * 1000
+    storage = Path(world["env"]["HF_HOME"], "hub", "models--bad--etag")
+    assert not list(storage.glob("blobs/*")) and not list(storage.glob("snapshots/*/*"))
+
+
+def test_offline_round_trip(world):
+    t0 = time.time()
+    r = avsr(world, "download-checkpoint", "tiny-drive")
+    assert r.returncode == 0, r.stderr
+    ckpt = Path(r.stdout.strip())
+    assert (ckpt / "config.json").is_file() and (ckpt / "adapter.safetensors").is_file()
+    for terms in ("test licence A", "test licence B", "test licence C", "converted"):
+        assert terms in r.stderr
+    r = avsr(world, "download-checkpoint", "tiny-hub")
+    assert r.returncode == 0, r.stderr
+    r = avsr(world, "download-checkpoint", "--list")
+    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("│ ")}
+    assert "ready" in rows["tiny-drive"] and "ready" in rows["tiny-hub"]
+
+    world["file_server"].stop()  # the network is gone: servers down, HF_HUB_OFFLINE=1, sockets refused
+    world["hub_server"].stop()
+    for name in ("tiny-drive", "tiny-hub"):
+        r = avsr(
+            world,
+            "transcribe",
+            str(world["base"] / "tone.wav"),
+            "-c",
+            name,
+            "--max-new-tokens",
+            "3",
+            offline=True,
+        )
+        assert r.returncode == 0, r.stderr
+        assert len(r.stdout.splitlines()) == 1
+        assert not (world["base"] / "network-attempts.log").exists()  # nothing even tried to connect
+    r = avsr(world, "download-checkpoint", "tiny-drive", offline=True)  # re-run offline: all verified locally
+    assert r.returncode == 0 and "present" in r.stderr, r.stderr
+
+    hf_llama = Path(world["env"]["HF_HOME"]) / "hub" / "models--tiny--llama"
+    for path in sorted(hf_llama.rglob("*"), reverse=True):  # the LLM disappears from the cache
+        path.unlink() if path.is_file() or path.is_symlink() else path.rmdir()
+    r = avsr(world, "transcribe", str(world["base"] / "tone.wav"), "-c", "tiny-hub", offline=True)
+    assert r.returncode == 2
+    assert "model 'tiny-hub': part 'llm' (tiny/llama) is not in the Hugging Face cache: " in r.stderr
+    assert "run `avsr download-checkpoint tiny-hub`" in r.stderr and "Traceback" not in r.stderr
+    guarded = {**world["env"], "PYTHONPATH": str(world["guard"])}  # and the guard does catch a connection
+    code = "import socket; socket.create_connection(('127.0.0.1', 9))"
+    probe = subprocess.run([sys.executable, "-c", code], env=guarded, capture_output=True, text=True)
+    assert (
+        "network disabled by the test" in probe.stderr and (world["base"] / "network-attempts.log").exists()
+    )
+    assert time.time() - t0 < 120
+
+
+def test_fairseq_avhubert_part_is_converted(host):
+    """A fairseq AV-HuBERT `.pt` (as large_vox_iter5.pt) fetched and converted by the `avhubert-fairseq`
+    converter of avsr_cli/avhubert.py (restricted unpickler) into a loadable encoder directory."""
+    fake = pytest.importorskip("test_avhubert")
+    import torch
+
+    from avsr_cli.avhubert import AVHubertVideoEncoder
+
+    server, app, home = host
+    buf = io.BytesIO()
+    torch.save(fake.fairseq_checkpoint(fake.fairseq_state(), cfg=fake.model_cfg()), buf)
+    app.files["/avhubert/model/tiny_vox_iter5.pt"] = buf.getvalue()
+    card(
+        home,
+        "avh",
+        url_part(
+            f"{server.url}/avhubert/model/tiny_vox_iter5.pt",
+            buf.getvalue(),
+            file="tiny_vox_iter5.pt",
+            extra='convert = "avhubert-fairseq"\n',
+        ),
+    )
+    result = download_model("avh")
+    out = result.parts[0].path
+    assert result.parts[0].action == "converted" and out == result.model_dir / "weights"
+    assert AVHubertVideoEncoder.from_dir(out).dim > 0
+    assert download_model("avh").parts[0].action == "present"  # converted once

@@ -1,0 +1,172 @@
+"""Face stage on real faces: backends, tracking between detections, face choice, gaps, interpolation."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import facevideos
+import numpy as np
+import pytest
+from facevideos import black_gap, noise, two_faces
+
+from avsr_cli.errors import CheckpointError, UsageError
+from avsr_cli.face import MEDIAPIPE_68, fan_weights, interpolate_landmarks, make_backend, track
+from avsr_cli.media import iter_video, load_video
+
+STABLE = [28, 33, 36, 39, 42, 45, 48, 54]
+needs_mediapipe = pytest.mark.skipif(
+    importlib.util.find_spec("mediapipe") is None, reason="mediapipe not installed (optional extra)"
+)
+
+
+def iod(landmarks: np.ndarray) -> np.ndarray:
+    """Inter-ocular distance (eye centres) per frame."""
+    return np.linalg.norm(landmarks[..., 36:42, :].mean(-2) - landmarks[..., 42:48, :].mean(-2), axis=-1)
+
+
+@pytest.fixture(scope="module")
+def dlib_backend():
+    return facevideos.dlib_backend()
+
+
+@pytest.fixture(scope="module")
+def lrs3_tracks(lrs3_clip, dlib_backend):
+    """dlib landmarks of the LRS3 clip: detected on every frame, and tracked between detections."""
+    return (
+        track(iter_video(lrs3_clip), dlib_backend, detect_every=1),
+        track(iter_video(lrs3_clip), dlib_backend, detect_every=10),
+    )
+
+
+def test_dlib_tracks_the_lrs3_face_with_few_detections(lrs3_tracks):
+    every, tracked = lrs3_tracks
+    assert len(every.found) == len(tracked.found) == 155  # 6.2 s at 25 fps
+    assert every.found.all() and tracked.found.all()
+    assert every.detections == 155 and tracked.detections <= 155 // 10 + 5
+    lm = tracked.landmarks
+    # a face: eyes above the nose tip above the mouth, mouth centred between the eyes
+    assert (lm[:, 36:48, 1].mean(1) < lm[:, 30, 1]).all() and (lm[:, 30, 1] < lm[:, 48:68, 1].mean(1)).all()
+    assert (np.abs(lm[:, 48:68, 0].mean(1) - lm[:, 36:48, 0].mean(1)) < 0.5 * iod(lm)).all()
+    # tracking lands where per-frame detection does
+    gap = np.linalg.norm(tracked.landmarks - every.landmarks, axis=2).mean(1) / iod(every.landmarks)
+    assert gap.mean() < 0.05 and gap.max() < 0.2
+    mouth = tracked.landmarks[:, 48:68].mean(1) - every.landmarks[:, 48:68].mean(1)
+    assert (np.linalg.norm(mouth, axis=1) / iod(every.landmarks)).max() < 0.15
+
+
+def test_dlib_on_carphone(carphone_clip, dlib_backend):
+    face = track(iter_video(carphone_clip), dlib_backend)
+    assert len(face.found) == 100  # 4.004 s at 29.97 fps, converted to 25 fps
+    assert face.hit_rate >= 0.9
+    assert face.detections < 40
+
+
+def test_black_gap_is_lost_then_found_and_interpolated(lrs3_clip, dlib_backend, tmp_path):
+    face = track(iter_video(black_gap(lrs3_clip, tmp_path / "gap.mp4")), dlib_backend)
+    assert not face.found[50:55].any()
+    assert face.found[:50].all() and face.found[55:].all()
+    filled = interpolate_landmarks(face.landmarks, face.found)
+    before, after = face.landmarks[49], face.landmarks[55]
+    for k in range(1, 6):
+        np.testing.assert_allclose(filled[49 + k], before + k / 6 * (after - before))
+    np.testing.assert_array_equal(filled[face.found], face.landmarks[face.found])
+
+
+def test_interpolation_copies_the_ends(lrs3_tracks):
+    real = lrs3_tracks[0].landmarks[:7]
+    found = np.array([False, False, True, False, True, False, False])
+    filled = interpolate_landmarks(np.where(found[:, None, None], real, np.nan), found)
+    np.testing.assert_array_equal(filled[0], real[2])
+    np.testing.assert_array_equal(filled[1], real[2])
+    np.testing.assert_allclose(filled[3], (real[2] + real[4]) / 2)
+    np.testing.assert_array_equal(filled[6], real[4])
+    with pytest.raises(ValueError):
+        interpolate_landmarks(real, np.zeros(7, bool))
+
+
+@pytest.mark.parametrize("every", [1, 10])
+def test_two_faces_one_followed(lrs3_clip, dlib_backend, tmp_path, every):
+    face = track(iter_video(two_faces(lrs3_clip, tmp_path / "two.mp4")), dlib_backend, detect_every=every)
+    assert face.max_faces == 2 and face.found.all()
+    x = face.landmarks[:, 48:68, 0].mean(1)  # the frame is 448 wide: a face on each half
+    assert (x < 224).all() or (x > 224).all()
+
+
+def test_no_face_in_noise(dlib_backend, tmp_path):
+    face = track(iter_video(noise(tmp_path / "noise.mp4")), dlib_backend)
+    assert len(face.found) == 25 and not face.found.any()
+    assert face.detections == 25  # nothing to track: the detector runs on every frame
+
+
+@needs_mediapipe
+def test_mediapipe_68_points_agree_with_dlib(lrs3_clip, lrs3_tracks):
+    assert len(set(MEDIAPIPE_68)) == 68
+    mesh = track(iter_video(lrs3_clip), make_backend("mediapipe"))
+    dlib = lrs3_tracks[0].landmarks
+    assert mesh.found.all() and mesh.detections <= 155 // 10 + 5
+    scale = iod(dlib)
+    err = np.linalg.norm(mesh.landmarks - dlib, axis=2) / scale[:, None]
+    assert err[:, STABLE].mean() < 0.08
+    mouth = np.linalg.norm(mesh.landmarks[:, 48:68].mean(1) - dlib[:, 48:68].mean(1), axis=1) / scale
+    assert mouth.mean() < 0.06
+
+
+def test_unknown_backend():
+    with pytest.raises(UsageError, match="dlib, face-alignment, mediapipe"):
+        make_backend("retinaface")
+
+
+def test_face_alignment_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch hub folder
+    monkeypatch.delenv("AVSR_FAN_DIR", raising=False)
+    with pytest.raises(CheckpointError, match="2DFAN4-11f355bf06.pth.tar.*AVSR_FAN_DIR"):
+        fan_weights(tmp_path / "nowhere", download=False)
+
+
+def _fan_weights_or_skip():
+    if importlib.util.find_spec("face_alignment") is None:
+        pytest.skip("face-alignment not installed")
+    try:
+        return fan_weights(download=False)
+    except CheckpointError:
+        pytest.skip("face-alignment weights absent (offline): put them in AVSR_FAN_DIR or torch hub's folder")
+
+
+@pytest.mark.slow
+def test_face_alignment_backend_runs_on_local_weight_files(lrs3_clip, tmp_path):
+    """The backend's plumbing (weights from a folder, detector boxes, FAN heatmaps -> frame pixels) on
+    randomly initialised weights: what the real weights would give cannot be checked offline."""
+    if importlib.util.find_spec("face_alignment") is None:
+        pytest.skip("face-alignment not installed")
+    import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    torch.manual_seed(0)
+    torch.save(FAN(4).state_dict(), tmp_path / "2DFAN4-11f355bf06.pth.tar")
+    torch.save(s3fd().state_dict(), tmp_path / "s3fd-619a316812.pth")
+    backend = make_backend("face-alignment", weights_dir=tmp_path, download=False)
+    frame = load_video(lrs3_clip, max_frames=1)[0]
+    assert all(d.box.shape == (4,) for d in backend.detect(frame))
+    points = backend.landmarks(frame, np.array([38.0, 24.0, 168.0, 154.0]))
+    assert points.shape == (68, 2) and np.isfinite(points).all()
+    # heatmap peaks map back around the box (FAN's crop spans about 1.5x the box)
+    assert (points > -100).all() and (points < 324).all()
+
+
+@pytest.mark.slow
+def test_face_alignment_real_weights_find_the_lrs3_face(lrs3_clip, lrs3_tracks):
+    _fan_weights_or_skip()
+    fan = track(iter_video(lrs3_clip), make_backend("face-alignment", download=False))
+    assert fan.hit_rate >= 0.95
+    dlib = lrs3_tracks[0].landmarks
+    mouth = np.linalg.norm(fan.landmarks[:, 48:68].mean(1) - dlib[:, 48:68].mean(1), axis=1) / iod(dlib)
+    assert np.nanmean(mouth) < 0.1
+
+
+def test_iter_video_streams_what_load_video_decodes(carphone_clip):
+    frames = list(iter_video(carphone_clip, size=(72, 88)))
+    np.testing.assert_array_equal(np.stack(frames), load_video(carphone_clip, size=(72, 88)))
+    stream = iter_video(carphone_clip)
+    assert next(stream).shape == (144, 176, 3)
+    stream.close()  # stops ffmpeg early without an error

@@ -1,0 +1,206 @@
+"""`avsr train` on tiny random models: batching, loss, resume after an interruption, feature cache, averaging,
+multi-rate training, the CLI and its config file."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+from tiny import tiny_config
+
+from avsr_cli.config import CompressionConfig
+from avsr_cli.datasets import load_dataset
+from avsr_cli.errors import UsageError
+from avsr_cli.train import TrainOptions, length_batches, load_train_config, train
+
+TEXTS = ["one two", "three four five", "six", "seven eight", "nine ten eleven twelve", "zero"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Six clips of distinct tones (0.4-1.4 s) with transcripts, in the media + same-stem .txt layout."""
+    d = tmp_path_factory.mktemp("data")
+    for i, text in enumerate(TEXTS):
+        t = np.arange(int(16000 * (0.4 + 0.2 * i))) / 16000
+        sf.write(d / f"c{i}.wav", 0.5 * np.sin(2 * np.pi * (200 + 150 * i) * t), 16000)
+        (d / f"c{i}.txt").write_text(text + "\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def base(tiny_dirs, tmp_path_factory):
+    """A tiny base whose LLM can fit six transcripts in a few dozen steps (rates 2 and 4)."""
+    from tiny import make_llm
+
+    d = tmp_path_factory.mktemp("base")
+    path = d / "tiny.json"
+    cfg = tiny_config(tiny_dirs[0], make_llm(d / "llm", init_range=0.5))
+    cfg.compression = CompressionConfig(mode="stack", audio_rates=[2, 4])
+    cfg.save(path)
+    return str(path)
+
+
+def test_length_batches_respect_the_frame_budget_and_cover_every_clip():
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 500) for _ in range(200)]
+    options = TrainOptions(batch_seconds=10.0, max_batch=8)
+    batches = length_batches(lengths, 50.0, options, random.Random(1))
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for b in batches:
+        assert len(b) <= 8
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 500  # 10 s x 50 frames/s
+    assert batches == length_batches(lengths, 50.0, options, random.Random(1))
+    assert batches != length_batches(lengths, 50.0, options, random.Random(2))  # shuffled per epoch seed
+
+
+def _adapter(path):
+    return load_file(str(path / "adapter.safetensors"))
+
+
+def test_loss_falls_and_the_checkpoint_loads(data, base, tmp_path):
+    """A tiny random LLM learns slowly (the real-model test in test_e2e checks exact transcripts)."""
+    from avsr_cli.transcribe import Transcriber
+
+    options = TrainOptions(max_steps=60, lr=1e-2, max_batch=6, rates=[4])
+    result = train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
+    assert result.steps == 60 and not result.failed
+    assert np.mean(result.losses[-5:]) < 0.9 * np.mean(result.losses[:5]), result.losses[::10]
+    t = Transcriber.from_checkpoint(tmp_path / "ck")
+    assert isinstance(t.transcribe(data / "c0.wav").text, str)
+    assert (tmp_path / "ck" / "training.json").exists() and (tmp_path / "ck" / "train_log.jsonl").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_weights(data, base, tmp_path):
+    options = TrainOptions(epochs=4, lr=5e-3, max_batch=2, save_every=3, seed=3)
+    cache = tmp_path / "cache"
+    full = train(data, tmp_path / "full", options, base=base, feature_cache=cache)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_7(info):
+        if info["step"] == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(data, tmp_path / "cut", options, base=base, feature_cache=cache, on_step=kill_at_step_7)
+    resumed = train(data, tmp_path / "cut", options, base=base, feature_cache=cache)
+    assert resumed.resumed_from == 6  # the last state saved before the interruption (every 3 steps)
+    assert resumed.steps == full.steps == 12
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-5)
+    a, b = _adapter(tmp_path / "full"), _adapter(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_feature_cache_is_reused_and_invalidated(data, base, tmp_path):
+    cache = tmp_path / "cache"
+    options = TrainOptions(max_steps=1, rates=[4])
+    train(data, tmp_path / "a", options, base=base, feature_cache=cache)
+    files = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert len(files) == len(TEXTS)
+    train(data, tmp_path / "b", options, base=base, feature_cache=cache, resume=False)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == files
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in data.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    audio, sr = sf.read(copy / "c0.wav")
+    sf.write(copy / "c0.wav", audio[: len(audio) // 2], sr)  # a changed file is encoded again
+    train(copy, tmp_path / "c", options, base=base, feature_cache=cache)
+    assert len(list(cache.iterdir())) == 2 * len(TEXTS)
+
+
+def test_checkpoint_is_the_average_of_the_last_epochs(data, base, tmp_path):
+    options = TrainOptions(epochs=3, lr=5e-3, max_batch=3, average_last=2)
+    train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
+    epochs = [load_file(str(p)) for p in sorted((tmp_path / "ck" / "epochs").glob("epoch*.safetensors"))]
+    assert len(epochs) == 3
+    final = _adapter(tmp_path / "ck")
+    for k in final:
+        torch.testing.assert_close(final[k], (epochs[1][k] + epochs[2][k]) / 2)
+    assert not torch.equal(
+        epochs[1]["projectors.audio.4.fc1.weight"], epochs[2]["projectors.audio.4.fc1.weight"]
+    )
+
+
+def test_multi_rate_training_trains_every_rate(data, base, tmp_path):
+    import json
+
+    from avsr_cli.transcribe import TranscribeOptions, Transcriber
+
+    options = TrainOptions(max_steps=12, lr=1e-2, max_batch=6)  # rates: the base's 2 and 4
+    train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
+    log = [json.loads(line) for line in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
+    assert {r for row in log for r in row["rates"]} == {2, 4}  # one rate drawn per step (Omni-AVSR)
+    t = Transcriber.from_checkpoint(tmp_path / "ck")
+    assert t.model.config.compression.audio_rates == [2, 4]
+    for rate in (2, 4):
+        assert isinstance(t.transcribe(data / "c3.wav", TranscribeOptions(audio_rate=rate)).text, str)
+
+
+def test_validation_reports_wer(data, base, tmp_path):
+    options = TrainOptions(epochs=2, max_batch=3, val_limit=2)
+    result = train(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c")
+    assert [v["epoch"] for v in result.validations] == [0, 1]
+    assert all(v["clips"] == 2 and v["wer"] >= 0 for v in result.validations)
+
+
+def test_bad_settings_are_clear_errors(data, base, tmp_path):
+    with pytest.raises(UsageError, match="unknown base 'nope'"):
+        train(data, tmp_path / "x", TrainOptions(), base="nope")
+    with pytest.raises(UsageError, match="rates \\[8\\]"):
+        train(data, tmp_path / "x", TrainOptions(rates=[8], max_steps=1), base=base, feature_cache=tmp_path)
+    with pytest.raises(UsageError, match="video encoder"):
+        train(data, tmp_path / "x", TrainOptions(mode="vsr", max_steps=1), base=base, feature_cache=tmp_path)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('data = "x"\nlearning_rate = 1\n')
+    with pytest.raises(UsageError, match="unknown train settings learning_rate"):
+        load_train_config(cfg)
+    assert load_dataset(data).kind == "folder"
+
+
+def test_cli_with_config_file_and_flag_override(data, base, tmp_path):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(
+        f'data = "{data}"\nbase = "{base}"\nmax_steps = 50\nlr = 0.01\nmax_batch = 6\nrates = [4]\n'
+        f'feature_cache = "{tmp_path / "cache"}"\n'
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "avsr_cli",
+        "train",
+        str(cfg),
+        "-o",
+        str(tmp_path / "ck"),
+        "--max-steps",
+        "3",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str(tmp_path / "ck")
+    assert "trained 3 steps" in p.stderr
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avsr_cli",
+            "train",
+            "--data",
+            str(tmp_path / "missing"),
+            "-o",
+            str(tmp_path / "z"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "missing" in p.stderr and len(p.stderr.strip().splitlines()) == 1
