@@ -118,6 +118,19 @@ BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Clips (or chunks) decode
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
+ModeOpt = Annotated[
+    Optional[Mode],
+    typer.Option(
+        help="asr: audio; vsr: lips; avsr: both. Default: per file, the richest mode the checkpoint has "
+        "and the file's streams allow (avsr, else asr, else vsr)."
+    ),
+]
+FaceBackendOpt = Annotated[
+    str, typer.Option(help="vsr/avsr: face landmarks by dlib, face-alignment or mediapipe.")
+]
+DetectEveryOpt = Annotated[
+    int, typer.Option(min=1, help="vsr/avsr: run the face detector every N frames, track in between.")
+]
 
 
 def decoding_options(decoding: Decoding, num_beams: int | None, max_new_tokens: int | None, seed: int):
@@ -157,7 +170,7 @@ def transcribe(
         ),
     ],
     checkpoint: CheckpointOpt = None,
-    mode: Annotated[Mode, typer.Option(help="asr: audio; vsr: lips; avsr: both.")] = Mode.asr,
+    mode: ModeOpt = None,
     output_format: Annotated[
         OutputFormat,
         typer.Option("--output-format", "-f", help="Format of the output files (and of stdout)."),
@@ -171,6 +184,8 @@ def transcribe(
     seed: SeedOpt = 0,
     audio_rate: AudioRateOpt = None,
     video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
+    face_backend: FaceBackendOpt = "dlib",
+    detect_every: DetectEveryOpt = 10,
     batch_size: BatchSizeOpt = 1,
     segmentation: Annotated[
         Segmentation,
@@ -199,9 +214,11 @@ def transcribe(
         run_guarded(check_output_dir, output_dir)
     options = run_guarded(
         TranscribeOptions,
-        mode=mode.value,
+        mode=mode.value if mode else "auto",
         audio_rate=audio_rate,
         video_rate=video_rate,
+        face_backend=face_backend,
+        detect_every=detect_every,
         batch_size=batch_size,
         segmentation=segmentation.value,
         max_chunk=max_chunk,
@@ -250,7 +267,7 @@ def run_files(
                 sys.stdout.flush()
             if verbose:
                 times = ", ".join(f"{k} {v:.2f}s" for k, v in item.timings.items())
-                stderr.print(f"{item.path}: {item.duration:.1f} s audio; {times}", soft_wrap=True)
+                stderr.print(f"{item.path}: {item.duration:.1f} s, {item.mode}; {times}", soft_wrap=True)
     if failed:
         if not quiet:
             stderr.print(f"{failed} of {len(files)} file(s) failed")
@@ -276,7 +293,7 @@ def export_subtitles(
         list[Path], typer.Argument(help="Videos or audio files, any length.", show_default=False)
     ],
     checkpoint: CheckpointOpt = None,
-    mode: Annotated[Mode, typer.Option(help="asr: audio; vsr: lips; avsr: both.")] = Mode.asr,
+    mode: ModeOpt = None,
     format: Annotated[SubtitleFormat, typer.Option("--format", help="Subtitle format(s) to write.")] = (
         SubtitleFormat.srt
     ),
@@ -307,6 +324,9 @@ def export_subtitles(
     decoding: DecodingOpt = Decoding.beam,
     seed: SeedOpt = 0,
     audio_rate: AudioRateOpt = None,
+    video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
+    face_backend: FaceBackendOpt = "dlib",
+    detect_every: DetectEveryOpt = 10,
     batch_size: BatchSizeOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -330,8 +350,11 @@ def export_subtitles(
     run_guarded(check_output_dir, output_dir)
     options = run_guarded(
         TranscribeOptions,
-        mode=mode.value,
+        mode=mode.value if mode else "auto",
         audio_rate=audio_rate,
+        video_rate=video_rate,
+        face_backend=face_backend,
+        detect_every=detect_every,
         batch_size=batch_size,
         segmentation="vad",
         max_chunk=max_chunk,
@@ -372,6 +395,17 @@ def parse_snrs(values: list[str], clean: bool) -> tuple[float, ...]:
     return tuple(snrs)
 
 
+def parse_levels(values: list[str]) -> list[int]:
+    """--level 1,3 --level 5 -> [1, 3, 5]; none given: all five levels."""
+    try:
+        levels = [int(v) for value in values for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise fail(f"--level: expected integers 1-5, got {' '.join(values)}") from None
+    if any(not 1 <= v <= 5 for v in levels):
+        raise fail(f"--level: occlusion levels are 1 to 5, got {levels}")
+    return sorted(set(levels)) or [1, 2, 3, 4, 5]
+
+
 @app.command()
 def evaluate(
     dataset: Annotated[
@@ -409,6 +443,22 @@ def evaluate(
     decoding: DecodingOpt = Decoding.beam,
     seed: SeedOpt = 0,
     audio_rate: AudioRateOpt = None,
+    video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
+    occlusion: Annotated[
+        Optional[str],
+        typer.Option(
+            help="vsr/avsr: also score with the mouth crops corrupted: gaussian_blur, gaussian_noise, "
+            "block_wise, pixelate, color_saturation, color_contrast, jpeg, block (or Llama-AVSR PR #1 codes)."
+        ),
+    ] = None,
+    level: Annotated[
+        list[str], typer.Option(help="Occlusion levels 1-5 (e.g. --level 1,3,5; default all five).")
+    ] = [],  # noqa: B006
+    face_backend: FaceBackendOpt = "dlib",
+    detect_every: DetectEveryOpt = 10,
+    mouth_cache: Annotated[
+        Optional[Path], typer.Option(help="Where mouth crops are cached (default: avsr cache/mouth).")
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
@@ -431,7 +481,13 @@ def evaluate(
         workers=workers,
         resume=resume,
         audio_rate=audio_rate,
+        video_rate=video_rate,
         decoding=decoding_options(decoding, num_beams, max_new_tokens, seed),
+        occlusion=occlusion,
+        levels=tuple(parse_levels(level)),
+        face_backend=face_backend,
+        detect_every=detect_every,
+        mouth_cache=str(mouth_cache) if mouth_cache else None,
     )
     if report_dir is not None:
         from .writers import check_output_dir
@@ -463,13 +519,16 @@ def print_report(report) -> None:
     if len(report.skipped) > 20:
         stderr.print(f"[yellow]skipped:[/yellow] ... {len(report.skipped) - 20} more (see summary.json)")
     table = Table(title=f"{report.dataset} ({report.kind}), normaliser {report.normalizer}")
-    for col in ("mode", "SNR dB", "clips", "failed", "WER %", "CER %", "S", "D", "I", "words", "SER %"):
-        table.add_column(col, justify="left" if col == "mode" else "right")
+    video = any(c.occlusion != "none" for c in report.conditions)
+    columns = ("mode", "SNR dB", *(["occlusion"] if video else []), "clips", "failed", "WER %", "CER %")
+    for col in (*columns, "S", "D", "I", "words", "SER %"):
+        table.add_column(col, justify="left" if col in ("mode", "occlusion") else "right")
     for c in report.conditions:
         sc = c.scores
         table.add_row(
             c.mode,
             "clean" if c.snr == float("inf") else f"{c.snr:g}",
+            *([c.occlusion] if video else []),
             str(c.clips),
             str(c.failed),
             f"{100 * sc['wer']:.2f}",

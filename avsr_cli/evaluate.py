@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from .datasets import Item, load_dataset
 from .decoding import DecodingOptions
 from .errors import AvsrError, UsageError
 from .scoring import alignment_text, get_normalizer, score
-from .transcribe import TranscribeOptions, Transcriber
+from .transcribe import MediaInput, TranscribeOptions, Transcriber, load_media
 from .writers import atomic_write_text
 
 CLEAN = math.inf  # the "SNR" of a clean condition
@@ -43,7 +43,35 @@ class EvaluateOptions:
     workers: int = 1  # processes that decode and mix audio while the model decodes
     resume: bool = False
     audio_rate: int | None = None
+    video_rate: int | None = None
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    occlusion: str | None = None  # vsr/avsr: corrupt the mouth crops (noise.OCCLUSIONS) at each level
+    levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+    face_backend: str = "dlib"
+    detect_every: int = 10
+    mouth_cache: str | None = None  # None: <avsr cache>/mouth (crops shared by models, modes, conditions)
+
+    def occlusions(self, mode: str) -> list[str]:
+        """The video conditions of `mode`: "none", then "kind:level" for each level (video modes only)."""
+        if mode == "asr" or not self.occlusion:
+            return ["none"]
+        return ["none", *(f"{self.occlusion}:{level}" for level in self.levels)]
+
+    def snrs_for(self, mode: str) -> tuple[float, ...]:
+        """vsr hears nothing: it is scored once, on the clean condition."""
+        return (CLEAN,) if mode == "vsr" else self.snrs
+
+    def transcribe_options(self, mode: str) -> TranscribeOptions:
+        return TranscribeOptions(
+            mode=mode,
+            audio_rate=self.audio_rate,
+            video_rate=self.video_rate,
+            decoding=self.decoding,
+            batch_size=self.batch_size,
+            face_backend=self.face_backend,
+            detect_every=self.detect_every,
+            mouth_cache=self.mouth_cache,
+        )
 
 
 @dataclass
@@ -55,6 +83,7 @@ class Condition:
     clips: int
     failed: int
     scores: dict  # Scores.to_dict(rows=False)
+    occlusion: str = "none"  # "none" or "kind:level"
 
 
 @dataclass
@@ -109,28 +138,39 @@ def _noise_source(spec: str, seed: int) -> np.ndarray:
 
 def prepare_clip(item: Item, snr: float, noise_spec: str, seed: int) -> tuple[np.ndarray | AvsrError, float]:
     """Decode a clip's audio, mix noise at `snr` (seeded per clip id); returns (audio or error, seconds)."""
-    from .media import load_audio
-    from .noise import AudioNoise
+    media = prepare_item(item, "asr", snr, "none", EvaluateOptions(noise=noise_spec, seed=seed))
+    return (media.error if media.error is not None else media.audio), media.seconds
+
+
+def prepare_item(item: Item, mode: str, snr: float, occlusion: str, options: EvaluateOptions) -> MediaInput:
+    """What `mode` needs of a clip, under one condition: audio with noise at `snr` (a segment seeded per
+    clip id), mouth crops corrupted by `occlusion` ("kind:level", seeded per clip id); or the error."""
+    from .noise import AudioNoise, VideoOcclusion
 
     start = time.perf_counter()
     try:
-        audio = load_audio(item.audio_path)
-        if snr != CLEAN and len(audio):
-            audio = AudioNoise(_noise_source(noise_spec, seed), snr, seed).apply(audio, item.id)
+        media = load_media(item.media, mode, options.transcribe_options(mode), audio_path=item.audio)
+        if snr != CLEAN and media.audio is not None and len(media.audio):
+            noise = AudioNoise(_noise_source(options.noise, options.seed), snr, options.seed)
+            media.audio = noise.apply(media.audio, item.id).astype(np.float32)
+        if occlusion != "none" and media.video is not None:
+            kind, _, level = occlusion.rpartition(":")
+            media.video = VideoOcclusion(kind, int(level), options.seed).apply(media.video, item.id)
     except AvsrError as exc:
-        return exc, time.perf_counter() - start
-    return audio.astype(np.float32), time.perf_counter() - start
+        media = MediaInput(str(item.media), mode=mode, error=exc)
+    media.seconds = time.perf_counter() - start
+    return media
 
 
 def _prepared(
-    items: list[Item], snr: float, options: EvaluateOptions, pool: Executor | None
-) -> Iterator[tuple[str, np.ndarray | AvsrError, float]]:
+    items: list[Item], mode: str, snr: float, occlusion: str, options: EvaluateOptions, pool: Executor | None
+) -> Iterator[MediaInput]:
     """Clips in order, prepared ahead in the pool (a bounded window, so memory stays flat)."""
     if pool is None:
         for item in items:
-            yield (str(item.media), *prepare_clip(item, snr, options.noise, options.seed))
+            yield prepare_item(item, mode, snr, occlusion, options)
         return
-    window: deque[tuple[Item, Future]] = deque()
+    window: deque[Future] = deque()
     ahead = 2 * options.workers + options.batch_size
     it = iter(items)
     while True:
@@ -138,11 +178,10 @@ def _prepared(
             item = next(it, None)
             if item is None:
                 break
-            window.append((item, pool.submit(prepare_clip, item, snr, options.noise, options.seed)))
+            window.append(pool.submit(prepare_item, item, mode, snr, occlusion, options))
         if not window:
             return
-        item, future = window.popleft()
-        yield (str(item.media), *future.result())
+        yield window.popleft().result()
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -177,41 +216,44 @@ def evaluate(
                 f"{results_path} exists: pass --resume to continue it, or choose another --report-dir"
             )
     rows = read_results(results_path) if results_path is not None else []
-    done = {(r["mode"], r["snr"], r["id"]) for r in rows}
+    for r in rows:
+        r.setdefault("occlusion", "none")
+    done = {(r["mode"], r["snr"], r["occlusion"], r["id"]) for r in rows}
+    if options.mouth_cache is None and any(m != "asr" for m in options.modes):
+        from .sources import cache_root
+
+        options = replace(options, mouth_cache=str(cache_root() / "mouth"))
+    if options.occlusion:
+        from .noise import VideoOcclusion
+
+        for level in options.levels:
+            VideoOcclusion(options.occlusion, level)  # unknown kind or level: ValueError before any work
     pool = ProcessPoolExecutor(options.workers) if options.workers > 1 else None
     out = open(results_path, "a", encoding="utf-8") if results_path is not None else None  # noqa: SIM115
     try:
         for mode in options.modes:
-            topts = TranscribeOptions(
-                mode=mode,
-                audio_rate=options.audio_rate,
-                decoding=options.decoding,
-                batch_size=options.batch_size,
-            )
+            topts = options.transcribe_options(mode)
             transcriber.check_options(topts)
-            for snr in options.snrs:
+            for snr in options.snrs_for(mode):
                 key = snr_key(snr)
-                todo = [item for item in data.items if (mode, key, item.id) not in done]
-                results = transcriber.transcribe_loaded(_prepared(todo, snr, options, pool), topts)
-                for item, result in zip(todo, results, strict=True):
-                    row = {
-                        "mode": mode,
-                        "snr": key,
-                        "id": item.id,
-                        "media": str(item.media),
-                        "ref": item.reference,
-                    }
-                    if isinstance(result, AvsrError):
-                        row.update(hyp=None, error=str(result))
-                    else:
-                        row.update(hyp=result.text, duration=result.duration, timings=result.timings)
-                    rows.append(row)
-                    if out is not None:
-                        out.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
-                        out.flush()
-                        os.fsync(out.fileno())
-                    if on_clip is not None:
-                        on_clip(mode, key, row)
+                for occlusion in options.occlusions(mode):
+                    todo = [item for item in data.items if (mode, key, occlusion, item.id) not in done]
+                    prepared = _prepared(todo, mode, snr, occlusion, options, pool)
+                    results = transcriber.transcribe_loaded(prepared, topts)
+                    for item, result in zip(todo, results, strict=True):
+                        row = {"mode": mode, "snr": key, "occlusion": occlusion, "id": item.id}
+                        row.update(media=str(item.media), ref=item.reference)
+                        if isinstance(result, AvsrError):
+                            row.update(hyp=None, error=str(result))
+                        else:
+                            row.update(hyp=result.text, duration=result.duration, timings=result.timings)
+                        rows.append(row)
+                        if out is not None:
+                            out.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
+                            out.flush()
+                            os.fsync(out.fileno())
+                        if on_clip is not None:
+                            on_clip(mode, key, row)
     finally:
         if out is not None:
             out.close()
@@ -220,20 +262,26 @@ def evaluate(
 
     conditions, failures, alignments = [], [], []
     for mode in options.modes:
-        for snr in options.snrs:
+        for snr in options.snrs_for(mode):
             key = snr_key(snr)
-            mine = [r for r in rows if r["mode"] == mode and r["snr"] == key]
-            ok = [r for r in mine if r.get("error") is None]
-            failures += [
-                {"mode": mode, "snr": key, "id": r["id"], "error": r["error"]} for r in mine if r.get("error")
-            ]
-            scores = score([(r["ref"], r["hyp"]) for r in ok], normalizer, ids=[r["id"] for r in ok])
-            conditions.append(
-                Condition(mode, snr, len(mine), len(mine) - len(ok), scores.to_dict(rows=False))
-            )
-            alignments.append(
-                f"# mode {mode}, SNR {key}: {scores.summary()}\n\n" + alignment_text(scores.rows)
-            )
+            for occlusion in options.occlusions(mode):
+                mine = [r for r in rows if (r["mode"], r["snr"], r["occlusion"]) == (mode, key, occlusion)]
+                ok = [r for r in mine if r.get("error") is None]
+                failures += [
+                    {"mode": mode, "snr": key, "occlusion": occlusion, "id": r["id"], "error": r["error"]}
+                    for r in mine
+                    if r.get("error")
+                ]
+                scores = score([(r["ref"], r["hyp"]) for r in ok], normalizer, ids=[r["id"] for r in ok])
+                conditions.append(
+                    Condition(
+                        mode, snr, len(mine), len(mine) - len(ok), scores.to_dict(rows=False), occlusion
+                    )
+                )
+                video = f", occlusion {occlusion}" if occlusion != "none" else ""
+                alignments.append(
+                    f"# mode {mode}, SNR {key}{video}: {scores.summary()}\n\n" + alignment_text(scores.rows)
+                )
     report = Report(
         dataset=str(dataset),
         kind=data.kind,

@@ -443,3 +443,47 @@ def crop_mouth_file(
         finally:
             Path(tmp).unlink(missing_ok=True)
     return CropResult(video, wav, overlay, sheet, info)
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def shared_backend(name: str) -> Backend:
+    """One loaded face backend per name and process (loading dlib or FAN takes a while)."""
+    if name not in _BACKENDS:
+        _BACKENDS[name] = make_backend(name)
+    return _BACKENDS[name]
+
+
+def cached_mouth_frames(
+    video_path: str | os.PathLike,
+    options: MouthOptions = MouthOptions(),
+    cache_dir: str | os.PathLike | None = None,
+    backend: Backend | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(crops (T, 96, 96) uint8, found (T,) bool, warnings) of a video, kept in `cache_dir` when given.
+
+    The key covers the file (absolute path, size, mtime) and every option that changes the crops, so models
+    and modes share crops and a changed file or option is cropped again. Files are `.npz` (no pickle).
+    """
+    import hashlib
+    import json
+
+    if cache_dir is None:
+        crops, info = mouth_frames(video_path, options, backend)
+        return crops, info.found, info.warnings
+    path = Path(video_path)
+    st = path.stat()
+    opts = {k: getattr(options, k) for k in options.__dataclass_fields__}
+    ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, opts, CROP_SIZE], sort_keys=True)
+    entry = Path(cache_dir) / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.npz"
+    if entry.exists():
+        with np.load(entry, allow_pickle=False) as z:
+            return z["crops"], z["found"], [str(w) for w in z["warnings"]]
+    crops, info = mouth_frames(video_path, options, backend)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".mouth", suffix=".npz", dir=entry.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, crops=crops, found=info.found, warnings=np.array(info.warnings, dtype=str))
+    os.replace(tmp, entry)
+    return crops, info.found, info.warnings

@@ -226,9 +226,8 @@ class Trainer:
         self.rates = options.rates or model.config.rates(modality)
         missing = set(self.rates) - set(model.config.rates(modality))
         if missing:
-            raise UsageError(
-                f"rates {sorted(missing)} are not in the model config {model.config.rates(modality)}"
-            )
+            have = model.config.rates(modality)
+            raise UsageError(f"rates {sorted(missing)} not among the model's {modality} rates {have}")
         self.targets = [model.target_ids(t) for t in texts]
         self.lengths = [f.shape[0] for f in frames]
 

@@ -14,6 +14,7 @@ from .config import MODES
 from .decoding import DecodingOptions
 from .errors import AvsrError, MediaError
 from .features import SAMPLE_RATE
+from .media import VIDEO_FPS
 from .model import AVSRModel, ModalityInputs
 
 SEGMENTATIONS = ("auto", "vad", "off")
@@ -23,7 +24,7 @@ SEGMENTATIONS = ("auto", "vad", "off")
 class TranscribeOptions:
     """What to transcribe and how; echoed in every Result so runs are reproducible."""
 
-    mode: str = "asr"
+    mode: str = "auto"  # asr, vsr, avsr, or auto: per file, by its streams and the checkpoint's modes
     audio_rate: int | None = None  # compression rate among those the checkpoint was trained with
     video_rate: int | None = None
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
@@ -35,10 +36,13 @@ class TranscribeOptions:
     merge_gap: float = 1.0  # speech regions closer than this share a chunk (more context, coarser timing)
     min_duration: float = 0.3  # shorter clips cannot hold a word; refuse rather than hallucinate
     silence_dbfs: float = -60.0  # RMS below this is silence: empty transcript, with a warning
+    face_backend: str = "dlib"  # vsr/avsr: face landmarks by dlib, face-alignment or mediapipe (mouth.py)
+    detect_every: int = 10  # vsr/avsr: run the face detector every N frames, track in between
+    mouth_cache: str | None = None  # vsr/avsr: keep mouth crops in this folder (shared by models, modes)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r} (expected one of {', '.join(MODES)})")
+        if self.mode not in (*MODES, "auto"):
+            raise ValueError(f"unknown mode {self.mode!r} (expected auto or one of {', '.join(MODES)})")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if self.segmentation not in SEGMENTATIONS:
@@ -105,13 +109,40 @@ class Transcriber:
         from .errors import CheckpointError
 
         cfg = self.model.config
-        if options.mode not in cfg.modes:
+        if options.mode != "auto" and options.mode not in cfg.modes:
             raise CheckpointError(
                 f"checkpoint '{cfg.name}' supports modes {', '.join(cfg.modes)}, not {options.mode}"
             )
-        if options.mode != "asr":
-            raise CheckpointError(f"mode {options.mode} needs the video path, which avsr does not have yet")
-        cfg.pick_rate("audio", options.audio_rate)
+        modes = cfg.modes if options.mode == "auto" else [options.mode]
+        if any(m in ("asr", "avsr") for m in modes):
+            cfg.pick_rate("audio", options.audio_rate)
+        if any(m in ("vsr", "avsr") for m in modes):
+            cfg.pick_rate("video", options.video_rate)
+
+    def mode_for(self, path: str | Path, requested: str) -> str:
+        """The mode for one file: `requested`, checked against the file's streams, or for "auto" the richest
+        the checkpoint supports (avsr, then asr, then vsr). Raises MediaError naming what is missing."""
+        from .media import probe
+
+        info = probe(path)
+        streams = {"audio": info.has_audio, "video": info.has_video}
+        needs = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
+        if requested != "auto":
+            missing = [s for s in needs[requested] if not streams[s]]
+            if missing:
+                article = "an" if missing[0] == "audio" else "a"
+                raise MediaError(
+                    f"{path}: mode {requested} needs {article} {missing[0]} stream; the file has none"
+                )
+            return requested
+        for mode in ("avsr", "asr", "vsr"):
+            if mode in self.model.config.modes and all(streams[s] for s in needs[mode]):
+                return mode
+        lacking = "audio" if not streams["audio"] else "video"
+        modes = ", ".join(self.model.config.modes)
+        raise MediaError(
+            f"{path}: has no {lacking} stream, and checkpoint '{self.model.config.name}' reads only {modes}"
+        )
 
     def transcribe(self, path: str | Path, options: TranscribeOptions | None = None) -> Result:
         """Transcribe one media file; raises AvsrError (MediaError, CheckpointError) on bad input."""
@@ -124,7 +155,10 @@ class Transcriber:
         self, audio: np.ndarray, name: str = "<array>", options: TranscribeOptions | None = None
     ) -> Result:
         """Transcribe a 16 kHz mono float32 waveform."""
-        result = next(self.transcribe_loaded([(name, audio, 0.0)], options))
+        options = options or self.options
+        if options.mode == "auto":
+            options = replace(options, mode="asr")
+        result = next(self.transcribe_loaded([MediaInput(name, audio, mode="asr")], options))
         if isinstance(result, AvsrError):
             raise result
         return result
@@ -136,18 +170,25 @@ class Transcriber:
         on_progress: Callable[[float], None] | None = None,
     ) -> Iterator[Result | AvsrError]:
         """Yield, in order, a Result or the AvsrError explaining why that file failed."""
-        from .media import load_audio
+        options = options or self.options
+        self.check_options(options)
 
-        def loaded() -> Iterator[Loaded]:
+        def loaded() -> Iterator[MediaInput]:
             for path in paths:
                 start = time.perf_counter()
                 try:
-                    audio: np.ndarray | AvsrError = load_audio(path)
+                    item = self.load_media(path, options)
                 except AvsrError as exc:
-                    audio = exc
-                yield str(path), audio, time.perf_counter() - start
+                    item = MediaInput(str(path), error=exc)
+                item.seconds = time.perf_counter() - start
+                yield item
 
         return self.transcribe_loaded(loaded(), options, on_progress)
+
+    def load_media(self, path: str | Path, options: TranscribeOptions) -> MediaInput:
+        """Decode what the file's mode (`options.mode`, or chosen by `mode_for`) needs."""
+        mode = "asr" if options.mode == "asr" else self.mode_for(path, options.mode)
+        return load_media(path, mode, options)
 
     def transcribe_loaded(
         self,
@@ -165,8 +206,13 @@ class Transcriber:
         self.check_options(options)
         queue: list[_Job] = []
         pending: list[tuple[_Job, int]] = []
-        for name, audio, demux in items:
-            job = self._prepare(name, audio, demux, options)
+        for item in items:
+            if isinstance(item, tuple):  # (name, audio or the error loading raised, seconds): audio only
+                name, audio, seconds = item
+                error = audio if isinstance(audio, AvsrError) else None
+                mode = "asr" if options.mode == "auto" else options.mode
+                item = MediaInput(name, None if error else audio, mode=mode, error=error, seconds=seconds)
+            job = self._prepare(item, options)
             report(job.duration - sum(e - s for s, e in job.chunks))  # audio that needs no decoding
             queue.append(job)
             pending += [(job, i) for i in range(len(job.chunks))]
@@ -180,39 +226,51 @@ class Transcriber:
         for job in queue:
             yield job.result(self.model.config.name, options)
 
-    def _prepare(
-        self, name: str, audio: np.ndarray | AvsrError, demux: float, options: TranscribeOptions
-    ) -> _Job:
-        if isinstance(audio, AvsrError):
-            return _Job(name, None, error=audio)
-        job = _Job(name, audio, timings={"demux": demux})
-        duration = len(audio) / SAMPLE_RATE
+    def _prepare(self, item: MediaInput, options: TranscribeOptions) -> _Job:
+        if item.error is not None:
+            return _Job(item.name, None, error=item.error)
+        job = _Job(item.name, item.audio, video=item.video, mode=item.mode, timings={"demux": item.seconds})
+        job.warnings += item.warnings
+        duration = job.duration
         if duration < options.min_duration:
+            what = "video" if item.mode == "vsr" else "audio"
             job.error = MediaError(
-                f"{name}: audio is only {duration:.2f} s long (at least {options.min_duration:.2f} s needed)"
+                f"{item.name}: {what} is only {duration:.2f} s long "
+                f"(at least {options.min_duration:.2f} s needed)"
             )
             return job
-        level = rms_dbfs(audio)
-        if level < options.silence_dbfs:
-            job.warnings.append(f"{name}: no speech: audio is silent ({level:.0f} dBFS RMS)")
-            return job
+        if item.mode == "asr":
+            level = rms_dbfs(item.audio)
+            if level < options.silence_dbfs:
+                job.warnings.append(f"{item.name}: no speech: audio is silent ({level:.0f} dBFS RMS)")
+                return job
         max_chunk = options.max_chunk or self.model.config.chunk_seconds
-        if options.segmentation == "vad" or (options.segmentation == "auto" and duration > max_chunk):
+        long = options.segmentation == "vad" or (options.segmentation == "auto" and duration > max_chunk)
+        if long and item.mode == "vsr":
+            from .segmentation import fixed_windows
+
+            # No audio to find pauses in: fixed windows over the span where a face was found.
+            start, end = item.face_span or (0.0, duration)
+            job.chunks = [(c.start, c.end) for c in fixed_windows(start, end, max_chunk)]
+        elif long:
             from .segmentation import ChunkOptions, segment_audio
 
             start = time.perf_counter()
             job.chunks = [
                 (c.start, c.end)
-                for c in segment_audio(audio, chunks=ChunkOptions(max_chunk, merge_gap=options.merge_gap))
+                for c in segment_audio(
+                    item.audio, chunks=ChunkOptions(max_chunk, merge_gap=options.merge_gap)
+                )
             ]
             job.timings["segmentation"] = time.perf_counter() - start
             if not job.chunks:
-                job.warnings.append(f"{name}: no speech found by voice activity detection")
+                job.warnings.append(f"{item.name}: no speech found by voice activity detection")
         elif duration > self.model.config.max_audio_seconds:
             limit = self.model.config.max_audio_seconds
+            what = "video" if item.mode == "vsr" else "audio"
             job.error = MediaError(
-                f"{name}: {duration:.1f} s of audio is longer than the {limit:.0f} s this model accepts "
-                f"(long-form chunking is off); it would be silently truncated"
+                f"{item.name}: {duration:.1f} s of {what} is longer than the {limit:.0f} s this model "
+                f"accepts (long-form chunking is off); it would be silently truncated"
             )
         else:
             job.chunks = [(0.0, duration)]
@@ -222,36 +280,112 @@ class Transcriber:
     def _run_pieces(
         self, pieces: list[tuple[_Job, int]], options: TranscribeOptions, report: Callable[[float], None]
     ) -> None:
-        """Decode a batch of chunks (possibly from several files) and store each text in its job."""
+        """Decode a batch of chunks (possibly from several files; one batch per mode) into their jobs."""
+        for mode in dict.fromkeys(job.mode for job, _ in pieces):
+            self._decode(mode, [(job, i) for job, i in pieces if job.mode == mode], options, report)
+
+    def _decode(
+        self,
+        mode: str,
+        pieces: list[tuple[_Job, int]],
+        options: TranscribeOptions,
+        report: Callable[[float], None],
+    ) -> None:
         model, cfg = self.model, self.model.config
-        waves = []
-        for job, i in pieces:
-            start, end = job.chunks[i]
-            waves.append(job.audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
-        t0 = time.perf_counter()
-        feats = model.audio_frontend(waves)
+        spans = [job.chunks[i] for job, i in pieces]
+        t0 = t_features = time.perf_counter()
+        audio = video = None
+        if mode in ("asr", "avsr"):
+            waves = [
+                job.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]
+                for (job, _), (s, e) in zip(pieces, spans, strict=True)
+            ]
+            feats = model.audio_frontend(waves)
+            t_features = time.perf_counter()
+            frames = model.audio_encoder(feats.input_features, feats.n_frames)
+            audio = ModalityInputs(frames, cfg.pick_rate("audio", options.audio_rate))
         t1 = time.perf_counter()
-        frames = model.audio_encoder(feats.input_features, feats.n_frames)
+        if mode in ("vsr", "avsr"):
+            clips = [
+                job.video[round(s * VIDEO_FPS) : round(e * VIDEO_FPS)]
+                for (job, _), (s, e) in zip(pieces, spans, strict=True)
+            ]
+            video = ModalityInputs(self._video_frames(clips), cfg.pick_rate("video", options.video_rate))
         t2 = time.perf_counter()
         decoding = options.decoding
         if any(len(job.chunks) > 1 for job, _ in pieces) and decoding.max_new_tokens is None:
             # Chunks of long files can hold more words than the reference's 32-token budget allows.
-            longest = max(len(w) for w in waves) / SAMPLE_RATE
+            longest = max(e - s for s, e in spans)
             budget = max(cfg.decoding.max_new_tokens, math.ceil(longest * LONG_FORM_TOKENS_PER_SECOND))
             decoding = replace(decoding, max_new_tokens=budget)
-        rate = cfg.pick_rate("audio", options.audio_rate)
-        texts = model.generate(options.mode, ModalityInputs(frames, rate), None, decoding)
+        texts = model.generate(mode, audio, video, decoding)
         t3 = time.perf_counter()
-        share = {"features": (t1 - t0), "encoder": (t2 - t1), "llm": (t3 - t2)}
+        share = {"llm": t3 - t2}
+        if audio is not None:
+            share.update(features=t_features - t0, encoder=t1 - t_features)
+        if video is not None:
+            share["video_encoder"] = t2 - t1
         for (job, i), text in zip(pieces, texts, strict=True):
             job.texts[i] = text
             report(job.chunks[i][1] - job.chunks[i][0])
             for key, value in share.items():
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
 
+    def _video_frames(self, clips: list[np.ndarray]) -> list:
+        """Video encoder frames (25 Hz) per clip of mouth crops, as one padded batch."""
+        import torch
+
+        from .mouth import video_model_input
+
+        enc = self.model.video_encoder
+        param = next(enc.parameters())
+        inputs = [video_model_input(c) for c in clips]
+        lengths = [x.shape[0] for x in inputs]
+        batch = torch.zeros(len(inputs), max(lengths), *inputs[0].shape[1:])
+        for k, x in enumerate(inputs):
+            batch[k, : x.shape[0]] = x
+        with torch.no_grad():
+            return enc(batch.to(param.device, param.dtype), lengths)
+
 
 LONG_FORM_TOKENS_PER_SECOND = 8  # generous: fast English speech is ~3 words (~4-5 tokens) per second
-Loaded = tuple[str, "np.ndarray | AvsrError", float]
+Loaded = tuple[str, "np.ndarray | AvsrError", float]  # (name, audio or the error, decode seconds)
+
+
+def load_media(
+    path: str | Path, mode: str, options: TranscribeOptions, audio_path: str | Path | None = None
+) -> MediaInput:
+    """Decode what `mode` needs from `path`: 16 kHz audio (from `audio_path` when given) and/or the mouth
+    crops (face backend loaded once per process; crops cached in `options.mouth_cache` when set)."""
+    from .media import load_audio
+
+    if mode == "asr":
+        return MediaInput(str(path), load_audio(audio_path or path), mode="asr")
+    from .mouth import MouthOptions, aligned_audio, cached_mouth_frames, shared_backend
+
+    mouth = MouthOptions(backend=options.face_backend, detect_every=options.detect_every)
+    backend = shared_backend(options.face_backend)
+    crops, found, warnings = cached_mouth_frames(path, mouth, options.mouth_cache, backend)
+    hits = np.flatnonzero(found)
+    span = (hits[0] / VIDEO_FPS, (hits[-1] + 1) / VIDEO_FPS) if len(hits) else None
+    audio = aligned_audio(audio_path or path, len(crops)) if mode == "avsr" else None
+    if mode == "avsr" and audio is None:
+        raise MediaError(f"{audio_path or path}: mode avsr needs an audio stream; the file has none")
+    return MediaInput(str(path), audio, crops, mode, face_span=span, warnings=list(warnings))
+
+
+@dataclass
+class MediaInput:
+    """A decoded input: 16 kHz audio and/or 25 fps mouth crops for `mode`, or the error loading raised."""
+
+    name: str
+    audio: np.ndarray | None = None
+    video: np.ndarray | None = None  # (T, 96, 96) uint8 mouth crops
+    mode: str = "asr"
+    error: AvsrError | None = None
+    seconds: float = 0.0  # time spent decoding
+    face_span: tuple[float, float] | None = None  # seconds: first to last frame with a face found
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -261,6 +395,8 @@ class _Job:
     name: str
     audio: np.ndarray | None
     error: AvsrError | None = None
+    video: np.ndarray | None = None  # (T, 96, 96) uint8 mouth crops at 25 fps
+    mode: str = "asr"
     chunks: list[tuple[float, float]] = field(default_factory=list)
     texts: list[str | None] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -268,6 +404,8 @@ class _Job:
 
     @property
     def duration(self) -> float:
+        if self.video is not None:
+            return len(self.video) / VIDEO_FPS
         return len(self.audio) / SAMPLE_RATE if self.audio is not None else 0.0
 
     def done(self) -> bool:
@@ -285,7 +423,7 @@ class _Job:
             path=self.name,
             text=" ".join(s.text for s in segments),
             duration=self.duration,
-            mode=options.mode,
+            mode=self.mode,
             model=model_name,
             segments=segments,
             timings=self.timings,
