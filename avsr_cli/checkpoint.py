@@ -40,7 +40,10 @@ def default_checkpoint() -> Path:
 
     path = shipped_dir() / DEFAULT_MODEL
     if not (path / CONFIG_FILE).exists():
-        raise CheckpointError(f"built-in model {DEFAULT_MODEL} missing from {path.parent}: reinstall avsr")
+        raise CheckpointError(
+            f"no checkpoint given, and the built-in model {DEFAULT_MODEL} is not in {path.parent}: "
+            "pass --checkpoint DIR_OR_NAME or set AVSR_CHECKPOINT"
+        )
     return path
 
 

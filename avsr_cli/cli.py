@@ -637,6 +637,14 @@ def train(
         Optional[int], typer.Option(min=1, help="Average the last N epoch adapters.")
     ] = None,
     save_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between resumable states.")] = None,
+    ctc_epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="Epochs of CTC pre-alignment of the projectors before the LLM loss (not in the reference "
+            "recipe; speeds up small LLMs).",
+        ),
+    ] = None,
     feature_cache: Annotated[
         Optional[Path], typer.Option(help="Where encoder features are cached (default: avsr cache).")
     ] = None,
@@ -710,6 +718,12 @@ class _TrainReport:
 
     def step(self, info: dict) -> None:
         if self.quiet:
+            return
+        if "ctc_step" in info:  # CTC pre-alignment of the projectors
+            if info["ctc_step"] % 50 == 0:
+                stderr.print(
+                    f"ctc pre-alignment step {info['ctc_step']} epoch {info['epoch']} loss {info['loss']:.3f}"
+                )
             return
         text = f"step {info['step']}/{info['total']} epoch {info['epoch']} loss {info['loss']:.3f}"
         if "val" in info and "wer" in info["val"]:

@@ -588,6 +588,8 @@ def _reference_pth(src: Path, out_dir: Path, card: Card, part: Part, paths: dict
     spec.setdefault("audio_rates", list(card.compression.get("audio_rates", [])))
     spec.setdefault("video_rates", list(card.compression.get("video_rates", [])))
     spec.setdefault("decoding", dict(card.decoding))
+    if card.modes:
+        spec.setdefault("modes", list(card.modes))  # a shared LoRA cannot tell which tasks it was trained on
     local = {p.source: paths[p.name] for p in card.parts.values() if p.kind == "hub" and p.name in paths}
     for key in ("llm_source", "audio_encoder_source"):
         if spec.get(key) in local:

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import (
+    MODE_TO_TASK,
     REFERENCE_PROMPTS,
     REFERENCE_SPECIAL_TOKENS,
     CompressionConfig,
@@ -55,6 +56,9 @@ class ImportSpec:
     eos_token: str | None = None  # Llama 3 base: <|end_of_text|> (the tokenizer's own EOS)
     use_bos: bool = True
     decoding: dict = field(default_factory=dict)
+    modes: list[str] | None = None  # None: from the LoRA tasks, else from the projectors present
+    # A converted AV-HuBERT dir, used only when the .pth has video_proj but no video_encoder.* weights.
+    video_encoder_source: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> ImportSpec:
@@ -135,6 +139,14 @@ def _lora_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return out, variant, sorted(tasks)
 
 
+def _modes(audio: bool, video: bool, tasks: list[str]) -> list[str]:
+    """Modes of a reference checkpoint: its task-specific LoRA adapters name them (Omni-AVSR), else the
+    projectors tell (both: Llama-AVSR's AVSR model, trained on audio-visual input only)."""
+    if tasks:
+        return [mode for mode, task in MODE_TO_TASK.items() if task in tasks]
+    return ["avsr"] if audio and video else ["asr"] if audio else ["vsr"]
+
+
 def copy_description(model_dir: Path, dest: Path) -> str:
     """Copy a model's configs and tokenizer files into the checkpoint: it then loads with no download."""
     dest.mkdir()
@@ -150,15 +162,17 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
     from transformers import AutoConfig
 
     state = load_state_dict(pth)
-    if any(k.startswith("video_encoder.") for k in state) or any(k.startswith("video_proj.") for k in state):
-        raise CheckpointError(
-            f"{pth}: video checkpoints need the AV-HuBERT path, which avsr does not have yet"
-        )
     adapter: dict[str, torch.Tensor] = {}
     audio_proj, layernorm = _projector_state(state, "audio_proj", spec.audio_rates, "audio")
+    video_proj, video_layernorm = _projector_state(state, "video_proj", spec.video_rates, "video")
+    if not audio_proj and not video_proj:
+        raise CheckpointError(f"{pth}: no audio_proj or video_proj weights: not a reference AVSR checkpoint")
     adapter.update(audio_proj)
+    adapter.update(video_proj)
+    layernorm = bool(layernorm or video_layernorm)
     lora, variant, tasks = _lora_state(state)
     adapter.update(lora)
+    modes = spec.modes or _modes(bool(audio_proj), bool(video_proj), tasks)
 
     llm_dir = resolve_source(spec.llm_source, weights=not keep_frozen)
     llm_cfg = AutoConfig.from_pretrained(llm_dir)
@@ -198,24 +212,49 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
     if head is not None and not tied:
         adapter["llm.added_lm_head_rows"] = head[added].float()
 
-    enc_dim = None
+    enc_dim, intermediate = None, 2048
     if audio_proj:
         first = state[next(k for k in state if k.startswith("audio_proj") and k.endswith("0.weight"))]
         enc_dim = first.shape[1] // (spec.audio_rates[0] if spec.compression_mode == "stack" else 1)
         intermediate = first.shape[0]
+    video_encoder, video_state = None, None
+    if video_proj:
+        first = state[next(k for k in state if k.startswith("video_proj") and k.endswith("0.weight"))]
+        intermediate = first.shape[0]
+        video_dim = first.shape[1] // (spec.video_rates[0] if spec.compression_mode == "stack" else 1)
+        if any(k.startswith("video_encoder.") for k in state):
+            from .avhubert import avhubert_state_from_fairseq, infer_config
+
+            # Llama-AVSR trains with the video encoder in train mode, so its BatchNorm statistics differ from
+            # the original large_vox_iter5.pt: the encoder must come from this .pth (REFERENCE.md §9).
+            video_state = avhubert_state_from_fairseq(state, "video_encoder.")
+            video_cfg = infer_config(video_state)
+            video_encoder = EncoderConfig(kind="avhubert", source="video_encoder", dim=video_cfg.dim)
+        elif spec.video_encoder_source:
+            video_encoder = EncoderConfig(kind="avhubert", source=spec.video_encoder_source, dim=video_dim)
+        else:
+            raise CheckpointError(
+                f"{pth}: has video_proj but no video_encoder.* weights: give video_encoder_source in the spec"
+            )
+        if video_encoder.dim != video_dim:
+            raise CheckpointError(
+                f"{pth}: video_proj expects {video_dim}-wide frames, "
+                f"the video encoder gives {video_encoder.dim}"
+            )
     config = ModelConfig(
         name=spec.name,
-        modes=["asr"],
-        audio_encoder=EncoderConfig(kind="whisper", source=spec.audio_encoder_source, dim=enc_dim or 0),
+        modes=modes,
+        audio_encoder=EncoderConfig(kind="whisper", source=spec.audio_encoder_source, dim=enc_dim)
+        if audio_proj
+        else None,
+        video_encoder=video_encoder,
         llm=LLMConfig(
             source=spec.llm_source, hidden_size=hidden, eos_token=spec.eos_token, use_bos=spec.use_bos
         ),
         compression=CompressionConfig(
             mode=spec.compression_mode, audio_rates=list(spec.audio_rates), video_rates=list(spec.video_rates)
         ),
-        projector=ProjectorConfig(
-            intermediate_size=intermediate if audio_proj else 2048, layernorm=bool(layernorm)
-        ),
+        projector=ProjectorConfig(intermediate_size=intermediate, layernorm=layernorm),
         lora=lora_cfg,
         prompts=dict(REFERENCE_PROMPTS),
         decoding=DecodingDefaults(**spec.decoding),
@@ -227,13 +266,17 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
+        if video_state is not None:
+            from .avhubert import save_avhubert
+
+            save_avhubert(tmp / "video_encoder", video_cfg, video_state, source=Path(pth).name)
         if keep_frozen:
             enc = {
                 k[len("audio_encoder.") :]: v.contiguous()
                 for k, v in state.items()
                 if k.startswith("audio_encoder.")
             }
-            if enc:
+            if enc and config.audio_encoder is not None:
                 save_file(enc, str(tmp / "audio_encoder.safetensors"))
                 config.audio_encoder.weights = "audio_encoder.safetensors"
                 enc_dir = resolve_source(spec.audio_encoder_source, weights=False)

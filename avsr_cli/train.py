@@ -61,6 +61,10 @@ class TrainOptions:
     save_every: int = 100  # optimizer steps between resumable states
     seed: int = 0
     train_lora: bool = True
+    # Our addition, not in the reference recipe: epochs of CTC pre-alignment of the projectors before the
+    # LLM loss (see `ctc_prealign`); helps small LLMs, which otherwise take long to start reading the audio.
+    ctc_epochs: int = 0
+    ctc_lr: float = 2e-3
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else REFERENCE_LR[self.mode]
@@ -175,6 +179,72 @@ def length_batches(
     return batches
 
 
+def ctc_prealign(
+    model: AVSRModel,
+    frames: list[torch.Tensor],
+    targets: list[list[int]],
+    rates: list[int],
+    options: TrainOptions,
+    on_step: Callable[[dict], None] | None = None,
+) -> list[float]:
+    """Pre-align the projectors with the LLM's token embeddings: CTC over the projected audio tokens scored
+    against the (frozen) input embeddings of the transcripts' tokens, so the LLM's first look at the audio
+    is a blank-padded spelling of the transcript. Only the tokens that occur in the transcripts (plus a
+    blank) are classes, which keeps the logits small. Returns the loss per step."""
+    import torch.nn.functional as F
+
+    modality = "video" if options.mode == "vsr" else "audio"
+    projector = model.projectors[modality]
+    vocab = sorted({t for tg in targets for t in tg[:-1]})  # EOS is no CTC class
+    index = {t: i + 1 for i, t in enumerate(vocab)}  # 0: blank
+    emb = model.llm.get_input_embeddings().weight.detach()
+    classes = torch.cat([torch.zeros(1, emb.shape[1], device=emb.device), emb[vocab].float()])
+    blank_bias = torch.zeros(1, requires_grad=True)
+    params = [*projector.parameters(), blank_bias]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=options.ctc_lr, betas=(0.9, 0.98), weight_decay=options.weight_decay)
+    rng = random.Random(options.seed + 7)
+    lengths = [f.shape[0] for f in frames]
+    fps = 25.0 if modality == "video" else 50.0
+    losses = []
+    projector.train()
+    try:
+        for epoch in range(options.ctc_epochs):
+            for batch in length_batches(
+                lengths, fps, options, random.Random(options.seed * 1000 + 500 + epoch)
+            ):
+                rate = rng.choice(rates)
+                outs = projector([frames[i] for i in batch], rate)
+                logits = [o.float() @ classes.T for o in outs]
+                for lg in logits:
+                    lg[:, 0] = lg[:, 0] + blank_bias
+                tgt = [torch.tensor([index[t] for t in targets[i][:-1]]) for i in batch]
+                t_max = max(lg.shape[0] for lg in logits)
+                padded = torch.zeros(t_max, len(batch), classes.shape[0])
+                for k, lg in enumerate(logits):
+                    padded[: lg.shape[0], k] = lg
+                loss = F.ctc_loss(
+                    padded.log_softmax(-1),
+                    torch.cat(tgt),
+                    torch.tensor([lg.shape[0] for lg in logits]),
+                    torch.tensor([len(t) for t in tgt]),
+                    blank=0,
+                    zero_infinity=True,
+                )
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+                opt.step()
+                losses.append(float(loss.detach()))
+                if on_step:
+                    on_step({"ctc_step": len(losses), "epoch": epoch, "loss": losses[-1]})
+    finally:
+        projector.eval()
+        blank_bias.requires_grad_(False)  # the projector stays trainable for the LLM phase
+    return losses
+
+
 def trainable_parameters(model: AVSRModel, mode: str, train_lora: bool) -> list[torch.nn.Parameter]:
     model._activate(mode)
     params = list(model.projectors.parameters())
@@ -282,7 +352,10 @@ class Trainer:
         step, epoch, batch_pos, losses, validations = 0, 0, 0, [], []
         state_path = self.out_dir / STATE_FILE
         resumed_from = 0
-        if resume and state_path.exists():
+        resuming = resume and state_path.exists()
+        if o.ctc_epochs and not resuming:
+            self.ctc_losses = ctc_prealign(model, self.frames, self.targets, self.rates, o, on_step)
+        if resuming:
             state = torch.load(state_path, map_location="cpu", weights_only=True)  # never unpickles objects
             from .checkpoint import load_adapter_state
 

@@ -194,3 +194,54 @@ def test_import_with_wrong_rank_is_explained(tiny_dirs, tmp_path):
     with pytest.raises(CheckpointError, match="check lora_rank"):
         import_reference(tmp_path / "ref.pth", tmp_path / "ckpt", spec)
     assert not (tmp_path / "ckpt").exists() and not list(tmp_path.glob(".ckpt*"))
+
+
+def test_import_video_checkpoint(tiny_dirs, tmp_path):
+    """A Llama-AVSR/Omni-style .pth with AV-HuBERT under video_encoder.* and a video projector: the encoder
+    comes from the .pth (its BatchNorm statistics), the projector maps its frames as the reference does."""
+    from test_avhubert import fairseq_state
+
+    whisper_dir, llm_dir = tiny_dirs
+    state = reference_state(whisper_dir, llm_dir, "task", [4], per_rate=False)
+    video = fairseq_state(seed=3)
+    state.update({f"video_encoder.{k}": v for k, v in video.items()})
+    g = torch.Generator().manual_seed(5)
+    proj = {"video_proj.0.weight": torch.randn(48, 32 * 2, generator=g), "video_proj.0.bias": torch.zeros(48)}
+    proj |= {
+        "video_proj.2.weight": torch.randn(HIDDEN, 48, generator=g),
+        "video_proj.2.bias": torch.zeros(HIDDEN),
+    }
+    state.update(proj)
+    torch.save(state, tmp_path / "av.pth")
+    spec = ImportSpec(
+        name="av",
+        llm_source=str(llm_dir),
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+        audio_encoder_source=str(whisper_dir),
+        audio_rates=[4],
+        video_rates=[2],
+    )
+    out = import_reference(tmp_path / "av.pth", tmp_path / "ckpt", spec)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["modes"] == ["asr", "vsr", "avsr"]  # the task-specific LoRA adapters name the tasks
+    assert cfg["video_encoder"]["kind"] == "avhubert" and cfg["video_encoder"]["source"] == "video_encoder"
+    model = load_checkpoint(out, device="cpu", dtype="float32")
+    running = "feature_extractor_video.resnet.frontend3D.1.running_mean"
+    assert torch.equal(model.video_encoder.state_dict()[running], video[running])
+
+    clip = torch.randn(1, 6, 1, 16, 16)
+    frames = model.video_encoder(clip, [6])
+    stacked = frames[0].reshape(3, 64)  # stack 2 frames of 32
+    want = torch.relu(stacked @ proj["video_proj.0.weight"].T) @ proj["video_proj.2.weight"].T
+    torch.testing.assert_close(model.projectors["video"](frames, 2)[0], want, atol=1e-5, rtol=1e-5)
+
+    video_only = {k: v for k, v in state.items() if not k.startswith(("audio_", "llm.model.layers"))}
+    video_only.update(
+        {k: v for k, v in state.items() if k.startswith("llm.model.layers") and "lora" not in k}
+    )
+    torch.save(video_only, tmp_path / "v.pth")
+    spec.audio_rates = []
+    out = import_reference(tmp_path / "v.pth", tmp_path / "vckpt", spec)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["modes"] == ["vsr"] and cfg["audio_encoder"] is None

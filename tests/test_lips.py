@@ -137,3 +137,14 @@ def test_evaluate_video_modes_with_occlusion_and_crop_cache(av_ckpt, media, tmp_
     assert blurred.video.std() < clean.video.std()  # blur smooths the crops
     r = run("evaluate", data, "-c", av_ckpt, "--mode", "vsr", "--occlusion", "fog", "-q")
     assert r.exit_code == 2 and "unknown occlusion 'fog'" in r.stderr
+
+
+def test_export_subtitles_of_a_silent_video(av_ckpt, media, tmp_path):
+    import srt
+
+    r = run("export-subtitles", media["video"], "-c", av_ckpt, "--max-chunk", "3", "-o", tmp_path, "--json")
+    assert r.exit_code == 0, r.stderr
+    segments = json.loads((tmp_path / "silent.json").read_text())["segments"]
+    cues = list(srt.parse((tmp_path / "silent.srt").read_text()))
+    assert all(0 <= c.start.total_seconds() < c.end.total_seconds() <= 6.2 + 1e-6 for c in cues)
+    assert all(s["end"] - s["start"] == pytest.approx(3.0) for s in segments)  # fixed windows over the face
