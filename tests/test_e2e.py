@@ -70,7 +70,8 @@ def trained(tmp_path_factory):
 
 def test_training_loss_falls_and_resumes_after_a_kill(trained):
     ckpt, _, losses, resumed_from = trained
-    assert resumed_from >= 30 and resumed_from % 10 == 0  # the last state saved before the kill
+    # the last state saved before the kill (every 10 steps and at each 2-step epoch end), not a fresh start
+    assert 30 <= resumed_from < 90
     assert len(losses) == 90 and json.loads((ckpt / "training.json").read_text())["steps"] == 90
     assert losses[-1] < 0.05 * losses[0], losses[::10]
     assert sum(losses[-5:]) / 5 < 0.1
