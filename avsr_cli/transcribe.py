@@ -13,6 +13,7 @@ import numpy as np
 from .config import MODES
 from .decoding import DecodingOptions
 from .errors import AvsrError, MediaError
+from .face import BACKENDS
 from .features import SAMPLE_RATE
 from .media import VIDEO_FPS
 from .model import AVSRModel, ModalityInputs
@@ -45,6 +46,8 @@ class TranscribeOptions:
             raise ValueError(f"unknown mode {self.mode!r} (expected auto or one of {', '.join(MODES)})")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.face_backend not in BACKENDS:
+            raise ValueError(f"unknown face backend {self.face_backend!r} (expected one of {BACKENDS})")
         if self.segmentation not in SEGMENTATIONS:
             raise ValueError(f"unknown segmentation {self.segmentation!r} (expected one of {SEGMENTATIONS})")
 
