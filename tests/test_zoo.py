@@ -53,7 +53,9 @@ def test_shipped_cards_are_valid(home):
         if card.kind == "checkpoint":
             own = card.parts[card.checkpoint]
             assert own.convert or own.kind in ("hub", "path")
-            assert card.wer and card.decoding == {"num_beams": 15, "max_new_tokens": 32}
+            assert card.wer
+            if card.paper:  # the published checkpoints decode as their reference does
+                assert card.decoding == {"num_beams": 15, "max_new_tokens": 32}
 
 
 def test_published_checkpoints_match_the_reference_readmes(home):
