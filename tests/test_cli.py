@@ -149,8 +149,6 @@ def test_usage_errors_exit_2_before_any_work(ckpt, media, tmp_path):
     assert r.exit_code == 2 and "unknown checkpoint 'no-such-model'" in r.stderr
     r = run("transcribe", media / "tone.wav", "-c", ckpt, "--face-backend", "opencv")
     assert r.exit_code == 2 and "unknown face backend 'opencv'" in r.stderr
-    r = run("transcribe", media / "tone.wav", env={"AVSR_CHECKPOINT": ""})  # no built-in model ships yet
-    assert r.exit_code == 2 and "no checkpoint given" in r.stderr and "--checkpoint" in r.stderr
     r = run("transcribe", media / "tone.wav", "-c", ckpt, "--mode", "vsr")
     assert r.exit_code == 2 and "supports modes asr" in r.stderr
     r = run("transcribe", media / "tone.wav", "-c", ckpt, "--audio-rate", "7")
