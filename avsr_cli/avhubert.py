@@ -467,6 +467,36 @@ def convert_fairseq_avhubert(pt_path: Path, out_dir: Path) -> Path:
     return save_avhubert(out_dir, config, state, source=pt_path.name)
 
 
+def video_encoder_config(source: str) -> EncoderConfig:
+    """The EncoderConfig of an AV-HuBERT given as a converted directory, a Hub id holding one, or an official
+    fairseq `.pt` (converted once into `<avsr cache>/avhubert/`, keyed by the file's path, size and mtime)."""
+    import hashlib
+    import shutil
+
+    from .sources import cache_root, resolve_source
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        st = path.stat()
+        ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns])
+        out = cache_root() / "avhubert" / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+        if not (out / CONFIG_FILE).exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+            try:
+                convert_fairseq_avhubert(path, tmp)
+                os.replace(tmp, out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        path = out
+    local = path.resolve() if path.is_dir() else resolve_source(source, weights=False)
+    try:
+        config = AVHubertConfig.from_dict(json.loads((local / CONFIG_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{source}: not an AV-HuBERT directory ({exc})") from None
+    return EncoderConfig(kind="avhubert", source=str(local) if path.is_dir() else source, dim=config.dim)
+
+
 # Converters by name, for the model zoo / download code: name -> function(source_file, out_dir) -> out_dir.
 CONVERTERS = {"avhubert-fairseq": convert_fairseq_avhubert}
 
@@ -484,13 +514,9 @@ def load_video_encoder(encoder_config: EncoderConfig, ckpt_dir: Path | None = No
         raise CheckpointError(
             f"video encoder kind '{encoder_config.kind}' is not supported (only 'avhubert')"
         )
-    weights = None
-    if encoder_config.weights:
-        if ckpt_dir is None:
-            raise CheckpointError(
-                f"video encoder weights '{encoder_config.weights}' need a checkpoint directory"
-            )
-        weights = Path(ckpt_dir) / encoder_config.weights
+    from .checkpoint import weights_file
+
+    weights = weights_file(encoder_config.weights, ckpt_dir)
     src = resolve_source(encoder_config.source, ckpt_dir, encoder_config.revision, weights=weights is None)
     encoder = AVHubertVideoEncoder.from_dir(src, weights)
     if encoder.dim != encoder_config.dim:
@@ -498,3 +524,18 @@ def load_video_encoder(encoder_config: EncoderConfig, ckpt_dir: Path | None = No
             f"video encoder {encoder_config.source} has width {encoder.dim}, config says {encoder_config.dim}"
         )
     return encoder
+
+
+def encode_mouth_clips(encoder: AVHubertVideoEncoder, clips: list[Any]) -> list[torch.Tensor]:
+    """Frozen AV-HuBERT frames (25 Hz) of mouth-crop clips ((T, 96, 96) uint8), encoded as one padded batch
+    under no_grad (not inference_mode: training feeds the frames into a graph)."""
+    from .mouth import video_model_input
+
+    param = next(encoder.parameters())
+    inputs = [video_model_input(c) for c in clips]
+    lengths = [x.shape[0] for x in inputs]
+    batch = torch.zeros(len(inputs), max(lengths), *inputs[0].shape[1:])
+    for k, x in enumerate(inputs):
+        batch[k, : x.shape[0]] = x
+    with torch.no_grad():
+        return [f.detach() for f in encoder(batch.to(param.device, param.dtype), lengths)]

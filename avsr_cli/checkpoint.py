@@ -69,6 +69,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def weights_file(name: str | None, base_dir: Path | None) -> Path | None:
+    """A `weights` entry of the config as a path: relative to the checkpoint directory, or absolute."""
+    if not name:
+        return None
+    if base_dir is None and not Path(name).is_absolute():
+        raise CheckpointError(f"weights file '{name}' is relative but there is no checkpoint directory")
+    return Path(base_dir or "/") / name
+
+
 def build_model(
     config: ModelConfig, base_dir: Path | None = None, dtype: torch.dtype = torch.float32
 ) -> AVSRModel:
@@ -77,7 +86,7 @@ def build_model(
     if config.audio_encoder is not None:
         enc_cfg = config.audio_encoder
         enc_dir = resolve_source(enc_cfg.source, base_dir, enc_cfg.revision, weights=not enc_cfg.weights)
-        weights = base_dir / enc_cfg.weights if enc_cfg.weights and base_dir else None
+        weights = weights_file(enc_cfg.weights, base_dir)
         audio_encoder = WhisperAudioEncoder.from_dir(enc_dir, weights).to(dtype)
         if audio_encoder.dim != enc_cfg.dim:
             raise CheckpointError(
@@ -94,7 +103,7 @@ def build_model(
 
     llm_dir = resolve_source(config.llm.source, base_dir, config.llm.revision, weights=not config.llm.weights)
     tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
-    llm_weights = base_dir / config.llm.weights if config.llm.weights and base_dir else None
+    llm_weights = weights_file(config.llm.weights, base_dir)
     llm = load_llm(llm_dir, llm_weights, dtype)
     if llm.config.hidden_size != config.llm.hidden_size:
         raise CheckpointError(

@@ -573,11 +573,12 @@ class _progress:
             self.progress.stop()
 
 
-def _csv_ints(value: str | None) -> list[int] | None:
+def _csv_numbers(value: str | None, kind: type, name: str) -> list | None:
     try:
-        return [int(v) for v in value.split(",") if v.strip()] if value else None
+        return [kind(v) for v in value.split(",") if v.strip()] if value else None
     except ValueError:
-        raise fail(f"--rates: expected comma-separated integers, got '{value}'") from None
+        what = "integers" if kind is int else "numbers"
+        raise fail(f"--{name.replace('_', '-')}: expected comma-separated {what}, got '{value}'") from None
 
 
 @app.command()
@@ -601,7 +602,20 @@ def train(
         Optional[str],
         typer.Option("--checkpoint", "-c", help="Fine-tune this avsr checkpoint instead of a base."),
     ] = None,
-    mode: Annotated[Optional[Mode], typer.Option(help="asr, vsr or avsr.")] = None,
+    mode: Annotated[
+        Optional[str],
+        typer.Option(help="asr, vsr, avsr, or several trained together, e.g. asr,vsr,avsr (Omni-AVSR)."),
+    ] = None,
+    task_weights: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Several modes: loss weight per mode, e.g. 1,1.5,1 (Omni-AVSR README; default 1s)."
+        ),
+    ] = None,
+    video_encoder: Annotated[
+        Optional[str],
+        typer.Option(help="Add an AV-HuBERT to the base: converted dir, Hub id or fairseq .pt (vsr/avsr)."),
+    ] = None,
     val_data: Annotated[
         Optional[Path], typer.Option(help="Validation data, scored (WER) during training.")
     ] = None,
@@ -624,8 +638,11 @@ def train(
     ] = None,
     grad_accum: Annotated[Optional[int], typer.Option(min=1, help="Batches per optimizer step.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 on GPU), fp32 or bf16.")] = None,
-    rates: Annotated[
-        Optional[str], typer.Option(help="Compression rates to train at once, e.g. 4,16 (matryoshka).")
+    audio_rates: Annotated[
+        Optional[str], typer.Option(help="Audio compression rates to train at once, e.g. 4,16 (matryoshka).")
+    ] = None,
+    video_rates: Annotated[
+        Optional[str], typer.Option(help="Video compression rates to train at once, e.g. 2,5 (matryoshka).")
     ] = None,
     val_every: Annotated[
         Optional[int], typer.Option(min=0, help="Validate every N steps (0: each epoch).")
@@ -648,6 +665,16 @@ def train(
     feature_cache: Annotated[
         Optional[Path], typer.Option(help="Where encoder features are cached (default: avsr cache).")
     ] = None,
+    face_backend: Annotated[
+        Optional[str], typer.Option(help="vsr/avsr: face landmarks by dlib, face-alignment or mediapipe.")
+    ] = None,
+    detect_every: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="vsr/avsr: run the face detector every N frames (default 10)."),
+    ] = None,
+    mouth_cache: Annotated[
+        Optional[Path], typer.Option(help="Where mouth crops are cached (default: <feature cache>/mouths).")
+    ] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Train on the first N clips only.")] = None,
     resume: Annotated[
         bool, typer.Option(help="Resume from the state in --output-dir if there is one.")
@@ -664,13 +691,26 @@ def train(
     given = {k: v for k, v in locals().items() if v is not None and k not in ("config", "training", "fields")}
     settings = run_guarded(training.load_train_config, config) if config else {}
     settings.update({k: v.value if isinstance(v, enum.Enum) else v for k, v in given.items()})
-    if isinstance(settings.get("rates"), str):
-        settings["rates"] = _csv_ints(settings["rates"])
+    for key in ("audio_rates", "video_rates"):
+        if isinstance(settings.get(key), str):
+            settings[key] = _csv_numbers(settings[key], int, key)
+    if isinstance(settings.get("task_weights"), str):
+        settings["task_weights"] = _csv_numbers(settings["task_weights"], float, "task_weights")
     for required in ("data", "output_dir"):
         if not settings.get(required):
             raise fail(f"--{required.replace('_', '-')} is required (as a flag or in the config file)")
     option_names = {f.name for f in fields(training.TrainOptions)}
     options = training.TrainOptions(**{k: v for k, v in settings.items() if k in option_names})
+    run_guarded(options.weights)  # a bad --mode or --task-weights fails before any loading
+    mouth = None
+    if options.modalities() != ["audio"]:
+        from .mouth import MouthOptions
+
+        mouth_settings = {
+            "backend": settings.get("face_backend"),
+            "detect_every": settings.get("detect_every"),
+        }
+        mouth = run_guarded(MouthOptions, **{k: v for k, v in mouth_settings.items() if v is not None})
     report = _TrainReport(quiet)
     result = run_guarded(
         training.train,
@@ -686,6 +726,9 @@ def train(
         resume=settings.get("resume", True),
         on_encode=report.encoded,
         on_step=report.step,
+        video_encoder=settings.get("video_encoder"),
+        mouth=mouth,
+        mouth_cache=settings.get("mouth_cache"),
     )
     report.close()
     for clip, reason in result.failed:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MediaError
-from .face import Backend, detect_faces, interpolate_landmarks, make_backend, to_gray, track
+from .face import BACKENDS, Backend, detect_faces, interpolate_landmarks, make_backend, to_gray, track
 from .media import SAMPLES_PER_FRAME, VIDEO_FPS, find_ffmpeg, iter_video, load_audio, probe
 
 # auto_avsr preparation/detectors/retinaface/video_process.py (VideoProcess and its affine_transform):
@@ -58,6 +58,8 @@ class MouthOptions:
     mean_face: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown face backend '{self.backend}' (choose from {', '.join(BACKENDS)})")
         if self.detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {self.detect_every}")
         if self.max_size < 64 or self.detect_size < 64:

@@ -7,8 +7,15 @@ device), bf16 on GPU, only projectors and LoRA trainable, checkpoint averaging o
 matryoshka training draws one compression rate per step (`random.choice`), so any trained rate can be picked
 at inference.
 
-Here the frozen encoder runs once per clip under `torch.no_grad()` and its frames are cached on disk
-(`FeatureCache`), so epochs after the first cost only the projector + LLM.
+Modes: asr (Whisper frames), vsr (AV-HuBERT frames of the mouth crops), avsr (both; the audio cut or padded
+to 640 samples per video frame, Llama-AVSR av_dataset.py), or several at once (Omni-AVSR multi-task: every
+step computes each task's loss on the same batch and rates and trains on their mean, Omni-AVSR
+lightning_OmniAVSR.py `training_step`).
+
+Here the frozen encoders run once per clip under `torch.no_grad()` and their frames are cached on disk
+(`FeatureCache`), so epochs after the first cost only the projector + LLM. The price: no per-epoch video
+augmentation (the reference's train-time RandomCrop(88) + AdaptiveTimeMask); the crops use the test-time
+centre crop.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,7 +41,15 @@ from .datasets import Dataset, Item
 from .errors import AvsrError, UsageError
 from .model import AVSRModel, ModalityInputs
 
+if TYPE_CHECKING:
+    from .mouth import MouthOptions
+
 REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README training commands
+MODE_MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
+FRAMES_PER_SECOND = {"audio": 50.0, "video": 25.0}  # Whisper encoder frames; AV-HuBERT frames (25 fps video)
+DEFAULT_VIDEO_RATE = (
+    2  # video stacking rate for a new video projector (Omni-AVSR README: --downsample-ratio-video 2)
+)
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "training.json"
@@ -43,7 +59,7 @@ SUMMARY_FILE = "training.json"
 class TrainOptions:
     """What `train` does; defaults follow the reference recipe (module docstring)."""
 
-    mode: str = "asr"
+    mode: str = "asr"  # asr | vsr | avsr, or a comma list trained together (Omni-AVSR multi-task)
     epochs: int = 3
     max_steps: int = 0  # optimizer steps; 0: run `epochs` epochs
     lr: float | None = None  # None: REFERENCE_LR[mode]
@@ -54,7 +70,12 @@ class TrainOptions:
     grad_accum: int = 1
     grad_clip: float = 10.0
     precision: str = "auto"  # auto (bf16 autocast on a bf16 GPU, else fp32) | fp32 | bf16
-    rates: list[int] | None = None  # compression rates to train (matryoshka); None: the config's rates
+    # compression rates to train (matryoshka, one drawn per step and modality); None: the config's rates
+    audio_rates: list[int] | None = None
+    video_rates: list[int] | None = None
+    # several modes: the loss is sum(w_i * loss_i) / n_modes (Omni-AVSR modeling_OmniAVSR.py `matry_weights`,
+    # lightning_OmniAVSR.py divides by 3; its README trains with 1, 1.5, 1 for asr, vsr, avsr); None: all 1
+    task_weights: list[float] | None = None
     val_every: int = 0  # optimizer steps between validations; 0: at the end of each epoch
     val_limit: int = 100  # validation clips decoded each time
     average_last: int = 1  # average the adapters saved at the end of the last N epochs
@@ -66,8 +87,35 @@ class TrainOptions:
     ctc_epochs: int = 0
     ctc_lr: float = 2e-3
 
+    def modes(self) -> list[str]:
+        """The tasks trained: `mode` split at commas, checked, in order, without repeats."""
+        modes = list(dict.fromkeys(m.strip() for m in self.mode.split(",") if m.strip()))
+        if not modes or any(m not in MODE_TO_TASK for m in modes):
+            raise UsageError(f"unknown mode '{self.mode}' (asr, vsr, avsr, or a list such as asr,vsr,avsr)")
+        return modes
+
+    def modalities(self) -> list[str]:
+        """The encoders the trained tasks read, audio first."""
+        used = {m for mode in self.modes() for m in MODE_MODALITIES[mode]}
+        return [m for m in ("audio", "video") if m in used]
+
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else REFERENCE_LR[self.mode]
+        if self.lr is not None:
+            return self.lr
+        modes = self.modes()
+        return REFERENCE_LR[modes[0]] if len(modes) == 1 else 1e-3  # Omni-AVSR README commands: --lr 1e-3
+
+    def rates(self, modality: str) -> list[int] | None:
+        return self.audio_rates if modality == "audio" else self.video_rates
+
+    def weights(self) -> list[float]:
+        """Loss weight per mode (in `modes()` order)."""
+        modes = self.modes()
+        if self.task_weights is None:
+            return [1.0] * len(modes)
+        if len(self.task_weights) != len(modes):
+            raise UsageError(f"{len(self.task_weights)} task weights for {len(modes)} modes ({self.mode})")
+        return [float(w) for w in self.task_weights]
 
 
 @dataclass
@@ -90,65 +138,111 @@ class TrainResult:
 class FeatureCache:
     """Frozen-encoder frames of each clip, computed once and kept as safetensors files in `root`.
 
-    The key covers the encoder (source, revision, weights, width), the file (absolute path, size, mtime) and
-    the modality, so a changed file or encoder never reuses stale frames.
+    The key covers the encoder (source, revision, weights, width), the file (absolute path, size, mtime), the
+    modality and whatever else changes the frames (the mouth-crop options; the video length audio is cut to),
+    so a changed file, encoder or option never reuses stale frames. Mouth crops are cached too
+    (`mouth_cache`, default `root/mouths`), shared with `avsr evaluate --mouth-cache`.
     """
 
-    def __init__(self, root: Path, model: AVSRModel) -> None:
+    def __init__(
+        self,
+        root: Path,
+        model: AVSRModel,
+        mouth: MouthOptions | None = None,
+        mouth_cache: Path | None = None,
+    ) -> None:
+        from .mouth import MouthOptions
+
         self.root = Path(root)
         self.model = model
+        self.mouth = mouth or MouthOptions()
+        self.mouth_cache = Path(mouth_cache) if mouth_cache else self.root / "mouths"
 
-    def _key(self, path: Path, modality: str) -> Path:
+    def _key(self, path: Path, modality: str, extra: dict | None = None) -> Path:
         enc = getattr(self.model.config, f"{modality}_encoder")
         st = path.stat()
-        ident = json.dumps(
-            [asdict(enc), modality, str(path.resolve()), st.st_size, st.st_mtime_ns], sort_keys=True
-        )
-        return self.root / f"{modality}-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.safetensors"
+        ident = [asdict(enc), modality, str(path.resolve()), st.st_size, st.st_mtime_ns]
+        if extra is not None:
+            ident.append(extra)
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+        return self.root / f"{modality}-{digest}.safetensors"
 
-    def audio_frames(self, items: Sequence[Item], on_clip: Callable[[], None] | None = None) -> list:
-        """Encoder frames per item (a tensor, or the AvsrError that made the clip unusable)."""
-        from .media import load_audio
-
-        out: list = [None] * len(items)
-        todo = []
-        for i, item in enumerate(items):
-            try:
-                key = self._key(item.audio_path, "audio")
-            except OSError as exc:
-                out[i] = AvsrError(f"{item.audio_path}: {exc.strerror or exc}")
-                continue
-            if key.exists():
-                out[i] = load_file(str(key))["frames"]
-                if on_clip:
-                    on_clip()
-            else:
-                todo.append((i, key))
+    def frames(
+        self, items: Sequence[Item], modalities: Sequence[str], on_clip: Callable[[], None] | None = None
+    ) -> list:
+        """Per item: {modality: encoder frames}, or the AvsrError that made the clip unusable."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for i, key in todo:
+        out: list = []
+        for item in items:
             try:
-                wave = load_audio(items[i].audio_path)
-                if len(wave) / 16000 > 30:  # the Whisper window; longer clips would be cut (reference: 30 s)
-                    raise AvsrError(
-                        f"{items[i].audio_path}: longer than 30 s, too long for one training clip"
-                    )
-                with torch.no_grad():  # no_grad, not inference_mode: the frames feed a graph later
-                    feats = self.model.audio_frontend([wave])
-                    frames = self.model.audio_encoder(feats.input_features, feats.n_frames)[0]
-                frames = frames.detach().float().cpu().contiguous()
-                tmp = key.with_suffix(f".tmp{os.getpid()}")
-                save_file({"frames": frames}, str(tmp))
-                os.replace(tmp, key)
-                out[i] = frames
+                out.append(self._item(item, modalities))
             except AvsrError as exc:
-                out[i] = exc
+                out.append(exc)
+            except OSError as exc:
+                out.append(AvsrError(f"{exc.filename or item.media}: {exc.strerror or exc}"))
             if on_clip:
                 on_clip()
         return out
 
+    def audio_frames(self, items: Sequence[Item], on_clip: Callable[[], None] | None = None) -> list:
+        """Whisper frames per item (a tensor, or the AvsrError that made the clip unusable)."""
+        return [r if isinstance(r, Exception) else r["audio"] for r in self.frames(items, ["audio"], on_clip)]
+
+    def _item(self, item: Item, modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        from .mouth import aligned_audio
+
+        frames: dict[str, torch.Tensor] = {}
+        if "video" in modalities:
+            mouth = asdict(self.mouth)
+            frames["video"] = self._cached(
+                self._key(item.media, "video", mouth), lambda: self._encode_video(item.media)
+            )
+        if "audio" in modalities:
+            path = item.audio_path
+            if "video" in frames:  # avsr: audio cut or padded to the video (Llama-AVSR av_dataset.py)
+                n = frames["video"].shape[0]
+
+                def load():
+                    wave = aligned_audio(path, n)
+                    if wave is None:
+                        raise AvsrError(f"{path}: mode avsr needs an audio stream; the file has none")
+                    return wave
+
+                key = self._key(path, "audio", {"video_frames": n})
+            else:
+                from .media import load_audio
+
+                key, load = self._key(path, "audio"), lambda: load_audio(path)
+            frames["audio"] = self._cached(key, lambda: self._encode_audio(path, load()))
+        return frames
+
+    def _cached(self, key: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key.exists():
+            return load_file(str(key))["frames"]
+        frames = compute().detach().float().cpu().contiguous()
+        tmp = key.with_suffix(f".tmp{os.getpid()}")
+        save_file({"frames": frames}, str(tmp))
+        os.replace(tmp, key)
+        return frames
+
+    def _encode_audio(self, path: Path, wave: np.ndarray) -> torch.Tensor:
+        if len(wave) / 16000 > 30:  # the Whisper window; longer clips would be cut (reference: 30 s)
+            raise AvsrError(f"{path}: longer than 30 s, too long for one training clip")
+        return encode_audio(self.model, [wave])[0]
+
+    def _encode_video(self, path: Path) -> torch.Tensor:
+        from .avhubert import encode_mouth_clips
+        from .mouth import cached_mouth_frames, shared_backend
+
+        crops, _, _ = cached_mouth_frames(
+            path, self.mouth, self.mouth_cache, shared_backend(self.mouth.backend)
+        )
+        return encode_mouth_clips(self.model.video_encoder, [crops])[0]
+
 
 def encode_audio(model: AVSRModel, waveforms: list[np.ndarray]) -> list[torch.Tensor]:
-    """Frozen encoder frames of in-memory waveforms (no_grad)."""
+    """Frozen Whisper frames of in-memory 16 kHz waveforms (no_grad, not inference_mode: the frames feed a
+    graph later)."""
     with torch.no_grad():
         feats = model.audio_frontend(waveforms)
         return [f.detach() for f in model.audio_encoder(feats.input_features, feats.n_frames)]
@@ -186,14 +280,14 @@ def ctc_prealign(
     rates: list[int],
     options: TrainOptions,
     on_step: Callable[[dict], None] | None = None,
+    modality: str = "audio",
 ) -> list[float]:
-    """Pre-align the projectors with the LLM's token embeddings: CTC over the projected audio tokens scored
-    against the (frozen) input embeddings of the transcripts' tokens, so the LLM's first look at the audio
-    is a blank-padded spelling of the transcript. Only the tokens that occur in the transcripts (plus a
-    blank) are classes, which keeps the logits small. Returns the loss per step."""
+    """Pre-align a modality's projectors with the LLM's token embeddings: CTC over the projected tokens
+    scored against the (frozen) input embeddings of the transcripts' tokens, so the LLM's first look at the
+    audio or video is a blank-padded spelling of the transcript. Only the tokens that occur in the
+    transcripts (plus a blank) are classes, which keeps the logits small. Returns the loss per step."""
     import torch.nn.functional as F
 
-    modality = "video" if options.mode == "vsr" else "audio"
     projector = model.projectors[modality]
     vocab = sorted({t for tg in targets for t in tg[:-1]})  # EOS is no CTC class
     index = {t: i + 1 for i, t in enumerate(vocab)}  # 0: blank
@@ -206,7 +300,7 @@ def ctc_prealign(
     opt = torch.optim.AdamW(params, lr=options.ctc_lr, betas=(0.9, 0.98), weight_decay=options.weight_decay)
     rng = random.Random(options.seed + 7)
     lengths = [f.shape[0] for f in frames]
-    fps = 25.0 if modality == "video" else 50.0
+    fps = FRAMES_PER_SECOND[modality]
     losses = []
     projector.train()
     try:
@@ -238,18 +332,20 @@ def ctc_prealign(
                 opt.step()
                 losses.append(float(loss.detach()))
                 if on_step:
-                    on_step({"ctc_step": len(losses), "epoch": epoch, "loss": losses[-1]})
+                    on_step(
+                        {"ctc_step": len(losses), "epoch": epoch, "loss": losses[-1], "modality": modality}
+                    )
     finally:
         projector.eval()
         blank_bias.requires_grad_(False)  # the projector stays trainable for the LLM phase
     return losses
 
 
-def trainable_parameters(model: AVSRModel, mode: str, train_lora: bool) -> list[torch.nn.Parameter]:
-    model._activate(mode)
+def trainable_parameters(model: AVSRModel, modes: list[str], train_lora: bool) -> list[torch.nn.Parameter]:
+    """The projectors and the LoRA adapters `modes` use (shared and/or task-specific), set trainable."""
     params = list(model.projectors.parameters())
     if train_lora and model.config.lora is not None:
-        active = set(model.config.lora.active_adapters(mode))
+        active = {a for mode in modes for a in model.config.lora.active_adapters(mode)}
         for name, p in model.llm.named_parameters():
             if "lora_" in name and any(f".{a}." in name for a in active):
                 params.append(p)
@@ -273,33 +369,55 @@ def _autocast(options: TrainOptions, device: torch.device):
 
 
 class Trainer:
-    """Trains `model`'s projectors + LoRA on (encoder frames, transcript) pairs; resumable from `out_dir`."""
+    """Trains `model`'s projectors + LoRA on (encoder frames, transcript) pairs; resumable from `out_dir`.
+
+    `frames` holds per clip a {modality: frames} dict (or, for a single-modality mode, the frames alone).
+    Batches are bucketed on the first modality's length: audio when the modes read audio, else video.
+    """
 
     def __init__(
         self,
         model: AVSRModel,
-        frames: list[torch.Tensor],
+        frames: Sequence[torch.Tensor | dict[str, torch.Tensor]],
         texts: list[str],
         options: TrainOptions,
         out_dir: Path,
-        val: tuple[list[torch.Tensor], list[str]] | None = None,
-        frames_per_second: float = 50.0,
+        val: tuple[Sequence[torch.Tensor | dict[str, torch.Tensor]], list[str]] | None = None,
     ) -> None:
-        if options.mode not in MODE_TO_TASK:
-            raise UsageError(f"unknown mode '{options.mode}' (asr, vsr, avsr)")
+        self.modes, self.modalities = options.modes(), options.modalities()
         if not frames:
             raise UsageError("no training clips")
-        self.model, self.frames, self.texts = model, frames, texts
-        self.options, self.out_dir, self.val = options, Path(out_dir), val
-        self.fps = frames_per_second
-        modality = "video" if options.mode == "vsr" else "audio"
-        self.rates = options.rates or model.config.rates(modality)
-        missing = set(self.rates) - set(model.config.rates(modality))
-        if missing:
+        self.model, self.texts = model, texts
+        self.options, self.out_dir = options, Path(out_dir)
+        self.frames = [self._as_dict(f) for f in frames]
+        self.val = ([self._as_dict(f) for f in val[0]], val[1]) if val else None
+        self.rates: dict[str, list[int]] = {}
+        for modality in self.modalities:
             have = model.config.rates(modality)
-            raise UsageError(f"rates {sorted(missing)} not among the model's {modality} rates {have}")
+            if modality not in model.projectors:
+                raise UsageError(f"mode {options.mode} needs a {modality} projector; this model has none")
+            self.rates[modality] = options.rates(modality) or have
+            missing = set(self.rates[modality]) - set(have)
+            if missing:
+                raise UsageError(f"rates {sorted(missing)} not among the model's {modality} rates {have}")
         self.targets = [model.target_ids(t) for t in texts]
-        self.lengths = [f.shape[0] for f in frames]
+        self.fps = FRAMES_PER_SECOND[self.modalities[0]]
+        self.lengths = [f[self.modalities[0]].shape[0] for f in self.frames]
+
+    def _as_dict(self, frames: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if isinstance(frames, dict):
+            return frames
+        if len(self.modalities) != 1:
+            raise UsageError(f"mode {self.options.mode} needs audio and video frames per clip")
+        return {self.modalities[0]: frames}
+
+    def _inputs(self, samples: list[dict[str, torch.Tensor]], rates: dict[str, int], mode: str, device):
+        """(audio, video) ModalityInputs of a batch for `mode` (None for a modality it does not read)."""
+        used = MODE_MODALITIES[mode]
+        return tuple(
+            ModalityInputs([s[m].to(device) for s in samples], rates[m]) if m in used else None
+            for m in ("audio", "video")
+        )
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         return length_batches(
@@ -314,22 +432,27 @@ class Trainer:
         return per_epoch * self.options.epochs, self.options.epochs
 
     def validate(self, limit: int) -> dict | None:
+        """Greedy-decoded WER/CER on the first `limit` validation clips, per mode (the first mode's at top
+        level), at each modality's first rate."""
         from .decoding import DecodingOptions
         from .scoring import score
 
         if not self.val:
             return None
-        frames, texts = self.val[0][:limit], self.val[1][:limit]
+        samples, texts = self.val[0][:limit], self.val[1][:limit]
         self.model.eval()
-        hyps = []
         device = self.model.llm.get_input_embeddings().weight.device
-        for i in range(0, len(frames), 8):
-            batch = [f.to(device) for f in frames[i : i + 8]]
-            hyps += self.model.generate(
-                self.options.mode, ModalityInputs(batch, self.rates[0]), None, DecodingOptions(num_beams=1)
-            )
-        s = score(list(zip(texts, hyps, strict=True)), "lrs")
-        return {"wer": s.wer, "cer": s.cer, "clips": len(texts), "example": [texts[0], hyps[0]]}
+        rates = {m: r[0] for m, r in self.rates.items()}
+        per_mode = {}
+        for mode in self.modes:
+            hyps = []
+            for i in range(0, len(samples), 8):
+                audio, video = self._inputs(samples[i : i + 8], rates, mode, device)
+                hyps += self.model.generate(mode, audio, video, DecodingOptions(num_beams=1))
+            s = score(list(zip(texts, hyps, strict=True)), "lrs")
+            per_mode[mode] = {"wer": s.wer, "cer": s.cer, "clips": len(texts), "example": [texts[0], hyps[0]]}
+        first = per_mode[self.modes[0]]
+        return {**first, "modes": per_mode} if len(self.modes) > 1 else first
 
     def run(self, resume: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
         o, model = self.options, self.model
@@ -337,7 +460,8 @@ class Trainer:
         rng = random.Random(o.seed)
         torch.manual_seed(o.seed)
         device = model.llm.get_input_embeddings().weight.device
-        params = trainable_parameters(model, o.mode, o.train_lora)
+        params = trainable_parameters(model, self.modes, o.train_lora)
+        weights = o.weights()
         opt = torch.optim.AdamW(params, lr=o.learning_rate(), betas=(0.9, 0.98), weight_decay=o.weight_decay)
         total, n_epochs = self.total_steps()
 
@@ -354,7 +478,11 @@ class Trainer:
         resumed_from = 0
         resuming = resume and state_path.exists()
         if o.ctc_epochs and not resuming:
-            self.ctc_losses = ctc_prealign(model, self.frames, self.targets, self.rates, o, on_step)
+            self.ctc_losses = []
+            for modality in self.modalities:
+                frames = [f[modality] for f in self.frames]
+                rates = self.rates[modality]
+                self.ctc_losses += ctc_prealign(model, frames, self.targets, rates, o, on_step, modality)
         if resuming:
             state = torch.load(state_path, map_location="cpu", weights_only=True)  # never unpickles objects
             from .checkpoint import load_adapter_state
@@ -375,16 +503,21 @@ class Trainer:
                 while batch_pos < len(batches) and step < total:
                     group = batches[batch_pos : batch_pos + o.grad_accum]
                     opt.zero_grad()
-                    loss_sum, rates = 0.0, []
+                    loss_sum, rates, mode_losses = 0.0, [], dict.fromkeys(self.modes, 0.0)
                     for batch in group:
-                        rate = rng.choice(self.rates)
-                        rates.append(rate)
-                        inputs = ModalityInputs([self.frames[i].to(device) for i in batch], rate)
-                        audio, video = (None, inputs) if o.mode == "vsr" else (inputs, None)
-                        with _autocast(o, device):
-                            loss = model.loss(o.mode, audio, video, [self.targets[i] for i in batch])
-                        (loss / len(group)).backward()
-                        loss_sum += float(loss.detach()) / len(group)
+                        # one rate per modality and batch, shared by the tasks (Omni-AVSR random.choice)
+                        drawn = {m: rng.choice(self.rates[m]) for m in self.modalities}
+                        rates.append(drawn[self.modalities[0]] if len(drawn) == 1 else drawn)
+                        samples = [self.frames[i] for i in batch]
+                        targets = [self.targets[i] for i in batch]
+                        for mode, weight in zip(self.modes, weights, strict=True):
+                            audio, video = self._inputs(samples, drawn, mode, device)
+                            with _autocast(o, device):
+                                loss = model.loss(mode, audio, video, targets)
+                            share = weight / len(self.modes) / len(group)
+                            (loss * share).backward()  # one graph at a time: memory stays one task's
+                            loss_sum += float(loss.detach()) * share
+                            mode_losses[mode] += float(loss.detach()) / len(group)
                     torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
                     opt.step()
                     sched.step()
@@ -392,6 +525,8 @@ class Trainer:
                     batch_pos += len(group)
                     losses.append(loss_sum)
                     info = {"step": step, "total": total, "epoch": epoch, "loss": loss_sum, "rates": rates}
+                    if len(self.modes) > 1:
+                        info["mode_losses"] = mode_losses
                     info["lr"] = sched.get_last_lr()[0]
                     if o.val_every and step % o.val_every == 0:
                         validations.append(self._validation(step, epoch))
@@ -501,9 +636,10 @@ def _rng_state(t: torch.Tensor):
 
 @dataclass
 class TrainData:
-    """A dataset resolved to encoder frames and texts; failures are (item id, reason)."""
+    """A dataset resolved to encoder frames ({modality: frames} per clip) and texts; failures are
+    (item id, reason)."""
 
-    frames: list[torch.Tensor]
+    frames: list[dict[str, torch.Tensor]]
     texts: list[str]
     failed: list[tuple[str, str]]
 
@@ -511,18 +647,19 @@ class TrainData:
 def prepare_data(
     model: AVSRModel,
     dataset: Dataset,
-    mode: str,
+    modalities: Sequence[str],
     cache_dir: Path,
     on_clip: Callable[[], None] | None = None,
+    mouth: MouthOptions | None = None,
+    mouth_cache: Path | None = None,
 ) -> TrainData:
     """Encoder frames (from the cache, else computed and cached) and transcripts of `dataset`'s items."""
-    if mode != "asr":
-        if model.video_encoder is None:
-            raise UsageError(f"mode '{mode}' needs a model with a video encoder; this one has none")
-        raise UsageError(f"training mode '{mode}' needs the lip pipeline, which is not wired up yet")
-    if model.audio_encoder is None:
-        raise UsageError("mode 'asr' needs a model with an audio encoder")
-    results = FeatureCache(cache_dir, model).audio_frames(dataset.items, on_clip)
+    for modality in modalities:
+        if getattr(model, f"{modality}_encoder") is None:
+            raise UsageError(
+                f"training on {modality} needs a model with a {modality} encoder; this one has none"
+            )
+    results = FeatureCache(cache_dir, model, mouth, mouth_cache).frames(dataset.items, modalities, on_clip)
     data = TrainData([], [], [])
     for item, r in zip(dataset.items, results, strict=True):
         if isinstance(r, Exception):
@@ -535,11 +672,11 @@ def prepare_data(
 
 def fit(
     model: AVSRModel,
-    frames: list[torch.Tensor],
+    frames: Sequence[torch.Tensor | dict[str, torch.Tensor]],
     texts: list[str],
     options: TrainOptions,
     out_dir: Path,
-    val: tuple[list[torch.Tensor], list[str]] | None = None,
+    val: tuple[Sequence[torch.Tensor | dict[str, torch.Tensor]], list[str]] | None = None,
     resume: bool = True,
     on_step: Callable[[dict], None] | None = None,
 ) -> TrainResult:
@@ -592,13 +729,18 @@ def train(
     resume: bool = True,
     on_encode: Callable[[int, int], None] | None = None,
     on_step: Callable[[dict], None] | None = None,
+    video_encoder: str | None = None,
+    mouth: MouthOptions | None = None,
+    mouth_cache: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train projectors + LoRA on a dataset (any layout `load_dataset` reads) into an avsr checkpoint.
 
     The model starts from `init_checkpoint` (an avsr checkpoint, fine-tuned further) or else from `base` (a
-    built-in recipe or a config .json: encoders + LLM, fresh projectors and LoRA). A run in an `output_dir`
-    that holds a training state resumes from it (`resume=False` starts over). `feature_cache` defaults to
-    `<avsr cache>/features`.
+    built-in recipe or a config .json: encoders + LLM, fresh projectors and LoRA); `video_encoder` (an
+    AV-HuBERT directory, Hub id or fairseq .pt) adds the video side to a base that has none. A run in an
+    `output_dir` that holds a training state resumes from it (`resume=False` starts over). `feature_cache`
+    defaults to `<avsr cache>/features`; `mouth` says how mouths are found and cut for vsr/avsr, and
+    `mouth_cache` (default `<feature cache>/mouths`) keeps the crops.
     """
     from .checkpoint import build_model, load_checkpoint, resolve_device
     from .config import ModelConfig
@@ -606,34 +748,56 @@ def train(
     from .sources import cache_root
 
     options = options or TrainOptions()
+    modes, modalities = options.modes(), options.modalities()
+    options.weights()
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
-    if options.mode not in MODE_TO_TASK:
-        raise UsageError(f"unknown mode '{options.mode}' (asr, vsr, avsr)")
     train_set = load_dataset(data, limit)
     if not train_set.items:
         raise UsageError(f"{data}: no usable clips ({len(train_set.skipped)} skipped)")
     val_set = load_dataset(val_data) if val_data else None
     started_config = out / "train_config.json"
-    if resume and (out / STATE_FILE).exists() and started_config.exists():
+    resuming = resume and (out / STATE_FILE).exists() and started_config.exists()
+    if resuming:
         config = ModelConfig.load(started_config)  # the run being resumed decides the model
-        model = build_model(config)
     elif init_checkpoint:
-        model = load_checkpoint(init_checkpoint, device="cpu")
-        model.config.name = out.name
+        from .checkpoint import find_checkpoint
+
+        ckpt_dir = find_checkpoint(init_checkpoint)
+        config = absolute_sources(ModelConfig.load(ckpt_dir / "config.json"), ckpt_dir)
+        if video_encoder and config.video_encoder is None:
+            raise UsageError("--video-encoder adds a video side to a base; this checkpoint has none to keep")
     else:
         config = base_config(base or "whisper-base-smollm2", out.name)
-        if options.rates:
-            attr = "video_rates" if options.mode == "vsr" else "audio_rates"
-            setattr(config.compression, attr, sorted(set(options.rates)))
-        torch.manual_seed(options.seed)
-        model = build_model(config)
-    if not (resume and (out / STATE_FILE).exists()):
+        if video_encoder:
+            from .avhubert import video_encoder_config
+
+            config.video_encoder = video_encoder_config(video_encoder)
+        for modality in modalities:
+            rates = options.rates(modality)
+            if rates:
+                setattr(config.compression, f"{modality}_rates", sorted(set(rates)))
+            elif modality == "video" and not config.compression.video_rates:
+                config.compression.video_rates = [DEFAULT_VIDEO_RATE]
+        config.modes = [m for m in ("asr", "vsr", "avsr") if m in modes]
+    for modality in modalities:
+        if getattr(config, f"{modality}_encoder") is None:
+            hint = " (add one with --video-encoder)" if modality == "video" else ""
+            raise UsageError(f"mode {options.mode} needs a {modality} encoder; the model has none{hint}")
+    if not resuming:
         for stale in (STATE_FILE, LOG_FILE):
             (out / stale).unlink(missing_ok=True)
         for f in (out / "epochs").glob("epoch*.safetensors") if (out / "epochs").is_dir() else []:
             f.unlink()
+    if init_checkpoint and not resuming:
+        model = load_checkpoint(ckpt_dir, device="cpu")
+        model.config = config
+        config.modes = [m for m in ("asr", "vsr", "avsr") if m in {*config.modes, *modes}]
+    else:
+        torch.manual_seed(options.seed)
+        model = build_model(config)
+    model.config.name = out.name
     out.mkdir(parents=True, exist_ok=True)
     model.config.save(started_config)
     cache = Path(feature_cache) if feature_cache else cache_root() / "features"
@@ -646,15 +810,27 @@ def train(
             on_encode(done[0], n_total)
 
     model.to(resolve_device(device))
-    tr = prepare_data(model, train_set, options.mode, cache, encoded)
-    val = prepare_data(model, val_set, options.mode, cache, encoded) if val_set else None
+    crops = Path(mouth_cache) if mouth_cache else None
+    tr = prepare_data(model, train_set, modalities, cache, encoded, mouth, crops)
+    val = prepare_data(model, val_set, modalities, cache, encoded, mouth, crops) if val_set else None
     if not tr.frames:
         raise AvsrError(f"{data}: no clip could be encoded ({tr.failed[0][0]}: {tr.failed[0][1]})")
-    fps = 25.0 if options.mode == "vsr" else 50.0  # AV-HuBERT frames at 25 Hz, Whisper at 50 Hz
-    trainer = Trainer(model, tr.frames, tr.texts, options, out, (val.frames, val.texts) if val else None, fps)
+    trainer = Trainer(model, tr.frames, tr.texts, options, out, (val.frames, val.texts) if val else None)
     result = trainer.run(resume, on_step)
     result.failed = tr.failed + (val.failed if val else [])
     return result
+
+
+def absolute_sources(config, ckpt_dir: Path):
+    """`config` with the sources and weight files it names relative to `ckpt_dir` made absolute, so a
+    checkpoint trained from it elsewhere still finds its encoders and LLM."""
+    parts = [config.audio_encoder, config.video_encoder, config.llm]
+    for part in (p for p in parts if p is not None):
+        if part.source and (Path(ckpt_dir) / part.source).is_dir():
+            part.source = str((Path(ckpt_dir) / part.source).resolve())
+        if part.weights and not Path(part.weights).is_absolute():
+            part.weights = str((Path(ckpt_dir) / part.weights).resolve())
+    return config
 
 
 def load_train_config(path: str | os.PathLike) -> dict:

@@ -309,11 +309,14 @@ class Transcriber:
             audio = ModalityInputs(frames, cfg.pick_rate("audio", options.audio_rate))
         t1 = time.perf_counter()
         if mode in ("vsr", "avsr"):
+            from .avhubert import encode_mouth_clips
+
             clips = [
                 job.video[round(s * VIDEO_FPS) : round(e * VIDEO_FPS)]
                 for (job, _), (s, e) in zip(pieces, spans, strict=True)
             ]
-            video = ModalityInputs(self._video_frames(clips), cfg.pick_rate("video", options.video_rate))
+            frames = encode_mouth_clips(model.video_encoder, clips)
+            video = ModalityInputs(frames, cfg.pick_rate("video", options.video_rate))
         t2 = time.perf_counter()
         decoding = options.decoding
         if any(len(job.chunks) > 1 for job, _ in pieces) and decoding.max_new_tokens is None:
@@ -333,22 +336,6 @@ class Transcriber:
             report(job.chunks[i][1] - job.chunks[i][0])
             for key, value in share.items():
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
-
-    def _video_frames(self, clips: list[np.ndarray]) -> list:
-        """Video encoder frames (25 Hz) per clip of mouth crops, as one padded batch."""
-        import torch
-
-        from .mouth import video_model_input
-
-        enc = self.model.video_encoder
-        param = next(enc.parameters())
-        inputs = [video_model_input(c) for c in clips]
-        lengths = [x.shape[0] for x in inputs]
-        batch = torch.zeros(len(inputs), max(lengths), *inputs[0].shape[1:])
-        for k, x in enumerate(inputs):
-            batch[k, : x.shape[0]] = x
-        with torch.no_grad():
-            return enc(batch.to(param.device, param.dtype), lengths)
 
 
 LONG_FORM_TOKENS_PER_SECOND = 8  # generous: fast English speech is ~3 words (~4-5 tokens) per second

@@ -67,7 +67,7 @@ def test_loss_falls_and_the_checkpoint_loads(data, base, tmp_path):
     """A tiny random LLM learns slowly (the real-model test in test_e2e checks exact transcripts)."""
     from avsr_cli.transcribe import Transcriber
 
-    options = TrainOptions(max_steps=60, lr=1e-2, max_batch=6, rates=[4])
+    options = TrainOptions(max_steps=60, lr=1e-2, max_batch=6, audio_rates=[4])
     result = train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
     assert result.steps == 60 and not result.failed
     assert np.mean(result.losses[-5:]) < 0.9 * np.mean(result.losses[:5]), result.losses[::10]
@@ -102,7 +102,7 @@ def test_interrupted_run_resumes_to_the_same_weights(data, base, tmp_path):
 
 def test_feature_cache_is_reused_and_invalidated(data, base, tmp_path):
     cache = tmp_path / "cache"
-    options = TrainOptions(max_steps=1, rates=[4])
+    options = TrainOptions(max_steps=1, audio_rates=[4])
     train(data, tmp_path / "a", options, base=base, feature_cache=cache)
     files = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert len(files) == len(TEXTS)
@@ -156,7 +156,7 @@ def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
     with pytest.raises(UsageError, match="unknown base 'nope'"):
         train(data, tmp_path / "x", TrainOptions(), base="nope")
     with pytest.raises(UsageError, match="rates \\[8\\] not among the model's audio rates \\[4\\]"):
-        options = TrainOptions(rates=[8], max_steps=1)  # fine-tuning keeps the checkpoint's projectors
+        options = TrainOptions(audio_rates=[8], max_steps=1)  # fine-tuning keeps the checkpoint's projectors
         train(data, tmp_path / "x", options, init_checkpoint=str(tiny_ckpt), feature_cache=tmp_path / "c")
     with pytest.raises(UsageError, match="video encoder"):
         train(data, tmp_path / "x", TrainOptions(mode="vsr", max_steps=1), base=base, feature_cache=tmp_path)
@@ -170,7 +170,7 @@ def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
 def test_cli_with_config_file_and_flag_override(data, base, tmp_path):
     cfg = tmp_path / "train.toml"
     cfg.write_text(
-        f'data = "{data}"\nbase = "{base}"\nmax_steps = 50\nlr = 0.01\nmax_batch = 6\nrates = [4]\n'
+        f'data = "{data}"\nbase = "{base}"\nmax_steps = 50\nlr = 0.01\nmax_batch = 6\naudio_rates = [4]\n'
         f'feature_cache = "{tmp_path / "cache"}"\n'
     )
     cmd = [
