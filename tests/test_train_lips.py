@@ -1,7 +1,8 @@
-"""`avsr train --mode vsr / avsr / asr,vsr,avsr` with tiny random models on real face video: clips cut from
-the LRS3 clip go through face tracking, mouth crops (cached), the native AV-HuBERT (converted from a fairseq .pt),
-the projectors and the LLM; multi-task training (Omni-AVSR) and fine-tuning a checkpoint whose parts live in
-its own folder."""
+"""`avsr train --mode vsr / avsr / asr,vsr,avsr` with tiny random models on real face video.
+
+Clips cut from the LRS3 clip go through face tracking, mouth crops (cached), the native AV-HuBERT (converted
+from a fairseq .pt), the projectors and the LLM; multi-task training (Omni-AVSR); fine-tuning a checkpoint
+whose parts live in its own folder."""
 
 from __future__ import annotations
 
