@@ -673,7 +673,7 @@ def train(
         typer.Option(min=1, help="vsr/avsr: run the face detector every N frames (default 10)."),
     ] = None,
     mouth_cache: Annotated[
-        Optional[Path], typer.Option(help="Where mouth crops are cached (default: <feature cache>/mouths).")
+        Optional[Path], typer.Option(help="Where mouth crops are cached (default: avsr cache/mouth).")
     ] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Train on the first N clips only.")] = None,
     resume: Annotated[
@@ -765,12 +765,17 @@ class _TrainReport:
         if "ctc_step" in info:  # CTC pre-alignment of the projectors
             if info["ctc_step"] % 50 == 0:
                 stderr.print(
-                    f"ctc pre-alignment step {info['ctc_step']} epoch {info['epoch']} loss {info['loss']:.3f}"
+                    f"ctc pre-alignment ({info.get('modality', 'audio')}) step {info['ctc_step']} "
+                    f"epoch {info['epoch']} loss {info['loss']:.3f}"
                 )
             return
         text = f"step {info['step']}/{info['total']} epoch {info['epoch']} loss {info['loss']:.3f}"
         if "val" in info and "wer" in info["val"]:
-            stderr.print(f"validation at step {info['step']}: WER {info['val']['wer']:.1%}")
+            per_mode = info["val"].get("modes", {})
+            wers = (
+                ", ".join(f"{m} {v['wer']:.1%}" for m, v in per_mode.items()) or f"{info['val']['wer']:.1%}"
+            )
+            stderr.print(f"validation at step {info['step']}: WER {wers}")
         if self.live:
             if self.progress is None:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn

@@ -141,7 +141,7 @@ class FeatureCache:
     The key covers the encoder (source, revision, weights, width), the file (absolute path, size, mtime), the
     modality and whatever else changes the frames (the mouth-crop options; the video length audio is cut to),
     so a changed file, encoder or option never reuses stale frames. Mouth crops are cached too
-    (`mouth_cache`, default `root/mouths`), shared with `avsr evaluate --mouth-cache`.
+    (`mouth_cache`, default `<avsr cache>/mouth`, the folder `avsr evaluate` uses).
     """
 
     def __init__(
@@ -152,11 +152,12 @@ class FeatureCache:
         mouth_cache: Path | None = None,
     ) -> None:
         from .mouth import MouthOptions
+        from .sources import cache_root
 
         self.root = Path(root)
         self.model = model
         self.mouth = mouth or MouthOptions()
-        self.mouth_cache = Path(mouth_cache) if mouth_cache else self.root / "mouths"
+        self.mouth_cache = Path(mouth_cache) if mouth_cache else cache_root() / "mouth"
 
     def _key(self, path: Path, modality: str, extra: dict | None = None) -> Path:
         enc = getattr(self.model.config, f"{modality}_encoder")
@@ -740,7 +741,7 @@ def train(
     AV-HuBERT directory, Hub id or fairseq .pt) adds the video side to a base that has none. A run in an
     `output_dir` that holds a training state resumes from it (`resume=False` starts over). `feature_cache`
     defaults to `<avsr cache>/features`; `mouth` says how mouths are found and cut for vsr/avsr, and
-    `mouth_cache` (default `<feature cache>/mouths`) keeps the crops.
+    `mouth_cache` (default `<avsr cache>/mouth`, shared with `avsr evaluate`) keeps the crops.
     """
     from .checkpoint import build_model, load_checkpoint, resolve_device
     from .config import ModelConfig

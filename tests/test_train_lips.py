@@ -68,7 +68,8 @@ def test_vsr_training_learns_the_clips_and_caches_crops_and_frames(clips, av_bas
     )
     assert result.steps == 100 and not result.failed
     assert np.mean(result.losses[-5:]) < 0.2 * np.mean(result.losses[:5]), result.losses[::5]
-    assert len(list((cache / "mouths").glob("*.npz"))) == 3  # one mouth-crop file per clip
+    mouths = tmp_path / "avsr-cache" / "mouth"  # shared with `avsr evaluate`
+    assert len(list(mouths.glob("*.npz"))) == 3  # one mouth-crop file per clip
     assert len(list(cache.glob("video-*.safetensors"))) == 3 and not list(cache.glob("audio-*"))
     # the fairseq .pt was converted once into the avsr cache and the checkpoint names the converted folder
     config = ModelConfig.load(tmp_path / "ck" / "config.json")
