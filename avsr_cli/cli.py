@@ -701,7 +701,7 @@ def train(
             raise fail(f"--{required.replace('_', '-')} is required (as a flag or in the config file)")
     option_names = {f.name for f in fields(training.TrainOptions)}
     options = training.TrainOptions(**{k: v for k, v in settings.items() if k in option_names})
-    run_guarded(options.weights)  # a bad --mode or --task-weights fails before any loading
+    run_guarded(options.check)  # a bad --mode, --task-weights or --precision fails before any loading
     mouth = None
     if options.modalities() != ["audio"]:
         from .mouth import MouthOptions

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .mouth import MouthOptions
 
 REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README training commands
+PRECISIONS = ("auto", "fp32", "bf16")
 MODE_MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
 FRAMES_PER_SECOND = {"audio": 50.0, "video": 25.0}  # Whisper encoder frames; AV-HuBERT frames (25 fps video)
 DEFAULT_VIDEO_RATE = (
@@ -107,6 +108,12 @@ class TrainOptions:
 
     def rates(self, modality: str) -> list[int] | None:
         return self.audio_rates if modality == "audio" else self.video_rates
+
+    def check(self) -> None:
+        """Raise UsageError for a bad mode, task weights or precision (before any loading)."""
+        self.weights()
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision '{self.precision}' ({', '.join(PRECISIONS)})")
 
     def weights(self) -> list[float]:
         """Loss weight per mode (in `modes()` order)."""
@@ -362,7 +369,7 @@ def _autocast(options: TrainOptions, device: torch.device):
     if want == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if want != "fp32":
-        raise UsageError(f"unknown precision '{options.precision}' (auto, fp32, bf16)")
+        raise UsageError(f"unknown precision '{options.precision}' ({', '.join(PRECISIONS)})")
     return nullcontext()
 
 
@@ -749,8 +756,8 @@ def train(
     from .sources import cache_root
 
     options = options or TrainOptions()
+    options.check()
     modes, modalities = options.modes(), options.modalities()
-    options.weights()
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")

@@ -204,3 +204,19 @@ def test_cli_with_config_file_and_flag_override(data, base, tmp_path):
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "missing" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bf16_autocast_trains_and_saves_float32(data, base, tmp_path):
+    """`--precision bf16` (the reference's GPU setting) runs under CPU autocast too; weights stay float32."""
+    options = TrainOptions(max_steps=30, lr=1e-2, max_batch=6, audio_rates=[4], precision="bf16")
+    result = train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
+    assert np.mean(result.losses[-5:]) < 0.9 * np.mean(result.losses[:5]), result.losses[::5]
+    assert all(v.dtype == torch.float32 for v in _adapter(tmp_path / "ck").values())
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        train(
+            data,
+            tmp_path / "x",
+            TrainOptions(max_steps=1, precision="fp8"),
+            base=base,
+            feature_cache=tmp_path,
+        )
