@@ -69,4 +69,4 @@ corpus:
 train-tiny: corpus
 	$(PYTHON) -m avsr_cli train --data $(CORPUS)/train --val-data $(CORPUS)/test-seen-voice --val-limit 20 \
 	  -o $(TINY_OUT) --base whisper-base-smollm2 --ctc-epochs 8 --epochs 4 --lr 2e-3 --warmup-steps 30 \
-	  --batch-seconds 30 --save-every 50
+	  --batch-seconds 30 --save-every 50 --select best

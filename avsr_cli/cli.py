@@ -653,6 +653,10 @@ def train(
     average_last: Annotated[
         Optional[int], typer.Option(min=1, help="Average the last N epoch adapters.")
     ] = None,
+    select: Annotated[
+        Optional[str],
+        typer.Option(help="last: the last epoch(s), averaged (reference); best: lowest validation WER."),
+    ] = None,
     save_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between resumable states.")] = None,
     ctc_epochs: Annotated[
         Optional[int],
@@ -741,6 +745,10 @@ def train(
             + (f", resumed from step {result.resumed_from}" if result.resumed_from else "")
             + val
         )
+        if result.selected and result.epochs > 1:
+            chosen = ", ".join(str(e + 1) for e in result.selected)
+            how = "lowest validation WER" if options.select == "best" else "the last"
+            stderr.print(f"checkpoint: epoch {chosen} of {result.epochs} ({how})")
     typer.echo(str(result.checkpoint))
 
 

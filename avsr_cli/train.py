@@ -80,6 +80,9 @@ class TrainOptions:
     val_every: int = 0  # optimizer steps between validations; 0: at the end of each epoch
     val_limit: int = 100  # validation clips decoded each time
     average_last: int = 1  # average the adapters saved at the end of the last N epochs
+    # "last": the last epoch(s) (averaged as above; the reference's way); "best": the epoch adapter with the
+    # lowest validation WER at an epoch end (needs validation data and val_every 0)
+    select: str = "last"
     save_every: int = 100  # optimizer steps between resumable states
     seed: int = 0
     train_lora: bool = True
@@ -114,6 +117,10 @@ class TrainOptions:
         self.weights()
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision '{self.precision}' ({', '.join(PRECISIONS)})")
+        if self.select not in ("last", "best"):
+            raise UsageError(f"unknown select '{self.select}' (last, best)")
+        if self.select == "best" and self.val_every:
+            raise UsageError("select 'best' compares epoch ends: use it with val_every 0")
 
     def weights(self) -> list[float]:
         """Loss weight per mode (in `modes()` order)."""
@@ -137,6 +144,7 @@ class TrainResult:
     resumed_from: int = 0  # optimizer step resumed from (0: fresh start)
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # clips that could not be used, and why
+    selected: list[int] = field(default_factory=list)  # epochs (0-based) whose adapters form the checkpoint
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -559,10 +567,11 @@ class Trainer:
                 p.requires_grad_(False)
         if batch_pos:  # stopped by max_steps inside an epoch: that partial epoch counts as the last
             self._save_epoch_adapter(epoch)
-        checkpoint = self._finish(n_epochs)
+        checkpoint, selected = self._finish(validations)
         result = TrainResult(
             checkpoint, step, epoch, losses, validations, resumed_from, time.monotonic() - started
         )
+        result.selected = selected
         summary = {
             "options": asdict(o),
             "steps": step,
@@ -571,6 +580,7 @@ class Trainer:
             "final_loss": float(np.mean(losses[-10:])) if losses else None,
             "validations": validations,
             "seconds_this_run": round(result.seconds, 1),
+            "selected_epochs": selected,
         }
         (checkpoint / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         return result
@@ -617,16 +627,23 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.out_dir / STATE_FILE)
 
-    def _finish(self, n_epochs: int) -> Path:
-        """Average the last `average_last` epoch adapters into the model and save the checkpoint."""
+    def _finish(self, validations: list[dict]) -> tuple[Path, list[int]]:
+        """Put the selected epoch adapter (the best by validation WER, or the average of the last
+        `average_last`) into the model and save the checkpoint."""
         from .checkpoint import load_adapter_state, save_checkpoint
 
         files = sorted(self._epochs_dir().glob("epoch*.safetensors"))[-max(1, self.options.average_last) :]
+        if self.options.select == "best":
+            ends = [v for v in validations if "wer" in v]  # val_every 0: all taken at epoch ends
+            if not ends:
+                raise UsageError("select 'best' needs validation data (--val-data)")
+            best = min(ends, key=lambda v: (v["wer"], -v["epoch"]))  # ties: the later epoch
+            files = [self._epochs_dir() / f"epoch{best['epoch']:03d}.safetensors"]
         if files:
             states = [load_file(str(f)) for f in files]
             avg = {k: sum(s[k].float() for s in states) / len(states) for k in states[0]}
             load_adapter_state(self.model, avg)
-        return save_checkpoint(self.model, self.out_dir)
+        return save_checkpoint(self.model, self.out_dir), [int(f.stem[len("epoch") :]) for f in files]
 
 
 def _rng_tensor(state) -> torch.Tensor:
@@ -757,6 +774,8 @@ def train(
 
     options = options or TrainOptions()
     options.check()
+    if options.select == "best" and not val_data:
+        raise UsageError("select 'best' needs validation data (--val-data)")
     modes, modalities = options.modes(), options.modalities()
     out = Path(output_dir)
     if out.exists() and not out.is_dir():

@@ -152,6 +152,35 @@ def test_validation_reports_wer(data, base, tmp_path):
     assert all(v["clips"] == 2 and v["wer"] >= 0 for v in result.validations)
 
 
+def test_select_best_takes_the_epoch_with_the_lowest_validation_wer(data, base, tmp_path):
+    import json
+
+    options = TrainOptions(epochs=3, max_batch=3, val_limit=2, lr=5e-3)
+    ck = tmp_path / "ck"
+    train(data, ck, options, base=base, val_data=data, feature_cache=tmp_path / "c")
+    epochs = sorted((ck / "epochs").glob("epoch*.safetensors"))
+    assert _adapter(ck).keys() == load_file(str(epochs[2])).keys()
+    for k, v in _adapter(ck).items():
+        torch.testing.assert_close(v, load_file(str(epochs[2]))[k])  # select "last": the last epoch
+    # make epoch 0 the best in the saved state, then finish the (complete) run again with select "best"
+    state = torch.load(ck / "train_state.pt", weights_only=True)
+    validations = json.loads(state["validations"])
+    assert [v["epoch"] for v in validations] == [0, 1, 2]
+    for v in validations:
+        v["wer"] = 0.1 if v["epoch"] == 0 else 0.5
+    state["validations"] = json.dumps(validations)
+    torch.save(state, ck / "train_state.pt")
+    best = TrainOptions(epochs=3, max_batch=3, val_limit=2, lr=5e-3, select="best")
+    result = train(data, ck, best, base=base, val_data=data, feature_cache=tmp_path / "c")
+    assert result.resumed_from == result.steps and result.selected == [0]  # nothing left to train
+    first = load_file(str(epochs[0]))
+    for k, v in _adapter(ck).items():
+        torch.testing.assert_close(v, first[k])
+    assert not torch.equal(first[k], load_file(str(epochs[2]))[k])
+    with pytest.raises(UsageError, match="needs validation data"):
+        train(data, tmp_path / "x", TrainOptions(select="best"), base=base)
+
+
 def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
     with pytest.raises(UsageError, match="unknown base 'nope'"):
         train(data, tmp_path / "x", TrainOptions(), base="nope")
