@@ -26,7 +26,9 @@ HELD_OUT = [
     "They all sat down at once, in a large ring, with the Mouse in the middle.",
     "And I declare it's too bad, that it is!",
 ]
-WER_BOUND = 0.35  # measured 16.3 % on these 8 clips (README table: ~30 % over 40); margin for numerics
+# measured 17.4 % on these 8 clips (30.4 % over the first 40 held-out sentences, README table); 2x margin for
+# numerics across CPUs/BLAS, while a model that ignores the audio scores ~100 %
+WER_BOUND = 0.35
 
 
 def avsr() -> list[str]:
