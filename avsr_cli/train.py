@@ -727,18 +727,69 @@ BASES = {"whisper-base-smollm2": "offline_base_config"}  # built-in base recipes
 
 
 def base_config(base: str, name: str):
-    """The ModelConfig of a built-in base recipe (BASES) or of a ModelConfig JSON file."""
+    """The ModelConfig of a base: a built-in recipe (BASES), a ModelConfig JSON file, or the parts by source,
+    `audio=SRC,llm=SRC[,video=SRC]` (Hub ids, local folders or `pypi:` packages; see `config_from_parts`)."""
     from . import config as config_module
     from .config import ModelConfig
 
     if base in BASES:
         return getattr(config_module, BASES[base])(name)
+    if "=" in base and "llm=" in base:
+        parts = dict(item.split("=", 1) for item in base.split(",") if "=" in item)
+        unknown = sorted(set(parts) - {"audio", "video", "llm"})
+        if unknown:
+            raise UsageError(f"base '{base}': unknown part {', '.join(unknown)} (audio, video, llm)")
+        return config_from_parts(name, parts["llm"], parts.get("audio"), parts.get("video"))
     path = Path(base).expanduser()
     if path.is_file():
         cfg = ModelConfig.load(path)
         cfg.name = name
         return cfg
-    raise UsageError(f"unknown base '{base}': use one of {', '.join(BASES)} or a model config .json file")
+    raise UsageError(
+        f"unknown base '{base}': use one of {', '.join(BASES)}, a model config .json file, or "
+        "audio=SRC,llm=SRC[,video=SRC]"
+    )
+
+
+def config_from_parts(name: str, llm: str, audio: str | None = None, video: str | None = None):
+    """A fresh model around a Whisper (`audio`), an AV-HuBERT (`video`) and a Llama-family LLM, the widths
+    read from their configs, the rest as Llama-AVSR trains it: stacking 3 audio frames (its ASR recipe) and
+    2 video frames, projector 2048 wide, LoRA `--rank 32 --alpha 4` (r = hidden/32)."""
+    from .config import CompressionConfig, EncoderConfig, LLMConfig, LoraConfig, ModelConfig
+    from .sources import resolve_source
+
+    def config_json(source: str) -> dict:
+        try:
+            return json.loads((resolve_source(source, weights=False) / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{source}: cannot read its config.json ({exc})") from None
+
+    if audio is None and video is None:
+        raise UsageError("a base needs an audio or a video encoder besides the LLM")
+    hidden = config_json(llm).get("hidden_size")
+    if not isinstance(hidden, int):
+        raise UsageError(f"{llm}: config.json has no hidden_size: not a decoder LLM")
+    audio_encoder = None
+    if audio:
+        width = config_json(audio).get("d_model")
+        if not isinstance(width, int):
+            raise UsageError(f"{audio}: config.json has no d_model: not a Whisper model")
+        audio_encoder = EncoderConfig(kind="whisper", source=audio, dim=width)
+    video_encoder = None
+    if video:
+        from .avhubert import video_encoder_config
+
+        video_encoder = video_encoder_config(video)
+    modes = (["asr"] if audio else []) + (["vsr"] if video else []) + (["avsr"] if audio and video else [])
+    return ModelConfig(
+        name=name,
+        modes=modes,
+        audio_encoder=audio_encoder,
+        video_encoder=video_encoder,
+        llm=LLMConfig(source=llm, hidden_size=hidden),
+        compression=CompressionConfig(audio_rates=[3] if audio else [], video_rates=[2] if video else []),
+        lora=LoraConfig.from_reference(hidden, rank=32, alpha=4),
+    )
 
 
 def train(

@@ -181,6 +181,23 @@ def test_select_best_takes_the_epoch_with_the_lowest_validation_wer(data, base, 
         train(data, tmp_path / "x", TrainOptions(select="best"), base=base)
 
 
+def test_base_from_parts_reads_the_widths_from_their_configs(data, tiny_dirs, tmp_path):
+    from avsr_cli.config import ModelConfig
+
+    whisper_dir, llm_dir = tiny_dirs
+    base = f"audio={whisper_dir},llm={llm_dir}"
+    result = train(data, tmp_path / "ck", TrainOptions(max_steps=2), base=base, feature_cache=tmp_path / "c")
+    assert result.steps == 2
+    config = ModelConfig.load(tmp_path / "ck" / "config.json")
+    assert (config.audio_encoder.dim, config.llm.hidden_size) == (32, 64)  # the tiny models' widths
+    assert config.compression.audio_rates == [3] and config.lora.r == 2  # Llama-AVSR: K=3, r = 64/32
+    assert config.video_encoder is None and config.modes == ["asr"]
+    with pytest.raises(UsageError, match="unknown part vision"):
+        train(data, tmp_path / "x", TrainOptions(), base=f"vision={whisper_dir},llm={llm_dir}")
+    with pytest.raises(UsageError, match="no d_model: not a Whisper model"):
+        train(data, tmp_path / "x", TrainOptions(), base=f"audio={llm_dir},llm={llm_dir}")
+
+
 def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
     with pytest.raises(UsageError, match="unknown base 'nope'"):
         train(data, tmp_path / "x", TrainOptions(), base="nope")
@@ -217,6 +234,9 @@ def test_cli_with_config_file_and_flag_override(data, base, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(tmp_path / "ck")
     assert "trained 3 steps" in p.stderr
+    import re
+
+    assert re.search(r"step 1/3 epoch 0 loss [0-9.]+, ETA \d+:\d\d", p.stderr), p.stderr  # plain lines
     p = subprocess.run(
         [
             sys.executable,
