@@ -156,8 +156,14 @@ def test_cli_trains_vsr_and_rejects_bad_lip_options(clips, av_base, tmp_path):
 
     from avsr_cli.cli import app
 
+    from facevideos import noise
+
     base, avhubert_pt = av_base
-    args = ["train", "--data", clips, "-o", tmp_path / "ck", "--base", base, "--video-encoder", avhubert_pt]
+    data = tmp_path / "data"
+    shutil.copytree(clips, data)
+    noise(data / "noface.mp4")  # no face in it: recorded as skipped, the run goes on
+    (data / "noface.txt").write_text("nothing\n")
+    args = ["train", "--data", data, "-o", tmp_path / "ck", "--base", base, "--video-encoder", avhubert_pt]
     args += ["--feature-cache", tmp_path / "f", "--max-steps", "2", "--video-rates", "2,3"]
     r = CliRunner().invoke(app, [str(a) for a in [*args, "--mode", "vsr", "--face-backend", "nope"]])
     assert r.exit_code == 2 and "unknown face backend 'nope'" in r.output
@@ -166,4 +172,5 @@ def test_cli_trains_vsr_and_rejects_bad_lip_options(clips, av_base, tmp_path):
     r = CliRunner().invoke(app, [str(a) for a in [*args, "--mode", "vsr"]])
     assert r.exit_code == 0, r.output
     assert "trained 2 steps" in r.output
+    assert "skipped: noface: no face found in" in r.output
     assert ModelConfig.load(tmp_path / "ck" / "config.json").compression.video_rates == [2, 3]
