@@ -9,7 +9,7 @@ at inference.
 
 Modes: asr (Whisper frames), vsr (AV-HuBERT frames of the mouth crops), avsr (both; the audio cut or padded
 to 640 samples per video frame, Llama-AVSR av_dataset.py), or several at once (Omni-AVSR multi-task: every
-step computes each task's loss on the same batch and rates and trains on their mean, Omni-AVSR
+step computes each task's loss on the same batch and rates and trains on their (weighted) mean, Omni-AVSR
 lightning_OmniAVSR.py `training_step`).
 
 Here the frozen encoders run once per clip under `torch.no_grad()` and their frames are cached on disk
@@ -48,9 +48,8 @@ REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README tra
 PRECISIONS = ("auto", "fp32", "bf16")
 MODE_MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
 FRAMES_PER_SECOND = {"audio": 50.0, "video": 25.0}  # Whisper encoder frames; AV-HuBERT frames (25 fps video)
-DEFAULT_VIDEO_RATE = (
-    2  # video stacking rate for a new video projector (Omni-AVSR README: --downsample-ratio-video 2)
-)
+# video stacking rate for a new video projector (Omni-AVSR README: --downsample-ratio-video 2)
+DEFAULT_VIDEO_RATE = 2
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "training.json"
