@@ -71,8 +71,8 @@ train-tiny: corpus
 	  -o $(TINY_OUT) --base whisper-base-smollm2 --ctc-epochs 8 --epochs 4 --lr 2e-3 --warmup-steps 30 \
 	  --batch-seconds 30 --save-every 50 --select best
 
-# Second stage of avsr-tiny-en: one noisy copy of every training clip (0-15 dB), fine-tuned from train-tiny's
-# result, the epoch chosen on 20 held-out sentences clean + 20 at 5 dB.
+# Experiment, not shipped (see README Limits): one noisy copy of every training clip (0-15 dB), fine-tuned from
+# train-tiny's result, the epoch chosen on 20 held-out sentences clean + 20 at 5 dB.
 train-tiny-noise:
 	$(PYTHON) scripts/noisy_copy.py $(CORPUS)/train $(CORPUS)/train-noise --manifest $(CORPUS)/train+noise.jsonl
 	$(PYTHON) scripts/noisy_copy.py $(CORPUS)/test-seen-voice $(CORPUS)/val-noise --snr 5 --seed 1 --limit 20 --keep-clean
