@@ -152,11 +152,10 @@ def test_lip_training_errors_are_clear(clips, av_base, tmp_path):
 
 
 def test_cli_trains_vsr_and_rejects_bad_lip_options(clips, av_base, tmp_path):
+    from facevideos import noise
     from typer.testing import CliRunner
 
     from avsr_cli.cli import app
-
-    from facevideos import noise
 
     base, avhubert_pt = av_base
     data = tmp_path / "data"
