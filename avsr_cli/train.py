@@ -199,10 +199,6 @@ class FeatureCache:
                 on_clip()
         return out
 
-    def audio_frames(self, items: Sequence[Item], on_clip: Callable[[], None] | None = None) -> list:
-        """Whisper frames per item (a tensor, or the AvsrError that made the clip unusable)."""
-        return [r if isinstance(r, Exception) else r["audio"] for r in self.frames(items, ["audio"], on_clip)]
-
     def _item(self, item: Item, modalities: Sequence[str]) -> dict[str, torch.Tensor]:
         from .mouth import aligned_audio
 
