@@ -471,9 +471,8 @@ def video_encoder_config(source: str) -> EncoderConfig:
     """The EncoderConfig of an AV-HuBERT given as a converted directory, a Hub id holding one, or an official
     fairseq `.pt` (converted once into `<avsr cache>/avhubert/`, keyed by the file's path, size and mtime)."""
     import hashlib
-    import shutil
 
-    from .sources import cache_root, resolve_source
+    from .sources import build_cache_dir, cache_root, resolve_source
 
     path = Path(source).expanduser()
     if path.is_file():
@@ -481,13 +480,7 @@ def video_encoder_config(source: str) -> EncoderConfig:
         ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns])
         out = cache_root() / "avhubert" / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
         if not (out / CONFIG_FILE).exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-            try:
-                convert_fairseq_avhubert(path, tmp)
-                os.replace(tmp, out)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            build_cache_dir(out, lambda tmp: convert_fairseq_avhubert(path, tmp))
         path = out
     local = path.resolve() if path.is_dir() else resolve_source(source, weights=False)
     try:

@@ -20,7 +20,6 @@ import re
 import shutil
 import socket
 import struct
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from avsr_cli.errors import CheckpointError
-from avsr_cli.sources import cache_root
+from avsr_cli.sources import build_cache_dir, cache_root
 
 if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import
     from transformers import GenerationConfig, WhisperConfig
@@ -470,20 +469,11 @@ def materialize(spec: str, cache_dir: Path | None = None) -> Path:
         _remove_stale_builds(parent, name)
     if final.is_dir():
         return final
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{socket.gethostname()}@{os.getpid()}-", dir=parent))
-    try:
+
+    def build(tmp: Path) -> None:
         entry.build(folders, tmp)
         packages = [f"{dist}=={v}" for (dist, _, _), v in zip(entry.packages, versions, strict=True)]
         provenance = json.dumps({"spec": spec, "packages": packages}, indent=2)
         (tmp / "avsr_source.json").write_text(provenance + "\n")
-        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700; a shared cache wants the usual modes
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            os.replace(tmp, final)  # atomic: readers see no folder or a complete one
-        except OSError:
-            if not final.is_dir():  # otherwise a concurrent run got there first: use its folder
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return build_cache_dir(final, build)

@@ -782,7 +782,9 @@ def config_from_parts(name: str, llm: str, audio: str | None = None, video: str 
         audio_encoder=audio_encoder,
         video_encoder=video_encoder,
         llm=LLMConfig(source=llm, hidden_size=hidden),
-        compression=CompressionConfig(audio_rates=[3] if audio else [], video_rates=[2] if video else []),
+        compression=CompressionConfig(
+            audio_rates=[3] if audio else [], video_rates=[DEFAULT_VIDEO_RATE] if video else []
+        ),
         lora=LoraConfig.from_reference(hidden, rank=32, alpha=4),
     )
 
