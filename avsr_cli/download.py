@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -30,8 +31,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from . import __version__
-from .errors import AvsrError, CheckpointError, DownloadError, UsageError
-from .sources import DESCRIPTION_FILES, cache_root
+from .errors import AvsrError, CheckpointError, DownloadError, UnsafeNameError, UsageError
+from .sources import DESCRIPTION_FILES
+from .storage import atomic_write_text, cache_root, safe_join
 from .zoo import Card, Part, get_card, load_zoo
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ TIMEOUT = 30.0  # seconds without data before a connection counts as lost
 HTML_LIMIT = 1 << 20  # most bytes of an HTML page read to look for a confirmation form
 DEFAULT_HUB_PATTERNS = [*DESCRIPTION_FILES, "*.safetensors"]
 MANIFEST = "manifest.json"
+HEX_DIGEST_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # git blob sha1 or LFS sha256
 CONFIG_FILE = "config.json"  # checkpoint.CONFIG_FILE (not imported: checkpoint.py pulls in torch)
 
 # Converters by name: (source file, output directory) -> output directory. Modules listed here export a
@@ -96,17 +99,8 @@ def _offline() -> bool:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Atomic write: a temp file beside `path`, renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache wants the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict:
@@ -491,32 +485,70 @@ def _blob_digest(path: Path, etag: str) -> str | None:
     return None
 
 
+def _check_digest(value: str, what: str, label: str) -> str:
+    """A Hub ETag or commit id becomes a file name: accept only a 40- or 64-digit lowercase hex digest."""
+    if not isinstance(value, str) or not HEX_DIGEST_RE.fullmatch(value):
+        raise DownloadError(
+            f"{label}: the Hub sent {what} {value!r}, which is not a sha1/sha256 hex digest; "
+            f"refused, nothing was written"
+        )
+    return value
+
+
 def _fetch_blob(
     repo: str, filename: str, commit: str, storage: Path, label: str, root: Path, options, progress
-) -> None:
+) -> str:
     """One file of a Hub repo into huggingface-hub's blob store (`blobs/<etag>`), resumable, checked
-    against its ETag; snapshot_download then links it into the snapshot without downloading it again."""
+    against its ETag; returns the ETag.
+
+    Why not `hf_hub_download`: huggingface-hub (2.4) names the blob after the server's ETag without
+    checking it (`os.path.join(storage, "blobs", etag)`), so `ETag: "../../x"` writes outside the cache,
+    and it never checks the bytes against the ETag. Here the ETag must be a hex digest and the bytes must
+    hash to it.
+    """
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
     token = options.token
     meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=commit), token=token)
-    blob = storage / "blobs" / meta.etag
+    etag = _check_digest(meta.etag, "an ETag", f"{label}: {filename}")
+    blob = safe_join(storage / "blobs", etag)
     if blob.exists() and not options.force:
-        return
+        return etag
     same_host = urlsplit(meta.location).hostname == urlsplit(constants.ENDPOINT).hostname
     auth = {k: v for k, v in build_hf_headers(token=token).items() if k.lower() == "authorization"}
     partial = download_file(
         meta.location, blob, f"{label}: {filename}", meta.size, progress, auth if same_host else None
     )
-    digest = _blob_digest(partial, meta.etag)
-    if digest is not None and digest != meta.etag:
-        moved = _quarantine(partial, root, digest)
+    digest = _blob_digest(partial, etag)
+    if digest != etag:
+        moved = _quarantine(partial, root, digest or "")
         raise DownloadError(
-            f"{label}: {filename} from the Hub does not match its ETag ({meta.etag[:16]}...); moved to "
+            f"{label}: {filename} from the Hub does not match its ETag ({etag[:16]}...); moved to "
             f"{moved}, not used. Run the command again to download it afresh"
         )
     os.replace(partial, blob)
+    return etag
+
+
+def _link_snapshot(storage: Path, commit: str, revision: str | None, files: dict[str, str]) -> Path:
+    """Record fetched blobs as huggingface-hub's cache does (`snapshots/<commit>/<file>` -> relative link
+    to `blobs/<etag>`, `refs/<revision>` -> commit), so its `local_files_only` lookups and transformers find
+    them. Done here rather than by `snapshot_download`, which would ask the server for each ETag again and
+    trust the answer (see `_fetch_blob`)."""
+    snapshot = safe_join(storage / "snapshots", commit)
+    for filename, etag in files.items():
+        pointer = safe_join(snapshot, filename)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        target = os.path.relpath(storage / "blobs" / etag, pointer.parent)
+        if pointer.is_symlink() or pointer.exists():
+            pointer.unlink()
+        os.symlink(target, pointer)
+    if revision != commit:
+        ref = safe_join(storage / "refs", revision or "main")
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(ref, commit)
+    return snapshot
 
 
 def fetch_hub(
@@ -532,7 +564,7 @@ def fetch_hub(
     Files are fetched first into the cache's blob store with HTTP Range resume (huggingface-hub itself
     restarts an interrupted file from zero), then `snapshot_download` records refs and snapshot links.
     """
-    from huggingface_hub import HfApi, constants, snapshot_download, try_to_load_from_cache
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
     from huggingface_hub.file_download import repo_folder_name
     from huggingface_hub.utils import filter_repo_objects
 
@@ -548,26 +580,32 @@ def fetch_hub(
     storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
     try:
         info = HfApi(token=token).model_info(repo, revision=revision, files_metadata=True, token=token)
-        wanted = set(filter_repo_objects([s.rfilename for s in info.siblings or []], allow_patterns=patterns))
+        commit = _check_digest(info.sha, "the commit id", label)
+        names = [s.rfilename for s in info.siblings or []]
+        wanted = set(filter_repo_objects(names, allow_patterns=patterns))
+        for name in wanted:  # a file name from the server becomes a path in the snapshot
+            safe_join(storage / "snapshots" / commit, name)
         missing = [
             s
             for s in info.siblings or []
             if s.rfilename in wanted
             and (
                 options.force
-                or not isinstance(try_to_load_from_cache(repo, s.rfilename, revision=info.sha), str)
+                or not isinstance(try_to_load_from_cache(repo, s.rfilename, revision=commit), str)
             )
         ]
         (storage / "blobs").mkdir(parents=True, exist_ok=True)
         _check_space(storage, sum(s.size or 0 for s in missing), label, resumable=True)
-        for sibling in missing:
-            _fetch_blob(repo, sibling.rfilename, info.sha, storage, label, root, options, progress)
-        path = snapshot_download(repo, revision=revision, allow_patterns=patterns, token=token)
-    except DownloadError:
+        fetched = {
+            s.rfilename: _fetch_blob(repo, s.rfilename, commit, storage, label, root, options, progress)
+            for s in missing
+        }
+        path = _link_snapshot(storage, commit, revision, fetched)
+    except (DownloadError, UnsafeNameError):
         raise
     except Exception as exc:  # huggingface-hub's errors, and its HTTP client's connection errors
         raise _hub_error(exc, repo, label, token is not None or bool(os.environ.get("HF_TOKEN"))) from None
-    return Path(path), info.sha
+    return path, commit
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -624,7 +662,7 @@ def convert_part(
     card: Card, part: Part, src: Path, mdir: Path, paths: dict[str, Path], source_sha: str | None, force: bool
 ) -> tuple[Path, str]:
     """Convert `src` into `mdir/<part>/` (built in a temp dir, renamed into place); skip if done before."""
-    out = mdir / part.name
+    out = safe_join(mdir, part.name)
     stamp = out / ".avsr-converted.json"
     done = _read_json(stamp)
     if out.is_dir() and not force and done.get("source_sha256") == source_sha and source_sha:
@@ -681,7 +719,7 @@ def _fetch(
         if not path.exists():
             raise DownloadError(f"{label}: {path} does not exist (the card {card.path} points there)")
         return PartResult(path=path, action="present", **common)
-    dest = mdir / "downloads" / part.file
+    dest = safe_join(mdir, "downloads", part.file)
     if options.force:
         for stale in (dest, dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".sha256")):
             stale.unlink(missing_ok=True)
@@ -713,12 +751,12 @@ def download_model(
     options = options or DownloadOptions()
     card = get_card(name)
     root = Path(options.dir).expanduser() if options.dir else default_root()
-    mdir = root / card.name
+    mdir = safe_join(root, card.name)
     own = card.parts.get(card.checkpoint) if card.checkpoint else None
     if options.revision and (own is None or own.kind != "hub"):
         raise UsageError(f"--revision applies to models whose checkpoint is a Hub repo; {name}'s is not")
     for part in card.parts.values():  # fail before any large download if a file must be fetched by hand
-        dest = mdir / "downloads" / (part.file or "")
+        dest = safe_join(mdir, "downloads", part.file) if part.file else None
         if part.kind == "page" and not dest.is_file():
             raise _manual(card, part, dest)
     mdir.mkdir(parents=True, exist_ok=True)
@@ -783,7 +821,7 @@ def locate_checkpoint(name: str) -> Path:
     mdir = model_dir(name)
     manifest = _read_json(mdir / MANIFEST).get("parts", {}).get(part.name, {})
     if part.convert:
-        ckpt = mdir / part.name
+        ckpt = safe_join(mdir, part.name)
         if not (ckpt / CONFIG_FILE).is_file():
             raise _missing(name, part, f"is not downloaded and converted yet (no {ckpt})")
     elif part.kind == "hub":
@@ -818,9 +856,9 @@ def locate_checkpoint(name: str) -> Path:
 def part_present(card: Card, part: Part, mdir: Path) -> bool:
     """Is `part` available locally (downloaded, converted, installed)? Never touches the network."""
     if part.convert:
-        return (mdir / part.name / ".avsr-converted.json").is_file()
+        return (safe_join(mdir, part.name) / ".avsr-converted.json").is_file()
     if part.kind in ("url", "page"):
-        return (mdir / "downloads" / part.file).is_file()
+        return safe_join(mdir, "downloads", part.file).is_file()
     if part.kind == "hub":
         return _hub_cached(part.source, part.revision, part.patterns or DEFAULT_HUB_PATTERNS) is not None
     if part.kind == "path":

@@ -27,3 +27,9 @@ class UsageError(AvsrError):
 
 class DownloadError(AvsrError):
     """A model part could not be fetched, verified or converted (the message says which and what to do)."""
+
+
+class UnsafeNameError(AvsrError):
+    """A name from outside (a card, a server, a checkpoint, a file name) would lead outside its folder."""
+
+    exit_code = 2

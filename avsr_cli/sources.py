@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from .errors import CheckpointError
-
-
-def cache_root() -> Path:
-    """Where avsr keeps converted and downloaded models (`AVSR_CACHE`, default ~/.cache/avsr)."""
-    return Path(os.environ.get("AVSR_CACHE") or Path.home() / ".cache" / "avsr")
-
+from .storage import build_cache_dir, cache_root  # noqa: F401  (re-exported until the layout step)
 
 # Small files that describe a model (configs, tokenizers, feature extractors): all a checkpoint needs when it
 # carries the weights itself.
@@ -63,24 +53,3 @@ def _hub_snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Pa
         ) from None
     except OSError as exc:
         raise CheckpointError(f"cannot fetch '{repo_id}' from the Hub: {exc}") from None
-
-
-def build_cache_dir(final: Path, build: Callable[[Path], None]) -> Path:
-    """Make the cache folder `final` atomically: `build(tmp)` fills a temporary folder beside it (named
-    `.<name>.tmp-<host>@<pid>-*`), which gets the usual permissions and is renamed into place, so readers see
-    no folder or a complete one. If a concurrent run got there first, its folder is used."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}.tmp-{socket.gethostname()}@{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
-    try:
-        build(tmp)
-        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700; a shared cache wants the usual modes
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final

@@ -26,6 +26,9 @@ else:  # pragma: no cover - Python 3.10
 SOURCE_KINDS = ("hub", "url", "page", "pypi", "path")
 CARD_KINDS = ("checkpoint", "base")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Part names become folder names under the model's download folder: one plain component, never `..` or `/`.
+PART_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -109,6 +112,8 @@ def _take(
 
 
 def _parse_part(name: str, table: dict[str, Any], path: Path, cards: dict[str, dict]) -> Part:
+    if not PART_NAME_RE.match(name):
+        raise _fail(path, f"part name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
     where = f"parts.{name}."
     table = dict(table)
     ref = table.pop("card", None)
@@ -146,7 +151,7 @@ def _parse_part(name: str, table: dict[str, Any], path: Path, cards: dict[str, d
         raise _fail(path, f"part '{name}': a {kind} part needs `file` (the name it is saved under)")
     if part.file and (Path(part.file).name != part.file or part.file.startswith(".")):
         raise _fail(path, f"part '{name}': file must be a plain file name, not '{part.file}'")
-    if kind == "hub" and part.source.count("/") != 1:
+    if kind == "hub" and not HUB_ID_RE.match(part.source):
         raise _fail(path, f"part '{name}': hub must be a repo id owner/name, not '{part.source}'")
     if kind == "pypi" and not part.source.startswith("pypi:"):
         raise _fail(path, f"part '{name}': pypi must look like 'pypi:<name>', not '{part.source}'")

@@ -181,6 +181,7 @@ class HubRepo:
     tokens: tuple[str, ...] = ()  # tokens whose account accepted the licence
     stall: dict[str, threading.Event] = field(default_factory=dict)  # file -> event (stall its next GET)
     served: dict[str, bytes] = field(default_factory=dict)  # file -> other bytes sent under its ETag
+    etags: dict[str, str] = field(default_factory=dict)  # file -> the ETag header sent instead of its digest
 
 
 class FakeHub:
@@ -250,7 +251,8 @@ class FakeHub:
                     status=404,
                     headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.sha},
                 )
-            headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{etag(m.group(3), body)}"'}
+            tag = repo.etags.get(m.group(3), etag(m.group(3), body))
+            headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{tag}"'}
             stall = repo.stall.pop(m.group(3), None) if method == "GET" else None
             return send(h, method, repo.served.get(m.group(3), body), headers=headers, stall=stall)
         send(h, method, b"", status=404)
