@@ -1,3 +1,65 @@
-"""avsr: speech recognition from audio, lips, or both, with a multimodal LLM (Llama-AVSR family)."""
+"""avsr: speech recognition from audio, lips, or both, with a multimodal LLM (Llama-AVSR family).
 
-__version__ = "0.1.0"
+The public API, imported on first use (PEP 562): `import avsr_cli` and `avsr --help` stay free of torch.
+
+    from avsr_cli import Transcriber, TranscribeOptions
+    result = Transcriber.from_checkpoint("avsr-tiny-en").transcribe("talk.mp4")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .version import __version__
+
+# name -> module that defines it
+_API = {
+    "Transcriber": "avsr_cli.tasks.transcribe",
+    "TranscribeOptions": "avsr_cli.tasks.transcribe",
+    "Result": "avsr_cli.tasks.transcribe",
+    "Segment": "avsr_cli.tasks.transcribe",
+    "DecodingOptions": "avsr_cli.modeling.decoding",
+    "evaluate": "avsr_cli.tasks.evaluate",
+    "EvaluateOptions": "avsr_cli.tasks.evaluate",
+    "train": "avsr_cli.tasks.train",
+    "TrainOptions": "avsr_cli.tasks.train",
+    "download_model": "avsr_cli.checkpoints.download",
+    "DownloadOptions": "avsr_cli.checkpoints.download",
+    "load_checkpoint": "avsr_cli.checkpoints.loading",
+}
+__all__ = [
+    "DecodingOptions",
+    "DownloadOptions",
+    "EvaluateOptions",
+    "Result",
+    "Segment",
+    "TrainOptions",
+    "TranscribeOptions",
+    "Transcriber",
+    "__version__",
+    "download_model",
+    "evaluate",
+    "load_checkpoint",
+    "train",
+]
+
+if TYPE_CHECKING:
+    from .checkpoints.download import DownloadOptions, download_model
+    from .checkpoints.loading import load_checkpoint
+    from .modeling.decoding import DecodingOptions
+    from .tasks.evaluate import EvaluateOptions, evaluate
+    from .tasks.train import TrainOptions, train
+    from .tasks.transcribe import Result, Segment, TranscribeOptions, Transcriber
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'avsr_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

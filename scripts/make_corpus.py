@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the of
 
 from speech import speech  # noqa: E402
 
-from avsr_cli.media import SAMPLE_RATE  # noqa: E402
-from avsr_cli.noise import add_noise, babble_noise, white_noise  # noqa: E402
-from avsr_cli.sources import cache_root  # noqa: E402
+from avsr_cli.frontends.media import SAMPLE_RATE  # noqa: E402
+from avsr_cli.storage import cache_root  # noqa: E402
+from avsr_cli.tasks.noise import add_noise, babble_noise, white_noise  # noqa: E402
 
 TEXT_PACKAGE = "brotli==1.2.1"
 TEXT_MEMBER = "brotli-1.2.1/tests/testdata/alice29.txt"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from avsr_cli.noise import add_noise, babble_noise, white_noise
+from avsr_cli.tasks.noise import add_noise, babble_noise, white_noise
 
 
 def noisy_copy(

@@ -31,7 +31,7 @@ def tiny_ckpt(tiny_dirs, tmp_path_factory):
     import torch
     from tiny import tiny_config
 
-    from avsr_cli.checkpoint import build_model, save_checkpoint
+    from avsr_cli.checkpoints.loading import build_model, save_checkpoint
 
     torch.manual_seed(0)
     return save_checkpoint(build_model(tiny_config(*tiny_dirs)), tmp_path_factory.mktemp("ck") / "tiny")

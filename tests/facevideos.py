@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tiny import ffmpeg
 
-from avsr_cli.media import SAMPLE_RATE, SAMPLES_PER_FRAME, find_ffmpeg
+from avsr_cli.frontends.media import SAMPLE_RATE, SAMPLES_PER_FRAME, find_ffmpeg
 
 
 def dlib_backend():
@@ -23,7 +23,7 @@ def dlib_backend():
         pytest.skip(
             "dlib backend absent: pip install dlib-bin; pip install --no-deps face-recognition-models"
         )
-    from avsr_cli.face import make_backend
+    from avsr_cli.frontends.face import make_backend
 
     return make_backend("dlib")
 

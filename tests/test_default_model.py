@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from speech import available_voices, synthesize
 
-from avsr_cli.scoring import score
+from avsr_cli.tasks.scoring import score
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

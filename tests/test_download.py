@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from loopback import FakeHub, FileHost, Server, sha256
 
-from avsr_cli import download
-from avsr_cli.download import DownloadOptions, download_model, part_present
+from avsr_cli.checkpoints import download
+from avsr_cli.checkpoints.download import DownloadOptions, download_model, part_present
+from avsr_cli.checkpoints.zoo import get_card
 from avsr_cli.errors import DownloadError
-from avsr_cli.zoo import get_card
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOB = os.urandom(300_000)  # a "checkpoint file"
@@ -397,6 +397,59 @@ def test_hub_file_not_matching_its_etag_is_quarantined(world):
     assert not list(storage.glob("blobs/*")) and not list(storage.glob("snapshots/*/*"))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Hostile names: a card's part name, a server's ETag, commit id or file name never become a path outside
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_card_part_name_cannot_escape_the_download_folder(world, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    escape = "/.." * 12 + str(victim)
+    home = Path(world["env"]["AVSR_HOME"], "models")
+    card(
+        home, "escape", f'[parts."{escape}"]\nhub = "tiny/llama"\nlicense = "t"\nconvert = "reference-pth"\n'
+    )
+    r = avsr(world, "download-checkpoint", "escape")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "escape.toml" in r.stderr and "part name" in r.stderr
+    assert (victim / "precious.txt").read_text() == "keep me" and sorted(victim.iterdir()) == [
+        victim / "precious.txt"
+    ]
+
+
+@pytest.mark.parametrize("bad", ["../../../../x/pwned", "not-a-digest", "ABCDEF" + "0" * 58])
+def test_hub_etag_that_is_not_a_digest_writes_nothing(world, bad):
+    repo = world["hub"].add(f"evil/etag-{len(bad)}", {"model.safetensors": b"z" * 500})
+    repo.etags["model.safetensors"] = bad
+    name = f"evil-etag-{len(bad)}"
+    home = Path(world["env"]["AVSR_HOME"], "models")
+    card(home, name, f'[parts.w]\nhub = "evil/etag-{len(bad)}"\nlicense = "t"\n')
+    hf_home = Path(world["env"]["HF_HOME"])
+    before = set(world["base"].rglob("*"))
+    r = avsr(world, "download-checkpoint", name)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"ETag {bad!r}" in r.stderr and "not a sha1/sha256 hex digest" in r.stderr
+    new = {p for p in set(world["base"].rglob("*")) - before if p.is_file()}
+    assert not any("pwned" in str(p) for p in new)
+    assert not [p for p in new if p.is_relative_to(hf_home) and "blobs" in p.parts], new
+
+
+def test_hub_commit_id_and_file_names_are_checked(world):
+    repo = world["hub"].add("evil/commit", {"config.json": b"{}"})
+    repo.sha = "../../../escape"
+    home = Path(world["env"]["AVSR_HOME"], "models")
+    card(home, "evil-commit", '[parts.w]\nhub = "evil/commit"\nlicense = "t"\n')
+    r = avsr(world, "download-checkpoint", "evil-commit")
+    assert r.returncode == 1 and "the commit id '../../../escape'" in r.stderr, r.stderr
+    world["hub"].add("evil/names", {"../../../../outside.json": b"{}"})
+    card(home, "evil-names", '[parts.w]\nhub = "evil/names"\nlicense = "t"\n')
+    r = avsr(world, "download-checkpoint", "evil-names")
+    assert r.returncode == 2 and "unsafe name '../../../../outside.json'" in r.stderr, r.stderr
+    assert not list(Path(world["env"]["HF_HOME"]).parent.rglob("outside.json"))
+
+
 def test_offline_round_trip(world):
     t0 = time.time()
     r = avsr(world, "download-checkpoint", "tiny-drive")
@@ -452,7 +505,7 @@ def test_fairseq_avhubert_part_is_converted(host):
     fake = pytest.importorskip("test_avhubert")
     import torch
 
-    from avsr_cli.avhubert import AVHubertVideoEncoder
+    from avsr_cli.modeling.avhubert import AVHubertVideoEncoder
 
     server, app, home = host
     buf = io.BytesIO()
@@ -473,56 +526,3 @@ def test_fairseq_avhubert_part_is_converted(host):
     assert result.parts[0].action == "converted" and out == result.model_dir / "weights"
     assert AVHubertVideoEncoder.from_dir(out).dim > 0
     assert download_model("avh").parts[0].action == "present"  # converted once
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Hostile names: a card's part name, a server's ETag, commit id or file name never become a path outside
-# ---------------------------------------------------------------------------------------------------------
-
-
-def test_card_part_name_cannot_escape_the_download_folder(world, tmp_path):
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "precious.txt").write_text("keep me")
-    escape = "/.." * 12 + str(victim)
-    home = Path(world["env"]["AVSR_HOME"], "models")
-    card(
-        home, "escape", f'[parts."{escape}"]\nhub = "tiny/llama"\nlicense = "t"\nconvert = "reference-pth"\n'
-    )
-    r = avsr(world, "download-checkpoint", "escape")
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "escape.toml" in r.stderr and "part name" in r.stderr
-    assert (victim / "precious.txt").read_text() == "keep me" and sorted(victim.iterdir()) == [
-        victim / "precious.txt"
-    ]
-
-
-@pytest.mark.parametrize("bad", ["../../../../x/pwned", "not-a-digest", "ABCDEF" + "0" * 58])
-def test_hub_etag_that_is_not_a_digest_writes_nothing(world, bad):
-    repo = world["hub"].add(f"evil/etag-{len(bad)}", {"model.safetensors": b"z" * 500})
-    repo.etags["model.safetensors"] = bad
-    name = f"evil-etag-{len(bad)}"
-    home = Path(world["env"]["AVSR_HOME"], "models")
-    card(home, name, f'[parts.w]\nhub = "evil/etag-{len(bad)}"\nlicense = "t"\n')
-    hf_home = Path(world["env"]["HF_HOME"])
-    before = set(world["base"].rglob("*"))
-    r = avsr(world, "download-checkpoint", name)
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert f"ETag {bad!r}" in r.stderr and "not a sha1/sha256 hex digest" in r.stderr
-    new = {p for p in set(world["base"].rglob("*")) - before if p.is_file()}
-    assert not any("pwned" in str(p) for p in new)
-    assert not [p for p in new if p.is_relative_to(hf_home) and "blobs" in p.parts], new
-
-
-def test_hub_commit_id_and_file_names_are_checked(world):
-    repo = world["hub"].add("evil/commit", {"config.json": b"{}"})
-    repo.sha = "../../../escape"
-    home = Path(world["env"]["AVSR_HOME"], "models")
-    card(home, "evil-commit", '[parts.w]\nhub = "evil/commit"\nlicense = "t"\n')
-    r = avsr(world, "download-checkpoint", "evil-commit")
-    assert r.returncode == 1 and "the commit id '../../../escape'" in r.stderr, r.stderr
-    world["hub"].add("evil/names", {"../../../../outside.json": b"{}"})
-    card(home, "evil-names", '[parts.w]\nhub = "evil/names"\nlicense = "t"\n')
-    r = avsr(world, "download-checkpoint", "evil-names")
-    assert r.returncode == 2 and "unsafe name '../../../../outside.json'" in r.stderr, r.stderr
-    assert not list(Path(world["env"]["HF_HOME"]).parent.rglob("outside.json"))

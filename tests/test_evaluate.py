@@ -10,8 +10,8 @@ from tiny import ffmpeg
 from typer.testing import CliRunner
 
 from avsr_cli.cli import app
-from avsr_cli.evaluate import CLEAN, EvaluateOptions, evaluate, read_results
-from avsr_cli.transcribe import Transcriber
+from avsr_cli.tasks.evaluate import CLEAN, EvaluateOptions, evaluate, read_results
+from avsr_cli.tasks.transcribe import Transcriber
 
 SENTENCES = ["the cat sat on the mat", "open the door please", "seven green apples", "it is raining again"]
 runner = CliRunner()

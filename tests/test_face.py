@@ -10,8 +10,8 @@ import pytest
 from facevideos import black_gap, noise, two_faces
 
 from avsr_cli.errors import CheckpointError, UsageError
-from avsr_cli.face import MEDIAPIPE_68, fan_weights, interpolate_landmarks, make_backend, track
-from avsr_cli.media import iter_video, load_video
+from avsr_cli.frontends.face import MEDIAPIPE_68, fan_weights, interpolate_landmarks, make_backend, track
+from avsr_cli.frontends.media import iter_video, load_video
 
 STABLE = [28, 33, 36, 39, 42, 45, 48, 54]
 needs_mediapipe = pytest.mark.skipif(

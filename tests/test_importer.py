@@ -12,10 +12,10 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 from transformers.models.whisper.modeling_whisper import WhisperForConditionalGeneration
 
-from avsr_cli.checkpoint import load_checkpoint
+from avsr_cli.checkpoints.importer import ImportSpec, import_reference, load_state_dict
+from avsr_cli.checkpoints.loading import load_checkpoint
 from avsr_cli.errors import CheckpointError
-from avsr_cli.features import encoder_frames
-from avsr_cli.importer import ImportSpec, import_reference, load_state_dict
+from avsr_cli.frontends.features import encoder_frames
 
 HIDDEN, RANK, ALPHA = 64, 16, 2.0  # reference reduction 16 -> r = 64/16 = 4, scale = 2/16
 TOKENS = ["<pad>", "<audio>", "</audio>", "<video>", "</video>"]
@@ -144,7 +144,7 @@ def test_import_matches_reference_forward(tiny_dirs, tmp_path, variant, compress
     feats = model.audio_frontend([audio])
     frames = model.audio_encoder(feats.input_features, feats.n_frames)
     assert frames[0].shape[0] == encoder_frames(len(audio))
-    from avsr_cli.model import ModalityInputs
+    from avsr_cli.modeling.model import ModalityInputs
 
     model._activate("asr")
     seqs, _ = model.sequences("asr", ModalityInputs(frames, rate), None)

@@ -12,11 +12,11 @@ from test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
 from tiny import ffmpeg, tiny_config
 from typer.testing import CliRunner
 
-from avsr_cli.avhubert import convert_fairseq_avhubert
-from avsr_cli.checkpoint import build_model, save_checkpoint
+from avsr_cli.checkpoints.avhubert_fairseq import convert_fairseq_avhubert
+from avsr_cli.checkpoints.loading import build_model, save_checkpoint
 from avsr_cli.cli import app
-from avsr_cli.config import CompressionConfig, EncoderConfig
-from avsr_cli.transcribe import TranscribeOptions, Transcriber
+from avsr_cli.modeling.config import CompressionConfig, EncoderConfig
+from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def test_audio_only_checkpoint_refuses_vsr(tiny_ckpt, media):
 
 
 def test_evaluate_video_modes_with_occlusion_and_crop_cache(av_ckpt, media, tmp_path):
-    from avsr_cli.datasets import Item
-    from avsr_cli.evaluate import EvaluateOptions, prepare_item
+    from avsr_cli.tasks.datasets import Item
+    from avsr_cli.tasks.evaluate import EvaluateOptions, prepare_item
 
     data = tmp_path / "data"
     data.mkdir()
@@ -129,7 +129,7 @@ def test_evaluate_video_modes_with_occlusion_and_crop_cache(av_ckpt, media, tmp_
     assert len(entries) == 1  # one crop set serves both modes and all six conditions
     mtime = entries[0].stat().st_mtime_ns
     item = Item("talk", data / "talk.mp4", "x")
-    options = EvaluateOptions(mouth_cache=str(cache), occlusion="gaussian_blur")
+    options = EvaluateOptions(occlusion="gaussian_blur", transcribe=TranscribeOptions(mouth_cache=str(cache)))
     clean = prepare_item(item, "vsr", float("inf"), "none", options)
     blurred = prepare_item(item, "vsr", float("inf"), "gaussian_blur:3", options)
     assert entries[0].stat().st_mtime_ns == mtime  # served from the cache

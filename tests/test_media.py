@@ -1,4 +1,4 @@
-"""avsr_cli.media: decoding through ffmpeg, with inputs generated at test time from ffmpeg's lavfi sources."""
+"""avsr_cli.frontends.media: decoding through ffmpeg, on inputs generated at test time from lavfi sources."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avsr_cli import media
 from avsr_cli.errors import MediaError
-from avsr_cli.media import SAMPLE_RATE, load_audio, load_video, probe
+from avsr_cli.frontends import media
+from avsr_cli.frontends.media import SAMPLE_RATE, load_audio, load_video, probe
 
 FFMPEG = media.find_ffmpeg()
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg binary (apt install ffmpeg)")

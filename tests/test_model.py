@@ -7,13 +7,13 @@ import pytest
 import torch
 from tiny import tiny_config
 
-from avsr_cli.checkpoint import ADAPTER_FILE, build_model, load_checkpoint, save_checkpoint
-from avsr_cli.config import CompressionConfig, LoraConfig, ModelConfig
-from avsr_cli.decoding import DecodingOptions
+from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
 from avsr_cli.errors import CheckpointError
-from avsr_cli.features import encoder_frames, normalize_waveform
-from avsr_cli.model import IGNORE_INDEX, ModalityInputs
-from avsr_cli.projector import compress
+from avsr_cli.frontends.features import encoder_frames, normalize_waveform
+from avsr_cli.modeling.config import ADAPTER_FILE, CompressionConfig, LoraConfig, ModelConfig
+from avsr_cli.modeling.decoding import DecodingOptions
+from avsr_cli.modeling.model import IGNORE_INDEX, ModalityInputs
+from avsr_cli.modeling.projector import compress
 
 
 def waves(seconds=(1.0, 2.3, 0.6), seed=0):

@@ -29,19 +29,19 @@ from facevideos import (
 from PIL import Image
 from typer.testing import CliRunner
 
-from avsr_cli.assets import MEAN_FACE, asset_path, load_mean_face
 from avsr_cli.cli import app
 from avsr_cli.errors import CheckpointError, MediaError
-from avsr_cli.media import probe
-from avsr_cli.mouth import (
+from avsr_cli.frontends.assets import MEAN_FACE, asset_path, load_mean_face
+from avsr_cli.frontends.media import probe
+from avsr_cli.frontends.mouth import (
     MouthOptions,
     aligned_audio,
     contact_sheet,
     crop_mouth_file,
     mouth_frames,
     smooth_landmarks,
-    video_model_input,
 )
+from avsr_cli.modeling.avhubert import video_model_input
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_talking_still_face_with_tts(tmp_path, options, backend, artifacts):
     the true mouth centre and show the opening, frame by frame, and the audio stays aligned."""
     from speech import available_voices, speech
 
-    from avsr_cli.face import make_backend
+    from avsr_cli.frontends.face import make_backend
 
     image = astronaut()
     if image is None:
@@ -311,5 +311,7 @@ def test_crop_mouth_command(lrs3_clip, mean_face, backend, tmp_path, monkeypatch
 
 
 def test_crop_mouth_bad_backend_does_nothing(lrs3_clip, tmp_path):
-    result = CliRunner().invoke(app, ["crop-mouth", str(lrs3_clip), "-o", str(tmp_path), "--backend", "hog"])
+    result = CliRunner().invoke(
+        app, ["crop-mouth", str(lrs3_clip), "-o", str(tmp_path), "--face-backend", "hog"]
+    )
     assert result.exit_code == 2 and not list(tmp_path.iterdir())

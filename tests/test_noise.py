@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from avsr_cli.errors import MediaError
-from avsr_cli.noise import (
+from avsr_cli.tasks.noise import (
     OCCLUSIONS,
     REFERENCE_OCCLUSIONS,
     AudioNoise,

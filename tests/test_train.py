@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 from tiny import tiny_config
 
-from avsr_cli.config import CompressionConfig
-from avsr_cli.datasets import load_dataset
 from avsr_cli.errors import UsageError
-from avsr_cli.train import TrainOptions, length_batches, load_train_config, train
+from avsr_cli.modeling.config import CompressionConfig
+from avsr_cli.tasks.datasets import load_dataset
+from avsr_cli.tasks.train import TrainOptions, length_batches, load_train_config, train
 
 TEXTS = ["one two", "three four five", "six", "seven eight", "nine ten eleven twelve", "zero"]
 
@@ -65,7 +65,7 @@ def _adapter(path):
 
 def test_loss_falls_and_the_checkpoint_loads(data, base, tmp_path):
     """A tiny random LLM learns slowly (the real-model test in test_e2e checks exact transcripts)."""
-    from avsr_cli.transcribe import Transcriber
+    from avsr_cli.tasks.transcribe import Transcriber
 
     options = TrainOptions(max_steps=60, lr=1e-2, max_batch=6, audio_rates=[4])
     result = train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
@@ -133,7 +133,7 @@ def test_checkpoint_is_the_average_of_the_last_epochs(data, base, tmp_path):
 def test_multi_rate_training_trains_every_rate(data, base, tmp_path):
     import json
 
-    from avsr_cli.transcribe import TranscribeOptions, Transcriber
+    from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
 
     options = TrainOptions(max_steps=12, lr=1e-2, max_batch=6)  # rates: the base's 2 and 4
     train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
@@ -182,7 +182,7 @@ def test_select_best_takes_the_epoch_with_the_lowest_validation_wer(data, base, 
 
 
 def test_base_from_parts_reads_the_widths_from_their_configs(data, tiny_dirs, tmp_path):
-    from avsr_cli.config import ModelConfig
+    from avsr_cli.modeling.config import ModelConfig
 
     whisper_dir, llm_dir = tiny_dirs
     base = f"audio={whisper_dir},llm={llm_dir}"

@@ -15,10 +15,10 @@ import torch
 from test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
 from tiny import ffmpeg, tiny_config
 
-from avsr_cli.config import CompressionConfig, ModelConfig
 from avsr_cli.errors import UsageError
-from avsr_cli.train import TrainOptions, train
-from avsr_cli.transcribe import TranscribeOptions, Transcriber
+from avsr_cli.modeling.config import CompressionConfig, ModelConfig
+from avsr_cli.tasks.train import TrainOptions, train
+from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
 
 TEXTS = ["alpha one", "bravo two two", "charlie"]
 

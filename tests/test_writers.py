@@ -6,10 +6,10 @@ import os
 import pytest
 
 from avsr_cli.errors import AvsrError
-from avsr_cli.transcribe import Result, Segment
-from avsr_cli.writers import (
+from avsr_cli.storage import atomic_write_text
+from avsr_cli.tasks.transcribe import Result, Segment
+from avsr_cli.tasks.writers import (
     WRITERS,
-    atomic_write_text,
     check_output_dir,
     format_timestamp,
     to_srt,

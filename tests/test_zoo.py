@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avsr_cli import zoo
-from avsr_cli.checkpoint import find_checkpoint
+from avsr_cli.checkpoints import zoo
+from avsr_cli.checkpoints.download import find_checkpoint
 from avsr_cli.cli import app
 from avsr_cli.errors import CheckpointError
 
@@ -110,7 +110,7 @@ def test_published_checkpoints_match_the_reference_readmes(home):
 
 
 def test_every_converter_named_by_a_card_exists(home):
-    from avsr_cli.download import converter
+    from avsr_cli.checkpoints.download import converter
 
     for card in zoo.load_zoo().cards.values():
         for part in card.parts.values():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from avsr_cli.config import (
+from avsr_cli.modeling.config import (
     CompressionConfig,
     EncoderConfig,
     LLMConfig,

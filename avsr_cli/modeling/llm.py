@@ -1,0 +1,191 @@
+"""The decoder LLM: tokenizer with the reference's special tokens, resized embeddings, and LoRA via peft."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .config import LLMConfig, LoraConfig
+from .encoders import read_safetensors
+
+
+@dataclass
+class TokenIds:
+    """Ids the input builder needs, read from the tokenizer at run time (never hard-coded)."""
+
+    bos: int | None
+    eos: int
+    pad: int
+    audio_start: int
+    audio_end: int
+    video_start: int
+    video_end: int
+    added: list[int]  # ids of the tokens avsr added (their embedding rows live in the adapter)
+
+
+def load_tokenizer(model_dir: Path, special_tokens: dict[str, str]):
+    """(tokenizer, its size before avsr's tokens) with `<pad> <audio> </audio> <video> </video>` added.
+
+
+    Reference: Llama-AVSR models/lightning.py `add_special_tokens({"pad_token": "<pad>",
+    "additional_special_tokens": ["<audio>", "</audio>", "<video>", "</video>"]})`.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    base_size = len(tokenizer)
+    tokenizer.add_special_tokens(
+        {
+            "pad_token": special_tokens["pad"],
+            "additional_special_tokens": [
+                special_tokens[k] for k in ("audio_start", "audio_end", "video_start", "video_end")
+            ],
+        }
+    )
+    return tokenizer, base_size
+
+
+def token_ids(tokenizer, config: LLMConfig, special_tokens: dict[str, str], base_vocab: int) -> TokenIds:
+    def one(token: str) -> int:
+        ids = tokenizer.convert_tokens_to_ids([token])
+        if ids[0] is None or ids[0] == tokenizer.unk_token_id:
+            raise CheckpointError(f"token {token!r} is not in the tokenizer")
+        return ids[0]
+
+    bos = None
+    if config.use_bos:
+        bos = one(config.bos_token) if config.bos_token else tokenizer.bos_token_id
+    eos = one(config.eos_token) if config.eos_token else tokenizer.eos_token_id
+    ids = {k: one(v) for k, v in special_tokens.items()}
+    added = sorted({i for i in ids.values() if i >= base_vocab})
+    return TokenIds(
+        bos=bos,
+        eos=eos,
+        pad=ids["pad"],
+        audio_start=ids["audio_start"],
+        audio_end=ids["audio_end"],
+        video_start=ids["video_start"],
+        video_end=ids["video_end"],
+        added=added,
+    )
+
+
+def load_llm(model_dir: Path, weights: Path | None, dtype: torch.dtype) -> nn.Module:
+    """A causal LM from a Hugging Face directory, optionally with its weights replaced from `weights`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if weights is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    else:
+        config = AutoConfig.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        state = read_safetensors([weights])
+        missing, _ = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+        if missing:
+            raise CheckpointError(f"{weights}: LLM weights missing: {', '.join(missing[:5])}")
+        if config.tie_word_embeddings:
+            model.tie_weights()
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def resize_for_tokenizer(model: nn.Module, n_tokens: int) -> None:
+    """Resize embeddings to len(tokenizer), as the reference does after adding its tokens."""
+    if model.get_input_embeddings().weight.shape[0] != n_tokens:
+        model.resize_token_embeddings(n_tokens, mean_resizing=False)
+    model.requires_grad_(False)
+
+
+def added_rows(model: nn.Module, ids: list[int]) -> dict[str, torch.Tensor]:
+    """Embedding (and untied lm_head) rows of the added tokens: trained or random, never recoverable."""
+    rows = {"llm.added_embed_rows": model.get_input_embeddings().weight[ids].detach().clone()}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        rows["llm.added_lm_head_rows"] = head.weight[ids].detach().clone()
+    return rows
+
+
+def set_added_rows(model: nn.Module, ids: list[int], state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        if "llm.added_embed_rows" in state:
+            emb[ids] = state["llm.added_embed_rows"].to(emb.dtype)
+        head = model.get_output_embeddings()
+        if "llm.added_lm_head_rows" in state and head is not None:
+            head.weight[ids] = state["llm.added_lm_head_rows"].to(head.weight.dtype)
+
+
+def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
+    """Wrap the LLM with peft LoRA adapters on q_proj/v_proj, one per name in `lora.adapter_names()`.
+
+    Reference (Llama-AVSR models/Llama_LoRA.py): q = q_proj(x) + up_Q(down_Q(x)) * ALPHA/RANK, the same for
+    v, bias-free, no dropout, added before RoPE. peft computes lora_B(lora_A(x)) * lora_alpha/r on the
+    projection output, which is the same function with lora_A = down, lora_B = up.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    names = lora.adapter_names()
+    cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        target_modules=list(lora.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        init_lora_weights=True,
+    )
+    peft_model = get_peft_model(model, cfg, adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.add_adapter(name, cfg)
+    return peft_model
+
+
+def lora_modules(model: nn.Module):
+    """(short name, peft LoRA layer) pairs, short name like `layers.3.self_attn.q_proj`."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            yield name[name.index("layers.") :], module
+
+
+def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """LoRA weights in the avsr layout: `llm.lora.<adapter>.<layers.N.self_attn.q_proj>.lora_A`."""
+    out = {}
+    for short, module in lora_modules(model):
+        for adapter in module.lora_A:
+            out[f"llm.lora.{adapter}.{short}.lora_A"] = module.lora_A[adapter].weight.detach().clone()
+            out[f"llm.lora.{adapter}.{short}.lora_B"] = module.lora_B[adapter].weight.detach().clone()
+    return out
+
+
+def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of `lora_state`; every adapter weight of the model must be present."""
+    expected = set()
+    with torch.no_grad():
+        for short, module in lora_modules(model):
+            for adapter in module.lora_A:
+                for part in ("lora_A", "lora_B"):
+                    key = f"llm.lora.{adapter}.{short}.{part}"
+                    expected.add(key)
+                    if key not in state:
+                        raise CheckpointError(f"adapter weights lack {key}")
+                    target = getattr(module, part)[adapter].weight
+                    if target.shape != state[key].shape:
+                        raise CheckpointError(
+                            f"{key}: shape {tuple(state[key].shape)} != {tuple(target.shape)}"
+                        )
+                    target.copy_(state[key])
+    extra = [k for k in state if k.startswith("llm.lora.") and k not in expected]
+    if extra:
+        raise CheckpointError(f"adapter has LoRA weights the config does not declare: {extra[0]}")
+
+
+def set_active_adapters(model: nn.Module, names: list[str]) -> None:
+    """Activate exactly `names` (their outputs are summed: Omni-AVSR-ST adds shared + task LoRA)."""
+    model.base_model.set_adapter(names)

@@ -1,0 +1,2 @@
+"""What users do with a model: transcribe, subtitle, write outputs, read datasets, score, add noise,
+evaluate, train."""

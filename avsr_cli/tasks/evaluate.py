@@ -1,0 +1,280 @@
+"""Batch scoring of a dataset: transcribe every clip under each condition (mode x SNR), score, report.
+
+Rows are appended to `results.jsonl` (flushed per clip), so an interrupted run loses nothing already scored
+and `resume` skips what is there. WER/CER are corpus-level (total errors / total reference units), as the
+Llama-AVSR / Omni-AVSR papers report them (REFERENCE.md §5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AvsrError, UsageError
+from ..storage import atomic_write_text
+from .datasets import Item, load_dataset
+from .scoring import alignment_text, get_normalizer, score
+from .transcribe import MediaInput, TranscribeOptions, Transcriber, load_media
+
+CLEAN = math.inf  # the "SNR" of a clean condition
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What to evaluate; echoed into summary.json."""
+
+    modes: tuple[str, ...] = ("asr",)
+    snrs: tuple[float, ...] = (CLEAN,)  # dB; inf = clean
+    noise: str = "babble"  # a noise file, or a built-in generator: "white" or "babble"
+    seed: int = 0
+    normalizer: str = "lrs"
+    limit: int | None = None
+    workers: int = 1  # processes that decode and mix audio while the model decodes
+    resume: bool = False
+    occlusion: str | None = None  # vsr/avsr: corrupt the mouth crops (noise.OCCLUSIONS) at each level
+    levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+    # How each clip is transcribed (its mode is set per condition); mouth_cache None: <avsr cache>/mouth
+    # (crops shared by models, modes, conditions).
+    transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
+
+    def occlusions(self, mode: str) -> list[str]:
+        """The video conditions of `mode`: "none", then "kind:level" for each level (video modes only)."""
+        if mode == "asr" or not self.occlusion:
+            return ["none"]
+        return ["none", *(f"{self.occlusion}:{level}" for level in self.levels)]
+
+    def snrs_for(self, mode: str) -> tuple[float, ...]:
+        """vsr hears nothing: it is scored once, on the clean condition."""
+        return (CLEAN,) if mode == "vsr" else self.snrs
+
+    def transcribe_options(self, mode: str) -> TranscribeOptions:
+        return replace(self.transcribe, mode=mode)
+
+
+@dataclass
+class Condition:
+    """The scores of one (mode, SNR) condition."""
+
+    mode: str
+    snr: float
+    clips: int
+    failed: int
+    scores: dict  # Scores.to_dict(rows=False)
+    occlusion: str = "none"  # "none" or "kind:level"
+
+
+@dataclass
+class Report:
+    dataset: str
+    kind: str
+    normalizer: str
+    normalizer_description: str
+    conditions: list[Condition]
+    skipped: list[dict]
+    failures: list[dict]
+    options: dict
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+
+def snr_key(snr: float) -> str:
+    return "clean" if snr == CLEAN else f"{snr:g}"
+
+
+def _json_safe(obj):
+    """JSON has no inf/nan: write them as strings."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else "-inf" if obj < 0 else "nan"
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+# -- preprocessing (runs in worker processes) ------------------------------------------------------------
+_NOISE_CACHE: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _noise_source(spec: str, seed: int) -> np.ndarray:
+    """A long noise signal: the user's file, or 60 s of the built-in white/babble generator (seeded)."""
+    key = (spec, seed)
+    if key not in _NOISE_CACHE:
+        from . import noise
+
+        if spec in ("white", "babble"):
+            rng = np.random.default_rng(seed)
+            n = 60 * 16000
+            _NOISE_CACHE[key] = noise.white_noise(n, rng) if spec == "white" else noise.babble_noise(n, rng)
+        else:
+            _NOISE_CACHE[key] = noise.load_noise(spec)
+    return _NOISE_CACHE[key]
+
+
+def prepare_item(item: Item, mode: str, snr: float, occlusion: str, options: EvaluateOptions) -> MediaInput:
+    """What `mode` needs of a clip, under one condition: audio with noise at `snr` (a segment seeded per
+    clip id), mouth crops corrupted by `occlusion` ("kind:level", seeded per clip id); or the error."""
+    from .noise import AudioNoise, VideoOcclusion
+
+    start = time.perf_counter()
+    try:
+        media = load_media(item.media, mode, options.transcribe_options(mode), audio_path=item.audio)
+        if snr != CLEAN and media.audio is not None and len(media.audio):
+            noise = AudioNoise(_noise_source(options.noise, options.seed), snr, options.seed)
+            media.audio = noise.apply(media.audio, item.id).astype(np.float32)
+        if occlusion != "none" and media.video is not None:
+            kind, _, level = occlusion.rpartition(":")
+            media.video = VideoOcclusion(kind, int(level), options.seed).apply(media.video, item.id)
+    except AvsrError as exc:
+        media = MediaInput(str(item.media), mode=mode, error=exc)
+    media.seconds = time.perf_counter() - start
+    return media
+
+
+def _prepared(
+    items: list[Item], mode: str, snr: float, occlusion: str, options: EvaluateOptions, pool: Executor | None
+) -> Iterator[MediaInput]:
+    """Clips in order, prepared ahead in the pool (a bounded window, so memory stays flat)."""
+    if pool is None:
+        for item in items:
+            yield prepare_item(item, mode, snr, occlusion, options)
+        return
+    window: deque[Future] = deque()
+    ahead = 2 * options.workers + options.transcribe.batch_size
+    it = iter(items)
+    while True:
+        while len(window) < ahead:
+            item = next(it, None)
+            if item is None:
+                break
+            window.append(pool.submit(prepare_item, item, mode, snr, occlusion, options))
+        if not window:
+            return
+        yield window.popleft().result()
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict]:
+    """Rows of a results.jsonl; a torn last line (killed mid-write) is ignored."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def evaluate(
+    transcriber: Transcriber,
+    dataset: str | Path,
+    options: EvaluateOptions,
+    report_dir: Path | None = None,
+    on_clip: Callable[[str, str, dict], None] | None = None,
+) -> Report:
+    """Transcribe and score `dataset` under every (mode, SNR) condition; write the report files if asked."""
+    started = time.perf_counter()
+    normalizer = get_normalizer(options.normalizer)
+    data = load_dataset(dataset, limit=options.limit)
+    results_path = Path(report_dir) / "results.jsonl" if report_dir else None
+    if results_path is not None:
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        if results_path.exists() and not options.resume:
+            raise UsageError(
+                f"{results_path} exists: pass --resume to continue it, or choose another --report-dir"
+            )
+    rows = read_results(results_path) if results_path is not None else []
+    for r in rows:
+        r.setdefault("occlusion", "none")
+    done = {(r["mode"], r["snr"], r["occlusion"], r["id"]) for r in rows}
+    if options.transcribe.mouth_cache is None and any(m != "asr" for m in options.modes):
+        from ..storage import cache_root
+
+        mouth_cache = str(cache_root() / "mouth")
+        options = replace(options, transcribe=replace(options.transcribe, mouth_cache=mouth_cache))
+    if options.occlusion:
+        from .noise import VideoOcclusion
+
+        for level in options.levels:
+            VideoOcclusion(options.occlusion, level)  # unknown kind or level: ValueError before any work
+    pool = ProcessPoolExecutor(options.workers) if options.workers > 1 else None
+    out = open(results_path, "a", encoding="utf-8") if results_path is not None else None  # noqa: SIM115
+    try:
+        for mode in options.modes:
+            topts = options.transcribe_options(mode)
+            transcriber.check_options(topts)
+            for snr in options.snrs_for(mode):
+                key = snr_key(snr)
+                for occlusion in options.occlusions(mode):
+                    todo = [item for item in data.items if (mode, key, occlusion, item.id) not in done]
+                    prepared = _prepared(todo, mode, snr, occlusion, options, pool)
+                    results = transcriber.transcribe_loaded(prepared, topts)
+                    for item, result in zip(todo, results, strict=True):
+                        row = {"mode": mode, "snr": key, "occlusion": occlusion, "id": item.id}
+                        row.update(media=str(item.media), ref=item.reference)
+                        if isinstance(result, AvsrError):
+                            row.update(hyp=None, error=str(result))
+                        else:
+                            row.update(hyp=result.text, duration=result.duration, timings=result.timings)
+                        rows.append(row)
+                        if out is not None:
+                            out.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
+                            out.flush()
+                            os.fsync(out.fileno())
+                        if on_clip is not None:
+                            on_clip(mode, key, row)
+    finally:
+        if out is not None:
+            out.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    conditions, failures, alignments = [], [], []
+    for mode in options.modes:
+        for snr in options.snrs_for(mode):
+            key = snr_key(snr)
+            for occlusion in options.occlusions(mode):
+                mine = [r for r in rows if (r["mode"], r["snr"], r["occlusion"]) == (mode, key, occlusion)]
+                ok = [r for r in mine if r.get("error") is None]
+                failures += [
+                    {"mode": mode, "snr": key, "occlusion": occlusion, "id": r["id"], "error": r["error"]}
+                    for r in mine
+                    if r.get("error")
+                ]
+                scores = score([(r["ref"], r["hyp"]) for r in ok], normalizer, ids=[r["id"] for r in ok])
+                conditions.append(
+                    Condition(
+                        mode, snr, len(mine), len(mine) - len(ok), scores.to_dict(rows=False), occlusion
+                    )
+                )
+                video = f", occlusion {occlusion}" if occlusion != "none" else ""
+                alignments.append(
+                    f"# mode {mode}, SNR {key}{video}: {scores.summary()}\n\n" + alignment_text(scores.rows)
+                )
+    report = Report(
+        dataset=str(dataset),
+        kind=data.kind,
+        normalizer=normalizer.name,
+        normalizer_description=normalizer.description,
+        conditions=conditions,
+        skipped=[asdict(s) for s in data.skipped],
+        failures=failures,
+        options=asdict(options),
+        seconds=time.perf_counter() - started,
+    )
+    if report_dir is not None:
+        atomic_write_text(Path(report_dir) / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(report_dir) / "alignment.txt", "\n\n".join(alignments))
+    return report

@@ -1,0 +1,938 @@
+"""Training the projectors + LoRA on top of the frozen encoders and LLM (the Llama-AVSR recipe).
+
+Reference recipe (Llama-AVSR train.py / README commands, REFERENCE.md §6.3): AdamW betas (0.9, 0.98), weight
+decay 0.1, lr 1e-3 for ASR/AVSR and 5e-4 for VSR, cosine schedule (`--warmup-epochs 0` by default),
+gradient clip 10, batches by a frame budget (`--max-frames-audiovisual 1500`: 60 s of 25 fps frames per
+device), bf16 on GPU, only projectors and LoRA trainable, checkpoint averaging of the last epochs. Omni-AVSR's
+matryoshka training draws one compression rate per step (`random.choice`), so any trained rate can be picked
+at inference.
+
+Modes: asr (Whisper frames), vsr (AV-HuBERT frames of the mouth crops), avsr (both; the audio cut or padded
+to 640 samples per video frame, Llama-AVSR av_dataset.py), or several at once (Omni-AVSR multi-task: every
+step computes each task's loss on the same batch and rates and trains on their (weighted) mean, Omni-AVSR
+lightning_OmniAVSR.py `training_step`).
+
+Here the frozen encoders run once per clip under `torch.no_grad()` and their frames are cached on disk
+(`FeatureCache`), so epochs after the first cost only the projector + LLM. The price: no per-epoch video
+augmentation (the reference's train-time RandomCrop(88) + AdaptiveTimeMask); the crops use the test-time
+centre crop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..checkpoints.bases import DEFAULT_VIDEO_RATE, base_config
+from ..errors import AvsrError, UsageError
+from ..frontends.mouth import MouthOptions
+from ..modeling.config import MODE_TO_TASK
+from ..modeling.model import AVSRModel, ModalityInputs
+from .datasets import Dataset, Item
+
+REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README training commands
+PRECISIONS = ("auto", "fp32", "bf16")
+MODE_MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
+FRAMES_PER_SECOND = {"audio": 50.0, "video": 25.0}  # Whisper encoder frames; AV-HuBERT frames (25 fps video)
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "training.json"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What `train` does; defaults follow the reference recipe (module docstring)."""
+
+    mode: str = "asr"  # asr | vsr | avsr, or a comma list trained together (Omni-AVSR multi-task)
+    epochs: int = 3
+    max_steps: int = 0  # optimizer steps; 0: run `epochs` epochs
+    lr: float | None = None  # None: REFERENCE_LR[mode]
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    batch_seconds: float = 60.0  # padded encoder-input seconds per batch (frame budget)
+    max_batch: int = 16
+    grad_accum: int = 1
+    grad_clip: float = 10.0
+    precision: str = "auto"  # auto (bf16 autocast on a bf16 GPU, else fp32) | fp32 | bf16
+    # compression rates to train (matryoshka, one drawn per step and modality); None: the config's rates
+    audio_rates: list[int] | None = None
+    video_rates: list[int] | None = None
+    # several modes: the loss is sum(w_i * loss_i) / n_modes (Omni-AVSR modeling_OmniAVSR.py `matry_weights`,
+    # lightning_OmniAVSR.py divides by 3; its README trains with 1, 1.5, 1 for asr, vsr, avsr); None: all 1
+    task_weights: list[float] | None = None
+    val_every: int = 0  # optimizer steps between validations; 0: at the end of each epoch
+    val_limit: int = 100  # validation clips decoded each time
+    average_last: int = 1  # average the adapters saved at the end of the last N epochs
+    # "last": the last epoch(s) (averaged as above; the reference's way); "best": the epoch adapter with the
+    # lowest validation WER at an epoch end (needs validation data and val_every 0)
+    select: str = "last"
+    save_every: int = 100  # optimizer steps between resumable states
+    seed: int = 0
+    train_lora: bool = True
+    # Our addition, not in the reference recipe: epochs of CTC pre-alignment of the projectors before the
+    # LLM loss (see `ctc_prealign`); helps small LLMs, which otherwise take long to start reading the audio.
+    ctc_epochs: int = 0
+    ctc_lr: float = 2e-3
+
+    def modes(self) -> list[str]:
+        """The tasks trained: `mode` split at commas, checked, in order, without repeats."""
+        modes = list(dict.fromkeys(m.strip() for m in self.mode.split(",") if m.strip()))
+        if not modes or any(m not in MODE_TO_TASK for m in modes):
+            raise UsageError(f"unknown mode '{self.mode}' (asr, vsr, avsr, or a list such as asr,vsr,avsr)")
+        return modes
+
+    def modalities(self) -> list[str]:
+        """The encoders the trained tasks read, audio first."""
+        used = {m for mode in self.modes() for m in MODE_MODALITIES[mode]}
+        return [m for m in ("audio", "video") if m in used]
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        modes = self.modes()
+        return REFERENCE_LR[modes[0]] if len(modes) == 1 else 1e-3  # Omni-AVSR README commands: --lr 1e-3
+
+    def rates(self, modality: str) -> list[int] | None:
+        return self.audio_rates if modality == "audio" else self.video_rates
+
+    def check(self) -> None:
+        """Raise UsageError for a bad mode, task weights or precision (before any loading)."""
+        self.weights()
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision '{self.precision}' ({', '.join(PRECISIONS)})")
+        if self.select not in ("last", "best"):
+            raise UsageError(f"unknown select '{self.select}' (last, best)")
+        if self.select == "best" and self.val_every:
+            raise UsageError("select 'best' compares epoch ends: use it with val_every 0")
+
+    def weights(self) -> list[float]:
+        """Loss weight per mode (in `modes()` order)."""
+        modes = self.modes()
+        if self.task_weights is None:
+            return [1.0] * len(modes)
+        if len(self.task_weights) != len(modes):
+            raise UsageError(f"{len(self.task_weights)} task weights for {len(modes)} modes ({self.mode})")
+        return [float(w) for w in self.task_weights]
+
+
+@dataclass
+class TrainResult:
+    """Where the checkpoint went and how training went."""
+
+    checkpoint: Path
+    steps: int
+    epochs: int
+    losses: list[float]  # per optimizer step
+    validations: list[dict] = field(default_factory=list)  # {"step", "epoch", "wer", "cer", "clips"}
+    resumed_from: int = 0  # optimizer step resumed from (0: fresh start)
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # clips that could not be used, and why
+    selected: list[int] = field(default_factory=list)  # epochs (0-based) whose adapters form the checkpoint
+
+
+# ------------------------------------------------------------------------------------------ features
+
+
+class FeatureCache:
+    """Frozen-encoder frames of each clip, computed once and kept as safetensors files in `root`.
+
+    The key covers the encoder (source, revision, weights, width), the file (absolute path, size, mtime), the
+    modality and whatever else changes the frames (the mouth-crop options; the video length audio is cut to),
+    so a changed file, encoder or option never reuses stale frames. Mouth crops are cached too
+    (`mouth_cache`, default `<avsr cache>/mouth`, the folder `avsr evaluate` uses).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        model: AVSRModel,
+        mouth: MouthOptions | None = None,
+        mouth_cache: Path | None = None,
+    ) -> None:
+        from ..frontends.mouth import MouthOptions
+        from ..storage import cache_root
+
+        self.root = Path(root)
+        self.model = model
+        self.mouth = mouth or MouthOptions()
+        self.mouth_cache = Path(mouth_cache) if mouth_cache else cache_root() / "mouth"
+
+    def _key(self, path: Path, modality: str, extra: dict | None = None) -> Path:
+        enc = getattr(self.model.config, f"{modality}_encoder")
+        st = path.stat()
+        ident = [asdict(enc), modality, str(path.resolve()), st.st_size, st.st_mtime_ns]
+        if extra is not None:
+            ident.append(extra)
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+        return self.root / f"{modality}-{digest}.safetensors"
+
+    def frames(
+        self, items: Sequence[Item], modalities: Sequence[str], on_clip: Callable[[], None] | None = None
+    ) -> list:
+        """Per item: {modality: encoder frames}, or the AvsrError that made the clip unusable."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        out: list = []
+        for item in items:
+            try:
+                out.append(self._item(item, modalities))
+            except AvsrError as exc:
+                out.append(exc)
+            except OSError as exc:
+                out.append(AvsrError(f"{exc.filename or item.media}: {exc.strerror or exc}"))
+            if on_clip:
+                on_clip()
+        return out
+
+    def _item(self, item: Item, modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        from ..frontends.mouth import aligned_audio
+
+        frames: dict[str, torch.Tensor] = {}
+        if "video" in modalities:
+            mouth = asdict(self.mouth)
+            frames["video"] = self._cached(
+                self._key(item.media, "video", mouth), lambda: self._encode_video(item.media)
+            )
+        if "audio" in modalities:
+            path = item.audio_path
+            if "video" in frames:  # avsr: audio cut or padded to the video (Llama-AVSR av_dataset.py)
+                n = frames["video"].shape[0]
+
+                def load():
+                    wave = aligned_audio(path, n)
+                    if wave is None:
+                        raise AvsrError(f"{path}: mode avsr needs an audio stream; the file has none")
+                    return wave
+
+                key = self._key(path, "audio", {"video_frames": n})
+            else:
+                from ..frontends.media import load_audio
+
+                key, load = self._key(path, "audio"), lambda: load_audio(path)
+            frames["audio"] = self._cached(key, lambda: self._encode_audio(path, load()))
+        return frames
+
+    def _cached(self, key: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key.exists():
+            return load_file(str(key))["frames"]
+        frames = compute().detach().float().cpu().contiguous()
+        tmp = key.with_suffix(f".tmp{os.getpid()}")
+        save_file({"frames": frames}, str(tmp))
+        os.replace(tmp, key)
+        return frames
+
+    def _encode_audio(self, path: Path, wave: np.ndarray) -> torch.Tensor:
+        if len(wave) / 16000 > 30:  # the Whisper window; longer clips would be cut (reference: 30 s)
+            raise AvsrError(f"{path}: longer than 30 s, too long for one training clip")
+        return encode_audio(self.model, [wave])[0]
+
+    def _encode_video(self, path: Path) -> torch.Tensor:
+        from ..frontends.mouth import cached_mouth_frames, shared_backend
+        from ..modeling.avhubert import encode_mouth_clips
+
+        crops, _, _ = cached_mouth_frames(
+            path, self.mouth, self.mouth_cache, shared_backend(self.mouth.backend)
+        )
+        return encode_mouth_clips(self.model.video_encoder, [crops])[0]
+
+
+def encode_audio(model: AVSRModel, waveforms: list[np.ndarray]) -> list[torch.Tensor]:
+    """Frozen Whisper frames of in-memory 16 kHz waveforms (no_grad, not inference_mode: the frames feed a
+    graph later)."""
+    with torch.no_grad():
+        feats = model.audio_frontend(waveforms)
+        return [f.detach() for f in model.audio_encoder(feats.input_features, feats.n_frames)]
+
+
+# ------------------------------------------------------------------------------------------- batching
+
+
+def length_batches(
+    lengths: Sequence[int], frames_per_second: float, options: TrainOptions, rng: random.Random
+) -> list[list[int]]:
+    """Length-bucketed batches: clips sorted by length (with random tie order) and cut so that the padded
+    size (longest clip x clips) stays within `options.batch_seconds`; the batch order is shuffled."""
+    budget = options.batch_seconds * frames_per_second
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches, batch, longest = [], [], 0
+    for i in order:
+        if batch and (
+            max(longest, lengths[i]) * (len(batch) + 1) > budget or len(batch) >= options.max_batch
+        ):
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(i)
+        longest = max(longest, lengths[i])
+    if batch:
+        batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def ctc_prealign(
+    model: AVSRModel,
+    frames: list[torch.Tensor],
+    targets: list[list[int]],
+    rates: list[int],
+    options: TrainOptions,
+    on_step: Callable[[dict], None] | None = None,
+    modality: str = "audio",
+) -> list[float]:
+    """Pre-align a modality's projectors with the LLM's token embeddings: CTC over the projected tokens
+    scored against the (frozen) input embeddings of the transcripts' tokens, so the LLM's first look at the
+    audio or video is a blank-padded spelling of the transcript. Only the tokens that occur in the
+    transcripts (plus a blank) are classes, which keeps the logits small. Returns the loss per step."""
+    import torch.nn.functional as F
+
+    projector = model.projectors[modality]
+    vocab = sorted({t for tg in targets for t in tg[:-1]})  # EOS is no CTC class
+    index = {t: i + 1 for i, t in enumerate(vocab)}  # 0: blank
+    emb = model.llm.get_input_embeddings().weight.detach()
+    classes = torch.cat([torch.zeros(1, emb.shape[1], device=emb.device), emb[vocab].float()])
+    blank_bias = torch.zeros(1, requires_grad=True)
+    params = [*projector.parameters(), blank_bias]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=options.ctc_lr, betas=(0.9, 0.98), weight_decay=options.weight_decay)
+    rng = random.Random(options.seed + 7)
+    lengths = [f.shape[0] for f in frames]
+    fps = FRAMES_PER_SECOND[modality]
+    losses = []
+    projector.train()
+    try:
+        for epoch in range(options.ctc_epochs):
+            for batch in length_batches(
+                lengths, fps, options, random.Random(options.seed * 1000 + 500 + epoch)
+            ):
+                rate = rng.choice(rates)
+                outs = projector([frames[i] for i in batch], rate)
+                logits = [o.float() @ classes.T for o in outs]
+                for lg in logits:
+                    lg[:, 0] = lg[:, 0] + blank_bias
+                tgt = [torch.tensor([index[t] for t in targets[i][:-1]]) for i in batch]
+                t_max = max(lg.shape[0] for lg in logits)
+                padded = torch.zeros(t_max, len(batch), classes.shape[0])
+                for k, lg in enumerate(logits):
+                    padded[: lg.shape[0], k] = lg
+                loss = F.ctc_loss(
+                    padded.log_softmax(-1),
+                    torch.cat(tgt),
+                    torch.tensor([lg.shape[0] for lg in logits]),
+                    torch.tensor([len(t) for t in tgt]),
+                    blank=0,
+                    zero_infinity=True,
+                )
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+                opt.step()
+                losses.append(float(loss.detach()))
+                if on_step:
+                    on_step(
+                        {"ctc_step": len(losses), "epoch": epoch, "loss": losses[-1], "modality": modality}
+                    )
+    finally:
+        projector.eval()
+        blank_bias.requires_grad_(False)  # the projector stays trainable for the LLM phase
+    return losses
+
+
+def trainable_parameters(model: AVSRModel, modes: list[str], train_lora: bool) -> list[torch.nn.Parameter]:
+    """The projectors and the LoRA adapters `modes` use (shared and/or task-specific), set trainable."""
+    params = list(model.projectors.parameters())
+    if train_lora and model.config.lora is not None:
+        active = {a for mode in modes for a in model.config.lora.active_adapters(mode)}
+        for name, p in model.llm.named_parameters():
+            if "lora_" in name and any(f".{a}." in name for a in active):
+                params.append(p)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _autocast(options: TrainOptions, device: torch.device):
+    want = options.precision
+    if want == "auto":
+        want = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if want == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if want != "fp32":
+        raise UsageError(f"unknown precision '{options.precision}' ({', '.join(PRECISIONS)})")
+    return nullcontext()
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+class Trainer:
+    """Trains `model`'s projectors + LoRA on (encoder frames, transcript) pairs; resumable from `out_dir`.
+
+    `frames` holds per clip a {modality: frames} dict (or, for a single-modality mode, the frames alone).
+    Batches are bucketed on the first modality's length: audio when the modes read audio, else video.
+    """
+
+    def __init__(
+        self,
+        model: AVSRModel,
+        frames: Sequence[torch.Tensor | dict[str, torch.Tensor]],
+        texts: list[str],
+        options: TrainOptions,
+        out_dir: Path,
+        val: tuple[Sequence[torch.Tensor | dict[str, torch.Tensor]], list[str]] | None = None,
+    ) -> None:
+        self.modes, self.modalities = options.modes(), options.modalities()
+        if not frames:
+            raise UsageError("no training clips")
+        self.model, self.texts = model, texts
+        self.options, self.out_dir = options, Path(out_dir)
+        self.frames = [self._as_dict(f) for f in frames]
+        self.val = ([self._as_dict(f) for f in val[0]], val[1]) if val else None
+        self.rates: dict[str, list[int]] = {}
+        for modality in self.modalities:
+            have = model.config.rates(modality)
+            if modality not in model.projectors:
+                raise UsageError(f"mode {options.mode} needs a {modality} projector; this model has none")
+            self.rates[modality] = options.rates(modality) or have
+            missing = set(self.rates[modality]) - set(have)
+            if missing:
+                raise UsageError(f"rates {sorted(missing)} not among the model's {modality} rates {have}")
+        self.targets = [model.target_ids(t) for t in texts]
+        self.fps = FRAMES_PER_SECOND[self.modalities[0]]
+        self.lengths = [f[self.modalities[0]].shape[0] for f in self.frames]
+
+    def _as_dict(self, frames: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if isinstance(frames, dict):
+            return frames
+        if len(self.modalities) != 1:
+            raise UsageError(f"mode {self.options.mode} needs audio and video frames per clip")
+        return {self.modalities[0]: frames}
+
+    def _inputs(self, samples: list[dict[str, torch.Tensor]], rates: dict[str, int], mode: str, device):
+        """(audio, video) ModalityInputs of a batch for `mode` (None for a modality it does not read)."""
+        used = MODE_MODALITIES[mode]
+        return tuple(
+            ModalityInputs([s[m].to(device) for s in samples], rates[m]) if m in used else None
+            for m in ("audio", "video")
+        )
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        return length_batches(
+            self.lengths, self.fps, self.options, random.Random(self.options.seed * 1000 + epoch)
+        )
+
+    def total_steps(self) -> tuple[int, int]:
+        """(optimizer steps, epochs) the run will take."""
+        per_epoch = math.ceil(len(self._epoch_batches(0)) / self.options.grad_accum)
+        if self.options.max_steps:
+            return self.options.max_steps, math.ceil(self.options.max_steps / per_epoch)
+        return per_epoch * self.options.epochs, self.options.epochs
+
+    def validate(self, limit: int) -> dict | None:
+        """Greedy-decoded WER/CER on the first `limit` validation clips, per mode (the first mode's at top
+        level), at each modality's first rate."""
+        from ..modeling.decoding import DecodingOptions
+        from .scoring import score
+
+        if not self.val:
+            return None
+        samples, texts = self.val[0][:limit], self.val[1][:limit]
+        self.model.eval()
+        device = self.model.llm.get_input_embeddings().weight.device
+        rates = {m: r[0] for m, r in self.rates.items()}
+        per_mode = {}
+        for mode in self.modes:
+            hyps = []
+            for i in range(0, len(samples), 8):
+                audio, video = self._inputs(samples[i : i + 8], rates, mode, device)
+                hyps += self.model.generate(mode, audio, video, DecodingOptions(num_beams=1))
+            s = score(list(zip(texts, hyps, strict=True)), "lrs")
+            per_mode[mode] = {"wer": s.wer, "cer": s.cer, "clips": len(texts), "example": [texts[0], hyps[0]]}
+        first = per_mode[self.modes[0]]
+        return {**first, "modes": per_mode} if len(self.modes) > 1 else first
+
+    def run(self, resume: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
+        o, model = self.options, self.model
+        started = time.monotonic()
+        rng = random.Random(o.seed)
+        torch.manual_seed(o.seed)
+        device = model.llm.get_input_embeddings().weight.device
+        params = trainable_parameters(model, self.modes, o.train_lora)
+        weights = o.weights()
+        opt = torch.optim.AdamW(params, lr=o.learning_rate(), betas=(0.9, 0.98), weight_decay=o.weight_decay)
+        total, n_epochs = self.total_steps()
+
+        def lr_at(step: int) -> float:
+            if step < o.warmup_steps:
+                return (step + 1) / o.warmup_steps
+            progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        step, epoch, batch_pos, losses, validations = 0, 0, 0, [], []
+        state_path = self.out_dir / STATE_FILE
+        resumed_from = 0
+        resuming = resume and state_path.exists()
+        if o.ctc_epochs and not resuming:
+            self.ctc_losses = []
+            for modality in self.modalities:
+                frames = [f[modality] for f in self.frames]
+                rates = self.rates[modality]
+                self.ctc_losses += ctc_prealign(model, frames, self.targets, rates, o, on_step, modality)
+        if resuming:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)  # never unpickles objects
+            from ..checkpoints.loading import load_adapter_state
+
+            load_adapter_state(model, state["adapter"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step, epoch, batch_pos = state["step"], state["epoch"], state["batch_pos"]
+            losses = list(state["losses"])
+            validations = json.loads(state["validations"])
+            rng.setstate(_rng_state(state["rng"]))
+            torch.set_rng_state(state["torch_rng"])
+            resumed_from = step
+        model.train()
+        try:
+            while step < total and epoch < n_epochs:
+                batches = self._epoch_batches(epoch)
+                while batch_pos < len(batches) and step < total:
+                    group = batches[batch_pos : batch_pos + o.grad_accum]
+                    opt.zero_grad()
+                    loss_sum, rates, mode_losses = 0.0, [], dict.fromkeys(self.modes, 0.0)
+                    for batch in group:
+                        # one rate per modality and batch, shared by the tasks (Omni-AVSR random.choice)
+                        drawn = {m: rng.choice(self.rates[m]) for m in self.modalities}
+                        rates.append(drawn[self.modalities[0]] if len(drawn) == 1 else drawn)
+                        samples = [self.frames[i] for i in batch]
+                        targets = [self.targets[i] for i in batch]
+                        for mode, weight in zip(self.modes, weights, strict=True):
+                            audio, video = self._inputs(samples, drawn, mode, device)
+                            with _autocast(o, device):
+                                loss = model.loss(mode, audio, video, targets)
+                            share = weight / len(self.modes) / len(group)
+                            (loss * share).backward()  # one graph at a time: memory stays one task's
+                            loss_sum += float(loss.detach()) * share
+                            mode_losses[mode] += float(loss.detach()) / len(group)
+                    torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    batch_pos += len(group)
+                    losses.append(loss_sum)
+                    info = {"step": step, "total": total, "epoch": epoch, "loss": loss_sum, "rates": rates}
+                    if len(self.modes) > 1:
+                        info["mode_losses"] = mode_losses
+                    info["lr"] = sched.get_last_lr()[0]
+                    if o.val_every and step % o.val_every == 0:
+                        validations.append(self._validation(step, epoch))
+                        info["val"] = validations[-1]
+                    epoch_done = batch_pos >= len(batches)
+                    if epoch_done:
+                        self._save_epoch_adapter(epoch)
+                        if not o.val_every and self.val:
+                            validations.append(self._validation(step, epoch))
+                            info["val"] = validations[-1]
+                        epoch, batch_pos = epoch + 1, 0
+                    self._log(info)
+                    if on_step:
+                        on_step(info)
+                    if step % o.save_every == 0 or step >= total or epoch_done:
+                        self._save_state(opt, sched, step, epoch, batch_pos, losses, validations, rng)
+                    if epoch_done:
+                        break
+        finally:
+            model.eval()
+            for p in params:
+                p.requires_grad_(False)
+        if batch_pos:  # stopped by max_steps inside an epoch: that partial epoch counts as the last
+            self._save_epoch_adapter(epoch)
+        checkpoint, selected = self._finish(validations)
+        result = TrainResult(
+            checkpoint, step, epoch, losses, validations, resumed_from, time.monotonic() - started
+        )
+        result.selected = selected
+        summary = {
+            "options": asdict(o),
+            "steps": step,
+            "epochs": epoch,
+            "clips": len(self.frames),
+            "final_loss": float(np.mean(losses[-10:])) if losses else None,
+            "validations": validations,
+            "seconds_this_run": round(result.seconds, 1),
+            "selected_epochs": selected,
+        }
+        (checkpoint / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        return result
+
+    def _validation(self, step: int, epoch: int) -> dict:
+        was_training = self.model.training
+        v = self.validate(self.options.val_limit) or {}
+        if was_training:
+            self.model.train()
+        return {"step": step, "epoch": epoch, **v}
+
+    def _log(self, info: dict) -> None:
+        with open(self.out_dir / LOG_FILE, "a") as f:
+            f.write(json.dumps(info) + "\n")
+
+    def _epochs_dir(self) -> Path:
+        return self.out_dir / "epochs"
+
+    def _save_epoch_adapter(self, epoch: int) -> None:
+        from ..checkpoints.loading import adapter_state
+
+        d = self._epochs_dir()
+        d.mkdir(exist_ok=True)
+        tmp = d / f".epoch{epoch}.tmp"
+        save_file({k: v.float().cpu() for k, v in adapter_state(self.model).items()}, str(tmp))
+        os.replace(tmp, d / f"epoch{epoch:03d}.safetensors")
+
+    def _save_state(self, opt, sched, step, epoch, batch_pos, losses, validations, rng) -> None:
+        from ..checkpoints.loading import adapter_state
+
+        state = {
+            "adapter": {k: v.cpu() for k, v in adapter_state(self.model).items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch_pos": batch_pos,
+            "losses": torch.tensor(losses, dtype=torch.float64),
+            "validations": json.dumps(validations),
+            "rng": _rng_tensor(rng.getstate()),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.out_dir / f".{STATE_FILE}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.out_dir / STATE_FILE)
+
+    def _finish(self, validations: list[dict]) -> tuple[Path, list[int]]:
+        """Put the selected epoch adapter (the best by validation WER, or the average of the last
+        `average_last`) into the model and save the checkpoint."""
+        from ..checkpoints.loading import load_adapter_state, save_checkpoint
+
+        files = sorted(self._epochs_dir().glob("epoch*.safetensors"))[-max(1, self.options.average_last) :]
+        if self.options.select == "best":
+            ends = [v for v in validations if "wer" in v]  # val_every 0: all taken at epoch ends
+            if not ends:
+                raise UsageError("select 'best' needs validation data (--val-data)")
+            best = min(ends, key=lambda v: (v["wer"], -v["epoch"]))  # ties: the later epoch
+            files = [self._epochs_dir() / f"epoch{best['epoch']:03d}.safetensors"]
+        if files:
+            states = [load_file(str(f)) for f in files]
+            avg = {k: sum(s[k].float() for s in states) / len(states) for k in states[0]}
+            load_adapter_state(self.model, avg)
+        return save_checkpoint(self.model, self.out_dir), [int(f.stem[len("epoch") :]) for f in files]
+
+
+def _rng_tensor(state) -> torch.Tensor:
+    version, internal, gauss = state
+    return torch.tensor([version, *internal, -1 if gauss is None else 1], dtype=torch.int64)
+
+
+def _rng_state(t: torch.Tensor):
+    values = t.tolist()
+    return values[0], tuple(values[1:-1]), None
+
+
+# ------------------------------------------------------------------------------------- entry points
+
+
+@dataclass
+class TrainData:
+    """A dataset resolved to encoder frames ({modality: frames} per clip) and texts; failures are
+    (item id, reason)."""
+
+    frames: list[dict[str, torch.Tensor]]
+    texts: list[str]
+    failed: list[tuple[str, str]]
+
+
+def prepare_data(
+    model: AVSRModel,
+    dataset: Dataset,
+    modalities: Sequence[str],
+    cache_dir: Path,
+    on_clip: Callable[[], None] | None = None,
+    mouth: MouthOptions | None = None,
+    mouth_cache: Path | None = None,
+) -> TrainData:
+    """Encoder frames (from the cache, else computed and cached) and transcripts of `dataset`'s items."""
+    for modality in modalities:
+        if getattr(model, f"{modality}_encoder") is None:
+            raise UsageError(
+                f"training on {modality} needs a model with a {modality} encoder; this one has none"
+            )
+    results = FeatureCache(cache_dir, model, mouth, mouth_cache).frames(dataset.items, modalities, on_clip)
+    data = TrainData([], [], [])
+    for item, r in zip(dataset.items, results, strict=True):
+        if isinstance(r, Exception):
+            data.failed.append((item.id, str(r)))
+        else:
+            data.frames.append(r)
+            data.texts.append(item.reference)
+    return data
+
+
+def fit(
+    model: AVSRModel,
+    frames: Sequence[torch.Tensor | dict[str, torch.Tensor]],
+    texts: list[str],
+    options: TrainOptions,
+    out_dir: Path,
+    val: tuple[Sequence[torch.Tensor | dict[str, torch.Tensor]], list[str]] | None = None,
+    resume: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train on in-memory (encoder frames, transcript) pairs and save the checkpoint to `out_dir`."""
+    return Trainer(model, frames, texts, options, out_dir, val).run(resume, on_step)
+
+
+def train(
+    data: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    options: TrainOptions | None = None,
+    base: str | None = "whisper-base-smollm2",
+    init_checkpoint: str | None = None,
+    val_data: str | os.PathLike | None = None,
+    feature_cache: str | os.PathLike | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+    resume: bool = True,
+    on_encode: Callable[[int, int], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    video_encoder: str | None = None,
+    mouth: MouthOptions | None = None,
+    mouth_cache: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Train projectors + LoRA on a dataset (any layout `load_dataset` reads) into an avsr checkpoint.
+
+    The model starts from `init_checkpoint` (an avsr checkpoint, fine-tuned further) or else from `base` (a
+    built-in recipe or a config .json: encoders + LLM, fresh projectors and LoRA); `video_encoder` (an
+    AV-HuBERT directory, Hub id or fairseq .pt) adds the video side to a base that has none. A run in an
+    `output_dir` that holds a training state resumes from it (`resume=False` starts over). `feature_cache`
+    defaults to `<avsr cache>/features`; `mouth` says how mouths are found and cut for vsr/avsr, and
+    `mouth_cache` (default `<avsr cache>/mouth`, shared with `avsr evaluate`) keeps the crops.
+    """
+    from ..checkpoints.loading import build_model, load_checkpoint, resolve_device
+    from ..modeling.config import ModelConfig
+    from ..storage import cache_root
+    from .datasets import load_dataset
+
+    options = options or TrainOptions()
+    options.check()
+    if options.select == "best" and not val_data:
+        raise UsageError("select 'best' needs validation data (--val-data)")
+    modes, modalities = options.modes(), options.modalities()
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory")
+    train_set = load_dataset(data, limit)
+    if not train_set.items:
+        raise UsageError(f"{data}: no usable clips ({len(train_set.skipped)} skipped)")
+    val_set = load_dataset(val_data) if val_data else None
+    started_config = out / "train_config.json"
+    resuming = resume and (out / STATE_FILE).exists() and started_config.exists()
+    if resuming:
+        config = ModelConfig.load(started_config)  # the run being resumed decides the model
+    elif init_checkpoint:
+        from ..checkpoints.download import find_checkpoint
+
+        ckpt_dir = find_checkpoint(init_checkpoint)
+        config = absolute_sources(ModelConfig.load(ckpt_dir / "config.json"), ckpt_dir)
+        if video_encoder and config.video_encoder is None:
+            raise UsageError("--video-encoder adds a video side to a base; this checkpoint has none to keep")
+    else:
+        config = base_config(base or "whisper-base-smollm2", out.name)
+        if video_encoder:
+            from ..checkpoints.bases import video_encoder_config
+
+            config.video_encoder = video_encoder_config(video_encoder)
+        for modality in modalities:
+            rates = options.rates(modality)
+            if rates:
+                setattr(config.compression, f"{modality}_rates", sorted(set(rates)))
+            elif modality == "video" and not config.compression.video_rates:
+                config.compression.video_rates = [DEFAULT_VIDEO_RATE]
+        config.modes = [m for m in ("asr", "vsr", "avsr") if m in modes]
+    for modality in modalities:
+        if getattr(config, f"{modality}_encoder") is None:
+            hint = " (add one with --video-encoder)" if modality == "video" else ""
+            raise UsageError(f"mode {options.mode} needs a {modality} encoder; the model has none{hint}")
+    if not resuming:
+        for stale in (STATE_FILE, LOG_FILE):
+            (out / stale).unlink(missing_ok=True)
+        for f in (out / "epochs").glob("epoch*.safetensors") if (out / "epochs").is_dir() else []:
+            f.unlink()
+    if init_checkpoint and not resuming:
+        model = load_checkpoint(ckpt_dir, device="cpu")
+        model.config = config
+        config.modes = [m for m in ("asr", "vsr", "avsr") if m in {*config.modes, *modes}]
+    else:
+        torch.manual_seed(options.seed)
+        model = build_model(config)
+    model.config.name = out.name
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save(started_config)
+    cache = Path(feature_cache) if feature_cache else cache_root() / "features"
+    n_total = len(train_set.items) + (len(val_set.items) if val_set else 0)
+    done = [0]
+
+    def encoded() -> None:
+        done[0] += 1
+        if on_encode:
+            on_encode(done[0], n_total)
+
+    model.to(resolve_device(device))
+    crops = Path(mouth_cache) if mouth_cache else None
+    tr = prepare_data(model, train_set, modalities, cache, encoded, mouth, crops)
+    val = prepare_data(model, val_set, modalities, cache, encoded, mouth, crops) if val_set else None
+    if not tr.frames:
+        raise AvsrError(f"{data}: no clip could be encoded ({tr.failed[0][0]}: {tr.failed[0][1]})")
+    trainer = Trainer(model, tr.frames, tr.texts, options, out, (val.frames, val.texts) if val else None)
+    result = trainer.run(resume, on_step)
+    result.failed = tr.failed + (val.failed if val else [])
+    return result
+
+
+def absolute_sources(config, ckpt_dir: Path):
+    """`config` with the sources and weight files it names relative to `ckpt_dir` made absolute, so a
+    checkpoint trained from it elsewhere still finds its encoders and LLM."""
+    parts = [config.audio_encoder, config.video_encoder, config.llm]
+    for part in (p for p in parts if p is not None):
+        if part.source and (Path(ckpt_dir) / part.source).is_dir():
+            part.source = str((Path(ckpt_dir) / part.source).resolve())
+        if part.weights and not Path(part.weights).is_absolute():
+            part.weights = str((Path(ckpt_dir) / part.weights).resolve())
+    return config
+
+
+# Keys of a train config file and flags besides the TrainOptions fields: the run's own and the mouth options.
+SETUP_KEYS = (
+    "data",
+    "output_dir",
+    "base",
+    "checkpoint",
+    "video_encoder",
+    "val_data",
+    "feature_cache",
+    "mouth_cache",
+    "device",
+    "limit",
+    "resume",
+)
+MOUTH_KEYS = {"face_backend": "backend", "detect_every": "detect_every"}  # flag -> MouthOptions field
+LIST_KEYS = {"audio_rates": int, "video_rates": int, "task_weights": float}  # "4,16" or [4, 16]
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """One training run: the data, where it goes, what it starts from, and how it trains (`options`).
+
+    Built from a TOML file and flags with the same flat keys (`TrainSetup.load`); `run()` trains.
+    """
+
+    data: str
+    output_dir: str
+    options: TrainOptions = field(default_factory=TrainOptions)
+    base: str | None = None  # default: the built-in whisper-base-smollm2 (unless `checkpoint`)
+    checkpoint: str | None = None  # fine-tune this avsr checkpoint instead of a base
+    video_encoder: str | None = None
+    val_data: str | None = None
+    feature_cache: str | None = None
+    mouth: MouthOptions = field(default_factory=MouthOptions)
+    mouth_cache: str | None = None
+    device: str = "auto"
+    limit: int | None = None
+    resume: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], where: str = "train settings") -> TrainSetup:
+        """From flat keys: every TrainOptions field, SETUP_KEYS, and face_backend/detect_every."""
+        option_names = {f.name for f in fields(TrainOptions)}
+        unknown = sorted(set(settings) - option_names - set(SETUP_KEYS) - set(MOUTH_KEYS))
+        if unknown:
+            raise UsageError(f"{where}: unknown train settings {', '.join(unknown)}")
+        for required in ("data", "output_dir"):
+            if not settings.get(required):
+                flag = "--" + required.replace("_", "-")
+                raise UsageError(f"{flag} is required (as a flag or in the config file)")
+        values = {k: _as_list(k, v, LIST_KEYS[k]) if k in LIST_KEYS else v for k, v in settings.items()}
+        try:
+            mouth = MouthOptions(**{MOUTH_KEYS[k]: v for k, v in values.items() if k in MOUTH_KEYS})
+            options = TrainOptions(**{k: v for k, v in values.items() if k in option_names})
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        options.check()  # a bad mode, task weights or precision fails before any loading
+        own = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in values.items() if k in SETUP_KEYS}
+        return cls(options=options, mouth=mouth, **own)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None) -> TrainSetup:
+        """Settings from a TOML file (if any), overridden by `overrides` (flags; None values ignored)."""
+        settings = _read_toml(path) if path else {}
+        settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_settings(settings, str(path) if path else "train settings")
+
+    def run(
+        self,
+        on_encode: Callable[[int, int], None] | None = None,
+        on_step: Callable[[dict], None] | None = None,
+    ) -> TrainResult:
+        video = self.options.modalities() != ["audio"]
+        return train(
+            self.data,
+            self.output_dir,
+            self.options,
+            base=self.base,
+            init_checkpoint=self.checkpoint,
+            val_data=self.val_data,
+            feature_cache=self.feature_cache,
+            device=self.device,
+            limit=self.limit,
+            resume=self.resume,
+            on_encode=on_encode,
+            on_step=on_step,
+            video_encoder=self.video_encoder,
+            mouth=self.mouth if video else None,
+            mouth_cache=self.mouth_cache,
+        )
+
+
+def _as_list(key: str, value: Any, kind: type) -> list | None:
+    """`audio_rates = "4,16"` (a flag) or `[4, 16]` (TOML) -> [4, 16]."""
+    if value is None or isinstance(value, list):
+        return value
+    try:
+        return [kind(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise UsageError(
+            f"--{key.replace('_', '-')}: expected comma-separated {what}, got '{value}'"
+        ) from None
+
+
+def _read_toml(path: str | os.PathLike) -> dict:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read train config ({exc})") from None

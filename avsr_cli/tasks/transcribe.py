@@ -1,0 +1,422 @@
+"""The library entry point: `Transcriber.from_checkpoint(...).transcribe(path) -> Result`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AvsrError, MediaError
+from ..frontends.face import BACKENDS
+from ..frontends.features import SAMPLE_RATE
+from ..frontends.media import VIDEO_FPS
+from ..modeling.config import MODES
+from ..modeling.decoding import DecodingOptions
+from ..modeling.model import AVSRModel, ModalityInputs
+
+SEGMENTATIONS = ("auto", "vad", "off")
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """What to transcribe and how; echoed in every Result so runs are reproducible."""
+
+    mode: str = "auto"  # asr, vsr, avsr, or auto: per file, by its streams and the checkpoint's modes
+    audio_rate: int | None = None  # compression rate among those the checkpoint was trained with
+    video_rate: int | None = None
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    batch_size: int = 1
+    # "auto": inputs longer than max_chunk are cut into speech chunks at pauses (Silero VAD); "vad": every
+    # input is (speech-only chunks, so timestamps fit the speech: subtitles); "off": decode inputs whole.
+    segmentation: str = "auto"
+    max_chunk: float | None = None  # seconds; default: the checkpoint's training clip length
+    merge_gap: float = 1.0  # speech regions closer than this share a chunk (more context, coarser timing)
+    min_duration: float = 0.3  # shorter clips cannot hold a word; refuse rather than hallucinate
+    silence_dbfs: float = -60.0  # RMS below this is silence: empty transcript, with a warning
+    face_backend: str = "dlib"  # vsr/avsr: face landmarks by dlib, face-alignment or mediapipe (mouth.py)
+    detect_every: int = 10  # vsr/avsr: run the face detector every N frames, track in between
+    mouth_cache: str | None = None  # vsr/avsr: keep mouth crops in this folder (shared by models, modes)
+
+    def __post_init__(self) -> None:
+        if self.mode not in (*MODES, "auto"):
+            raise ValueError(f"unknown mode {self.mode!r} (expected auto or one of {', '.join(MODES)})")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.face_backend not in BACKENDS:
+            raise ValueError(f"unknown face backend {self.face_backend!r} (expected one of {BACKENDS})")
+        if self.segmentation not in SEGMENTATIONS:
+            raise ValueError(f"unknown segmentation {self.segmentation!r} (expected one of {SEGMENTATIONS})")
+
+
+@dataclass
+class Segment:
+    """A timed piece of transcript: one per clip, or one per speech chunk of a long file."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass
+class Result:
+    """The transcript of one file, with what produced it and how long each stage took (seconds)."""
+
+    path: str
+    text: str
+    duration: float
+    mode: str
+    model: str
+    segments: list[Segment]
+    timings: dict[str, float]
+    options: dict
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rms_dbfs(audio: np.ndarray) -> float:
+    if audio.size == 0:
+        return float("-inf")
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    return 20 * np.log10(rms) if rms > 0 else float("-inf")
+
+
+class Transcriber:
+    """Loads a model once and transcribes many files (batched; a bad file never stops the others)."""
+
+    def __init__(self, model: AVSRModel, options: TranscribeOptions | None = None) -> None:
+        self.model = model
+        self.options = options or TranscribeOptions()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        options: TranscribeOptions | None = None,
+    ) -> Transcriber:
+        """Load a checkpoint directory or model name; None: the built-in offline model (avsr-tiny-en)."""
+        from ..checkpoints.loading import default_checkpoint, load_checkpoint
+
+        checkpoint = default_checkpoint() if checkpoint is None else checkpoint
+        return cls(load_checkpoint(checkpoint, device=device, dtype=dtype), options)
+
+    def check_options(self, options: TranscribeOptions) -> None:
+        """Raise a user-facing error if this model cannot run `options` (mode, rates)."""
+        from ..errors import CheckpointError
+
+        cfg = self.model.config
+        if options.mode != "auto" and options.mode not in cfg.modes:
+            raise CheckpointError(
+                f"checkpoint '{cfg.name}' supports modes {', '.join(cfg.modes)}, not {options.mode}"
+            )
+        modes = cfg.modes if options.mode == "auto" else [options.mode]
+        if any(m in ("asr", "avsr") for m in modes):
+            cfg.pick_rate("audio", options.audio_rate)
+        if any(m in ("vsr", "avsr") for m in modes):
+            cfg.pick_rate("video", options.video_rate)
+
+    def mode_for(self, path: str | Path, requested: str) -> str:
+        """The mode for one file: `requested`, checked against the file's streams, or for "auto" the richest
+        the checkpoint supports (avsr, then asr, then vsr). Raises MediaError naming what is missing."""
+        from ..frontends.media import probe
+
+        info = probe(path)
+        streams = {"audio": info.has_audio, "video": info.has_video}
+        needs = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
+        if requested != "auto":
+            missing = [s for s in needs[requested] if not streams[s]]
+            if missing:
+                article = "an" if missing[0] == "audio" else "a"
+                raise MediaError(
+                    f"{path}: mode {requested} needs {article} {missing[0]} stream; the file has none"
+                )
+            return requested
+        for mode in ("avsr", "asr", "vsr"):
+            if mode in self.model.config.modes and all(streams[s] for s in needs[mode]):
+                return mode
+        lacking = "audio" if not streams["audio"] else "video"
+        modes = ", ".join(self.model.config.modes)
+        raise MediaError(
+            f"{path}: has no {lacking} stream, and checkpoint '{self.model.config.name}' reads only {modes}"
+        )
+
+    def transcribe(self, path: str | Path, options: TranscribeOptions | None = None) -> Result:
+        """Transcribe one media file; raises AvsrError (MediaError, CheckpointError) on bad input."""
+        result = next(self.transcribe_many([path], options))
+        if isinstance(result, AvsrError):
+            raise result
+        return result
+
+    def transcribe_audio(
+        self, audio: np.ndarray, name: str = "<array>", options: TranscribeOptions | None = None
+    ) -> Result:
+        """Transcribe a 16 kHz mono float32 waveform."""
+        options = options or self.options
+        if options.mode == "auto":
+            options = replace(options, mode="asr")
+        result = next(self.transcribe_loaded([MediaInput(name, audio, mode="asr")], options))
+        if isinstance(result, AvsrError):
+            raise result
+        return result
+
+    def transcribe_many(
+        self,
+        paths: Iterable[str | Path],
+        options: TranscribeOptions | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Iterator[Result | AvsrError]:
+        """Yield, in order, a Result or the AvsrError explaining why that file failed."""
+        options = options or self.options
+        self.check_options(options)
+
+        def loaded() -> Iterator[MediaInput]:
+            for path in paths:
+                start = time.perf_counter()
+                try:
+                    item = self.load_media(path, options)
+                except AvsrError as exc:
+                    item = MediaInput(str(path), error=exc)
+                item.seconds = time.perf_counter() - start
+                yield item
+
+        return self.transcribe_loaded(loaded(), options, on_progress)
+
+    def load_media(self, path: str | Path, options: TranscribeOptions) -> MediaInput:
+        """Decode what the file's mode (`options.mode`, or chosen by `mode_for`) needs."""
+        mode = "asr" if options.mode == "asr" else self.mode_for(path, options.mode)
+        return load_media(path, mode, options)
+
+    def transcribe_loaded(
+        self,
+        items: Iterable[Loaded],
+        options: TranscribeOptions | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Iterator[Result | AvsrError]:
+        """The core loop over decoded inputs `(name, audio or the error loading raised, demux seconds)`.
+
+        Long inputs are cut into speech chunks; chunks of several files share batches; results come in order.
+        `on_progress(seconds)` is called as media time is done (per decoded chunk, and for skipped audio).
+        """
+        report = on_progress or (lambda seconds: None)
+        options = options or self.options
+        self.check_options(options)
+        queue: list[_Job] = []
+        pending: list[tuple[_Job, int]] = []
+        for item in items:
+            if isinstance(item, tuple):  # (name, audio or the error loading raised, seconds): audio only
+                name, audio, seconds = item
+                error = audio if isinstance(audio, AvsrError) else None
+                mode = "asr" if options.mode == "auto" else options.mode
+                item = MediaInput(name, None if error else audio, mode=mode, error=error, seconds=seconds)
+            job = self._prepare(item, options)
+            report(job.duration - sum(e - s for s, e in job.chunks))  # audio that needs no decoding
+            queue.append(job)
+            pending += [(job, i) for i in range(len(job.chunks))]
+            if len(pending) >= options.batch_size:
+                self._run_pieces(pending, options, report)
+                pending = []
+            while queue and queue[0].done():
+                yield queue.pop(0).result(self.model.config.name, options)
+        if pending:
+            self._run_pieces(pending, options, report)
+        for job in queue:
+            yield job.result(self.model.config.name, options)
+
+    def _prepare(self, item: MediaInput, options: TranscribeOptions) -> _Job:
+        if item.error is not None:
+            return _Job(item.name, None, error=item.error)
+        job = _Job(item.name, item.audio, video=item.video, mode=item.mode, timings={"demux": item.seconds})
+        job.warnings += item.warnings
+        duration = job.duration
+        if duration < options.min_duration:
+            what = "video" if item.mode == "vsr" else "audio"
+            job.error = MediaError(
+                f"{item.name}: {what} is only {duration:.2f} s long "
+                f"(at least {options.min_duration:.2f} s needed)"
+            )
+            return job
+        if item.mode == "asr":
+            level = rms_dbfs(item.audio)
+            if level < options.silence_dbfs:
+                job.warnings.append(f"{item.name}: no speech: audio is silent ({level:.0f} dBFS RMS)")
+                return job
+        max_chunk = options.max_chunk or self.model.config.chunk_seconds
+        long = options.segmentation == "vad" or (options.segmentation == "auto" and duration > max_chunk)
+        if long and item.mode == "vsr":
+            from ..frontends.segmentation import fixed_windows
+
+            # No audio to find pauses in: fixed windows over the span where a face was found.
+            start, end = item.face_span or (0.0, duration)
+            job.chunks = [(c.start, c.end) for c in fixed_windows(start, end, max_chunk)]
+        elif long:
+            from ..frontends.segmentation import ChunkOptions, segment_audio
+
+            start = time.perf_counter()
+            job.chunks = [
+                (c.start, c.end)
+                for c in segment_audio(
+                    item.audio, chunks=ChunkOptions(max_chunk, merge_gap=options.merge_gap)
+                )
+            ]
+            job.timings["segmentation"] = time.perf_counter() - start
+            if not job.chunks:
+                job.warnings.append(f"{item.name}: no speech found by voice activity detection")
+        elif duration > self.model.config.max_audio_seconds:
+            limit = self.model.config.max_audio_seconds
+            what = "video" if item.mode == "vsr" else "audio"
+            job.error = MediaError(
+                f"{item.name}: {duration:.1f} s of {what} is longer than the {limit:.0f} s this model "
+                f"accepts (long-form chunking is off); it would be silently truncated"
+            )
+        else:
+            job.chunks = [(0.0, duration)]
+        job.texts = [None] * len(job.chunks)
+        return job
+
+    def _run_pieces(
+        self, pieces: list[tuple[_Job, int]], options: TranscribeOptions, report: Callable[[float], None]
+    ) -> None:
+        """Decode a batch of chunks (possibly from several files; one batch per mode) into their jobs."""
+        for mode in dict.fromkeys(job.mode for job, _ in pieces):
+            self._decode(mode, [(job, i) for job, i in pieces if job.mode == mode], options, report)
+
+    def _decode(
+        self,
+        mode: str,
+        pieces: list[tuple[_Job, int]],
+        options: TranscribeOptions,
+        report: Callable[[float], None],
+    ) -> None:
+        model, cfg = self.model, self.model.config
+        spans = [job.chunks[i] for job, i in pieces]
+        t0 = t_features = time.perf_counter()
+        audio = video = None
+        if mode in ("asr", "avsr"):
+            waves = [
+                job.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]
+                for (job, _), (s, e) in zip(pieces, spans, strict=True)
+            ]
+            feats = model.audio_frontend(waves)
+            t_features = time.perf_counter()
+            frames = model.audio_encoder(feats.input_features, feats.n_frames)
+            audio = ModalityInputs(frames, cfg.pick_rate("audio", options.audio_rate))
+        t1 = time.perf_counter()
+        if mode in ("vsr", "avsr"):
+            from ..modeling.avhubert import encode_mouth_clips
+
+            clips = [
+                job.video[round(s * VIDEO_FPS) : round(e * VIDEO_FPS)]
+                for (job, _), (s, e) in zip(pieces, spans, strict=True)
+            ]
+            frames = encode_mouth_clips(model.video_encoder, clips)
+            video = ModalityInputs(frames, cfg.pick_rate("video", options.video_rate))
+        t2 = time.perf_counter()
+        decoding = options.decoding
+        if any(len(job.chunks) > 1 for job, _ in pieces) and decoding.max_new_tokens is None:
+            # Chunks of long files can hold more words than the reference's 32-token budget allows.
+            longest = max(e - s for s, e in spans)
+            budget = max(cfg.decoding.max_new_tokens, math.ceil(longest * LONG_FORM_TOKENS_PER_SECOND))
+            decoding = replace(decoding, max_new_tokens=budget)
+        texts = model.generate(mode, audio, video, decoding)
+        t3 = time.perf_counter()
+        share = {"llm": t3 - t2}
+        if audio is not None:
+            share.update(features=t_features - t0, encoder=t1 - t_features)
+        if video is not None:
+            share["video_encoder"] = t2 - t1
+        for (job, i), text in zip(pieces, texts, strict=True):
+            job.texts[i] = text
+            report(job.chunks[i][1] - job.chunks[i][0])
+            for key, value in share.items():
+                job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
+
+
+LONG_FORM_TOKENS_PER_SECOND = 8  # generous: fast English speech is ~3 words (~4-5 tokens) per second
+Loaded = tuple[str, "np.ndarray | AvsrError", float]  # (name, audio or the error, decode seconds)
+
+
+def load_media(
+    path: str | Path, mode: str, options: TranscribeOptions, audio_path: str | Path | None = None
+) -> MediaInput:
+    """Decode what `mode` needs from `path`: 16 kHz audio (from `audio_path` when given) and/or the mouth
+    crops (face backend loaded once per process; crops cached in `options.mouth_cache` when set)."""
+    from ..frontends.media import load_audio
+
+    if mode == "asr":
+        return MediaInput(str(path), load_audio(audio_path or path), mode="asr")
+    from ..frontends.mouth import MouthOptions, aligned_audio, cached_mouth_frames, shared_backend
+
+    mouth = MouthOptions(backend=options.face_backend, detect_every=options.detect_every)
+    backend = shared_backend(options.face_backend)
+    crops, found, warnings = cached_mouth_frames(path, mouth, options.mouth_cache, backend)
+    hits = np.flatnonzero(found)
+    span = (hits[0] / VIDEO_FPS, (hits[-1] + 1) / VIDEO_FPS) if len(hits) else None
+    audio = aligned_audio(audio_path or path, len(crops)) if mode == "avsr" else None
+    if mode == "avsr" and audio is None:
+        raise MediaError(f"{audio_path or path}: mode avsr needs an audio stream; the file has none")
+    return MediaInput(str(path), audio, crops, mode, face_span=span, warnings=list(warnings))
+
+
+@dataclass
+class MediaInput:
+    """A decoded input: 16 kHz audio and/or 25 fps mouth crops for `mode`, or the error loading raised."""
+
+    name: str
+    audio: np.ndarray | None = None
+    video: np.ndarray | None = None  # (T, 96, 96) uint8 mouth crops
+    mode: str = "asr"
+    error: AvsrError | None = None
+    seconds: float = 0.0  # time spent decoding
+    face_span: tuple[float, float] | None = None  # seconds: first to last frame with a face found
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Job:
+    """One input file on its way through the batched loop."""
+
+    name: str
+    audio: np.ndarray | None
+    error: AvsrError | None = None
+    video: np.ndarray | None = None  # (T, 96, 96) uint8 mouth crops at 25 fps
+    mode: str = "asr"
+    chunks: list[tuple[float, float]] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        if self.video is not None:
+            return len(self.video) / VIDEO_FPS
+        return len(self.audio) / SAMPLE_RATE if self.audio is not None else 0.0
+
+    def done(self) -> bool:
+        return self.error is not None or all(t is not None for t in self.texts)
+
+    def result(self, model_name: str, options: TranscribeOptions) -> Result | AvsrError:
+        if self.error is not None:
+            return self.error
+        segments = [Segment(s, e, t) for (s, e), t in zip(self.chunks, self.texts, strict=True) if t]
+        if len(self.chunks) > 1:
+            from ..modeling.decoding import drop_repeated_phrases
+
+            segments = [Segment(s.start, s.end, drop_repeated_phrases(s.text)) for s in segments]
+        return Result(
+            path=self.name,
+            text=" ".join(s.text for s in segments),
+            duration=self.duration,
+            mode=self.mode,
+            model=model_name,
+            segments=segments,
+            timings=self.timings,
+            options=asdict(options),
+            warnings=self.warnings,
+        )

@@ -1,0 +1,135 @@
+"""Output writers (txt, json, srt, vtt, tsv) and atomic file writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..errors import UsageError
+from .subtitles import CueOptions, clean_segments, make_cues
+from .transcribe import Result, Segment
+
+FORMATS = ("txt", "json", "srt", "vtt", "tsv")
+
+
+def format_timestamp(seconds: float, decimal: str = ",", always_hours: bool = True) -> str:
+    """`HH:MM:SS,mmm` (SRT) or `HH:MM:SS.mmm` (WebVTT); rounds to the millisecond first, so 1.9996 s is
+    00:00:02,000, never 00:00:01,1000."""
+    ms = max(0, round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    head = f"{hours:02d}:" if always_hours or hours else ""
+    return f"{head}{minutes:02d}:{secs:02d}{decimal}{ms:03d}"
+
+
+def to_txt(result: Result, cues: CueOptions | None = None) -> str:
+    return result.text + "\n"
+
+
+def to_json(result: Result, cues: CueOptions | None = None) -> str:
+    return json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n"
+
+
+def _cue_lines(text: str) -> list[str]:
+    return [line for line in (" ".join(line.split()) for line in text.splitlines()) if line]
+
+
+def srt_text(cues: Iterable[Segment]) -> str:
+    """SubRip text: numbered cues, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, blank line between cues."""
+    blocks = []
+    for c in cues:
+        lines = _cue_lines(c.text)
+        if lines:
+            stamp = f"{format_timestamp(c.start)} --> {format_timestamp(c.end)}"
+            blocks.append("\n".join([str(len(blocks) + 1), stamp, *lines]) + "\n")
+    return "\n".join(blocks)
+
+
+def _vtt_escape(line: str) -> str:
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def vtt_text(cues: Iterable[Segment]) -> str:
+    """WebVTT text: `WEBVTT` header, `HH:MM:SS.mmm --> HH:MM:SS.mmm` cues; & < > escaped (a `-->` in the
+    text would otherwise end the cue timing)."""
+    blocks = ["WEBVTT\n"]
+    for c in cues:
+        lines = [_vtt_escape(line) for line in _cue_lines(c.text)]
+        if lines:
+            stamp = f"{format_timestamp(c.start, '.')} --> {format_timestamp(c.end, '.')}"
+            blocks.append("\n".join([stamp, *lines]) + "\n")
+    return "\n".join(blocks)
+
+
+def cues_of(result: Result, options: CueOptions | None = None) -> list[Segment]:
+    """Subtitle cues of a result: repeat loops collapsed, lines <= 42 chars, <= 2 lines, timed by the
+    segmentation (see subtitles.py)."""
+    return make_cues(clean_segments(result.segments), options or CueOptions())
+
+
+def to_srt(result: Result, cues: CueOptions | None = None) -> str:
+    return srt_text(cues_of(result, cues))
+
+
+def to_vtt(result: Result, cues: CueOptions | None = None) -> str:
+    return vtt_text(cues_of(result, cues))
+
+
+def to_tsv(result: Result, cues: CueOptions | None = None) -> str:
+    """Whisper's tsv layout: start and end in integer milliseconds, then the text."""
+    rows = ["start\tend\ttext"]
+    rows += [
+        f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.replace(chr(9), ' ')}"
+        for s in result.segments
+    ]
+    return "\n".join(rows) + "\n"
+
+
+# Each writer takes the result and, for subtitle formats, the cue layout options.
+WRITERS: dict[str, Callable[[Result, CueOptions | None], str]] = {
+    "txt": to_txt,
+    "json": to_json,
+    "srt": to_srt,
+    "vtt": to_vtt,
+    "tsv": to_tsv,
+}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory and rename: readers never see a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_output_dir(output_dir: Path) -> Path:
+    """Create `output_dir` if needed and prove it writable before any work is done."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=output_dir).close()
+    except OSError as exc:
+        raise UsageError(f"{output_dir}: output directory is not writable ({exc.strerror or exc})") from None
+    return output_dir
+
+
+def write_result(
+    result: Result, output_dir: Path, formats: list[str], cues: CueOptions | None = None
+) -> list[Path]:
+    """Write `<stem>.<ext>` for each format; returns the paths written."""
+    written = []
+    for fmt in formats:
+        path = Path(output_dir) / f"{Path(result.path).stem}.{fmt}"
+        atomic_write_text(path, WRITERS[fmt](result, cues))
+        written.append(path)
+    return written

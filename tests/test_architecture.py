@@ -1,0 +1,200 @@
+"""The package's shape (../shared/ARCHITECTURE.md): five layers with imports only downward, no cycles, a lazy
+public API, `avsr --help` without torch, and each command's flags mapped one-to-one onto its options."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import grimp
+import pytest
+
+from avsr_cli.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lint_imports(cwd: Path, env_path: Path) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(env_path), "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    cmd = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; c()"]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_layers_contract_holds_and_catches_an_upward_import(tmp_path):
+    assert _lint_imports(ROOT, ROOT).returncode == 0
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "avsr_cli", copy / "avsr_cli")
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    llm = copy / "avsr_cli" / "modeling" / "llm.py"
+    llm.write_text(llm.read_text() + "\nfrom ..tasks import scoring  # an upward import\n")
+    r = _lint_imports(copy, copy)
+    assert r.returncode != 0 and "avsr_cli.modeling is not allowed to import avsr_cli.tasks" in r.stdout
+
+
+def test_no_import_cycles():
+    graph = grimp.build_graph("avsr_cli")
+    modules = sorted(m for m in graph.modules if m.startswith("avsr_cli."))
+    for module in modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported != module and imported.startswith("avsr_cli."):
+                back = graph.find_shortest_chain(importer=imported, imported=module)
+                assert back is None, f"cycle: {module} -> {' -> '.join(back)}"
+
+
+def _modules_loaded(code: str) -> set[str]:
+    script = f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return set(r.stdout.split())
+
+
+@pytest.mark.parametrize("args", [["--help"], ["transcribe", "--help"], ["train", "--help"], ["--version"]])
+def test_help_does_not_import_torch(args):
+    code = textwrap.dedent(f"""
+        from avsr_cli.cli import app
+        try:
+            app({args!r}, prog_name="avsr")
+        except SystemExit:
+            pass
+    """)
+    loaded = _modules_loaded(code)
+    assert "avsr_cli.cli.transcribe" in loaded and "torch" not in loaded and "transformers" not in loaded
+
+
+def test_public_api_is_lazy():
+    assert "torch" not in _modules_loaded("import avsr_cli")
+    import avsr_cli
+
+    for name in ("Transcriber", "TranscribeOptions", "evaluate", "train", "download_model"):
+        assert callable(getattr(avsr_cli, name)), name
+    assert (
+        avsr_cli.TranscribeOptions
+        is __import__("avsr_cli.tasks.transcribe", fromlist=["x"]).TranscribeOptions
+    )
+    with pytest.raises(AttributeError):
+        avsr_cli.no_such_name  # noqa: B018
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Each command's flags map one-to-one onto its options dataclass (faster-whisper checks that its entry points
+# take the same arguments; here the CLI and the library's options).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fields(cls, prefix: str = "") -> dict[str, str]:
+    """Every field of an options dataclass, nested ones flattened: {name: dotted path}."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        kind = f.type if isinstance(f.type, type) else None
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out.update(_fields(type(default), prefix + f.name + "."))
+        elif kind is None or not dataclasses.is_dataclass(kind):
+            out[f.name] = prefix + f.name
+    return out
+
+
+def _flags(command: str) -> set[str]:
+    for info in app.registered_commands:
+        name = info.name or info.callback.__name__
+        if name == command:
+            return {p for p in inspect.signature(info.callback).parameters if p != "ctx"}
+    raise KeyError(command)
+
+
+def _transcribe_fields() -> dict[str, str]:
+    from avsr_cli.tasks.transcribe import TranscribeOptions
+
+    fields = _fields(TranscribeOptions)
+    fields["decoding"] = fields.pop("strategy")  # --decoding beam|reference is DecodingOptions.strategy
+    return fields
+
+
+# Options a command has that are not settings of the library call (where the model comes from, the output,
+# the terminal), and library fields that are deliberately not flags, each with its reason.
+RUN_FLAGS = {"checkpoint", "device", "dtype", "quiet", "verbose", "files", "output_dir"}
+LIBRARY_ONLY = {
+    "min_duration": "shortest input to decode (0.3 s): a safety floor, not a user choice",
+    "silence_dbfs": "silence threshold (-60 dBFS) for the empty-transcript warning",
+    "mouth_cache": "transcribe keeps no crop cache; evaluate and train expose --mouth-cache",
+}
+
+
+def _parity(command: str, fields: dict[str, str], cli_only: set[str], library_only: set[str]) -> None:
+    flags = _flags(command)
+    unmapped = flags - set(fields) - cli_only
+    assert not unmapped, f"{command}: flags without an options field: {sorted(unmapped)}"
+    missing = set(fields) - flags - library_only
+    assert not missing, f"{command}: options fields without a flag: {sorted(missing)}"
+
+
+def test_transcribe_flags_match_transcribe_options():
+    _parity("transcribe", _transcribe_fields(), RUN_FLAGS | {"output_format"}, set(LIBRARY_ONLY))
+
+
+def test_export_subtitles_flags_match_transcribe_and_cue_options():
+    from avsr_cli.tasks.subtitles import CueOptions
+
+    fields = {**_transcribe_fields(), **_fields(CueOptions)}
+    # export-subtitles always segments by voice activity (segmentation = vad); --min-duration is the cue's
+    cli_only = RUN_FLAGS | {"format", "json_segments"}
+    library_only = set(LIBRARY_ONLY) | {"segmentation", "conjunctions"}  # words a line may break before
+    _parity("export-subtitles", fields, cli_only, library_only)
+
+
+def test_evaluate_flags_match_evaluate_options():
+    from avsr_cli.tasks.evaluate import EvaluateOptions
+
+    fields = {**_fields(EvaluateOptions), "decoding": "transcribe.decoding.strategy"}
+    fields.pop("strategy")
+    fields["mode"], fields["snr"], fields["level"] = (
+        "modes",
+        "snrs",
+        "levels",
+    )  # repeatable flags, plural fields
+    for plural in ("modes", "snrs", "levels"):
+        fields.pop(plural)
+    cli_only = RUN_FLAGS | {"dataset", "report_dir", "json_out", "clean"}  # --no-clean drops snr inf
+    library_only = {"min_duration", "silence_dbfs", "segmentation", "max_chunk", "merge_gap"}
+    _parity("evaluate", fields, cli_only, library_only)
+
+
+def test_train_flags_match_train_setup():
+    from avsr_cli.tasks.train import MOUTH_KEYS, TrainSetup
+
+    fields = _fields(TrainSetup)
+    for flag, field in MOUTH_KEYS.items():
+        fields[flag] = fields.pop(field)
+    library_only = {
+        "grad_clip",
+        "train_lora",
+        "ctc_lr",
+        "max_size",
+        "detect_size",
+        "auto_rotate",
+        "mean_face",
+    }
+    _parity("train", fields, {"config", "quiet"}, library_only)
+    assert TrainSetup.__dataclass_params__.frozen
+
+
+def test_download_flags_match_download_options():
+    from avsr_cli.checkpoints.download import DownloadOptions
+
+    fields = _fields(DownloadOptions)
+    fields["target_dir"] = fields.pop("dir")  # --dir
+    _parity("download-checkpoint", fields, {"name", "list_models", "quiet"}, set())
+
+
+def test_crop_mouth_flags_match_mouth_options():
+    from avsr_cli.frontends.mouth import MouthOptions
+
+    fields = _fields(MouthOptions)
+    fields["face_backend"] = fields.pop("backend")
+    library_only = {"max_size", "detect_size", "auto_rotate", "mean_face"}  # AVSR_MEAN_FACE sets mean_face
+    _parity("crop-mouth", fields, {"files", "output_dir", "debug_overlay", "quiet"}, library_only)
