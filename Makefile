@@ -42,6 +42,7 @@ test-fast:
 lint:
 	$(PYTHON) -m ruff check avsr_cli tests scripts bench
 	$(PYTHON) -m ruff format --check avsr_cli tests scripts bench
+	lint-imports  # the layers of ../shared/ARCHITECTURE.md (pyproject [tool.importlinter])
 
 bench:
 	$(PYTHON) bench/bench_transcribe.py

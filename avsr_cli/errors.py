@@ -33,3 +33,7 @@ class UnsafeNameError(AvsrError):
     """A name from outside (a card, a server, a checkpoint, a file name) would lead outside its folder."""
 
     exit_code = 2
+
+
+class OutputError(AvsrError):
+    """An output file cannot be written (disk full, name too long, no permission): nothing partial is left."""

@@ -4,16 +4,17 @@ umask's permissions), atomic cache folders, and safe joins of untrusted names un
 from __future__ import annotations
 
 import contextlib
-import errno
+import json
 import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import UnsafeNameError
+from .errors import UnsafeNameError, UsageError
 
 
 def cache_root() -> Path:
@@ -32,6 +33,12 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """A path as text that can always be printed or stored as UTF-8: undecodable bytes of a file name
+    (Python keeps them as surrogates) become `\\xNN`."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def safe_join(root: Path | str, *names: str) -> Path:
@@ -54,21 +61,29 @@ def safe_join(root: Path | str, *names: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file beside `path` and rename it over `path` when the block ends without error; on any
-    error (a full disk, a kill) nothing partial stays. The file gets the usual permissions (0666 less the
-    umask), not mkstemp's 0600, so a media server running as another user can read outputs."""
+def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that wants a file name (ffmpeg, safetensors,
+    torch.save): renamed over `path` with the usual permissions when the block ends without error, removed
+    otherwise, so no partial file is ever seen under `path`."""
     path = Path(path)
-    binary = "b" in mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
-            yield f
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temp file beside `path` and rename it over `path` when the block ends without error; on any
+    error (a full disk, a kill) nothing partial stays. The file gets the usual permissions (0666 less the
+    umask), not mkstemp's 0600, so a media server running as another user can read outputs."""
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+        yield f
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -82,20 +97,51 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         f.write(data)
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+@contextlib.contextmanager
+def exclusive_lock(folder: Path, user: str) -> Iterator[None]:
+    """Hold `folder`'s lock (`.avsr.lock`, filelock) while the block runs; if another process holds it,
+    raise UsageError saying who (pid, host, since when) instead of waiting."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    owner = folder / ".avsr.lock.owner"
+    lock = FileLock(str(folder / ".avsr.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            who = json.loads(owner.read_text())
+            holder = f"{who['user']} (pid {who['pid']} on {who['host']}, since {who['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            holder = "another process"
+        raise UsageError(f"{folder} is in use by {holder}: wait for it or choose another folder") from None
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        record = {"user": user, "pid": os.getpid(), "host": socket.gethostname(), "since": since}
+        atomic_write_text(owner, json.dumps(record) + "\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
 
 
-def build_cache_dir(final: Path, build: Callable[[Path], None]) -> Path:
-    """Make the cache folder `final` atomically: `build(tmp)` fills a temporary folder beside it (named
-    `.<name>.tmp-<host>@<pid>-*`), which gets the usual permissions and is renamed into place, so readers see
-    no folder or a complete one. If a concurrent run got there first, its folder is used."""
+@contextlib.contextmanager
+def atomic_dir(final: Path, on_exists: str = "keep") -> Iterator[Path]:
+    """A temporary folder beside `final` (`.<name>.tmp-<host>@<pid>-*`) to fill; when the block ends without
+    error it gets the usual permissions and is renamed into place, so readers see no folder or a complete
+    one. If `final` exists by then: "keep" it (a concurrent run built the same cache entry), "replace" it,
+    or raise FileExistsError ("error"). On error nothing is left."""
+    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}.tmp-{socket.gethostname()}@{os.getpid()}-"
+    prefix = f".{final.name[:100]}.tmp-{socket.gethostname()}@{os.getpid()}-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
     try:
-        build(tmp)
+        yield tmp
         set_usual_modes(tmp)
+        if final.exists() and on_exists == "replace":
+            shutil.rmtree(final)
+        if final.exists() and on_exists == "error":
+            raise FileExistsError(f"{final} already exists")
         try:
             os.replace(tmp, final)
         except OSError:
@@ -103,6 +149,12 @@ def build_cache_dir(final: Path, build: Callable[[Path], None]) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_cache_dir(final: Path, build: Callable[[Path], None]) -> Path:
+    """Make the cache folder `final` atomically with `build(tmp)`; a concurrent run's folder is kept."""
+    with atomic_dir(final) as tmp:
+        build(tmp)
     return final
 
 

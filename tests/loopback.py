@@ -182,6 +182,7 @@ class HubRepo:
     stall: dict[str, threading.Event] = field(default_factory=dict)  # file -> event (stall its next GET)
     served: dict[str, bytes] = field(default_factory=dict)  # file -> other bytes sent under its ETag
     etags: dict[str, str] = field(default_factory=dict)  # file -> the ETag header sent instead of its digest
+    html_page: str | None = None  # the API answers with this HTML page (a proxy's login page, say)
 
 
 class FakeHub:
@@ -203,6 +204,8 @@ class FakeHub:
             repo = self.repos.get(m.group(1))
             if repo is None:
                 return self._not_found(h, method)
+            if repo.html_page is not None:
+                return send(h, method, repo.html_page.encode(), ctype="text/html; charset=utf-8")
             siblings = [
                 {"rfilename": f, "size": len(b), "blobId": git_sha1(b), **self._lfs(f, b, "sha256")}
                 for f, b in repo.files.items()

@@ -95,8 +95,24 @@ def test_csv_manifest(tmp_path):
         f"{manifest}:6": "duplicate id 'dup' (first at line 5)",
         f"{manifest}:7": f"transcript without media (no file {tmp_path / 'audio/missing.wav'})",
         f"{manifest}:8": "empty transcript",
-        f"{manifest}:9": "unreadable line (expected 3 fields)",
+        f"{manifest}:9": "unreadable line (expected 3 fields, found 4)",
     }
+
+
+def test_csv_unterminated_quote_costs_only_its_line(tmp_path):
+    for name in ("a", "b", "c"):
+        touch(tmp_path / f"{name}.wav")
+    manifest = touch(
+        tmp_path / "q.csv",
+        'path,transcript\na.wav,"hello there\nb.wav,"quoted, with a comma"\nc.wav,...\n',
+    )
+    d = load_dataset(manifest)
+    assert [(i.id, i.reference) for i in d.items] == [("b", "quoted, with a comma")]
+    got = {s.path: s.reason for s in d.skipped}
+    assert (
+        got[f"{manifest}:2"].startswith("unreadable line (") and "unterminated quote" in got[f"{manifest}:2"]
+    )
+    assert got[f"{manifest}:4"] == "empty transcript ('...': no words)"
 
 
 def test_csv_manifest_text_column_and_bad_header(tmp_path):

@@ -450,6 +450,15 @@ def test_hub_commit_id_and_file_names_are_checked(world):
     assert not list(Path(world["env"]["HF_HOME"]).parent.rglob("outside.json"))
 
 
+def test_hub_answering_html_says_what_came_back(world):
+    repo = world["hub"].add("portal/x", {"config.json": b"{}"})
+    repo.html_page = "<html><head><title>Hotel WiFi: sign in</title></head><body>pay here</body></html>"
+    card(Path(world["env"]["AVSR_HOME"], "models"), "portal", '[parts.w]\nhub = "portal/x"\nlicense = "t"\n')
+    r = avsr(world, "download-checkpoint", "portal")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "an HTML page titled 'Hotel WiFi: sign in'" in r.stderr and "no network?" not in r.stderr
+
+
 def test_offline_round_trip(world):
     t0 = time.time()
     r = avsr(world, "download-checkpoint", "tiny-drive")

@@ -139,6 +139,35 @@ def test_resume_skips_what_is_scored_and_refuses_to_overwrite(ckpt, layouts, tmp
     assert [c.clips for c in report.conditions] == [3, 3]
 
 
+def test_report_dir_is_locked_against_a_second_run(ckpt, layouts, tmp_path):
+    import subprocess
+    import sys
+
+    holder = (
+        "import sys; from pathlib import Path; from avsr_cli.storage import exclusive_lock\n"
+        "with exclusive_lock(Path(sys.argv[1]), 'avsr evaluate'):\n"
+        "    print('held', flush=True); sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        args = ["evaluate", str(layouts["csv"]), "-c", str(ckpt), "--report-dir", str(tmp_path), "--resume"]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "Traceback" not in r.stderr
+        assert f"{tmp_path} is in use by avsr evaluate (pid {proc.pid} on " in r.stderr.replace("\n", "")
+        assert not (tmp_path / "results.jsonl").exists()
+    finally:
+        proc.communicate("", timeout=30)
+    r = runner.invoke(app, [*args[:-1], "--limit", "1"])  # released: the next run may go
+    assert r.exit_code == 0, r.stderr
+    assert not (tmp_path / ".avsr.lock.owner").exists()
+
+
 def test_workers_give_the_same_noisy_audio_and_results(ckpt, layouts, tmp_path):
     t = Transcriber.from_checkpoint(ckpt, device="cpu")
     one = evaluate(t, layouts["jsonl"], EvaluateOptions(snrs=(0.0,), noise="white", seed=3), tmp_path / "a")

@@ -164,7 +164,9 @@ def test_importer_refuses_pickled_objects(tmp_path):
 
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"x": Evil()}, f)
-    with pytest.raises(CheckpointError, match="not a weights-only checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"evil.pth: refused: not a plain tensor file \(Unsupported operand"
+    ):
         load_state_dict(tmp_path / "evil.pth")
     torch.save({"a": torch.zeros(1), "b": [1, 2]}, tmp_path / "mixed.pth")
     with pytest.raises(CheckpointError, match="state dict of tensors"):
@@ -245,3 +247,41 @@ def test_import_video_checkpoint(tiny_dirs, tmp_path):
     out = import_reference(tmp_path / "v.pth", tmp_path / "vckpt", spec)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["modes"] == ["vsr"] and cfg["audio_encoder"] is None
+
+
+def _import_cli(pth, tmp_path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "x", "llm_source": "nowhere/llm", "lora_rank": 32, "lora_alpha": 4}))
+    cmd = [sys.executable, "-m", "avsr_cli", "import-checkpoint", str(pth), str(tmp_path / "out")]
+    return subprocess.run([*cmd, "--config", str(spec)], capture_output=True, text=True, timeout=120)
+
+
+def test_import_cli_refuses_code_and_never_suggests_unsafe_loading(tmp_path):
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"w": torch.zeros(2), "x": Payload()}, tmp_path / "evil.pth")
+    r = _import_cli(tmp_path / "evil.pth", tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "refused: the file contains Python code objects" in r.stderr and "weights_only" not in r.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_import_cli_refuses_a_tensor_declaring_more_than_it_stores(tmp_path):
+    huge = torch.zeros(1).expand(1 << 20, 1 << 20)  # 4 bytes stored, 4 TiB declared
+    torch.save({"audio_proj.0.weight": huge}, tmp_path / "huge.pth")
+    assert (tmp_path / "huge.pth").stat().st_size < 4096
+    r = _import_cli(tmp_path / "huge.pth", tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert (
+        "tensor 'audio_proj.0.weight' declares (1048576, 1048576) (4,398,046,511,104 bytes) but stores 4"
+        in (r.stderr.replace("\n", ""))
+    )

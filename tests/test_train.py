@@ -17,7 +17,7 @@ from tiny import tiny_config
 from avsr_cli.errors import UsageError
 from avsr_cli.modeling.config import CompressionConfig
 from avsr_cli.tasks.datasets import load_dataset
-from avsr_cli.tasks.train import TrainOptions, length_batches, load_train_config, train
+from avsr_cli.tasks.train import TrainOptions, TrainSetup, length_batches, train
 
 TEXTS = ["one two", "three four five", "six", "seven eight", "nine ten eleven twelve", "zero"]
 
@@ -209,7 +209,15 @@ def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
     cfg = tmp_path / "t.toml"
     cfg.write_text('data = "x"\nlearning_rate = 1\n')
     with pytest.raises(UsageError, match="unknown train settings learning_rate"):
-        load_train_config(cfg)
+        TrainSetup.load(cfg)
+    cfg.write_text('data = "x"\noutput_dir = "y"\naudio_rates = "4,x"\n')
+    with pytest.raises(UsageError, match="--audio-rates: expected comma-separated integers"):
+        TrainSetup.load(cfg)
+    cfg.write_text('data = "x"\n')
+    with pytest.raises(UsageError, match="--output-dir is required"):
+        TrainSetup.load(cfg)
+    setup = TrainSetup.load(cfg, {"output_dir": "o", "audio_rates": "4,16", "face_backend": "mediapipe"})
+    assert setup.options.audio_rates == [4, 16] and setup.mouth.backend == "mediapipe" and setup.data == "x"
     assert load_dataset(data).kind == "folder"
 
 

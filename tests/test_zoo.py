@@ -178,7 +178,8 @@ def test_unknown_name_suggests_close_names(home):
         CheckpointError, match=r"unknown checkpoint 'omni-avsr-ts'.*did you mean: .*omni-avsr-st"
     ):
         find_checkpoint("omni-avsr-ts")
-    r = CliRunner().invoke(app, ["transcribe", "x.wav", "-c", "llama-avsr-as"])
+    (home / "x.wav").write_bytes(b"")  # the input is checked first; the name fails before it is read
+    r = CliRunner().invoke(app, ["transcribe", str(home / "x.wav"), "-c", "llama-avsr-as"])
     assert r.exit_code == 2 and "did you mean: llama-avsr-asr" in r.stderr and "Traceback" not in r.output
 
 

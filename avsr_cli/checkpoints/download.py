@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import AvsrError, CheckpointError, DownloadError, UnsafeNameError, UsageError
-from ..storage import atomic_write_text, cache_root, safe_join
+from ..storage import atomic_write_text, cache_root, safe_join, set_usual_modes
 from ..version import __version__
 from .sources import DESCRIPTION_FILES
 from .zoo import Card, Part, get_card, load_zoo
@@ -465,10 +465,33 @@ def _hub_error(exc: Exception, repo: str, label: str, token_given: bool) -> Down
         return DownloadError(
             f"{label}: the Hub answered HTTP {status} for {repo}: {str(exc).splitlines()[0]}"
         )
+    if isinstance(exc, ValueError):  # JSONDecodeError: something answered, but not the Hub's API
+        url = f"{constants.ENDPOINT}/api/models/{repo}"
+        return DownloadError(
+            f"{label}: {constants.ENDPOINT} answered {url} with {_what_came_back(url)}, not the Hub's JSON: "
+            f"a proxy or sign-in page? Check HF_ENDPOINT and the network"
+        )
     return DownloadError(
         f"{label}: cannot reach the Hub at {constants.ENDPOINT} for {repo} "
         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); no network?"
     )
+
+
+def _what_came_back(url: str) -> str:
+    """A few words on what a URL serves: "an HTML page titled 'Sign in'", "text/plain (12 bytes)"."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"avsr/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            kind = response.headers.get_content_type()
+            body = response.read(HTML_LIMIT)
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError):
+        return "an unreadable answer"
+    if kind in ("text/html", "application/xhtml+xml") or _looks_like_html(body):
+        _, title = drive_confirmation(body.decode("utf-8", errors="replace"), url)
+        return f"an HTML page titled {title!r}" if title else "an HTML page"
+    return f"{kind} ({len(body)} bytes)"
 
 
 def _blob_digest(path: Path, etag: str) -> str | None:
@@ -676,8 +699,7 @@ def convert_part(
         except AvsrError as exc:
             raise DownloadError(f"{label}: cannot convert {src.name}: {exc}") from None
         _write_json(tmp / "out" / stamp.name, {"converter": part.convert, "source_sha256": source_sha})
-        for path in [tmp / "out", *(tmp / "out").rglob("*")]:  # temp dirs are 0700; a cache wants the usual
-            path.chmod(0o755 if path.is_dir() else 0o644)
+        set_usual_modes(tmp / "out")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp / "out", out)

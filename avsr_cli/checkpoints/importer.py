@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from ..modeling.config import (
     ProjectorConfig,
 )
 from ..modeling.llm import load_tokenizer
+from ..storage import atomic_dir
 from .sources import DESCRIPTION_FILES, resolve_source
 
 LORA_KEY = re.compile(
@@ -74,19 +75,66 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on pickle protocols is not for our users
+            warnings.simplefilter("ignore")
+            obj = _load_weights_only(path)
     except Exception as exc:  # pickle.UnpicklingError for anything but tensors and containers
-        raise CheckpointError(f"{path}: not a weights-only checkpoint ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(_refusal(path, exc)) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a Lightning .ckpt
         obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
+    check_declared_sizes(obj, path)
     return obj
+
+
+def _load_weights_only(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:  # a legacy (non-zip) file cannot be memory-mapped
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _refusal(path: Path, exc: Exception) -> str:
+    """One line for a file torch's weights-only loader refused (never its advice to load it unsafely)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return (
+            f"{path}: refused: the file contains Python code objects ({found.group(1)}), not only tensors; "
+            f"avsr loads weights only and never runs code from a checkpoint"
+        )
+    if "Weights only load failed" in str(exc):
+        stop = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
+        why = f" ({stop.group(1).strip()})" if stop else ""
+        return (
+            f"{path}: refused: not a plain tensor file{why}; avsr reads checkpoints with a weights-only "
+            f"loader and never unpickles them"
+        )
+    return f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})"
+
+
+def check_declared_sizes(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse tensors whose shape claims more bytes than they store (a 4-byte storage `expand`ed to
+    terabytes): copying such a tensor would allocate the declared size. Also: storages larger than the
+    file. Nothing is materialised here (the tensors are memory-mapped views)."""
+    size = Path(path).stat().st_size
+    stored = 0
+    seen: set[int] = set()
+    for key, tensor in state.items():
+        storage = tensor.untyped_storage()
+        declared = tensor.numel() * tensor.element_size()
+        if declared > storage.nbytes():
+            raise CheckpointError(
+                f"{path}: tensor '{key}' declares {tuple(tensor.shape)} ({declared:,} bytes) but stores "
+                f"{storage.nbytes():,} bytes; refused (a crafted file?)"
+            )
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            stored += storage.nbytes()
+    if stored > size:
+        raise CheckpointError(f"{path}: its tensors claim {stored:,} bytes, more than the file's {size:,}")
 
 
 def _projector_state(state: dict[str, torch.Tensor], prefix: str, rates: list[int], modality: str):
@@ -263,9 +311,9 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
     )
 
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    if output_dir.exists():
+        raise CheckpointError(f"{output_dir} already exists; remove it or choose another directory")
+    with atomic_dir(output_dir, on_exists="error") as tmp:
         if video_state is not None:
             from .avhubert_fairseq import save_avhubert
 
@@ -301,10 +349,4 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
             metadata={"format": "avsr"},
         )
         config.save(tmp / "config.json")
-        if output_dir.exists():
-            raise CheckpointError(f"{output_dir} already exists; remove it or choose another directory")
-        tmp.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_dir

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import math
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ from ..modeling.llm import (
     token_ids,
 )
 from ..modeling.model import AVSRModel
+from ..storage import atomic_path
 from .download import find_checkpoint
 from .sources import resolve_source
 
@@ -85,7 +84,9 @@ def build_model(
             )
         from transformers import WhisperFeatureExtractor
 
-        frontend = WhisperFrontEnd(WhisperFeatureExtractor.from_pretrained(enc_dir))
+        rates = config.compression.audio_rates or [1]
+        extractor = WhisperFeatureExtractor.from_pretrained(enc_dir)
+        frontend = WhisperFrontEnd(extractor, enc_cfg.window, math.lcm(*rates))
     video_encoder = None
     if config.video_encoder is not None:
         video_encoder = load_video_encoder(config.video_encoder, base_dir).to(dtype)
@@ -127,6 +128,17 @@ def load_adapter_state(model: AVSRModel, state: dict[str, torch.Tensor]) -> None
         if key.startswith("projectors."):
             modality, rest = key[len("projectors.") :].split(".", 1)
             proj[f"{modality}.by_rate.{rest}"] = value
+    expected = {k: v.shape for k, v in model.projectors.state_dict().items()}
+    ids = model.ids.added
+    embed = model.llm.get_input_embeddings().weight
+    expected["llm.added_embed_rows"] = torch.Size([len(ids), embed.shape[1]])
+    expected["llm.added_lm_head_rows"] = expected["llm.added_embed_rows"]
+    for key, value in {**proj, **state}.items():  # a wrong shape is named before anything is copied
+        if key in expected and value.shape != expected[key]:
+            name = f"projectors.{key.replace('.by_rate.', '.', 1)}" if key in proj else key
+            raise CheckpointError(
+                f"tensor {name} has shape {tuple(value.shape)}; the config needs {tuple(expected[key])}"
+            )
     missing, unexpected = model.projectors.load_state_dict(proj, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -138,27 +150,14 @@ def load_adapter_state(model: AVSRModel, state: dict[str, torch.Tensor]) -> None
 
 
 def save_checkpoint(model: AVSRModel, out_dir: Path) -> Path:
-    """Write `out_dir/config.json` + `adapter.safetensors` atomically (a temp dir renamed into place)."""
+    """Write `out_dir/adapter.safetensors` then `config.json`, each atomically (a reader that finds the config
+    finds the matching adapter)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.config.save(tmp / CONFIG_FILE)
-        state = {
-            k: v.to(torch.float32) if v.is_floating_point() else v for k, v in adapter_state(model).items()
-        }
-        save_file(
-            {k: v.cpu() for k, v in state.items()}, str(tmp / ADAPTER_FILE), metadata={"format": "avsr"}
-        )
-        if out_dir.exists():
-            for name in (CONFIG_FILE, ADAPTER_FILE):
-                os.replace(tmp / name, out_dir / name)
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out_dir.mkdir(parents=True, exist_ok=True)  # it may hold more (a training run's state and log)
+    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in adapter_state(model).items()}
+    with atomic_path(out_dir / ADAPTER_FILE) as tmp:
+        save_file({k: v.cpu() for k, v in state.items()}, str(tmp), metadata={"format": "avsr"})
+    model.config.save(out_dir / CONFIG_FILE)
     return out_dir
 
 
@@ -175,8 +174,10 @@ def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str =
         state = load_file(str(adapter))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{adapter}: unreadable ({exc})") from None
-    load_adapter_state(model, state)
-    model.checkpoint_dir = ckpt_dir
+    try:
+        load_adapter_state(model, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{adapter}: {exc}") from None
     return model.to(dev).eval()
 
 

@@ -11,7 +11,8 @@ from .app import EXIT_FAILED, STATE, DetectEveryOpt, FaceBackendOpt, QuietOpt, r
 
 def crop_mouth(
     files: Annotated[
-        list[Path], typer.Argument(help="Videos (any container ffmpeg reads).", show_default=False)
+        list[Path],
+        typer.Argument(help="Videos (any container ffmpeg reads).", show_default=False, readable=False),
     ],
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", help="Write <stem>_mouth.mp4 and <stem>.wav here.")

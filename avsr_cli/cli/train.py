@@ -101,6 +101,13 @@ def train(
             "recipe; speeds up small LLMs).",
         ),
     ] = None,
+    encoder_window: Annotated[
+        Optional[str],
+        typer.Option(
+            help="A fresh model's Whisper window: padded-30s (the reference, default) or trimmed (each clip "
+            "padded only to a multiple of the compression rate: faster, not the reference's numerics)."
+        ),
+    ] = None,
     feature_cache: Annotated[
         Optional[Path], typer.Option(help="Where encoder features are cached (default: avsr cache).")
     ] = None,

@@ -29,6 +29,7 @@ from .app import (
     SeedOpt,
     Segmentation,
     load_transcriber,
+    report_error,
     run_guarded,
     stderr,
     transcribe_options,
@@ -51,6 +52,7 @@ def transcribe(
         typer.Argument(
             help="Media files (any container ffmpeg reads). Use `--` before names that begin with '-'.",
             show_default=False,
+            readable=False,  # checked per file (one line, the batch goes on), not as a usage error
         ),
     ],
     checkpoint: CheckpointOpt = None,
@@ -113,11 +115,12 @@ def transcribe(
         max_chunk=max_chunk,
         merge_gap=merge_gap,
     )
+    inputs = readable_inputs(files)  # a typo costs no model load
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
     stdout_format = "txt" if output_format is OutputFormat.all else output_format.value
     run_files(
         transcriber,
-        files,
+        inputs,
         options,
         output_dir=output_dir,
         formats=formats,
@@ -128,28 +131,60 @@ def transcribe(
     )
 
 
+class Inputs:
+    """The command's files: those that can be read, and how many could not (each reported once)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        from ..frontends.media import check_input
+
+        self.given, self.readable, self.failed = len(files), [], 0
+        for path in files:
+            try:
+                check_input(path)
+            except AvsrError as exc:
+                self.failed += 1
+                report_error(exc)
+                continue
+            self.readable.append(path)
+
+
+def readable_inputs(files: list[Path]) -> Inputs:
+    """Check every input before the model loads; if none can be read, stop here (exit 1)."""
+    inputs = Inputs(files)
+    if not inputs.readable:
+        raise typer.Exit(EXIT_FAILED)
+    return inputs
+
+
 def run_files(
-    transcriber, files, options, *, output_dir, formats, stdout_format, cue_options, quiet, verbose
+    transcriber, inputs: Inputs, options, *, output_dir, formats, stdout_format, cue_options, quiet, verbose
 ) -> None:
-    """Transcribe `files` with one loaded model: outputs per file, errors reported and counted, exit code."""
+    """Transcribe the inputs with one loaded model: outputs per file; a file that fails (to decode, to
+    transcribe, to be written) is reported in one line and the others go on; exit 1 if any failed."""
     from ..frontends.media import probe
     from ..tasks.writers import WRITERS, write_result
 
     run_guarded(transcriber.check_options, options)
+    files = inputs.readable
     total = None
     if not quiet and stderr.is_terminal:  # progress over media time
         total = sum(_duration(probe, f) for f in files)
-    failed = 0
+    failed = inputs.failed
     with MediaProgress(total, quiet, unit="s") as advance:
         for item in transcriber.transcribe_many(files, options, on_progress=advance):
             if isinstance(item, AvsrError):
                 failed += 1
-                stderr.print(f"[red]error:[/red] {item}", soft_wrap=True)
+                report_error(item)
                 continue
             for warning in item.warnings if not quiet else []:
                 stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
             if output_dir is not None:
-                write_result(item, output_dir, formats, cue_options)
+                try:
+                    write_result(item, output_dir, formats, cue_options)
+                except AvsrError as exc:
+                    failed += 1
+                    report_error(exc)
+                    continue
             if stdout_format is not None:
                 text = WRITERS[stdout_format](item, cue_options)
                 sys.stdout.write(text if stdout_format != "json" else json.dumps(item.to_dict()) + "\n")
@@ -159,7 +194,7 @@ def run_files(
                 stderr.print(f"{item.path}: {item.duration:.1f} s, {item.mode}; {times}", soft_wrap=True)
     if failed:
         if not quiet:
-            stderr.print(f"{failed} of {len(files)} file(s) failed")
+            stderr.print(f"{failed} of {inputs.given} file(s) failed")
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -178,7 +213,8 @@ class SubtitleFormat(str, enum.Enum):
 
 def export_subtitles(
     files: Annotated[
-        list[Path], typer.Argument(help="Videos or audio files, any length.", show_default=False)
+        list[Path],
+        typer.Argument(help="Videos or audio files, any length.", show_default=False, readable=False),
     ],
     checkpoint: CheckpointOpt = None,
     mode: ModeOpt = None,
@@ -249,10 +285,11 @@ def export_subtitles(
         max_chunk=max_chunk,
         merge_gap=merge_gap,
     )
+    inputs = readable_inputs(files)  # a typo costs no model load
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
     run_files(
         transcriber,
-        files,
+        inputs,
         options,
         output_dir=output_dir,
         formats=formats,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from ..storage import cache_root
+from ..storage import atomic_write_bytes, cache_root
 
 
 @dataclass(frozen=True)
@@ -74,14 +73,7 @@ def asset_path(asset: Asset, download: bool = True, url: str | None = None) -> P
     if hashlib.sha256(data).hexdigest() != asset.sha256:
         raise CheckpointError(f"{url}: downloaded {asset.name} has the wrong sha256: {hint}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{asset.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -33,23 +33,41 @@ def encoder_frames(n_samples: int) -> int:
     return max(int(n_samples / SAMPLE_RATE * ENCODER_FRAME_RATE), MIN_ENCODER_FRAMES)
 
 
+WINDOW_FRAMES = 1500  # Whisper's 30 s window in encoder frames (max_source_positions)
+HOP = SAMPLE_RATE // (2 * ENCODER_FRAME_RATE)  # 160 samples per mel frame, two mel frames per encoder frame
+
+
 @dataclass
 class AudioFeatures:
-    """Whisper input features for a batch: (B, n_mels, 3000) plus frames to keep per clip."""
+    """Whisper input features plus the frames to keep per clip: one (B, n_mels, 3000) batch (padded-30s),
+    or one (n_mels, 2k) tensor per clip whose k encoder frames cover just the clip (trimmed)."""
 
-    input_features: torch.Tensor
+    input_features: torch.Tensor | list[torch.Tensor]
     n_frames: list[int]
 
 
 class WhisperFrontEnd:
-    """Waveforms -> normalised -> Whisper log-mel features padded to 30 s (transformers' extractor)."""
+    """Waveforms -> normalised -> Whisper log-mel features (transformers' extractor), padded to 30 s or, with
+    `window="trimmed"`, to the clip's own frames rounded up to a multiple of `multiple`."""
 
-    def __init__(self, feature_extractor) -> None:
-        self.feature_extractor = feature_extractor
+    def __init__(self, feature_extractor, window: str = "padded-30s", multiple: int = 1) -> None:
+        self.feature_extractor, self.window, self.multiple = feature_extractor, window, multiple
 
     def __call__(self, waveforms: list[np.ndarray]) -> AudioFeatures:
         normalized = [normalize_waveform(w) for w in waveforms]
+        n_frames = [encoder_frames(len(w)) for w in waveforms]
+        if self.window == "trimmed":
+            feats = [self._trimmed(w, n) for w, n in zip(normalized, n_frames, strict=True)]
+            return AudioFeatures(feats, n_frames)
         # Reference: AutoFeatureExtractor(...)(audio, return_tensors="pt", sampling_rate=16000): defaults pad
         # and truncate to 30 s, do_normalize=False.
         feats = self.feature_extractor(normalized, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        return AudioFeatures(feats.input_features, [encoder_frames(len(w)) for w in waveforms])
+        return AudioFeatures(feats.input_features, n_frames)
+
+    def _trimmed(self, wave: np.ndarray, n_frames: int) -> torch.Tensor:
+        frames = min(-(-n_frames // self.multiple) * self.multiple, WINDOW_FRAMES)
+        samples = 2 * frames * HOP
+        feats = self.feature_extractor(
+            wave, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length", max_length=samples
+        )
+        return feats.input_features[0]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MediaError
+from ..storage import display_name
 
 # Llama-AVSR / auto_avsr preprocessing: 16 kHz mono audio, 25 fps video, i.e. 640 audio samples per frame.
 SAMPLE_RATE = 16000
@@ -64,6 +65,39 @@ class MediaInfo:
     n_frames: int | None
 
 
+def check_input(path: str | os.PathLike) -> None:
+    """Raise MediaError unless `path` is a regular file this process may read. Checked with stat first, so a
+    FIFO, socket or device is refused without being opened (opening a FIFO blocks until a writer comes)."""
+    name = display_name(path)
+    st = _stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+        raise MediaError(f"{name}: is {kind}, not a media file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise MediaError(f"{name}: cannot read ({exc.strerror or exc})") from None
+
+
+def _stat(path: str | os.PathLike) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise MediaError(f"{display_name(path)}: no such file") from None
+    except OSError as exc:
+        raise MediaError(f"{display_name(path)}: cannot read ({exc.strerror or exc})") from None
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
 def find_ffmpeg() -> str | None:
     """Path of the ffmpeg binary: on PATH, else the one bundled with imageio-ffmpeg; None if neither."""
     exe = shutil.which("ffmpeg")
@@ -84,12 +118,7 @@ def find_ffprobe() -> str | None:
 
 def _url(path: str | os.PathLike) -> str:
     """Check that `path` is a readable non-empty file and return it as an ffmpeg-safe ``file:`` URL."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise MediaError(f"{path}: no such file") from None
-    except OSError as e:
-        raise MediaError(f"{path}: cannot access ({e.strerror})") from None
+    st = _stat(path)
     if stat.S_ISDIR(st.st_mode):
         raise MediaError(f"{path}: is a directory, not a media file")
     if stat.S_ISREG(st.st_mode) and st.st_size == 0:
@@ -154,7 +183,13 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     out = _decode(
         path, url, "audio", ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(sample_rate)]
     )
-    return np.clip(np.frombuffer(out, np.float32), -1.0, 1.0)
+    audio = np.frombuffer(out, np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    if bad:  # float WAV/FLAC can carry NaN or infinity; clipping would hide them as silence or full scale
+        raise MediaError(
+            f"{display_name(path)}: audio holds invalid samples ({bad} of {audio.size} are NaN or infinite)"
+        )
+    return np.clip(audio, -1.0, 1.0)
 
 
 def load_video(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MediaError
+from ..storage import atomic_open, atomic_path
 from .face import BACKENDS, Backend, detect_faces, interpolate_landmarks, make_backend, to_gray, track
 from .media import SAMPLES_PER_FRAME, VIDEO_FPS, find_ffmpeg, iter_video, load_audio, probe
 
@@ -285,14 +286,6 @@ def aligned_audio(path: str | os.PathLike, n_frames: int) -> np.ndarray | None:
     return np.pad(audio, (0, n_frames * SAMPLES_PER_FRAME - len(audio)))
 
 
-def _publish(tmp: str | os.PathLike, path: Path) -> None:
-    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and move it to `path`."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 class VideoWriter:
     """Frames piped to ffmpeg (H.264, yuv420p, 25 fps) into a temporary file renamed to `path` by `close`;
     `abort` (after close, a no-op) removes it, so no partial file is ever left under `path`."""
@@ -302,8 +295,8 @@ class VideoWriter:
         exe = find_ffmpeg()
         if exe is None:
             raise MediaError(f"{path}: cannot encode, ffmpeg not found")
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
-        os.close(fd)
+        self._output = atomic_path(self.path, ".part")  # committed by close, discarded by abort
+        self.tmp = self._output.__enter__()
         self.err = tempfile.TemporaryFile()
         args = [exe, "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", pix_fmt,
                 "-s", f"{width}x{height}", "-r", str(VIDEO_FPS), "-i", "-",
@@ -331,7 +324,7 @@ class VideoWriter:
             pass
         if self.proc.wait() != 0:
             self._fail()
-        _publish(self.tmp, self.path)
+        self._output.__exit__(None, None, None)
         self.done = True
         self.err.close()
 
@@ -341,7 +334,8 @@ class VideoWriter:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        Path(self.tmp).unlink(missing_ok=True)
+        aborted = MediaError(f"{self.path}: not written")
+        self._output.__exit__(MediaError, aborted, None)  # removes the temporary file
         self.err.close()
         self.done = True
 
@@ -364,13 +358,8 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 160
     import soundfile as sf
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
-        _publish(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -414,13 +403,8 @@ def crop_mouth_file(
     sheet = None
     if debug_overlay:
         sheet = out / f"{stem}_crops.png"
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{sheet.name}.", suffix=".part")
-        os.close(fd)
-        try:
+        with atomic_path(sheet) as tmp:
             Image.fromarray(contact_sheet(crops)).save(tmp, format="PNG")
-            _publish(tmp, sheet)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     return CropResult(video, wav, overlay, sheet, info)
 
 
@@ -461,8 +445,6 @@ def cached_mouth_frames(
             return z["crops"], z["found"], [str(w) for w in z["warnings"]]
     crops, info = mouth_frames(video_path, options, backend)
     entry.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".mouth", suffix=".npz", dir=entry.parent)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_open(entry, "wb") as f:
         np.savez(f, crops=crops, found=info.found, warnings=np.array(info.warnings, dtype=str))
-    os.replace(tmp, entry)
     return crops, info.found, info.warnings

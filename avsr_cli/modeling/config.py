@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from ..storage import atomic_write_text
 
 FORMAT_NAME = "avsr-checkpoint"
 FORMAT_VERSION = 1
@@ -43,6 +44,14 @@ REFERENCE_SPECIAL_TOKENS = {
 }
 
 
+# How much audio the Whisper encoder sees per clip. "padded-30s": every clip padded to Whisper's 30 s window,
+# as the reference does (Llama-AVSR: AutoFeatureExtractor defaults, pad and truncate to 30 s); imported and
+# reference-trained checkpoints use it. "trimmed": each clip padded only to a multiple of the compression
+# rate, its own positions only (a 4 s clip costs 4 s, not 30 s): for models trained that way (not the
+# reference's numerics; a projector trained on padded frames drifts on trimmed ones).
+ENCODER_WINDOWS = ("padded-30s", "trimmed")
+
+
 @dataclass
 class EncoderConfig:
     """A frozen pretrained encoder: where it comes from and its output width."""
@@ -52,6 +61,13 @@ class EncoderConfig:
     dim: int = 1024
     weights: str | None = None  # file inside the checkpoint dir overriding the source's weights
     revision: str | None = None
+    window: str = "padded-30s"  # whisper: one of ENCODER_WINDOWS
+
+    def __post_init__(self) -> None:
+        if self.window not in ENCODER_WINDOWS:
+            raise CheckpointError(
+                f"unknown encoder window {self.window!r} (expected one of {', '.join(ENCODER_WINDOWS)})"
+            )
 
 
 @dataclass
@@ -176,7 +192,7 @@ class ModelConfig:
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **asdict(self)}
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

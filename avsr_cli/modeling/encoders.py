@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
@@ -70,7 +71,39 @@ class WhisperAudioEncoder(nn.Module):
         return cls(encoder.eval())
 
     @torch.no_grad()
-    def forward(self, input_features: torch.Tensor, n_frames: list[int]) -> list[torch.Tensor]:
+    def forward(
+        self, input_features: torch.Tensor | list[torch.Tensor], n_frames: list[int]
+    ) -> list[torch.Tensor]:
+        """The last hidden state of each clip, cut to its `n_frames`. A list of per-clip features (trimmed
+        windows) is encoded in batches of equal length, so a clip's frames never depend on its batch."""
         param = next(self.encoder.parameters())
-        hidden = self.encoder(input_features.to(param.device, param.dtype)).last_hidden_state
-        return [hidden[i, :n] for i, n in enumerate(n_frames)]
+        if isinstance(input_features, torch.Tensor):
+            hidden = self.encoder(input_features.to(param.device, param.dtype)).last_hidden_state
+            return [hidden[i, :n] for i, n in enumerate(n_frames)]
+        out: list[torch.Tensor | None] = [None] * len(input_features)
+        by_length: dict[int, list[int]] = {}
+        for i, feats in enumerate(input_features):
+            by_length.setdefault(feats.shape[-1], []).append(i)
+        for indices in by_length.values():
+            batch = torch.stack([input_features[i] for i in indices]).to(param.device, param.dtype)
+            hidden = self.trimmed_forward(batch)
+            for row, i in enumerate(indices):
+                out[i] = hidden[row, : n_frames[i]]
+        return out
+
+    def trimmed_forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        """transformers' WhisperEncoder.forward without its 30 s length check: the convolutions, the first T
+        positional embeddings, the layers and the final LayerNorm (faster-whisper and whisper.cpp run
+        shorter windows the same way). On a full 3000-frame input it equals the stock forward."""
+        enc = self.encoder
+        x = F.gelu(enc.conv1(input_features))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
+        if x.shape[1] > enc.embed_positions.weight.shape[0]:
+            raise ValueError(
+                f"{x.shape[1]} encoder frames exceed Whisper's {enc.embed_positions.weight.shape[0]}"
+            )
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        for layer in enc.layers:
+            x = layer(x, None)
+            x = x[0] if isinstance(x, tuple) else x  # transformers 4.x layers return a tuple
+        return enc.layer_norm(x)

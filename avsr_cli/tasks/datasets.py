@@ -24,10 +24,10 @@ by id.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,9 +137,14 @@ def read_transcript(path: Path) -> str:
     lines = text.splitlines()
     match = _LRS_TEXT.fullmatch(lines[0]) if lines else None
     reference = " ".join((match[1] if match else text).split())
-    if not reference:
-        raise ValueError("empty transcript")
+    if not has_words(reference):
+        raise ValueError("empty transcript" + (f" ({reference!r}: no words)" if reference else ""))
     return reference
+
+
+def has_words(text: str) -> bool:
+    """A transcript to train or score on says something: at least one letter or digit."""
+    return any(ch.isalnum() for ch in text)
 
 
 def _scan_folder(folder: Path) -> tuple[list[Item], list[Skipped]]:
@@ -205,17 +210,30 @@ class _Collector:
         if item_id in self.seen:
             return self.skip(line, f"duplicate id {item_id!r} (first at line {self.seen[item_id]})")
         self.seen[item_id] = line
-        if not reference:
-            return self.skip(line, "empty transcript")
+        if not has_words(reference):
+            return self.skip(line, "empty transcript" + (f" ({reference!r}: no words)" if reference else ""))
         if not path.is_file():
             return self.skip(line, f"transcript without media (no file {path})")
         self.items.append(Item(item_id, path, reference, audio))
 
 
+def _csv_rows(text: str, delimiter: str) -> Iterator[tuple[int, list[str] | csv.Error]]:
+    """(line number, fields or the parse error) for each non-empty line. A manifest has one row per line:
+    parsing line by line keeps an unterminated quote from swallowing the rows after it."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield n, next(csv.reader([line], delimiter=delimiter, strict=True))
+            except csv.Error as e:
+                yield n, e
+
+
 def _csv_manifest(path: Path, text: str, delimiter: str) -> tuple[list[Item], list[Skipped]]:
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, restkey="\0extra")
-    columns = {name.strip().lower(): name for name in reader.fieldnames or [] if name}
-    text_column = columns.get("transcript") or columns.get("text")
+    rows = _csv_rows(text, delimiter)
+    header = next(rows, (0, []))[1]
+    header = header if isinstance(header, list) else []
+    columns = {name.strip().lower(): i for i, name in enumerate(header) if name.strip()}
+    text_column = columns.get("transcript", columns.get("text"))
     if "path" not in columns or text_column is None:
         found = ", ".join(columns) or "none"
         raise DatasetError(
@@ -223,20 +241,15 @@ def _csv_manifest(path: Path, text: str, delimiter: str) -> tuple[list[Item], li
             f"(found: {found})"
         )
     out = _Collector(path)
-    rows = iter(reader)
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            out.skip(reader.line_num, f"unreadable line ({e}); the rest of the file is ignored")
-            break
-        if "\0extra" in row or None in row.values():
-            out.skip(reader.line_num, f"unreadable line (expected {len(reader.fieldnames)} fields)")
+    for n, row in rows:
+        if isinstance(row, csv.Error):
+            out.skip(n, f"unreadable line ({row}: an unterminated quote?)")
+            continue
+        if len(row) != len(header):
+            out.skip(n, f"unreadable line (expected {len(header)} fields, found {len(row)})")
             continue
         item_id = row[columns["id"]] if "id" in columns else None
-        out.add(reader.line_num, row[columns["path"]], row[text_column], item_id)
+        out.add(n, row[columns["path"]], row[text_column], item_id)
     return out.items, out.skipped
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AvsrError, UsageError
-from ..storage import atomic_write_text
+from ..storage import atomic_write_text, exclusive_lock
 from .datasets import Item, load_dataset
 from .scoring import alignment_text, get_normalizer, score
 from .transcribe import MediaInput, TranscribeOptions, Transcriber, load_media
@@ -184,7 +184,24 @@ def evaluate(
     report_dir: Path | None = None,
     on_clip: Callable[[str, str, dict], None] | None = None,
 ) -> Report:
-    """Transcribe and score `dataset` under every (mode, SNR) condition; write the report files if asked."""
+    """Transcribe and score `dataset` under every (mode, SNR) condition; write the report files if asked.
+
+    A report folder is locked while the run lasts: a second run on it (even with --resume) is refused.
+    """
+    if report_dir is None:
+        return _evaluate(transcriber, dataset, options, None, on_clip)
+    Path(report_dir).mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(Path(report_dir), "avsr evaluate"):
+        return _evaluate(transcriber, dataset, options, report_dir, on_clip)
+
+
+def _evaluate(
+    transcriber: Transcriber,
+    dataset: str | Path,
+    options: EvaluateOptions,
+    report_dir: Path | None,
+    on_clip: Callable[[str, str, dict], None] | None,
+) -> Report:
     started = time.perf_counter()
     normalizer = get_normalizer(options.normalizer)
     data = load_dataset(dataset, limit=options.limit)

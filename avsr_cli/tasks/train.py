@@ -45,8 +45,9 @@ from safetensors.torch import load_file, save_file
 from ..checkpoints.bases import DEFAULT_VIDEO_RATE, base_config
 from ..errors import AvsrError, UsageError
 from ..frontends.mouth import MouthOptions
-from ..modeling.config import MODE_TO_TASK
+from ..modeling.config import ENCODER_WINDOWS, MODE_TO_TASK
 from ..modeling.model import AVSRModel, ModalityInputs
+from ..storage import atomic_path, atomic_write_text, cache_root
 from .datasets import Dataset, Item
 
 REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README training commands
@@ -92,6 +93,9 @@ class TrainOptions:
     # LLM loss (see `ctc_prealign`); helps small LLMs, which otherwise take long to start reading the audio.
     ctc_epochs: int = 0
     ctc_lr: float = 2e-3
+    # A fresh model's Whisper window (modeling.config.ENCODER_WINDOWS); None: the base's (padded-30s, as the
+    # reference). A fine-tuned checkpoint keeps its own: its projector was trained on those frames.
+    encoder_window: str | None = None
 
     def modes(self) -> list[str]:
         """The tasks trained: `mode` split at commas, checked, in order, without repeats."""
@@ -123,6 +127,9 @@ class TrainOptions:
             raise UsageError(f"unknown select '{self.select}' (last, best)")
         if self.select == "best" and self.val_every:
             raise UsageError("select 'best' compares epoch ends: use it with val_every 0")
+        if self.encoder_window is not None and self.encoder_window not in ENCODER_WINDOWS:
+            windows = ", ".join(ENCODER_WINDOWS)
+            raise UsageError(f"unknown encoder window '{self.encoder_window}' ({windows})")
 
     def weights(self) -> list[float]:
         """Loss weight per mode (in `modes()` order)."""
@@ -168,8 +175,6 @@ class FeatureCache:
         mouth: MouthOptions | None = None,
         mouth_cache: Path | None = None,
     ) -> None:
-        from ..frontends.mouth import MouthOptions
-        from ..storage import cache_root
 
         self.root = Path(root)
         self.model = model
@@ -234,9 +239,8 @@ class FeatureCache:
         if key.exists():
             return load_file(str(key))["frames"]
         frames = compute().detach().float().cpu().contiguous()
-        tmp = key.with_suffix(f".tmp{os.getpid()}")
-        save_file({"frames": frames}, str(tmp))
-        os.replace(tmp, key)
+        with atomic_path(key) as tmp:
+            save_file({"frames": frames}, str(tmp))
         return frames
 
     def _encode_audio(self, path: Path, wave: np.ndarray) -> torch.Tensor:
@@ -580,7 +584,7 @@ class Trainer:
             "seconds_this_run": round(result.seconds, 1),
             "selected_epochs": selected,
         }
-        (checkpoint / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(checkpoint / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
         return result
 
     def _validation(self, step: int, epoch: int) -> dict:
@@ -602,9 +606,8 @@ class Trainer:
 
         d = self._epochs_dir()
         d.mkdir(exist_ok=True)
-        tmp = d / f".epoch{epoch}.tmp"
-        save_file({k: v.float().cpu() for k, v in adapter_state(self.model).items()}, str(tmp))
-        os.replace(tmp, d / f"epoch{epoch:03d}.safetensors")
+        with atomic_path(d / f"epoch{epoch:03d}.safetensors") as tmp:
+            save_file({k: v.float().cpu() for k, v in adapter_state(self.model).items()}, str(tmp))
 
     def _save_state(self, opt, sched, step, epoch, batch_pos, losses, validations, rng) -> None:
         from ..checkpoints.loading import adapter_state
@@ -621,9 +624,8 @@ class Trainer:
             "rng": _rng_tensor(rng.getstate()),
             "torch_rng": torch.get_rng_state(),
         }
-        tmp = self.out_dir / f".{STATE_FILE}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.out_dir / STATE_FILE)
+        with atomic_path(self.out_dir / STATE_FILE) as tmp:
+            torch.save(state, tmp)
 
     def _finish(self, validations: list[dict]) -> tuple[Path, list[int]]:
         """Put the selected epoch adapter (the best by validation WER, or the average of the last
@@ -735,7 +737,6 @@ def train(
     """
     from ..checkpoints.loading import build_model, load_checkpoint, resolve_device
     from ..modeling.config import ModelConfig
-    from ..storage import cache_root
     from .datasets import load_dataset
 
     options = options or TrainOptions()
@@ -761,8 +762,16 @@ def train(
         config = absolute_sources(ModelConfig.load(ckpt_dir / "config.json"), ckpt_dir)
         if video_encoder and config.video_encoder is None:
             raise UsageError("--video-encoder adds a video side to a base; this checkpoint has none to keep")
+        window = config.audio_encoder.window if config.audio_encoder is not None else None
+        if options.encoder_window and window and options.encoder_window != window:
+            raise UsageError(
+                f"--encoder-window {options.encoder_window}: the checkpoint was trained on {window} frames "
+                "and keeps them (start from a base to change it)"
+            )
     else:
         config = base_config(base or "whisper-base-smollm2", out.name)
+        if options.encoder_window and config.audio_encoder is not None:
+            config.audio_encoder.window = options.encoder_window
         if video_encoder:
             from ..checkpoints.bases import video_encoder_config
 
@@ -810,7 +819,8 @@ def train(
         raise AvsrError(f"{data}: no clip could be encoded ({tr.failed[0][0]}: {tr.failed[0][1]})")
     trainer = Trainer(model, tr.frames, tr.texts, options, out, (val.frames, val.texts) if val else None)
     result = trainer.run(resume, on_step)
-    result.failed = tr.failed + (val.failed if val else [])
+    unusable = [(s.path, s.reason) for d in (train_set, val_set) if d is not None for s in d.skipped]
+    result.failed = unusable + tr.failed + (val.failed if val else [])
     return result
 
 

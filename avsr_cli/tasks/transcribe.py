@@ -17,6 +17,7 @@ from ..frontends.media import VIDEO_FPS
 from ..modeling.config import MODES
 from ..modeling.decoding import DecodingOptions
 from ..modeling.model import AVSRModel, ModalityInputs
+from ..storage import display_name
 
 SEGMENTATIONS = ("auto", "vad", "off")
 
@@ -76,7 +77,7 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "path": display_name(self.path)}
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
@@ -195,11 +196,11 @@ class Transcriber:
 
     def transcribe_loaded(
         self,
-        items: Iterable[Loaded],
+        items: Iterable[MediaInput],
         options: TranscribeOptions | None = None,
         on_progress: Callable[[float], None] | None = None,
     ) -> Iterator[Result | AvsrError]:
-        """The core loop over decoded inputs `(name, audio or the error loading raised, demux seconds)`.
+        """The core loop over decoded inputs (each a MediaInput: audio and/or crops, or the loading error).
 
         Long inputs are cut into speech chunks; chunks of several files share batches; results come in order.
         `on_progress(seconds)` is called as media time is done (per decoded chunk, and for skipped audio).
@@ -210,11 +211,6 @@ class Transcriber:
         queue: list[_Job] = []
         pending: list[tuple[_Job, int]] = []
         for item in items:
-            if isinstance(item, tuple):  # (name, audio or the error loading raised, seconds): audio only
-                name, audio, seconds = item
-                error = audio if isinstance(audio, AvsrError) else None
-                mode = "asr" if options.mode == "auto" else options.mode
-                item = MediaInput(name, None if error else audio, mode=mode, error=error, seconds=seconds)
             job = self._prepare(item, options)
             report(job.duration - sum(e - s for s, e in job.chunks))  # audio that needs no decoding
             queue.append(job)
@@ -339,7 +335,6 @@ class Transcriber:
 
 
 LONG_FORM_TOKENS_PER_SECOND = 8  # generous: fast English speech is ~3 words (~4-5 tokens) per second
-Loaded = tuple[str, "np.ndarray | AvsrError", float]  # (name, audio or the error, decode seconds)
 
 
 def load_media(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
+from ..storage import atomic_write_text, display_name
 from .subtitles import CueOptions, clean_segments, make_cues
 from .transcribe import Result, Segment
 
@@ -99,19 +99,6 @@ WRITERS: dict[str, Callable[[Result, CueOptions | None], str]] = {
 }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and rename: readers never see a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_output_dir(output_dir: Path) -> Path:
     """Create `output_dir` if needed and prove it writable before any work is done."""
     output_dir = Path(output_dir)
@@ -126,10 +113,18 @@ def check_output_dir(output_dir: Path) -> Path:
 def write_result(
     result: Result, output_dir: Path, formats: list[str], cues: CueOptions | None = None
 ) -> list[Path]:
-    """Write `<stem>.<ext>` for each format; returns the paths written."""
-    written = []
+    """Write `<stem>.<ext>` for each format; returns the paths written. Raises OutputError (and leaves none
+    of them) when one cannot be written."""
+    written: list[Path] = []
     for fmt in formats:
         path = Path(output_dir) / f"{Path(result.path).stem}.{fmt}"
-        atomic_write_text(path, WRITERS[fmt](result, cues))
+        try:
+            atomic_write_text(path, WRITERS[fmt](result, cues))
+        except OSError as exc:  # disk full, name too long, no permission: none of this input's outputs stay
+            for done in written:
+                done.unlink(missing_ok=True)
+            raise OutputError(
+                f"{display_name(result.path)}: cannot write {display_name(path)} ({exc.strerror or exc})"
+            ) from None
         written.append(path)
     return written
