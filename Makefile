@@ -17,7 +17,7 @@ FACE_DEPS = absl-py matplotlib scikit-image numba tqdm
 CORPUS ?= $(HOME)/.cache/avsr/corpus/tiny-en
 TINY_OUT ?= runs/avsr-tiny-en
 
-.PHONY: install system-deps test test-fast lint bench man man-check clean demo corpus train-tiny train-tiny-noise
+.PHONY: install system-deps test test-fast lint bench man man-check clean demo corpus train-tiny train-tiny-noise gpu-check
 
 install: system-deps
 	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<3"
@@ -48,6 +48,10 @@ bench:
 	$(PYTHON) bench/bench_transcribe.py
 	$(PYTHON) bench/bench_longform.py
 	$(PYTHON) bench/bench_mouth.py
+
+# Needs a CUDA device (tests never do): CPU vs CUDA float32/bfloat16 transcripts, speed, --device/--dtype auto.
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py
 
 man:
 	$(PYTHON) scripts/gen_man.py

@@ -43,11 +43,10 @@ def tiny_ckpt(tiny_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mean_face() -> Path:
-    """The shared 20-words mean face (the project downloads it; tests use the shared copy)."""
-    path = SHARED / "assets" / "20words_mean_face.npy"
-    if not path.exists():
-        pytest.skip(f"mean face not found at {path} (shared assets absent)")
-    return path
+    """The 20-words mean face the package ships (frontends/data; never skipped)."""
+    from avsr_cli.frontends.assets import MEAN_FACE
+
+    return MEAN_FACE.packaged
 
 
 @pytest.fixture(scope="session")

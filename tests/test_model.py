@@ -196,3 +196,44 @@ def test_config_json_round_trip(tiny_dirs, tmp_path):
     (tmp_path / "u.json").write_text('{"format": "avsr-checkpoint", "bogus": 1}')
     with pytest.raises(CheckpointError, match="unknown keys: bogus"):
         ModelConfig.load(tmp_path / "u.json")
+
+
+# --- half precision as the reference ran it (Lightning precision="bf16-true") ---
+
+
+def _rotary(model):
+    return [m for m in model.llm.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+
+
+def test_bf16_rounds_rotary_frequencies_and_fp32_stays_exact(tiny_dirs):
+    from tiny import tiny_config
+
+    from avsr_cli.checkpoints.loading import build_model
+
+    exact = [m.inv_freq.clone() for m in _rotary(build_model(tiny_config(*tiny_dirs)))]
+    assert exact and all(f.dtype == torch.float32 for f in exact)
+    dim = 64 // 4  # the tiny Llama's head dim (hidden 64, 4 heads): RoPE's own formula, independently
+    assert torch.equal(exact[0], 1.0 / (10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)))
+    half = _rotary(build_model(tiny_config(*tiny_dirs), dtype=torch.bfloat16))
+    for module, fp32 in zip(half, exact, strict=True):
+        assert module.inv_freq.dtype == torch.bfloat16
+        assert torch.equal(module.inv_freq.float(), fp32.to(torch.bfloat16).float())
+    assert not torch.equal(half[0].inv_freq.float(), exact[0])  # the rounding is real, not a no-op
+
+
+def test_bf16_front_end_rounds_the_waveform_as_lightning_does(tiny_dirs):
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    from avsr_cli.frontends.features import WhisperFrontEnd, normalize_waveform
+
+    extractor = WhisperFeatureExtractor.from_pretrained(tiny_dirs[0])
+    wave = (0.2 * np.random.default_rng(3).standard_normal(24000)).astype(np.float32)
+    fp32 = WhisperFrontEnd(extractor)([wave]).input_features
+    bf16 = WhisperFrontEnd(extractor, input_dtype=torch.bfloat16)([wave]).input_features
+    rounded = torch.from_numpy(normalize_waveform(wave)).to(torch.bfloat16).float().numpy()
+    expected = extractor([rounded], sampling_rate=16000, return_tensors="pt").input_features
+    assert torch.equal(bf16, expected) and not torch.equal(bf16, fp32)
+    assert torch.equal(
+        fp32, extractor([normalize_waveform(wave)], sampling_rate=16000, return_tensors="pt").input_features
+    )

@@ -43,6 +43,8 @@ from avsr_cli.frontends.mouth import (
 )
 from avsr_cli.modeling.avhubert import video_model_input
 
+SHARED_MEAN_FACE = Path(__file__).resolve().parents[2] / "shared" / "assets" / "20words_mean_face.npy"
+
 
 @pytest.fixture(scope="module")
 def backend():
@@ -255,6 +257,19 @@ def loopback(tmp_path):
     server.server_close()
 
 
+def test_mean_face_ships_in_the_package_and_works_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("AVSR_MEAN_FACE", raising=False)
+    monkeypatch.setenv("AVSR_CACHE", str(tmp_path / "empty-cache"))  # nothing cached, no network used
+    path = asset_path(MEAN_FACE, download=False)
+    assert path == MEAN_FACE.packaged and path.parent.name == "data"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == MEAN_FACE.sha256
+    assert "Apache License, Version 2.0" in (path.parent / "NOTICE").read_text()
+    assert load_mean_face().shape == (68, 2) and not (tmp_path / "empty-cache").exists()
+    shared = SHARED_MEAN_FACE
+    if shared.exists():  # the reference copy of ../shared, when there
+        assert shared.read_bytes() == path.read_bytes()
+
+
 def test_mean_face_download_is_verified_and_cached(mean_face, loopback, tmp_path, monkeypatch):
     www, base = loopback
     monkeypatch.delenv("AVSR_MEAN_FACE", raising=False)
@@ -262,15 +277,15 @@ def test_mean_face_download_is_verified_and_cached(mean_face, loopback, tmp_path
     (www / "good.npy").write_bytes(mean_face.read_bytes())
     (www / "bad.npy").write_bytes(mean_face.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(CheckpointError, match="wrong sha256"):
-        asset_path(MEAN_FACE, url=f"{base}/bad.npy")
+        asset_path(MEAN_FACE, packaged=False, url=f"{base}/bad.npy")
     with pytest.raises(CheckpointError, match="not in .*AVSR_MEAN_FACE"):
-        asset_path(MEAN_FACE, download=False)
-    path = asset_path(MEAN_FACE, url=f"{base}/good.npy")
+        asset_path(MEAN_FACE, download=False, packaged=False)
+    path = asset_path(MEAN_FACE, packaged=False, url=f"{base}/good.npy")
     assert path == tmp_path / "cache" / "assets" / "20words_mean_face.npy"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == MEAN_FACE.sha256
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no partial files
     (www / "good.npy").unlink()
-    assert asset_path(MEAN_FACE, url=f"{base}/good.npy") == path  # from the cache now
+    assert asset_path(MEAN_FACE, packaged=False, url=f"{base}/good.npy") == path  # from the cache now
 
 
 def test_mean_face_offline_error_names_url_and_variable(loopback, tmp_path, monkeypatch):
@@ -278,7 +293,7 @@ def test_mean_face_offline_error_names_url_and_variable(loopback, tmp_path, monk
     monkeypatch.delenv("AVSR_MEAN_FACE", raising=False)
     monkeypatch.setenv("AVSR_CACHE", str(tmp_path / "cache"))
     with pytest.raises(CheckpointError) as err:
-        asset_path(MEAN_FACE, url=f"{base}/missing.npy")  # 404, as an unreachable host would fail
+        asset_path(MEAN_FACE, url=f"{base}/missing.npy", packaged=False)  # 404, as a host offline would
     assert f"{base}/missing.npy" in str(err.value) and "AVSR_MEAN_FACE" in str(err.value)
     assert not (tmp_path / "cache" / "assets" / "20words_mean_face.npy").exists()
 

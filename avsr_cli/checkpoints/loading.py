@@ -86,7 +86,7 @@ def build_model(
 
         rates = config.compression.audio_rates or [1]
         extractor = WhisperFeatureExtractor.from_pretrained(enc_dir)
-        frontend = WhisperFrontEnd(extractor, enc_cfg.window, math.lcm(*rates))
+        frontend = WhisperFrontEnd(extractor, enc_cfg.window, math.lcm(*rates), input_dtype=dtype)
     video_encoder = None
     if config.video_encoder is not None:
         video_encoder = load_video_encoder(config.video_encoder, base_dir).to(dtype)

@@ -1,7 +1,8 @@
-"""Small data files the pipeline needs besides checkpoints, found locally or downloaded once and cached.
+"""Small data files the pipeline needs besides checkpoints: shipped in the package, else downloaded once.
 
-The only one so far is the 20-words mean face of the mouth-crop alignment: never committed to this
-repository, fetched from its published URL, checked by sha256 and kept in the avsr cache.
+The only one so far is the 20-words mean face of the mouth-crop alignment (Apache-2.0, auto_avsr): shipped
+in `frontends/data/` with its NOTICE, so lips work offline; a copy elsewhere (`AVSR_MEAN_FACE`) or, for a
+package stripped of it, the published URL also serve. Whatever the source, the sha256 is checked.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ class Asset:
     sha256: str
     env: str  # environment variable that may point to a local copy
 
+    @property
+    def packaged(self) -> Path:
+        """Where the package ships it."""
+        return Path(__file__).resolve().parent / "data" / self.name
+
 
 # The mean face of auto_avsr's alignment: mpc001/auto_avsr preparation/detectors/retinaface/video_process.py
 # loads "20words_mean_face.npy" from its own folder (68x2 float64, iBUG-68 order, 256x256 frame). Published in
@@ -44,8 +50,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def asset_path(asset: Asset, download: bool = True, url: str | None = None) -> Path:
-    """Local path of `asset`: ``$<env>`` if set, else the avsr cache, else downloaded into the cache.
+def asset_path(asset: Asset, download: bool = True, url: str | None = None, packaged: bool = True) -> Path:
+    """Local path of `asset`: ``$<env>`` if set, else the copy shipped in the package, else the avsr cache,
+    else downloaded into the cache.
 
     The file is checked against its sha256 wherever it comes from. `url` overrides the published address
     (a mirror). Raises CheckpointError, naming the URL and the environment variable, when it cannot be had.
@@ -57,6 +64,8 @@ def asset_path(asset: Asset, download: bool = True, url: str | None = None) -> P
         if _sha256(path) != asset.sha256:
             raise CheckpointError(f"${asset.env}={path}: not {asset.name} (sha256 mismatch)")
         return path
+    if packaged and asset.packaged.is_file() and _sha256(asset.packaged) == asset.sha256:
+        return asset.packaged
     path = cache_root() / "assets" / asset.name
     if path.is_file() and _sha256(path) == asset.sha256:
         return path

@@ -50,11 +50,18 @@ class WhisperFrontEnd:
     """Waveforms -> normalised -> Whisper log-mel features (transformers' extractor), padded to 30 s or, with
     `window="trimmed"`, to the clip's own frames rounded up to a multiple of `multiple`."""
 
-    def __init__(self, feature_extractor, window: str = "padded-30s", multiple: int = 1) -> None:
+    def __init__(
+        self,
+        feature_extractor,
+        window: str = "padded-30s",
+        multiple: int = 1,
+        input_dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.feature_extractor, self.window, self.multiple = feature_extractor, window, multiple
+        self.input_dtype = input_dtype
 
     def __call__(self, waveforms: list[np.ndarray]) -> AudioFeatures:
-        normalized = [normalize_waveform(w) for w in waveforms]
+        normalized = [self._as_input(normalize_waveform(w)) for w in waveforms]
         n_frames = [encoder_frames(len(w)) for w in waveforms]
         if self.window == "trimmed":
             feats = [self._trimmed(w, n) for w, n in zip(normalized, n_frames, strict=True)]
@@ -63,6 +70,16 @@ class WhisperFrontEnd:
         # and truncate to 30 s, do_normalize=False.
         feats = self.feature_extractor(normalized, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         return AudioFeatures(feats.input_features, n_frames)
+
+    def _as_input(self, wave: np.ndarray) -> np.ndarray:
+        """The waveform as a half-precision run of the reference sees it. Lightning `bf16-true` casts every
+        floating-point tensor of the batch to bf16 before the step (its loops call
+        `precision_plugin.convert_input(batch)`), so the layer-normed waveform is rounded to bf16; the model
+        then casts it back to float32 for the feature extractor (Llama-AVSR modeling_AVSRLLM.py
+        `encode_audio`: `audios.to(torch.float32)`), and the log-mel to bf16 for the encoder."""
+        if self.input_dtype == torch.float32:
+            return wave
+        return torch.from_numpy(wave).to(self.input_dtype).float().numpy()
 
     def _trimmed(self, wave: np.ndarray, n_frames: int) -> torch.Tensor:
         frames = min(-(-n_frames // self.multiple) * self.multiple, WINDOW_FRAMES)

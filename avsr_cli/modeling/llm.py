@@ -91,7 +91,25 @@ def load_llm(model_dir: Path, weights: Path | None, dtype: torch.dtype) -> nn.Mo
         if config.tie_word_embeddings:
             model.tie_weights()
     model.requires_grad_(False)
+    if dtype in (torch.bfloat16, torch.float16):
+        round_rotary_buffers(model, dtype)
     return model.eval()
+
+
+def round_rotary_buffers(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep the rotary frequencies as a half-precision run of the reference has them.
+
+    The reference evaluates and trains with Lightning `precision="bf16-true"` (Llama-AVSR eval.py/train.py,
+    Omni-AVSR the same), which casts the whole module, buffers included, to bf16; transformers 4.43 keeps
+    Llama's RoPE `inv_freq` as a buffer, so the released models were trained and scored with frequencies
+    rounded to bf16 (up to 3e-3 relative) and upcast to float32 in the rotary forward. Loading with
+    `from_pretrained(dtype=)` keeps them float32, so round them here, as `module.to(dtype)` would.
+    """
+    for module in model.modules():
+        for name in ("inv_freq", "original_inv_freq"):
+            buffer = getattr(module, name, None)
+            if isinstance(buffer, torch.Tensor) and buffer.is_floating_point():
+                setattr(module, name, buffer.to(dtype))
 
 
 def resize_for_tokenizer(model: nn.Module, n_tokens: int) -> None:
