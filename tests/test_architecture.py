@@ -197,4 +197,4 @@ def test_crop_mouth_flags_match_mouth_options():
     fields = _fields(MouthOptions)
     fields["face_backend"] = fields.pop("backend")
     library_only = {"max_size", "detect_size", "auto_rotate", "mean_face"}  # AVSR_MEAN_FACE sets mean_face
-    _parity("crop-mouth", fields, {"files", "output_dir", "debug_overlay", "quiet"}, library_only)
+    _parity("crop-mouth", fields, {"files", "output_dir", "debug_overlay", "gray", "quiet"}, library_only)

@@ -133,7 +133,7 @@ def test_evaluate_video_modes_with_occlusion_and_crop_cache(av_ckpt, media, tmp_
     clean = prepare_item(item, "vsr", float("inf"), "none", options)
     blurred = prepare_item(item, "vsr", float("inf"), "gaussian_blur:3", options)
     assert entries[0].stat().st_mtime_ns == mtime  # served from the cache
-    assert clean.video.shape == blurred.video.shape == (155, 96, 96)
+    assert clean.video.shape == blurred.video.shape == (155, 96, 96, 3)
     assert blurred.video.std() < clean.video.std()  # blur smooths the crops
     r = run("evaluate", data, "-c", av_ckpt, "--mode", "vsr", "--occlusion", "fog", "-q")
     assert r.exit_code == 2 and "unknown occlusion 'fog'" in r.stderr

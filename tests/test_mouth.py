@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from avsr_cli.cli import app
 from avsr_cli.errors import CheckpointError, MediaError
 from avsr_cli.frontends.assets import MEAN_FACE, asset_path, load_mean_face
-from avsr_cli.frontends.media import probe
+from avsr_cli.frontends.media import load_video, probe
 from avsr_cli.frontends.mouth import (
     MouthOptions,
     aligned_audio,
@@ -81,7 +81,7 @@ def lrs3_mouth(lrs3_clip, options, backend, artifacts):
 
 def test_lrs3_crops_are_centred_on_the_mouth(lrs3_mouth, mean_face):
     crops, info = lrs3_mouth
-    assert crops.shape == (155, 96, 96) and crops.dtype == np.uint8
+    assert crops.shape == (155, 96, 96, 3) and crops.dtype == np.uint8  # RGB, as auto_avsr saves them
     assert info.hit_rate >= 0.95 and info.rotation == 0 and not info.warnings
     err = centre_error(info)
     assert err.mean() < 2.0 and err.max() < 6.0
@@ -89,14 +89,14 @@ def test_lrs3_crops_are_centred_on_the_mouth(lrs3_mouth, mean_face):
     mean_mouth = np.load(mean_face)[48:68].mean(0)
     assert np.linalg.norm(info.centres - mean_mouth, axis=1).max() < 12
     # the lips are the darkest band of a mouth crop: darker in the middle rows than above the upper lip
-    rows = crops.astype(float).mean(axis=(0, 2))
+    rows = crops.astype(float).mean(axis=(0, 2, 3))
     assert rows[40:56].min() < rows[:20].mean() - 15
 
 
 def test_carphone_crops(carphone_clip, options, backend, artifacts):
     crops, info = mouth_frames(carphone_clip, options, backend)
     Image.fromarray(contact_sheet(crops)).save(artifacts / "carphone_crops.png")
-    assert crops.shape == (100, 96, 96)  # 4.004 s at 29.97 fps -> 25 fps
+    assert crops.shape == (100, 96, 96, 3)  # 4.004 s at 29.97 fps -> 25 fps
     assert info.hit_rate >= 0.9
     err = centre_error(info)
     assert err.mean() < 2.0 and err.max() < 6.0
@@ -128,7 +128,7 @@ def test_talking_still_face_with_tts(tmp_path, options, backend, artifacts):
         assert len(crops) == n and info.hit_rate == 1.0
         err = centre_error(info, truth["centre"])
         assert err.mean() < 4.0 and err.max() < 6.0, each.name
-        dark = (crops[:, 24:72, 16:80] < 50).sum(axis=(1, 2))
+        dark = (crops[:, 24:72, 16:80].mean(axis=-1) < 50).sum(axis=(1, 2))  # RGB: the mean brightness
         assert np.corrcoef(dark, truth["opening"])[0, 1] > 0.9, each.name
     wav = aligned_audio(video, n)
     assert len(wav) == n * 640
@@ -179,7 +179,7 @@ def test_rotation_metadata_is_applied(lrs3_clip, tmp_path, options, backend):
 def test_one_frame_video_without_audio(lrs3_clip, tmp_path, options, backend):
     video = one_frame(lrs3_clip, tmp_path / "one.mp4")
     crops, info = mouth_frames(video, options, backend)
-    assert crops.shape == (1, 96, 96) and info.found.all() and centre_error(info).max() < 3.0
+    assert crops.shape == (1, 96, 96, 3) and info.found.all() and centre_error(info).max() < 3.0
     result = crop_mouth_file(video, tmp_path, options, backend)
     assert result.wav is None and "no audio stream: no .wav written" in result.info.warnings
     assert probe(result.video).n_frames == 1
@@ -196,7 +196,7 @@ def test_4k_frame_is_scaled_down(lrs3_clip, tmp_path, options, backend):
     video = frame_4k(lrs3_clip, tmp_path / "4k.mp4")
     assert (probe(video).width, probe(video).height) == (3840, 2160)
     crops, info = mouth_frames(video, options, backend)
-    assert info.frame_size == (720, 1280) and crops.shape == (1, 96, 96)
+    assert info.frame_size == (720, 1280) and crops.shape == (1, 96, 96, 3)
     assert centre_error(info).max() < 6.0
 
 
@@ -211,15 +211,22 @@ def test_smoothing_matches_the_reference_loop(lrs3_mouth):
     np.testing.assert_allclose(smooth_landmarks(landmarks), np.array(expected), atol=1e-9)
 
 
-def test_video_model_input(lrs3_mouth):
+def test_video_model_input_is_the_reference_transform(lrs3_mouth):
+    """auto_avsr VideoTransform("test") on RGB crops: x / 255, CenterCrop(88), torchvision Grayscale
+    (0.2989 R + 0.587 G + 0.114 B, in float), Normalize(0.421, 0.165); computed here independently."""
     crops = lrs3_mouth[0]
     x = video_model_input(crops)
     assert x.shape == (155, 1, 88, 88) and str(x.dtype) == "torch.float32"
-    # CenterCrop(88) of 96 starts at row/column 4; then (x / 255 - 0.421) / 0.165
-    expected = (crops[:, 4:92, 4:92] / 255.0 - 0.421) / 0.165
-    np.testing.assert_allclose(x[:, 0].numpy(), expected, atol=1e-5)
-    rgb = video_model_input(np.repeat(crops[..., None], 3, axis=-1))
-    np.testing.assert_allclose(rgb.numpy(), x.numpy(), atol=1e-5)
+    f = crops[:, 4:92, 4:92].astype(np.float32) / np.float32(255.0)  # CenterCrop(88) of 96 starts at 4
+    gray = np.float32(0.2989) * f[..., 0] + np.float32(0.587) * f[..., 1] + np.float32(0.114) * f[..., 2]
+    expected = (gray - np.float32(0.421)) / np.float32(0.165)
+    np.testing.assert_allclose(x[:, 0].numpy(), expected, rtol=0, atol=1e-6)
+    # greying before the warp in uint8 (the old way, and OpenCV's 0.299) is measurably different
+    early = (np.rint(crops[:, 4:92, 4:92] @ np.array([0.299, 0.587, 0.114])) / 255.0 - 0.421) / 0.165
+    assert np.abs(early - expected).max() > 1e-3
+    grey = np.rint(gray * 255).astype(np.uint8)  # grey crops are used as they are
+    np.testing.assert_allclose(video_model_input(np.pad(grey, ((0, 0), (4, 4), (4, 4))))[:, 0].numpy(),
+                               (grey / 255.0 - 0.421) / 0.165, atol=1e-6)  # fmt: skip
 
 
 def test_aligned_audio_has_640_samples_a_frame(lrs3_clip):
@@ -318,6 +325,11 @@ def test_crop_mouth_command(lrs3_clip, mean_face, backend, tmp_path, monkeypatch
                      "lrs3_example_overlay.mp4"]  # fmt: skip
     info = probe(out / "lrs3_example_mouth.mp4")
     assert (info.width, info.height, info.video_fps, info.n_frames) == (96, 96, 25.0, 155)
+    colour = load_video(out / "lrs3_example_mouth.mp4")
+    assert np.abs(colour[..., 0].astype(int) - colour[..., 2]).mean() > 2  # RGB: the channels differ
+    result = CliRunner().invoke(app, ["crop-mouth", str(lrs3_clip), "-o", str(tmp_path / "g"), "--gray"])
+    grey = load_video(tmp_path / "g" / "lrs3_example_mouth.mp4")
+    assert result.exit_code == 0 and np.abs(grey[..., 0].astype(int) - grey[..., 2]).max() <= 2
     audio, rate = sf.read(out / "lrs3_example.wav")
     assert rate == 16000 and audio.ndim == 1 and len(audio) == 155 * 640
     overlay = probe(out / "lrs3_example_overlay.mp4")

@@ -19,6 +19,9 @@ def crop_mouth(
     ],
     face_backend: FaceBackendOpt = "dlib",
     detect_every: DetectEveryOpt = 10,
+    gray: Annotated[
+        bool, typer.Option("--gray", help="Write grey mouth clips (default: RGB, as auto_avsr saves them).")
+    ] = False,
     debug_overlay: Annotated[
         bool,
         typer.Option(
@@ -28,7 +31,7 @@ def crop_mouth(
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Cut 96x96 grey mouth clips (25 fps) and 16 kHz audio from videos, as lip-reading models see them."""
+    """Cut 96x96 mouth clips (RGB, 25 fps) and 16 kHz audio from videos, as lip-reading models see them."""
     from ..frontends.assets import load_mean_face
     from ..frontends.face import make_backend
     from ..frontends.mouth import MouthOptions, crop_mouth_file
@@ -41,7 +44,7 @@ def crop_mouth(
     failed = 0
     for path in files:
         try:
-            result = crop_mouth_file(path, output_dir, options, backend, debug_overlay)
+            result = crop_mouth_file(path, output_dir, options, backend, debug_overlay, gray)
         except AvsrError as exc:
             if STATE["debug"]:
                 raise

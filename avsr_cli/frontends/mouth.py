@@ -1,4 +1,4 @@
-"""Mouth stage: video -> 96x96 grey mouth crops at 25 fps, aligned as the Llama-AVSR checkpoints were trained.
+"""Mouth stage: video -> 96x96 RGB mouth crops at 25 fps, aligned as the Llama-AVSR checkpoints were trained.
 
 Frames are decoded twice (streamed, never held whole): once for landmarks (`face.track`), once to cut the
 crops, so long or large videos need memory for the crops only. The alignment follows auto_avsr's
@@ -29,10 +29,11 @@ MOUTH = slice(48, 68)  # start_idx=48, stop_idx=68: the 20 mouth landmarks
 ALIGNED_SIZE = 256  # target_size = reference_size = (256, 256): the mean face's frame
 CROP_SIZE = 96  # crop_width = crop_height = 96
 WINDOW = 12  # window_margin=12: landmarks averaged over frames t-6..t+6 (fewer at the clip's ends)
-# Deviations: VideoProcess returns nothing for clips shorter than 12 frames (here the window shrinks, so
-# even a 1-frame video crops). Frames turn grey before the warp, as VideoProcess(convert_gray=True); the
-# Llama-AVSR data were saved RGB and turned grey at load time with the same ITU-R 601 weights (rounding
-# differs only).
+# The RGB frame is warped and cropped, as auto_avsr's preprocess_lrs2lrs3.py made the released data
+# (VideoProcess(convert_gray=False), RGB crops saved); grey comes later, in float, at the model input
+# (modeling.avhubert.video_model_input). Deviation: VideoProcess returns nothing for clips shorter than 12
+# frames (here the window shrinks, so even a 1-frame video crops).
+CROP_FORMAT = "rgb"  # part of the crop-cache key: grey crops cached by older versions are not reused
 CENTRE_LIMIT = 5  # cut_patch threshold: the mouth may lie at most 48 + 5 px off the aligned frame's centre
 
 
@@ -139,12 +140,12 @@ def align_transform(points: np.ndarray, mean_face: np.ndarray) -> np.ndarray:
     return m
 
 
-def crop_mouth(gray: np.ndarray, m: np.ndarray, mouth_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Warp a grey frame into the aligned 256x256 face (bilinear, black border) and cut the 96x96 square
-    centred on the mean of the transformed mouth points; returns (crop, centre)."""
+def crop_mouth(frame: np.ndarray, m: np.ndarray, mouth_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Warp a frame (RGB or grey) into the aligned 256x256 face (bilinear, black border) and cut the 96x96
+    square centred on the mean of the transformed mouth points; returns (crop, centre)."""
     import cv2
 
-    aligned = cv2.warpAffine(gray, m, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR,
+    aligned = cv2.warpAffine(frame, m, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
     centre = (mouth_points @ m[:, :2].T + m[:, 2]).mean(axis=0)
     half = CROP_SIZE // 2
@@ -168,7 +169,7 @@ def mouth_frames(
     backend: Backend | None = None,
     overlay_path: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, MouthInfo]:
-    """Mouth crops of a video: uint8 (T, 96, 96) grey at 25 fps, and what was done (`MouthInfo`).
+    """Mouth crops of a video: uint8 (T, 96, 96, 3) RGB at 25 fps, and what was done (`MouthInfo`).
 
     backend: a loaded face backend (make it once for many files), None: `options.backend`. overlay_path:
     also write the frames with landmarks and crop square drawn there (mp4). Raises MediaError (one line naming
@@ -222,7 +223,7 @@ def mouth_frames(
                 break
             try:
                 m = align_transform(smoothed[t], mean_face)
-                crop, centre = crop_mouth(to_gray(frame), m, smoothed[t][MOUTH])
+                crop, centre = crop_mouth(frame, m, smoothed[t][MOUTH])
             except ValueError as exc:
                 raise MediaError(f"{video_path}: frame {t}: {exc}") from None
             crops.append(crop)
@@ -257,7 +258,7 @@ def mouth_frames(
         result.warnings.append(f"no upright face: the frames were turned by {rotation} degrees")
     if result.hit_rate < 0.5:
         result.warnings.append(f"landmarks found on {100 * result.hit_rate:.0f}% of frames only")
-    return np.array(crops, np.uint8).reshape(n, CROP_SIZE, CROP_SIZE), result
+    return np.array(crops, np.uint8).reshape(n, CROP_SIZE, CROP_SIZE, 3), result
 
 
 def _overlay(frame, points, found, m, centre) -> np.ndarray:
@@ -386,15 +387,19 @@ def crop_mouth_file(
     options: MouthOptions = MouthOptions(),
     backend: Backend | None = None,
     debug_overlay: bool = False,
+    gray: bool = False,
 ) -> CropResult:
-    """Write <stem>_mouth.mp4 (96x96 grey, 25 fps) and <stem>.wav (16 kHz mono, 640 samples a frame) into
-    `output_dir`; with debug_overlay also <stem>_overlay.mp4 (landmarks and crop square on the frames) and
-    <stem>_crops.png (a contact sheet). Every file is written atomically."""
+    """Write <stem>_mouth.mp4 (96x96 RGB, as auto_avsr saves them; grey with `gray`, 25 fps) and <stem>.wav
+    (16 kHz mono, 640 samples a frame) into `output_dir`; with debug_overlay also <stem>_overlay.mp4
+    (landmarks and crop square on the frames) and <stem>_crops.png (a contact sheet). Every file is written
+    atomically."""
     from PIL import Image
 
     out, stem = Path(output_dir), Path(video_path).stem
     overlay = out / f"{stem}_overlay.mp4" if debug_overlay else None
     crops, info = mouth_frames(video_path, options, backend, overlay)
+    if gray:
+        crops = np.stack([to_gray(c) for c in crops]) if len(crops) else crops[..., 0]
     video = write_video(out / f"{stem}_mouth.mp4", crops)
     audio = aligned_audio(video_path, len(crops))
     wav = write_wav(out / f"{stem}.wav", audio) if audio is not None else None
@@ -424,7 +429,7 @@ def cached_mouth_frames(
     cache_dir: str | os.PathLike | None = None,
     backend: Backend | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(crops (T, 96, 96) uint8, found (T,) bool, warnings) of a video, kept in `cache_dir` when given.
+    """(crops (T, 96, 96, 3) uint8 RGB, found (T,) bool, warnings) of a video, kept in `cache_dir` when given.
 
     The key covers the file (absolute path, size, mtime) and every option that changes the crops, so models
     and modes share crops and a changed file or option is cropped again. Files are `.npz` (no pickle).
@@ -438,7 +443,8 @@ def cached_mouth_frames(
     path = Path(video_path)
     st = path.stat()
     opts = {k: getattr(options, k) for k in options.__dataclass_fields__}
-    ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, opts, CROP_SIZE], sort_keys=True)
+    ident = [str(path.resolve()), st.st_size, st.st_mtime_ns, opts, CROP_SIZE, CROP_FORMAT]
+    ident = json.dumps(ident, sort_keys=True)
     entry = Path(cache_dir) / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.npz"
     if entry.exists():
         with np.load(entry, allow_pickle=False) as z:

@@ -340,20 +340,26 @@ MODEL_CROP = 88
 MODEL_MEAN, MODEL_STD = 0.421, 0.165
 
 
+# torchvision's rgb_to_grayscale weights (transforms.Grayscale on a float tensor), which auto_avsr's
+# VideoTransform applies; ITU-R 601 rounded differently from OpenCV's 0.299.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
 def video_model_input(crops: np.ndarray):
-    """The video encoder's input from mouth crops: float32 tensor (T, 1, 88, 88), x / 255, the centre 88x88,
-    normalised with mean 0.421 and std 0.165 (auto_avsr datamodule/transforms.py, test). Takes (T, 96, 96)
-    grey or (T, 96, 96, 3) RGB uint8 crops (RGB becomes grey with ITU-R 601 weights, as torchvision's
-    Grayscale)."""
+    """The video encoder's input from mouth crops: float32 tensor (T, 1, 88, 88), in the order of auto_avsr's
+    datamodule/transforms.py VideoTransform("test"): x / 255, the centre 88x88, grey in float (GRAY_WEIGHTS),
+    normalised with mean 0.421 and std 0.165. Takes (T, 96, 96, 3) RGB crops (as the released data were
+    saved) or (T, 96, 96) grey ones (already grey: used as they are), uint8."""
     import torch
 
     x = torch.as_tensor(np.asarray(crops)).float() / 255.0
-    if x.ndim == 4 and x.shape[-1] == 3:
-        x = x @ torch.tensor([0.299, 0.587, 0.114])
-    if x.ndim != 3:
-        raise ValueError(f"mouth crops must be (T, H, W) or (T, H, W, 3), got {tuple(x.shape)}")
-    h, w = x.shape[1:]
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
+        raise ValueError(f"mouth crops must be (T, H, W, 3) or (T, H, W), got {tuple(x.shape)}")
+    h, w = x.shape[1:3]
     # torchvision CenterCrop: top = int(round((h - 88) / 2)), left likewise
     top, left = int(round((h - MODEL_CROP) / 2.0)), int(round((w - MODEL_CROP) / 2.0))
     x = x[:, top : top + MODEL_CROP, left : left + MODEL_CROP]
+    if x.ndim == 4:
+        r, g, b = x.unbind(-1)
+        x = GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b  # rgb_to_grayscale's expression
     return ((x - MODEL_MEAN) / MODEL_STD).unsqueeze(1).contiguous()
