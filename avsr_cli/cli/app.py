@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -144,27 +146,24 @@ DetectEveryOpt = Annotated[
 ]
 
 
-def transcribe_options(
-    decoding: Decoding,
-    num_beams: int | None,
-    max_new_tokens: int | None,
-    seed: int,
-    length_penalty: float,
-    **fields,
-):
-    """The TranscribeOptions of transcribe, export-subtitles and evaluate: the decoding flags become its
-    DecodingOptions (None: the checkpoint's defaults), the other flags map one-to-one onto its fields."""
+def transcribe_options(flags: dict[str, Any], **fixed: Any):
+    """The TranscribeOptions of transcribe, export-subtitles and evaluate from the command's flags
+    (`ctx.params`): the decoding flags become its DecodingOptions (None: the checkpoint's defaults), every
+    flag named like one of its fields maps onto that field, and `fixed` sets what the command decides."""
     from ..modeling.decoding import DecodingOptions
     from ..tasks.transcribe import TranscribeOptions
 
+    values = {k: v.value if isinstance(v, enum.Enum) else v for k, v in flags.items()}
     strategy = DecodingOptions(
-        strategy=decoding.value,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        length_penalty=length_penalty,
+        strategy=values["decoding"],
+        num_beams=values["num_beams"],
+        max_new_tokens=values["max_new_tokens"],
+        seed=values["seed"],
+        length_penalty=values["length_penalty"],
     )
-    return run_guarded(TranscribeOptions, decoding=strategy, **fields)
+    names = {f.name for f in dataclasses.fields(TranscribeOptions)} - {"decoding"}
+    chosen = {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if k in names}
+    return run_guarded(TranscribeOptions, decoding=strategy, **{**chosen, **fixed})
 
 
 def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool):

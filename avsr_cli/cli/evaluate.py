@@ -63,6 +63,7 @@ def parse_levels(values: list[str]) -> list[int]:
 
 
 def evaluate(
+    ctx: typer.Context,
     dataset: Annotated[
         Path,
         typer.Argument(
@@ -137,19 +138,7 @@ def evaluate(
         resume=resume,
         occlusion=occlusion,
         levels=tuple(parse_levels(level)),
-        transcribe=transcribe_options(
-            decoding,
-            num_beams,
-            max_new_tokens,
-            seed,
-            length_penalty,
-            audio_rate=audio_rate,
-            video_rate=video_rate,
-            batch_size=batch_size,
-            face_backend=face_backend,
-            detect_every=detect_every,
-            mouth_cache=str(mouth_cache) if mouth_cache else None,
-        ),
+        transcribe=transcribe_options(ctx.params, mode="auto"),  # each condition sets its mode
     )
     if report_dir is not None:
         from ..tasks.writers import check_output_dir

@@ -47,6 +47,7 @@ class OutputFormat(str, enum.Enum):
 
 
 def transcribe(
+    ctx: typer.Context,
     files: Annotated[
         list[Path],
         typer.Argument(
@@ -99,22 +100,7 @@ def transcribe(
     formats = list(FORMATS) if output_format is OutputFormat.all else [output_format.value]
     if output_dir is not None:
         run_guarded(check_output_dir, output_dir)
-    options = transcribe_options(
-        decoding,
-        num_beams,
-        max_new_tokens,
-        seed,
-        length_penalty,
-        mode=mode.value if mode else "auto",
-        audio_rate=audio_rate,
-        video_rate=video_rate,
-        face_backend=face_backend,
-        detect_every=detect_every,
-        batch_size=batch_size,
-        segmentation=segmentation.value,
-        max_chunk=max_chunk,
-        merge_gap=merge_gap,
-    )
+    options = transcribe_options(ctx.params, mode=mode.value if mode else "auto")
     inputs = readable_inputs(files)  # a typo costs no model load
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
     stdout_format = "txt" if output_format is OutputFormat.all else output_format.value
@@ -212,6 +198,7 @@ class SubtitleFormat(str, enum.Enum):
 
 
 def export_subtitles(
+    ctx: typer.Context,
     files: Annotated[
         list[Path],
         typer.Argument(help="Videos or audio files, any length.", show_default=False, readable=False),
@@ -269,22 +256,8 @@ def export_subtitles(
         min_gap=min_gap,
     )
     run_guarded(check_output_dir, output_dir)
-    options = transcribe_options(
-        decoding,
-        num_beams,
-        max_new_tokens,
-        seed,
-        length_penalty,
-        mode=mode.value if mode else "auto",
-        audio_rate=audio_rate,
-        video_rate=video_rate,
-        face_backend=face_backend,
-        detect_every=detect_every,
-        batch_size=batch_size,
-        segmentation="vad",
-        max_chunk=max_chunk,
-        merge_gap=merge_gap,
-    )
+    flags = {k: v for k, v in ctx.params.items() if k != "min_duration"}  # here --min-duration is the cue's
+    options = transcribe_options(flags, mode=mode.value if mode else "auto", segmentation="vad")
     inputs = readable_inputs(files)  # a typo costs no model load
     transcriber = load_transcriber(checkpoint, device, dtype, quiet)
     run_files(
