@@ -21,12 +21,48 @@ def tiny_dirs(tmp_path_factory):
     return make_whisper(base / "whisper"), make_llm(base / "llm")
 
 
+LRS3_SENTENCE = (
+    "it turned out that we were doing a lot of low level drug cases on the streets just around the corner "
+    "from our office in trenton"
+)  # what Whisper base hears in the real clip (../shared/README.md)
+
+
 @pytest.fixture(scope="session")
-def lrs3_clip() -> Path:
+def lrs3_clip(tmp_path_factory) -> Path:
+    """The real LRS3 test clip from ../shared (research use: never copied into the repository), or, where it
+    is absent (a fresh clone) or AVSR_TEST_STANDIN=1, a stand-in of the same shape built here: a real face
+    photograph (scikit-image's astronaut) centred in 224x224 at 25 fps for 6.2 s (155 frames), its mouth
+    opening with the loudness of the clip's sentence spoken by an offline TTS voice, 16 kHz audio."""
     path = SHARED / "assets" / "lrs3_example.mp4"
-    if not path.exists():
-        pytest.skip(f"real LRS3 clip not found at {path} (shared assets absent)")
-    return path
+    if path.exists() and not os.environ.get("AVSR_TEST_STANDIN"):
+        return path
+    return lrs3_standin(tmp_path_factory.mktemp("lrs3-standin") / "lrs3_example.mp4")
+
+
+def lrs3_standin(dst: Path) -> Path:
+    import numpy as np
+    from facevideos import astronaut, dlib_backend, talking_still
+    from PIL import Image
+    from speech import available_voices, speech
+
+    photo = astronaut()
+    if photo is None or not available_voices():
+        pytest.skip("no LRS3 clip, and no stand-in: scikit-image's astronaut or an offline TTS voice missing")
+    backend = dlib_backend()
+    (face,) = backend.detect(photo)
+    x0, y0, x1, y1 = face.box
+    side = int(1.9 * max(x1 - x0, y1 - y0))  # LRS3 crops: the face fills about half of the 224 frame
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2 + (y1 - y0) // 8
+    left, top = max(0, int(cx - side // 2)), max(0, int(cy - side // 2))
+    square = photo[top : top + side, left : left + side]
+    image = np.asarray(Image.fromarray(square).resize((224, 224), Image.BICUBIC))
+    (face,) = backend.detect(image)
+    mouth = backend.landmarks(image, face.box)[48:68].mean(0)
+    audio = speech(LRS3_SENTENCE)
+    n = 155 * 640  # 6.2 s: 155 frames at 25 fps
+    audio = np.pad(audio, (0, max(0, n - len(audio))))[:n]
+    talking_still(image, mouth, audio, dst)
+    return dst
 
 
 @pytest.fixture(scope="session")

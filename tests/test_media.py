@@ -16,7 +16,6 @@ from avsr_cli.frontends.media import SAMPLE_RATE, load_audio, load_video, probe
 
 FFMPEG = media.find_ffmpeg()
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg binary (apt install ffmpeg)")
-LRS3 = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "lrs3_example.mp4"
 DUR = 2.0
 
 
@@ -203,12 +202,11 @@ def test_load_video(files: Path) -> None:
     assert red[0] > 200 and red[1] < 40 and red[2] < 40  # RGB order
 
 
-@pytest.mark.skipif(not LRS3.exists(), reason=f"real clip {LRS3} not present")
-def test_lrs3_example() -> None:
-    info = probe(LRS3)
+def test_lrs3_example(lrs3_clip) -> None:
+    info = probe(lrs3_clip)
     assert info.duration == pytest.approx(6.2, abs=0.1)
     assert (info.width, info.height, info.video_fps, info.audio_sample_rate) == (224, 224, 25, 16000)
-    audio, video = load_audio(LRS3), load_video(LRS3)
+    audio, video = load_audio(lrs3_clip), load_video(lrs3_clip)
     assert len(audio) == pytest.approx(6.2 * SAMPLE_RATE, abs=0.05 * SAMPLE_RATE)
     assert 0.05 < np.abs(audio).max() <= 1.0
     assert video.shape == (155, 224, 224, 3)

@@ -34,7 +34,6 @@ from avsr_cli.checkpoints.pypi_models import (
 from avsr_cli.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT.parent / "shared" / "assets" / "lrs3_example.mp4"
 REFERENCE = (
     "it turned out that we were doing a lot of low-level drug cases on the streets just around the corner "
     "from our office in trenton"
@@ -72,13 +71,11 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def speech() -> torch.Tensor:
-    """The LRS3 example clip's audio, 16 kHz mono float32, decoded by the ffmpeg binary."""
-    if not CLIP.is_file():
-        pytest.skip(f"speech clip {CLIP} is absent (shared assets not checked out)")
+def speech(lrs3_clip) -> torch.Tensor:
+    """The LRS3 example clip's audio (or its stand-in's), 16 kHz mono float32, decoded by ffmpeg."""
     if shutil.which("ffmpeg") is None:
         pytest.skip("the ffmpeg binary is not on PATH")
-    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(CLIP)]
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(lrs3_clip)]
     cmd += ["-f", "f32le", "-ac", "1", "-ar", "16000", "-"]
     pcm = subprocess.run(cmd, capture_output=True, check=True).stdout
     return torch.frombuffer(bytearray(pcm), dtype=torch.float32)
