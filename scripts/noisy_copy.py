@@ -1,6 +1,6 @@
 """Noisy copies of a speech folder (`.wav` + same-stem `.txt`), for noise fine-tuning of avsr-tiny-en.
 
-Each clip gets one copy with babble-like or white noise (avsr_cli.noise, half each) at an SNR drawn from
+Each clip gets one copy with babble-like or white noise (avsr_cli.tasks.noise, half each) at an SNR drawn from
 `--snr` (default 0, 5, 10, 15 dB: the noisy part of the reference's train-time set -5..20 dB), seeded per
 clip name, so the copy is reproducible. Writes DST/<stem>_noisy.wav and .txt; `--limit N` copies the first N
 clips (sorted), `--keep-clean` also links the clean clips into DST, `--manifest F` writes a JSONL manifest of

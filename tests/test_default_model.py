@@ -41,6 +41,7 @@ def test_demo_clip_uses_the_default_model():
     p = subprocess.run([*avsr(), "transcribe", str(clip)], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "using the built-in avsr-tiny-en" in p.stderr
+    assert "Warning" not in p.stderr and "Loading weights" not in p.stderr  # no library noise
     reference = (ROOT / "examples" / "alice_heldout.txt").read_text().strip()
     assert score([(reference, p.stdout.strip())]).wer <= 0.2, p.stdout
 

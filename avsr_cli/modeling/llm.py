@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +158,9 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
         bias="none",
         init_lora_weights=True,
     )
-    peft_model = get_peft_model(model, cfg, adapter_name=names[0])
+    with warnings.catch_warnings():  # peft calls transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, cfg, adapter_name=names[0])
     for name in names[1:]:
         peft_model.add_adapter(name, cfg)
     return peft_model
