@@ -131,6 +131,16 @@ def test_bad_inputs(files: Path, name: str, problem: str) -> None:
     assert "\n" not in message and "Traceback" not in message
 
 
+def test_a_fifo_is_refused_by_every_decoder_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)  # opening it would wait for a writer for ever
+    for decode in (load_audio, load_video, probe):
+        with pytest.raises(MediaError, match="pipe.wav: is a FIFO \\(named pipe\\), not a media file"):
+            decode(fifo)
+
+
 def test_bad_inputs_probe_and_video(files: Path) -> None:
     for name in ("nope.wav", "folder.wav", "empty.wav", "garbage.mp4"):
         with pytest.raises(MediaError, match=name):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import AvsrError, CheckpointError, DownloadError, UnsafeNameError, UsageError
+from ..modeling.config import CONFIG_FILE, ModelConfig
 from ..storage import atomic_write_text, cache_root, safe_join, set_usual_modes
 from ..version import __version__
 from .sources import DESCRIPTION_FILES
@@ -45,7 +46,6 @@ HTML_LIMIT = 1 << 20  # most bytes of an HTML page read to look for a confirmati
 DEFAULT_HUB_PATTERNS = [*DESCRIPTION_FILES, "*.safetensors"]
 MANIFEST = "manifest.json"
 HEX_DIGEST_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # git blob sha1 or LFS sha256
-CONFIG_FILE = "config.json"  # checkpoint.CONFIG_FILE (not imported: checkpoint.py pulls in torch)
 
 Converter = Callable[[Path, Path], Path]  # (source file, output directory) -> output directory
 
@@ -830,8 +830,6 @@ def locate_checkpoint(name: str) -> Path:
 
     Raises CheckpointError naming the missing part and the command that fetches it.
     """
-    from ..modeling.config import ModelConfig
-
     card = get_card(name)
     if card.checkpoint is None:
         raise CheckpointError(

@@ -65,7 +65,7 @@ class MediaInfo:
     n_frames: int | None
 
 
-def check_input(path: str | os.PathLike) -> None:
+def check_input(path: str | os.PathLike) -> os.stat_result:
     """Raise MediaError unless `path` is a regular file this process may read. Checked with stat first, so a
     FIFO, socket or device is refused without being opened (opening a FIFO blocks until a writer comes)."""
     name = display_name(path)
@@ -78,6 +78,7 @@ def check_input(path: str | os.PathLike) -> None:
             pass
     except OSError as exc:
         raise MediaError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    return st
 
 
 def _stat(path: str | os.PathLike) -> os.stat_result:
@@ -117,14 +118,10 @@ def find_ffprobe() -> str | None:
 
 
 def _url(path: str | os.PathLike) -> str:
-    """Check that `path` is a readable non-empty file and return it as an ffmpeg-safe ``file:`` URL."""
-    st = _stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        raise MediaError(f"{path}: is a directory, not a media file")
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-        raise MediaError(f"{path}: empty file (0 bytes)")
-    if not os.access(path, os.R_OK):
-        raise MediaError(f"{path}: permission denied")
+    """Check that `path` is a readable non-empty regular file (`check_input`: every decode and probe goes
+    through here, so no command can hang on a FIFO) and return it as an ffmpeg-safe ``file:`` URL."""
+    if check_input(path).st_size == 0:
+        raise MediaError(f"{display_name(path)}: empty file (0 bytes)")
     return "file:" + os.path.abspath(path)
 
 
