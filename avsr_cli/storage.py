@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,25 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def side_packages_dir() -> Path:
+    """Where `make install` puts packages that only carry model files or whose pins clash with the main
+    environment (the PyPI model wheels, mediapipe, face-alignment): `pip install --target`, outside
+    site-packages, so `pip check` stays clean. AVSR_PACKAGES overrides it."""
+    return Path(os.environ.get("AVSR_PACKAGES") or Path(sys.prefix) / "share" / "avsr" / "packages")
+
+
+def find_package(module: str):
+    """`importlib.util.find_spec(module)` (the module is not imported), searching side_packages_dir() too:
+    it is appended to sys.path once, after the environment's own packages, which keep precedence."""
+    import importlib.util
+
+    side = str(side_packages_dir())
+    if side not in sys.path and os.path.isdir(side):
+        sys.path.append(side)
+        importlib.invalidate_caches()
+    return importlib.util.find_spec(module)
 
 
 def display_name(path: str | os.PathLike) -> str:

@@ -41,7 +41,82 @@ ENVIRONMENT = [
     ("HF_TOKEN", "Hugging Face access token, for gated or private models."),
     ("HF_HUB_OFFLINE", "Set to 1 to use only models already in the cache (no network access)."),
     ("HF_ENDPOINT", "Alternative Hugging Face Hub endpoint (a mirror)."),
+    (
+        "AVSR_MEAN_FACE",
+        "A local copy of the 20words_mean_face.npy landmarks used to align mouths (one ships inside avsr).",
+    ),
+    (
+        "AVSR_FAN_DIR",
+        "Where the face-alignment (FAN) weights are, for --face-backend face-alignment offline.",
+    ),
+    ("OMP_WAIT_POLICY", "avsr sets PASSIVE unless you set it: spinning OpenMP threads collapse under load."),
+    ("NO_COLOR", "Set to turn off colours on stderr."),
 ]
+# Commands as a user types them; each page shows its own, the top page a few of each.
+EXAMPLES = {
+    "transcribe": [
+        (
+            "Transcribe a recording with the built-in English model; the text goes to stdout:",
+            "avsr transcribe talk.mp3",
+        ),
+        (
+            "Read lips and audio with a downloaded model:",
+            "avsr transcribe video.mp4 --mode avsr -c omni-avsr-s",
+        ),
+        (
+            "Write every format for a folder of files, re-runnable:",
+            "avsr transcribe clips/*.wav -f all -o out/ --skip-existing",
+        ),
+        ("Read from a pipe:", "ffmpeg -i talk.webm -f wav - | avsr transcribe -"),
+        ("Segments with confidence, as JSON Lines:", "avsr transcribe a.wav b.wav -f json"),
+    ],
+    "export-subtitles": [
+        ("SubRip subtitles of a long video, to stdout:", "avsr export-subtitles lecture.mp4 > lecture.srt"),
+        (
+            "SRT and WebVTT files, stricter voice activity detection:",
+            "avsr export-subtitles lecture.mp4 -f srt -f vtt -o subs/ --vad-threshold 0.6",
+        ),
+    ],
+    "evaluate": [
+        (
+            "WER of the built-in model on a folder of clips with .txt transcripts; the table goes to stdout:",
+            "avsr evaluate data/ > wer.txt",
+        ),
+        (
+            "Audio and audio-visual WER in babble noise, with a report folder:",
+            "avsr evaluate lrs3/test -c omni-avsr-s --mode asr --mode avsr --snr 5,0,-5 --report-dir report/",
+        ),
+    ],
+    "train": [
+        (
+            "Train a small English model offline from a folder of clips:",
+            "avsr train --data corpus/train --val-data corpus/val -o runs/mine --base whisper-base-smollm2",
+        ),
+        (
+            "A killed run resumes when the same command runs again:",
+            "avsr train --data corpus/train -o runs/mine --save-every 50",
+        ),
+    ],
+    "download-checkpoint": [
+        ("What can be downloaded, its size, needs and licence:", "avsr download-checkpoint --list"),
+        (
+            "Fetch a model (gated parts need a Hugging Face token):",
+            "HF_TOKEN=hf_... avsr download-checkpoint omni-avsr-s",
+        ),
+    ],
+    "import-checkpoint": [
+        (
+            "Convert a reference Llama-AVSR .pth file:",
+            "avsr import-checkpoint model.pth ckpt/ --config import.json",
+        ),
+    ],
+    "crop-mouth": [
+        (
+            "Cut mouth clips as lip-reading models see them, with a check image:",
+            "avsr crop-mouth video.mp4 -o crops/ --debug-overlay",
+        ),
+    ],
+}
 
 
 def esc(text: str, literal: bool = False) -> str:
@@ -106,9 +181,6 @@ def facts(param: Param, ctx: typer.Context) -> str:
     is_flag = isinstance(param, TyperOption) and param.is_flag
     if desc.choices is not None:
         items.append("one of: " + ", ".join(bold(plain(c)) for c in desc.choices))
-    elif not is_flag:
-        label = param.bare_type() if desc.is_ranged else param.display_type(ctx).strip("<>")
-        items.append(f"type: {esc(label)}")
     low, high = param.min, param.max
     if low is not None and high is not None:
         items.append(f"range: {low}<=x<={high}")
@@ -196,11 +268,17 @@ def page(cmd: Command, ctx: typer.Context, words: list[str]) -> str:
         lines.append(".SH COMMANDS")
         for sub_words, sub in subs:
             lines += [".TP", bold(sub_words[-1]), esc(summary(sub)), f"See {bold('-'.join(sub_words))}(1)."]
-    if len(words) == 1:
-        lines.append(".SH EXIT STATUS")
-        lines += [line for code, text in EXIT_STATUS for line in (".TP", bold(code), esc(text))]
-        lines.append(".SH ENVIRONMENT")
-        lines += [line for var, text in ENVIRONMENT for line in (".TP", bold(var), esc(text))]
+    examples = (
+        EXAMPLES.get(words[-1], []) if len(words) > 1 else [e for v in EXAMPLES.values() for e in v[:1]]
+    )
+    if examples:
+        lines.append(".SH EXAMPLES")
+        for text, command in examples:
+            lines += [".PP", esc(text), ".PP", ".RS 4", ".nf", esc(command, literal=True), ".fi", ".RE"]
+    lines.append(".SH EXIT STATUS")
+    lines += [line for code, text in EXIT_STATUS for line in (".TP", bold(code), esc(text))]
+    lines.append(".SH ENVIRONMENT")
+    lines += [line for var, text in ENVIRONMENT for line in (".TP", bold(var), esc(text))]
     see_also = ["-".join(words[:i]) for i in range(1, len(words))] + ["-".join(w) for w, _ in subs]
     if see_also:
         lines += [".SH SEE ALSO", ",\n".join(f"{bold(ref)}(1)" for ref in see_also)]

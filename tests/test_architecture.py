@@ -47,10 +47,11 @@ def test_no_import_cycles():
 
 
 def _modules_loaded(code: str) -> set[str]:
-    script = f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)))"
+    script = f"import sys\n{code}\nprint('MODULES:', ' '.join(sorted(sys.modules)))"
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    return set(r.stdout.split())
+    (line,) = [line for line in r.stdout.splitlines() if line.startswith("MODULES: ")]  # not the help text
+    return set(line.split()[1:])
 
 
 @pytest.mark.parametrize("args", [["--help"], ["transcribe", "--help"], ["train", "--help"], ["--version"]])
@@ -86,6 +87,9 @@ def test_public_api_is_lazy():
 # ---------------------------------------------------------------------------------------------------------
 
 
+FLAG_PREFIXED = {"vad"}  # nested options whose flags carry the field's name as a prefix
+
+
 def _fields(cls, prefix: str = "") -> dict[str, str]:
     """Every field of an options dataclass, nested ones flattened: {name: dotted path}."""
     out = {}
@@ -93,7 +97,10 @@ def _fields(cls, prefix: str = "") -> dict[str, str]:
         kind = f.type if isinstance(f.type, type) else None
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            out.update(_fields(type(default), prefix + f.name + "."))
+            nested = _fields(type(default), prefix + f.name + ".")
+            if f.name in FLAG_PREFIXED:  # --vad-threshold is TranscribeOptions.vad.threshold
+                nested = {f"{f.name}_{k}": v for k, v in nested.items()}
+            out.update(nested)
         elif kind is None or not dataclasses.is_dataclass(kind):
             out[f.name] = prefix + f.name
     return out
@@ -117,8 +124,10 @@ def _transcribe_fields() -> dict[str, str]:
 
 # Options a command has that are not settings of the library call (where the model comes from, the output,
 # the terminal), and library fields that are deliberately not flags, each with its reason.
-RUN_FLAGS = {"checkpoint", "device", "dtype", "quiet", "verbose", "files", "output_dir"}
+RUN_FLAGS = {"checkpoint", "device", "dtype", "quiet", "verbose", "threads", "files", "output_dir"}
+OUTPUT_FLAGS = {"output_format", "overwrite", "skip_existing"}  # how results are written, not what they are
 LIBRARY_ONLY = {
+    "vad_neg_threshold": "silero's hysteresis, threshold - 0.15 unless a caller sets it",
     "min_duration": "shortest input to decode (0.3 s): a safety floor, not a user choice",
     "silence_dbfs": "silence threshold (-60 dBFS) for the empty-transcript warning",
     "mouth_cache": "transcribe keeps no crop cache; evaluate and train expose --mouth-cache",
@@ -134,7 +143,7 @@ def _parity(command: str, fields: dict[str, str], cli_only: set[str], library_on
 
 
 def test_transcribe_flags_match_transcribe_options():
-    _parity("transcribe", _transcribe_fields(), RUN_FLAGS | {"output_format"}, set(LIBRARY_ONLY))
+    _parity("transcribe", _transcribe_fields(), RUN_FLAGS | OUTPUT_FLAGS, set(LIBRARY_ONLY))
 
 
 def test_export_subtitles_flags_match_transcribe_and_cue_options():
@@ -142,7 +151,7 @@ def test_export_subtitles_flags_match_transcribe_and_cue_options():
 
     fields = {**_transcribe_fields(), **_fields(CueOptions)}
     # export-subtitles always segments by voice activity (segmentation = vad); --min-duration is the cue's
-    cli_only = RUN_FLAGS | {"format", "json_segments"}
+    cli_only = RUN_FLAGS | OUTPUT_FLAGS
     library_only = set(LIBRARY_ONLY) | {"segmentation", "conjunctions"}  # words a line may break before
     _parity("export-subtitles", fields, cli_only, library_only)
 
@@ -161,6 +170,8 @@ def test_evaluate_flags_match_evaluate_options():
         fields.pop(plural)
     cli_only = RUN_FLAGS | {"dataset", "report_dir", "json_out", "clean"}  # --no-clean drops snr inf
     library_only = {"min_duration", "silence_dbfs", "segmentation", "max_chunk", "merge_gap"}
+    library_only |= {k for k in fields if k.startswith("vad_")}  # clips are decoded whole: no VAD
+    library_only.add("logprob_threshold")  # scores are WER against references, not confidence flags
     _parity("evaluate", fields, cli_only, library_only)
 
 
@@ -179,7 +190,7 @@ def test_train_flags_match_train_setup():
         "auto_rotate",
         "mean_face",
     }
-    _parity("train", fields, {"config", "quiet"}, library_only)
+    _parity("train", fields, {"config", "quiet", "verbose", "threads"}, library_only)
     assert TrainSetup.__dataclass_params__.frozen
 
 
@@ -188,7 +199,7 @@ def test_download_flags_match_download_options():
 
     fields = _fields(DownloadOptions)
     fields["target_dir"] = fields.pop("dir")  # --dir
-    _parity("download-checkpoint", fields, {"name", "list_models", "quiet"}, set())
+    _parity("download-checkpoint", fields, {"name", "list_models", "quiet", "verbose", "threads"}, set())
 
 
 def test_crop_mouth_flags_match_mouth_options():
@@ -197,4 +208,9 @@ def test_crop_mouth_flags_match_mouth_options():
     fields = _fields(MouthOptions)
     fields["face_backend"] = fields.pop("backend")
     library_only = {"max_size", "detect_size", "auto_rotate", "mean_face"}  # AVSR_MEAN_FACE sets mean_face
-    _parity("crop-mouth", fields, {"files", "output_dir", "debug_overlay", "gray", "quiet"}, library_only)
+    _parity(
+        "crop-mouth",
+        fields,
+        {"files", "output_dir", "debug_overlay", "gray", "quiet", "verbose", "threads"},
+        library_only,
+    )

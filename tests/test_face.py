@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import facevideos
 import numpy as np
 import pytest
@@ -12,10 +10,11 @@ from facevideos import black_gap, noise, two_faces
 from avsr_cli.errors import CheckpointError, UsageError
 from avsr_cli.frontends.face import MEDIAPIPE_68, fan_weights, interpolate_landmarks, make_backend, track
 from avsr_cli.frontends.media import iter_video, load_video
+from avsr_cli.storage import find_package
 
 STABLE = [28, 33, 36, 39, 42, 45, 48, 54]
 needs_mediapipe = pytest.mark.skipif(
-    importlib.util.find_spec("mediapipe") is None, reason="mediapipe not installed (optional extra)"
+    find_package("mediapipe") is None, reason="mediapipe not installed (optional extra)"
 )
 
 
@@ -124,7 +123,7 @@ def test_face_alignment_without_weights_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def _fan_weights_or_skip():
-    if importlib.util.find_spec("face_alignment") is None:
+    if find_package("face_alignment") is None:
         pytest.skip("face-alignment not installed")
     try:
         return fan_weights(download=False)
@@ -136,7 +135,7 @@ def _fan_weights_or_skip():
 def test_face_alignment_backend_runs_on_local_weight_files(lrs3_clip, tmp_path):
     """The backend's plumbing (weights from a folder, detector boxes, FAN heatmaps -> frame pixels) on
     randomly initialised weights: what the real weights would give cannot be checked offline."""
-    if importlib.util.find_spec("face_alignment") is None:
+    if find_package("face_alignment") is None:
         pytest.skip("face-alignment not installed")
     import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd

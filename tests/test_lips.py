@@ -100,7 +100,7 @@ def test_audio_only_checkpoint_refuses_vsr(tiny_ckpt, media):
     r = run("transcribe", media["video"], "-c", tiny_ckpt)
     assert r.exit_code == 1 and "has no audio stream, and checkpoint 'tiny-test' reads only asr" in r.stderr
     r = run("transcribe", media["video"], "-c", tiny_ckpt, "--mode", "vsr")
-    assert r.exit_code == 2 and "supports modes asr, not vsr" in r.stderr
+    assert r.exit_code == 2 and "reads only asr, not vsr" in r.stderr
 
 
 def test_evaluate_video_modes_with_occlusion_and_crop_cache(av_ckpt, media, tmp_path):
@@ -118,12 +118,12 @@ def test_evaluate_video_modes_with_occlusion_and_crop_cache(av_ckpt, media, tmp_
     assert r.exit_code == 0, r.stderr
     conditions = [(c["mode"], c["snr"], c["occlusion"]) for c in json.loads(r.stdout)["conditions"]]
     assert conditions == [
-        ("vsr", "inf", "none"),
-        ("vsr", "inf", "gaussian_blur:3"),
-        ("avsr", "inf", "none"),
-        ("avsr", "inf", "gaussian_blur:3"),
-        ("avsr", 5.0, "none"),
-        ("avsr", 5.0, "gaussian_blur:3"),
+        ("vsr", "clean", "none"),
+        ("vsr", "clean", "gaussian_blur:3"),
+        ("avsr", "clean", "none"),
+        ("avsr", "clean", "gaussian_blur:3"),
+        ("avsr", "5", "none"),
+        ("avsr", "5", "gaussian_blur:3"),
     ]
     entries = list(cache.iterdir())
     assert len(entries) == 1  # one crop set serves both modes and all six conditions
@@ -142,7 +142,20 @@ def test_evaluate_video_modes_with_occlusion_and_crop_cache(av_ckpt, media, tmp_
 def test_export_subtitles_of_a_silent_video(av_ckpt, media, tmp_path):
     import srt
 
-    r = run("export-subtitles", media["video"], "-c", av_ckpt, "--max-chunk", "3", "-o", tmp_path, "--json")
+    r = run(
+        "export-subtitles",
+        media["video"],
+        "-c",
+        av_ckpt,
+        "--max-chunk",
+        "3",
+        "-o",
+        tmp_path,
+        "-f",
+        "srt",
+        "-f",
+        "json",
+    )
     assert r.exit_code == 0, r.stderr
     segments = json.loads((tmp_path / "silent.json").read_text())["segments"]
     cues = list(srt.parse((tmp_path / "silent.srt").read_text()))

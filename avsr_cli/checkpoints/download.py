@@ -13,8 +13,6 @@ import errno
 import functools
 import hashlib
 import http.client
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -32,7 +30,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import AvsrError, CheckpointError, DownloadError, UnsafeNameError, UsageError
 from ..modeling.config import CONFIG_FILE, ModelConfig
-from ..storage import atomic_write_text, cache_root, safe_join, set_usual_modes
+from ..storage import atomic_write_text, cache_root, find_package, safe_join, set_usual_modes
 from ..version import __version__
 from .sources import DESCRIPTION_FILES
 from .zoo import Card, Part, get_card, load_zoo
@@ -885,7 +883,7 @@ def part_present(card: Card, part: Part, mdir: Path) -> bool:
     from .pypi_models import KNOWN_PYPI_MODELS  # pypi: the packages that carry the model are installed
 
     entry = KNOWN_PYPI_MODELS.get(part.source)
-    return entry is not None and all(importlib.util.find_spec(m) is not None for _, _, m in entry.packages)
+    return entry is not None and all(find_package(m) is not None for _, _, m in entry.packages)
 
 
 @dataclass
@@ -899,6 +897,9 @@ class ZooEntry:
     wer: str
     status: str  # "ready", "missing: a, b", "not downloaded", or the card's error
     gated: list[str]  # parts whose licence must be accepted on the Hub first
+    download_size: str = "?"
+    memory: str = ""
+    license: str = ""
 
 
 def zoo_status() -> list[ZooEntry]:
@@ -916,7 +917,20 @@ def zoo_status() -> list[ZooEntry]:
             else ("missing: " + ", ".join(missing))
         )
         gated = [p.name for p in card.parts.values() if p.gated]
-        rows.append(ZooEntry(card.name, card.kind, card.title, card.modes, card.wer_summary(), status, gated))
+        rows.append(
+            ZooEntry(
+                card.name,
+                card.kind,
+                card.title,
+                card.modes,
+                card.wer_summary(),
+                status,
+                gated,
+                card.download_size(),
+                card.memory,
+                card.license_summary(),
+            )
+        )
     for name, error in zoo.broken.items():
         rows.append(ZooEntry(name, "?", "", [], "", f"invalid card: {error}", []))
     return sorted(rows, key=lambda r: (r.kind != "checkpoint", r.name))

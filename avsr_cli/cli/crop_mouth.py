@@ -6,7 +6,18 @@ from typing import Annotated
 import typer
 
 from ..errors import AvsrError
-from .app import EXIT_FAILED, STATE, DetectEveryOpt, FaceBackendOpt, QuietOpt, run_guarded, stderr
+from .app import (
+    EXIT_FAILED,
+    DetectEveryOpt,
+    FaceBackendOpt,
+    QuietOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    report_error,
+    run_guarded,
+    setup_command,
+    stderr,
+)
 
 
 def crop_mouth(
@@ -30,6 +41,8 @@ def crop_mouth(
         ),
     ] = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Cut 96x96 mouth clips (RGB, 25 fps) and 16 kHz audio from videos, as lip-reading models see them."""
     from ..frontends.assets import load_mean_face
@@ -37,6 +50,7 @@ def crop_mouth(
     from ..frontends.mouth import MouthOptions, crop_mouth_file
     from ..tasks.writers import check_output_dir
 
+    setup_command(quiet, verbose, threads)
     run_guarded(check_output_dir, output_dir)
     options = run_guarded(MouthOptions, backend=face_backend, detect_every=detect_every)
     run_guarded(load_mean_face)  # downloaded once; nothing can be cropped without it
@@ -46,15 +60,14 @@ def crop_mouth(
         try:
             result = crop_mouth_file(path, output_dir, options, backend, debug_overlay, gray)
         except AvsrError as exc:
-            if STATE["debug"]:
-                raise
             failed += 1
-            stderr.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            report_error(exc)
             continue
         info = result.info
         if not quiet:
             for warning in info.warnings:
                 stderr.print(f"[yellow]warning:[/yellow] {path}: {warning}", soft_wrap=True)
+        if verbose:
             stderr.print(
                 f"{path}: {info.n_frames} frames, landmarks on {100 * info.hit_rate:.0f}%, "
                 f"{info.detections} detector runs",

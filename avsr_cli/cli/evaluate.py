@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .app import (
     EXIT_FAILED,
@@ -24,9 +25,14 @@ from .app import (
     NumBeamsOpt,
     QuietOpt,
     SeedOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    check_modes,
+    checkpoint_config,
     fail,
     load_transcriber,
     run_guarded,
+    setup_command,
     stderr,
     transcribe_options,
 )
@@ -118,10 +124,15 @@ def evaluate(
     ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")
+    ] = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
-    """Transcribe a dataset and report WER/CER (corpus level) per mode and SNR."""
+    """Transcribe a dataset and report WER/CER (corpus level) per mode and SNR: the table on stdout."""
+    setup_command(quiet, verbose, threads)
     from ..tasks.evaluate import EvaluateOptions
     from ..tasks.evaluate import evaluate as run_evaluation
     from ..tasks.scoring import get_normalizer
@@ -144,31 +155,44 @@ def evaluate(
         from ..tasks.writers import check_output_dir
 
         run_guarded(check_output_dir, report_dir)
-    transcriber = load_transcriber(checkpoint, device, dtype, quiet)
+    _, config = checkpoint_config(checkpoint)
+    check_modes(config, list(options.modes))  # before any model loads
+    transcriber = load_transcriber(checkpoint, device, dtype, quiet, verbose)
     with MediaProgress(None, quiet, "scoring") as advance:
 
         def on_clip(mode: str, snr: str, row: dict) -> None:
-            if row.get("error") and not quiet:
-                stderr.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True)
+            if row.get("error"):
+                stderr.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True, markup=True)
+            elif verbose:
+                stderr.print(f"{mode} {snr} {row['id']}: {row['hyp']}", soft_wrap=True, markup=False)
             advance()
 
         report = run_guarded(run_evaluation, transcriber, dataset, options, report_dir, on_clip)
     if not quiet:
-        print_report(report)
+        print_skipped(report)
     if json_out:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        print_report(report)
     if report.conditions and all(c.failed == c.clips for c in report.conditions):
         raise typer.Exit(EXIT_FAILED)
 
 
-def print_report(report) -> None:
-    """The summary table (stderr)."""
-    from rich.table import Table
-
+def print_skipped(report) -> None:
+    """Dataset entries that could not be used (stderr)."""
     for item in report.skipped[:20]:
-        stderr.print(f"[yellow]skipped:[/yellow] {item['path']}: {item['reason']}", soft_wrap=True)
+        stderr.print(
+            f"[yellow]skipped:[/yellow] {escape(item['path'])}: {escape(item['reason'])}", soft_wrap=True
+        )
     if len(report.skipped) > 20:
         stderr.print(f"[yellow]skipped:[/yellow] ... {len(report.skipped) - 20} more (see summary.json)")
+
+
+def print_report(report) -> None:
+    """The summary table: it is the result, so it goes to stdout (`> wer.txt` keeps it)."""
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"{report.dataset} ({report.kind}), normaliser {report.normalizer}")
     video = any(c.occlusion != "none" for c in report.conditions)
     columns = ("mode", "SNR dB", *(["occlusion"] if video else []), "clips", "failed", "WER %", "CER %")
@@ -190,5 +214,8 @@ def print_report(report) -> None:
             str(sc["ref_words"]),
             f"{100 * sc['ser']:.1f}",
         )
-    stderr.print(table)
-    stderr.print(f"normaliser {report.normalizer}: {report.normalizer_description}", soft_wrap=True)
+    out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    out.print(table)
+    out.print(
+        f"normaliser {report.normalizer}: {report.normalizer_description}", soft_wrap=True, markup=False
+    )

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .app import QuietOpt, fail, run_guarded, stderr
+from .app import QuietOpt, ThreadsOpt, VerboseOpt, fail, run_guarded, setup_command, stderr
 from .progress import ByteProgress
 
 
@@ -27,12 +27,18 @@ def import_checkpoint(
             "carries, so the base LLM need not be downloaded."
         ),
     ] = True,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Convert a reference .pth checkpoint (never unpickled: weights only) into an avsr checkpoint."""
     from ..checkpoints.importer import ImportSpec, import_reference
 
+    setup_command(quiet, verbose, threads)
     spec = run_guarded(ImportSpec.load, config)
     out = run_guarded(import_reference, reference, output_dir, spec, keep_frozen=keep_frozen)
+    if not quiet:
+        stderr.print(f"imported {reference.name}: use it with avsr transcribe FILE -c {out}", soft_wrap=True)
     typer.echo(str(out))
 
 
@@ -65,10 +71,13 @@ def download_checkpoint(
         bool, typer.Option("--list", help="List the zoo with what is already downloaded, and exit.")
     ] = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Fetch a known model's parts (Hub, URL, Google Drive), verify, convert; print where they are."""
     from ..checkpoints.download import DownloadOptions, download_model, zoo_status
 
+    setup_command(quiet, verbose, threads)
     if list_models:
         print_zoo(run_guarded(zoo_status))
         return
@@ -78,12 +87,12 @@ def download_checkpoint(
     with ByteProgress(quiet) as progress:
         result = run_guarded(download_model, name, options, progress)
     if not quiet:
-        print_download(result)
+        print_download(result, verbose)
     paths = [result.checkpoint] if result.checkpoint else [p.path for p in result.parts]
     typer.echo("\n".join(str(p) for p in paths))
 
 
-def print_download(result) -> None:
+def print_download(result, verbose: bool = False) -> None:
     """Where each part is and its licence (stderr)."""
     from ..checkpoints.download import human_size
 
@@ -91,7 +100,8 @@ def print_download(result) -> None:
     for p in result.parts:
         size = f", {human_size(p.size)}" if p.size else ""
         stderr.print(f"  {p.name}: {p.kind} {p.source} ({p.action}{size})", soft_wrap=True, markup=False)
-        stderr.print(f"    at {p.path}", soft_wrap=True, markup=False)
+        if verbose:
+            stderr.print(f"    at {p.path}", soft_wrap=True, markup=False)
         gated = " (gated: its licence was accepted on the Hub)" if p.gated else ""
         stderr.print(f"    licence: {p.license}{gated}", soft_wrap=True, markup=False)
     if result.checkpoint:
@@ -100,12 +110,43 @@ def print_download(result) -> None:
 
 
 def print_zoo(rows) -> None:
-    """The zoo as a table (stdout: it is what was asked for)."""
+    """The zoo (stdout: it is what was asked for): a table on a terminal, else one tab-separated line per
+    model under a header line, for grep and cut."""
+    import sys
+
     from rich.table import Table
 
+    columns = (
+        "name",
+        "kind",
+        "modes",
+        "paper WER %",
+        "download",
+        "needs",
+        "licence",
+        "gated on the Hub",
+        "status",
+    )
+    cells = [
+        (
+            r.name,
+            r.kind,
+            ",".join(r.modes),
+            r.wer,
+            r.download_size,
+            r.memory,
+            r.license,
+            ",".join(r.gated),
+            r.status,
+        )
+        for r in rows
+    ]
+    if not sys.stdout.isatty():
+        sys.stdout.write("".join("\t".join(row) + "\n" for row in [columns, *cells]))
+        return
     table = Table(title="avsr model zoo", title_justify="left")
-    for col in ("name", "kind", "modes", "paper WER %", "status", "gated on the Hub"):
+    for col in columns:
         table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(r.name, r.kind, ",".join(r.modes), r.wer, r.status, ", ".join(r.gated))
-    Console(width=max(Console().width, 120)).print(table)
+    for row in cells:
+        table.add_row(*row)
+    Console(width=max(Console().width, 160)).print(table)

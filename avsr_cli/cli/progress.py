@@ -38,8 +38,8 @@ class MediaProgress:
 class TrainProgress:
     """Progress of `avsr train` on stderr: a Rich bar on a terminal, else a line every ~5% of the steps."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.live = quiet, not quiet and stderr.is_terminal
+    def __init__(self, quiet: bool, verbose: bool = False) -> None:
+        self.quiet, self.verbose, self.live = quiet, verbose, not quiet and stderr.is_terminal
         self.progress = self.task = None
         self.next_encode = 0
         self.started: tuple[float, int] | None = None  # (time, step) of the first step seen this run
@@ -55,7 +55,7 @@ class TrainProgress:
         if self.quiet:
             return
         if "ctc_step" in info:  # CTC pre-alignment of the projectors
-            if info["ctc_step"] % 50 == 0:
+            if self.verbose or info["ctc_step"] % 50 == 0:
                 stderr.print(
                     f"ctc pre-alignment ({info.get('modality', 'audio')}) step {info['ctc_step']} "
                     f"epoch {info['epoch']} loss {info['loss']:.3f}"
@@ -80,7 +80,7 @@ class TrainProgress:
                 self.progress.start()
                 self.task = self.progress.add_task(text, total=info["total"])
             self.progress.update(self.task, completed=info["step"], description=text)
-        elif info["step"] % max(1, info["total"] // 20) == 0 or info["step"] == info["total"]:
+        elif self.verbose or info["step"] % max(1, info["total"] // 20) == 0 or info["step"] == info["total"]:
             stderr.print(text + self._eta(info))
 
     def _eta(self, info: dict) -> str:

@@ -6,10 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import DeviceOpt, QuietOpt, run_guarded, stderr
+from .app import DeviceOpt, QuietOpt, ThreadsOpt, VerboseOpt, run_guarded, setup_command, stderr
 from .progress import TrainProgress
 
-CLI_ONLY = ("config", "quiet")  # flags of the command itself, not settings of the run
+CLI_ONLY = ("config", "quiet", "verbose", "threads")  # flags of the command itself, not settings of the run
 
 
 def train(
@@ -128,20 +128,23 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Seed (default 0).")] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train projectors + LoRA (frozen encoders and LLM) into an avsr checkpoint; resumable after a kill."""
     from ..tasks.train import TrainSetup
 
+    setup_command(quiet, verbose, threads)
     flags = {  # the flags given (a TOML value wins over a flag's default), as TrainSetup's flat keys
         k: v.value if isinstance(v, enum.Enum) else v
         for k, v in ctx.params.items()
         if k not in CLI_ONLY and ctx.get_parameter_source(k).name != "DEFAULT"
     }
     setup = run_guarded(TrainSetup.load, config, flags)
-    report = TrainProgress(quiet)
+    report = TrainProgress(quiet, verbose)
     result = run_guarded(setup.run, on_encode=report.encoded, on_step=report.step)
     report.close()
-    for clip, reason in result.failed:
+    for clip, reason in result.failed if not quiet else []:
         stderr.print(f"[yellow]skipped:[/yellow] {clip}: {reason}", soft_wrap=True)
     if not quiet:
         last = result.validations[-1] if result.validations else None

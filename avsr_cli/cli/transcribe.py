@@ -1,8 +1,19 @@
+"""`avsr transcribe` and `avsr export-subtitles`: one set of output conventions for both.
+
+Output rule (both commands): without -o the result goes to stdout in one format; with -o DIR every -f
+format is written to DIR/<stem>.<ext> and stdout lists the files written. Outputs are planned before the
+model loads: two inputs that would write the same file, or files already there (without --overwrite or
+--skip-existing), stop the run with exit 2 and nothing done.
+"""
+
 from __future__ import annotations
 
 import enum
 import json
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,13 +39,22 @@ from .app import (
     QuietOpt,
     SeedOpt,
     Segmentation,
+    ThreadsOpt,
+    VerboseOpt,
+    check_modes,
+    checkpoint_config,
+    fail,
     load_transcriber,
     report_error,
     run_guarded,
+    setup_command,
     stderr,
     transcribe_options,
 )
 from .progress import MediaProgress
+
+STDIN = "-"
+STDIN_STEM = "stdin"  # outputs of `-` are DIR/stdin.<ext>
 
 
 class OutputFormat(str, enum.Enum):
@@ -46,32 +66,69 @@ class OutputFormat(str, enum.Enum):
     all = "all"
 
 
+FORMAT_HELP = (
+    "txt, json, srt, vtt, tsv, or all; repeat for several (they need --output-dir). json and tsv carry each "
+    "segment's avg_logprob and low_confidence."
+)
+FormatsOpt = Annotated[list[OutputFormat], typer.Option("--output-format", "-f", help=FORMAT_HELP)]
+OutputDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output-dir",
+        "-o",
+        metavar="DIR",
+        help="Write DIR/<stem>.<ext> per format and list the files on stdout (default: print to stdout).",
+    ),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that already exist.")]
+SkipExistingOpt = Annotated[
+    bool, typer.Option("--skip-existing", help="Skip inputs whose output files all exist (re-run a batch).")
+]
+# Silero VAD settings, named as faster-whisper's vad_parameters (seconds here, not milliseconds).
+VadThresholdOpt = Annotated[
+    float, typer.Option(min=0.01, max=0.99, help="VAD: speech probability that starts a speech region.")
+]
+VadMinSilenceOpt = Annotated[float, typer.Option(min=0.0, help="VAD: silence (s) that ends a speech region.")]
+VadSpeechPadOpt = Annotated[
+    float, typer.Option(min=0.0, help="VAD: padding (s) added to each side of speech.")
+]
+VadMinSpeechOpt = Annotated[float, typer.Option(min=0.0, help="VAD: shorter speech regions (s) are dropped.")]
+LogprobThresholdOpt = Annotated[
+    float,
+    typer.Option(
+        help="Segments whose mean token log-probability is below this are flagged low_confidence "
+        "(faster-whisper's log_prob_threshold)."
+    ),
+]
+VideoRateOpt = Annotated[Optional[int], typer.Option(help="Video compression rate.")]
+
+
 def transcribe(
     ctx: typer.Context,
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="Media files (any container ffmpeg reads). Use `--` before names that begin with '-'.",
+            help="Media files (any container ffmpeg reads); - reads standard input. Use `--` before names "
+            "that begin with '-'.",
             show_default=False,
             readable=False,  # checked per file (one line, the batch goes on), not as a usage error
+            metavar="FILE",
         ),
     ],
     checkpoint: CheckpointOpt = None,
     mode: ModeOpt = None,
-    output_format: Annotated[
-        OutputFormat,
-        typer.Option("--output-format", "-f", help="Format of the output files (and of stdout)."),
-    ] = OutputFormat.txt,
-    output_dir: Annotated[
-        Optional[Path], typer.Option("--output-dir", "-o", help="Write <stem>.<ext> files here.")
-    ] = None,
+    output_format: FormatsOpt = [OutputFormat.txt],  # noqa: B006
+    output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipExistingOpt = False,
     num_beams: NumBeamsOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     decoding: DecodingOpt = Decoding.beam,
     seed: SeedOpt = 0,
     length_penalty: LengthPenaltyOpt = 1.0,
+    logprob_threshold: LogprobThresholdOpt = -1.0,
     audio_rate: AudioRateOpt = None,
-    video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
+    video_rate: VideoRateOpt = None,
     face_backend: FaceBackendOpt = "dlib",
     detect_every: DetectEveryOpt = 10,
     batch_size: BatchSizeOpt = 1,
@@ -89,32 +146,209 @@ def transcribe(
         ),
     ] = None,
     merge_gap: MergeGapOpt = 1.0,
+    vad_threshold: VadThresholdOpt = 0.5,
+    vad_min_silence: VadMinSilenceOpt = 0.3,
+    vad_speech_pad: VadSpeechPadOpt = 0.1,
+    vad_min_speech: VadMinSpeechOpt = 0.25,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quiet: QuietOpt = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Per-file timings on stderr.")] = False,
+    verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
-    """Transcribe media files: text on stdout, and files in --output-dir."""
-    from ..tasks.writers import FORMATS, check_output_dir
-
-    formats = list(FORMATS) if output_format is OutputFormat.all else [output_format.value]
-    if output_dir is not None:
-        run_guarded(check_output_dir, output_dir)
+    """Transcribe media files: the text on stdout, or files in --output-dir."""
+    setup_command(quiet, verbose, threads)
     options = transcribe_options(ctx.params, mode=mode.value if mode else "auto")
-    inputs = readable_inputs(files)  # a typo costs no model load
-    transcriber = load_transcriber(checkpoint, device, dtype, quiet)
-    stdout_format = "txt" if output_format is OutputFormat.all else output_format.value
-    run_files(
-        transcriber,
-        inputs,
+    run_command(
+        files,
         options,
+        formats=output_format,
         output_dir=output_dir,
-        formats=formats,
-        stdout_format=stdout_format,
-        cue_options=None,
+        existing=existing_policy(overwrite, skip_existing),
+        checkpoint=checkpoint,
+        device=device,
+        dtype=dtype,
         quiet=quiet,
         verbose=verbose,
     )
+
+
+def export_subtitles(
+    ctx: typer.Context,
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Videos or audio files, any length; - reads standard input.",
+            show_default=False,
+            readable=False,
+            metavar="FILE",
+        ),
+    ],
+    checkpoint: CheckpointOpt = None,
+    mode: ModeOpt = None,
+    output_format: FormatsOpt = [OutputFormat.srt],  # noqa: B006
+    output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipExistingOpt = False,
+    max_chunk: Annotated[
+        Optional[float],
+        typer.Option(
+            min=1.0, help="Longest speech chunk given to the model, s (default: the checkpoint's 16 s)."
+        ),
+    ] = None,
+    merge_gap: MergeGapOpt = 0.5,
+    vad_threshold: VadThresholdOpt = 0.5,
+    vad_min_silence: VadMinSilenceOpt = 0.3,
+    vad_speech_pad: VadSpeechPadOpt = 0.1,
+    vad_min_speech: VadMinSpeechOpt = 0.25,
+    max_line_chars: Annotated[int, typer.Option(min=10, help="Characters per subtitle line.")] = 42,
+    max_lines: Annotated[int, typer.Option(min=1, help="Lines per cue.")] = 2,
+    min_duration: Annotated[float, typer.Option(min=0.0, help="Shortest cue, s.")] = 1.0,
+    max_duration: Annotated[float, typer.Option(min=0.5, help="Longest cue, s.")] = 7.0,
+    min_gap: Annotated[float, typer.Option(min=0.0, help="Gap kept between consecutive cues, s.")] = 0.0,
+    num_beams: NumBeamsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    decoding: DecodingOpt = Decoding.beam,
+    seed: SeedOpt = 0,
+    length_penalty: LengthPenaltyOpt = 1.0,
+    logprob_threshold: LogprobThresholdOpt = -1.0,
+    audio_rate: AudioRateOpt = None,
+    video_rate: VideoRateOpt = None,
+    face_backend: FaceBackendOpt = "dlib",
+    detect_every: DetectEveryOpt = 10,
+    batch_size: BatchSizeOpt = 1,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Subtitle long recordings: speech chunks from voice activity detection, readable timed cues."""
+    from ..tasks.subtitles import CueOptions
+
+    setup_command(quiet, verbose, threads)
+    cue_options = run_guarded(
+        CueOptions,
+        max_line_chars=max_line_chars,
+        max_lines=max_lines,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        min_gap=min_gap,
+    )
+    flags = {k: v for k, v in ctx.params.items() if k != "min_duration"}  # here --min-duration is the cue's
+    options = transcribe_options(flags, mode=mode.value if mode else "auto", segmentation="vad")
+    run_command(
+        files,
+        options,
+        formats=output_format,
+        output_dir=output_dir,
+        existing=existing_policy(overwrite, skip_existing),
+        checkpoint=checkpoint,
+        device=device,
+        dtype=dtype,
+        quiet=quiet,
+        verbose=verbose,
+        cue_options=cue_options,
+    )
+
+
+def existing_policy(overwrite: bool, skip_existing: bool) -> str:
+    if overwrite and skip_existing:
+        raise fail("--overwrite and --skip-existing exclude each other")
+    return "overwrite" if overwrite else "skip" if skip_existing else "error"
+
+
+def chosen_formats(values: list[OutputFormat], output_dir: Path | None, n_files: int) -> list[str]:
+    """The -f values, `all` expanded; without -o only one format, and subtitles or tsv of one file."""
+    from ..tasks.writers import FORMATS
+
+    formats = list(
+        dict.fromkeys(f for v in values for f in (FORMATS if v is OutputFormat.all else [v.value]))
+    )
+    if output_dir is None:
+        if len(formats) > 1:
+            raise fail(f"-f {' '.join(formats)}: several formats are written as files: add --output-dir DIR")
+        if n_files > 1 and formats[0] in ("srt", "vtt", "tsv"):
+            raise fail(f"-f {formats[0]} prints one file to stdout: with several files add --output-dir DIR")
+    return formats
+
+
+def run_command(
+    files: list[Path],
+    options,
+    *,
+    formats: list[OutputFormat],
+    output_dir: Path | None,
+    existing: str,
+    checkpoint: str | None,
+    device: str,
+    dtype: str,
+    quiet: bool,
+    verbose: bool,
+    cue_options=None,
+) -> None:
+    """Everything both commands do: check the request, plan the outputs, load the model, run the files."""
+    from ..tasks.writers import check_output_dir, plan_outputs
+
+    chosen = chosen_formats(formats, output_dir, len(files))
+    if output_dir is not None:
+        run_guarded(check_output_dir, output_dir)
+    if sum(str(f) == STDIN for f in files) > 1:
+        raise fail("- (standard input) can be given once")
+    _, config = checkpoint_config(checkpoint)
+    check_modes(config, [] if options.mode == "auto" else [options.mode])  # before any model loads
+    with stdin_as_file(files) as (paths, labels):
+        inputs = readable_inputs(paths)  # a typo costs no model load
+        if output_dir is not None:
+            stems = [(str(p), STDIN_STEM if str(p) in labels else None) for p in inputs.readable]
+            todo = run_guarded(plan_outputs, stems, output_dir, chosen, existing)
+            for path, run in zip(list(inputs.readable), todo, strict=True):
+                if not run:
+                    inputs.readable.remove(path)
+                    inputs.skipped += 1
+                    if verbose:
+                        stderr.print(
+                            f"skipped (outputs exist): {labels.get(str(path), path)}", soft_wrap=True
+                        )
+            if not inputs.readable:
+                if not quiet:
+                    stderr.print(f"nothing to do: the outputs of all {inputs.skipped} file(s) exist")
+                if inputs.failed:
+                    raise typer.Exit(EXIT_FAILED)
+                return
+        transcriber = load_transcriber(checkpoint, device, dtype, quiet, verbose)
+        run_files(
+            transcriber,
+            inputs,
+            options,
+            output_dir=output_dir,
+            formats=chosen,
+            cue_options=cue_options,
+            labels=labels,
+            quiet=quiet,
+            verbose=verbose,
+        )
+
+
+@contextmanager
+def stdin_as_file(files: list[Path]):
+    """`-` becomes a temporary copy of standard input (ffprobe and the decoders need to seek; ffmpeg
+    reading a pipe cannot); yields (paths, {temporary path: "-"})."""
+    if STDIN not in map(str, files):
+        yield list(files), {}
+        return
+    if sys.stdin is None or sys.stdin.isatty():
+        raise fail("- reads media from standard input, but standard input is a terminal")
+    folder = Path(tempfile.mkdtemp(prefix="avsr-stdin-"))
+    try:
+        spooled = folder / STDIN_STEM
+        with open(spooled, "wb") as out:
+            shutil.copyfileobj(getattr(sys.stdin, "buffer", sys.stdin), out, 1 << 20)
+        if spooled.stat().st_size == 0:
+            raise fail("- (standard input): no data was given")
+        yield [spooled if str(f) == STDIN else f for f in files], {str(spooled): STDIN}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class Inputs:
@@ -123,7 +357,7 @@ class Inputs:
     def __init__(self, files: list[Path]) -> None:
         from ..frontends.media import check_input
 
-        self.given, self.readable, self.failed = len(files), [], 0
+        self.given, self.readable, self.failed, self.skipped = len(files), [], 0, 0
         for path in files:
             try:
                 check_input(path)
@@ -143,12 +377,13 @@ def readable_inputs(files: list[Path]) -> Inputs:
 
 
 def run_files(
-    transcriber, inputs: Inputs, options, *, output_dir, formats, stdout_format, cue_options, quiet, verbose
+    transcriber, inputs: Inputs, options, *, output_dir, formats, cue_options, labels, quiet, verbose
 ) -> None:
     """Transcribe the inputs with one loaded model: outputs per file; a file that fails (to decode, to
     transcribe, to be written) is reported in one line and the others go on; exit 1 if any failed."""
     from ..frontends.media import probe
-    from ..tasks.writers import WRITERS, write_result
+    from ..storage import display_name
+    from ..tasks.writers import write_result
 
     run_guarded(transcriber.check_options, options)
     files = inputs.readable
@@ -156,32 +391,60 @@ def run_files(
     if not quiet and stderr.is_terminal:  # progress over media time
         total = sum(_duration(probe, f) for f in files)
     failed = inputs.failed
+    said: set[str] = set()
+    name_lines = output_dir is None and len(files) + inputs.failed > 1  # grep-style `file: text`
     with MediaProgress(total, quiet, unit="s") as advance:
         for item in transcriber.transcribe_many(files, options, on_progress=advance):
             if isinstance(item, AvsrError):
                 failed += 1
                 report_error(item)
                 continue
-            for warning in item.warnings if not quiet else []:
-                stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+            stem = None
+            if item.path in labels:
+                stem, item.path = STDIN_STEM, labels[item.path]
+            name = display_name(item.path)
+            for message in item.warnings if not quiet else []:
+                stderr.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True, markup=True)
+            for note in [] if quiet else [n for n in item.notes if n not in said]:
+                said.add(note)
+                stderr.print(f"note: {note}", soft_wrap=True, markup=False)
+            if verbose and item.low_confidence:
+                stderr.print(
+                    f"[yellow]warning:[/yellow] {name}: low confidence (avg_logprob {item.avg_logprob:.2f} < "
+                    f"{options.logprob_threshold:g}): the transcript may be a guess",
+                    soft_wrap=True,
+                )
             if output_dir is not None:
                 try:
-                    write_result(item, output_dir, formats, cue_options)
+                    written = write_result(item, output_dir, formats, cue_options, stem)
                 except AvsrError as exc:
                     failed += 1
                     report_error(exc)
                     continue
-            if stdout_format is not None:
-                text = WRITERS[stdout_format](item, cue_options)
-                sys.stdout.write(text if stdout_format != "json" else json.dumps(item.to_dict()) + "\n")
-                sys.stdout.flush()
+                sys.stdout.write("".join(f"{display_name(p)}\n" for p in written))
+            else:
+                sys.stdout.write(_stdout_text(item, formats[0], cue_options, name if name_lines else None))
+            sys.stdout.flush()
             if verbose:
                 times = ", ".join(f"{k} {v:.2f}s" for k, v in item.timings.items())
-                stderr.print(f"{item.path}: {item.duration:.1f} s, {item.mode}; {times}", soft_wrap=True)
+                stderr.print(f"{name}: {item.duration:.1f} s, {item.mode}; {times}", soft_wrap=True)
     if failed:
         if not quiet:
             stderr.print(f"{failed} of {inputs.given} file(s) failed")
         raise typer.Exit(EXIT_FAILED)
+
+
+def _stdout_text(result, fmt: str, cue_options, name: str | None) -> str:
+    """One result as printed: json as one line per file (JSON Lines); txt lines prefixed by the file's name
+    when several files share stdout, as grep does."""
+    from ..tasks.writers import WRITERS
+
+    if fmt == "json":
+        return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
+    text = WRITERS[fmt](result, cue_options)
+    if name is None:
+        return text
+    return "".join(f"{name}: {line}\n" for line in text.splitlines())
 
 
 def _duration(probe, path) -> float:
@@ -189,87 +452,3 @@ def _duration(probe, path) -> float:
         return probe(path).duration
     except AvsrError:
         return 0.0
-
-
-class SubtitleFormat(str, enum.Enum):
-    srt = "srt"
-    vtt = "vtt"
-    both = "both"
-
-
-def export_subtitles(
-    ctx: typer.Context,
-    files: Annotated[
-        list[Path],
-        typer.Argument(help="Videos or audio files, any length.", show_default=False, readable=False),
-    ],
-    checkpoint: CheckpointOpt = None,
-    mode: ModeOpt = None,
-    format: Annotated[SubtitleFormat, typer.Option("--format", help="Subtitle format(s) to write.")] = (
-        SubtitleFormat.srt
-    ),
-    output_dir: Annotated[
-        Path, typer.Option("--output-dir", "-o", help="Write <stem>.srt/.vtt here.")
-    ] = Path("."),
-    json_segments: Annotated[
-        bool, typer.Option("--json", help="Also write <stem>.json (segments with start, end, text, mode).")
-    ] = False,
-    max_chunk: Annotated[
-        Optional[float],
-        typer.Option(
-            min=1.0, help="Longest speech chunk given to the model, s (default: the checkpoint's 16 s)."
-        ),
-    ] = None,
-    merge_gap: MergeGapOpt = 0.5,
-    max_line_chars: Annotated[int, typer.Option(min=10, help="Characters per subtitle line.")] = 42,
-    max_lines: Annotated[int, typer.Option(min=1, help="Lines per cue.")] = 2,
-    min_duration: Annotated[float, typer.Option(min=0.0, help="Shortest cue, s.")] = 1.0,
-    max_duration: Annotated[float, typer.Option(min=0.5, help="Longest cue, s.")] = 7.0,
-    min_gap: Annotated[float, typer.Option(min=0.0, help="Gap kept between consecutive cues, s.")] = 0.0,
-    num_beams: NumBeamsOpt = None,
-    max_new_tokens: MaxNewTokensOpt = None,
-    decoding: DecodingOpt = Decoding.beam,
-    seed: SeedOpt = 0,
-    length_penalty: LengthPenaltyOpt = 1.0,
-    audio_rate: AudioRateOpt = None,
-    video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
-    face_backend: FaceBackendOpt = "dlib",
-    detect_every: DetectEveryOpt = 10,
-    batch_size: BatchSizeOpt = 1,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    quiet: QuietOpt = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Per-file timings on stderr.")] = False,
-) -> None:
-    """Subtitle long recordings: speech chunks from voice activity detection, readable timed cues."""
-    from ..tasks.subtitles import CueOptions
-    from ..tasks.writers import check_output_dir
-
-    formats = ["srt", "vtt"] if format is SubtitleFormat.both else [format.value]
-    formats += ["json"] if json_segments else []
-    cue_options = run_guarded(
-        CueOptions,
-        max_line_chars=max_line_chars,
-        max_lines=max_lines,
-        min_duration=min_duration,
-        max_duration=max_duration,
-        min_gap=min_gap,
-    )
-    run_guarded(check_output_dir, output_dir)
-    flags = {k: v for k, v in ctx.params.items() if k != "min_duration"}  # here --min-duration is the cue's
-    options = transcribe_options(flags, mode=mode.value if mode else "auto", segmentation="vad")
-    inputs = readable_inputs(files)  # a typo costs no model load
-    transcriber = load_transcriber(checkpoint, device, dtype, quiet)
-    run_files(
-        transcriber,
-        inputs,
-        options,
-        output_dir=output_dir,
-        formats=formats,
-        stdout_format=None,
-        cue_options=cue_options,
-        quiet=quiet,
-        verbose=verbose,
-    )
-    if not quiet:
-        stderr.print(f"subtitles written to {output_dir}")

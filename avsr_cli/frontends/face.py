@@ -18,7 +18,6 @@ Frames without a face are filled by `interpolate_landmarks`.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sys
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import CheckpointError, UsageError
+from ..storage import find_package
 
 N_LANDMARKS = 68
 BACKENDS = ("dlib", "face-alignment", "mediapipe")
@@ -61,13 +61,13 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
 
 def _package_dir(module: str) -> Path | None:
     """Folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
+    spec = find_package(module)
     locations = spec.submodule_search_locations if spec else None
     return Path(next(iter(locations))) if locations else None
 
 
 def _require(module: str, backend: str, install: str) -> None:
-    if importlib.util.find_spec(module) is None:
+    if find_package(module) is None:
         raise UsageError(f"the {backend} face backend needs {module}: pip install {install}")
 
 
@@ -226,12 +226,18 @@ class MediapipeBackend:
     name = "mediapipe"
 
     def __init__(self) -> None:
-        _require("mediapipe", "mediapipe", "'mediapipe==0.10.21' (the last release with bundled face models)")
+        _require("mediapipe", "mediapipe", "--no-deps 'mediapipe==0.10.21' (make install does it)")
         with _quiet_native_stderr():
             from mediapipe.python.solutions import face_detection
 
             self.detectors = [face_detection.FaceDetection(model_selection=m) for m in (1, 0)]
             self.mesh = _face_mesh()
+            # Each graph logs from its own threads when it first runs; run them once here, where fd 2 is
+            # quiet, or the lines land on the user's terminal later.
+            blank = np.zeros((192, 192, 3), np.uint8)
+            for detector in self.detectors:
+                detector.process(blank)
+            self.mesh.process(input_data={"image": blank})
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         h, w = frame.shape[:2]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MediaError
+from ..runtime import cpu_threads
 from ..storage import display_name
 
 # Llama-AVSR / auto_avsr preprocessing: 16 kHz mono audio, 25 fps video, i.e. 640 audio samples per frame.
@@ -156,7 +157,7 @@ def _decode(path: str | os.PathLike, url: str, kind: str, output_args: list[str]
         "-loglevel",
         "error",
         "-threads",
-        "0",
+        str(cpu_threads()),
         "-i",
         url,
         "-map",
@@ -226,7 +227,8 @@ def iter_video(
     url, exe = _url(path), find_ffmpeg()
     if exe is None:
         _exec(exe, [], path)  # raises the "ffmpeg not found" error
-    args = ["-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", "-i", url, "-map", "0:v:0"]
+    args = ["-nostdin", "-hide_banner", "-loglevel", "error", "-threads", str(cpu_threads())]
+    args += ["-i", url, "-map", "0:v:0"]
     args += ["-vf", f"fps={fps},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     nbytes = height * width * 3
     with tempfile.TemporaryFile() as err:

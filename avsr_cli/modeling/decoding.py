@@ -53,6 +53,8 @@ def generation_config(options: DecodingOptions, defaults: DecodingDefaults, ids)
         bos_token_id=ids.bos,
         pad_token_id=ids.pad,
         use_cache=True,
+        output_scores=True,  # for avg_logprob: generate computes these scores anyway
+        return_dict_in_generate=True,
     )
 
 

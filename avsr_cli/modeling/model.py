@@ -152,6 +152,14 @@ class AVSRModel(nn.Module):
         self, mode: str, audio: ModalityInputs | None, video: ModalityInputs | None, options: DecodingOptions
     ) -> list[str]:
         """Transcripts for a batch of clips, decoded as the reference decodes them."""
+        return [h.text for h in self.decode(mode, audio, video, options)]
+
+    @torch.no_grad()
+    def decode(
+        self, mode: str, audio: ModalityInputs | None, video: ModalityInputs | None, options: DecodingOptions
+    ) -> list[Hypothesis]:
+        """Transcripts for a batch of clips with their mean token log-probability (the scores generate()
+        already computes: asking for them changes no token)."""
         self._activate(mode)
         seqs, labels = self.sequences(mode, audio, video)
         embeds, mask, _ = self._pad_left(seqs, labels)
@@ -166,5 +174,34 @@ class AVSRModel(nn.Module):
             if generator_state is not None:
                 torch.random.set_rng_state(generator_state)
         # Reference: batch_decode(skip_special_tokens=True, clean_up_tokenization_spaces=False), nothing else.
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return [t.strip() for t in texts]
+        texts = self.tokenizer.batch_decode(
+            out.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        beams = gen.num_beams > 1
+        # Beam search scores are log-softmax already; greedy and sampling scores are (processed) logits.
+        steps = self.llm.compute_transition_scores(
+            out.sequences, out.scores, out.beam_indices if beams else None, normalize_logits=not beams
+        )
+        return [
+            Hypothesis(text.strip(), _mean_logprob(ids, row, self.ids.eos))
+            for text, ids, row in zip(texts, out.sequences, steps, strict=True)
+        ]
+
+
+@dataclass
+class Hypothesis:
+    """One decoded transcript and its mean log-probability per token (EOS included), as Whisper's
+    avg_logprob: near 0 when the model is sure, below about -1 when it is guessing."""
+
+    text: str
+    avg_logprob: float
+
+
+def _mean_logprob(ids: torch.Tensor, scores: torch.Tensor, eos: int) -> float:
+    """Mean of the scores of the tokens up to and including the first EOS (padding after it excluded)."""
+    ends = (ids == eos).nonzero()
+    n = int(ends[0, 0]) + 1 if len(ends) else len(ids)
+    n = min(n, scores.shape[0])
+    if n == 0:
+        return 0.0
+    return float(scores[:n].float().mean())

@@ -23,7 +23,7 @@ from ..errors import AvsrError, UsageError
 from ..storage import atomic_write_text, exclusive_lock
 from .datasets import Item, load_dataset
 from .scoring import alignment_text, get_normalizer, score
-from .transcribe import MediaInput, TranscribeOptions, Transcriber, load_media
+from .transcribe import MediaInput, TranscribeOptions, Transcriber, load_media, rounded
 
 CLEAN = math.inf  # the "SNR" of a clean condition
 
@@ -85,21 +85,23 @@ class Report:
     seconds: float
 
     def to_dict(self) -> dict:
-        return _json_safe(asdict(self))
+        return rounded(_json_safe(asdict(self)))
 
 
 def snr_key(snr: float) -> str:
     return "clean" if snr == CLEAN else f"{snr:g}"
 
 
-def _json_safe(obj):
-    """JSON has no inf/nan: write them as strings."""
+def _json_safe(obj, key: str = ""):
+    """JSON has no inf/nan: write them as strings; SNRs are spelled as in results.jsonl ("clean", "5")."""
+    if isinstance(obj, float) and key in ("snr", "snrs"):
+        return snr_key(obj)  # "clean", "5", "-5": as results.jsonl spells them
     if isinstance(obj, float) and not math.isfinite(obj):
         return "inf" if obj > 0 else "-inf" if obj < 0 else "nan"
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: _json_safe(v, k) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [_json_safe(v, key) for v in obj]
     return obj
 
 
@@ -247,7 +249,7 @@ def _evaluate(
                             row.update(hyp=result.text, duration=result.duration, timings=result.timings)
                         rows.append(row)
                         if out is not None:
-                            out.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
+                            out.write(json.dumps(rounded(_json_safe(row)), ensure_ascii=False) + "\n")
                             out.flush()
                             os.fsync(out.fileno())
                         if on_clip is not None:

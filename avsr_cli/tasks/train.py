@@ -49,6 +49,7 @@ from ..modeling.config import ENCODER_WINDOWS, MODE_TO_TASK
 from ..modeling.model import AVSRModel, ModalityInputs
 from ..storage import atomic_path, atomic_write_text, cache_root
 from .datasets import Dataset, Item
+from .transcribe import rounded
 
 REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README training commands
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -584,7 +585,7 @@ class Trainer:
             "seconds_this_run": round(result.seconds, 1),
             "selected_epochs": selected,
         }
-        atomic_write_text(checkpoint / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(checkpoint / SUMMARY_FILE, json.dumps(rounded(summary), indent=1) + "\n")
         return result
 
     def _validation(self, step: int, epoch: int) -> dict:
@@ -596,7 +597,7 @@ class Trainer:
 
     def _log(self, info: dict) -> None:
         with open(self.out_dir / LOG_FILE, "a") as f:
-            f.write(json.dumps(info) + "\n")
+            f.write(json.dumps(rounded(info)) + "\n")
 
     def _epochs_dir(self) -> Path:
         return self.out_dir / "epochs"

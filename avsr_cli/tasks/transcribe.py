@@ -14,12 +14,18 @@ from ..errors import AvsrError, MediaError
 from ..frontends.face import BACKENDS
 from ..frontends.features import SAMPLE_RATE
 from ..frontends.media import VIDEO_FPS
+from ..frontends.segmentation import VadOptions
 from ..modeling.config import MODES
 from ..modeling.decoding import DecodingOptions
 from ..modeling.model import AVSRModel, ModalityInputs
 from ..storage import display_name
 
 SEGMENTATIONS = ("auto", "vad", "off")
+# The same words for every file, so a batch can say it once.
+LIPS_UNUSED = (
+    "lips are not used: checkpoint '{name}' reads audio only "
+    "(avsr download-checkpoint --list shows the models that read lips)"
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class TranscribeOptions:
     face_backend: str = "dlib"  # vsr/avsr: face landmarks by dlib, face-alignment or mediapipe (mouth.py)
     detect_every: int = 10  # vsr/avsr: run the face detector every N frames, track in between
     mouth_cache: str | None = None  # vsr/avsr: keep mouth crops in this folder (shared by models, modes)
+    vad: VadOptions = field(default_factory=VadOptions)  # speech regions for segmentation "auto"/"vad"
+    # A segment whose mean token log-probability is below this is flagged low_confidence (faster-whisper's
+    # log_prob_threshold default, -1.0): the model is guessing rather than hearing.
+    logprob_threshold: float = -1.0
 
     def __post_init__(self) -> None:
         if self.mode not in (*MODES, "auto"):
@@ -55,11 +65,14 @@ class TranscribeOptions:
 
 @dataclass
 class Segment:
-    """A timed piece of transcript: one per clip, or one per speech chunk of a long file."""
+    """A timed piece of transcript: one per clip, or one per speech chunk of a long file; avg_logprob is the
+    mean log-probability of its tokens (None for subtitle cues and other derived pieces)."""
 
     start: float
     end: float
     text: str
+    avg_logprob: float | None = None
+    low_confidence: bool = False
 
 
 @dataclass
@@ -75,9 +88,28 @@ class Result:
     timings: dict[str, float]
     options: dict
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. LIPS_UNUSED: worth saying once, not a problem
+    avg_logprob: float | None = None  # the segments' avg_logprob, weighted by their duration
+    low_confidence: bool = False  # avg_logprob below the options' logprob_threshold
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "path": display_name(self.path)}
+        """JSON-ready: times rounded to the millisecond, scores to 4 digits."""
+        return rounded({**asdict(self), "path": display_name(self.path)})
+
+
+def rounded(value, as_time: bool = False):
+    """`value` with every float rounded: times (keys start, end, duration, seconds, *_s, and everything under
+    timings) to the millisecond, other numbers (rates, scores) to 4 digits. Every JSON avsr writes uses it."""
+    if isinstance(value, dict):
+        return {k: rounded(v, as_time or k in TIME_KEYS or k.endswith("_s")) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v, as_time) for v in value]
+    if isinstance(value, float) and math.isfinite(value):
+        return round(value, 3 if as_time else 4)
+    return value
+
+
+TIME_KEYS = ("start", "end", "duration", "seconds", "timings", "max_chunk", "merge_gap", "min_duration")
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
@@ -126,6 +158,10 @@ class Transcriber:
     def mode_for(self, path: str | Path, requested: str) -> str:
         """The mode for one file: `requested`, checked against the file's streams, or for "auto" the richest
         the checkpoint supports (avsr, then asr, then vsr). Raises MediaError naming what is missing."""
+        return self._choose_mode(path, requested)[0]
+
+    def _choose_mode(self, path: str | Path, requested: str) -> tuple[str, list[str]]:
+        """(mode, notes): a note when "auto" leaves a video stream unused by an audio-only checkpoint."""
         from ..frontends.media import probe
 
         info = probe(path)
@@ -138,15 +174,16 @@ class Transcriber:
                 raise MediaError(
                     f"{path}: mode {requested} needs {article} {missing[0]} stream; the file has none"
                 )
-            return requested
+            return requested, []
+        cfg = self.model.config
         for mode in ("avsr", "asr", "vsr"):
-            if mode in self.model.config.modes and all(streams[s] for s in needs[mode]):
-                return mode
+            if mode in cfg.modes and all(streams[s] for s in needs[mode]):
+                reads_lips = any(m in cfg.modes for m in ("vsr", "avsr"))
+                notes = [LIPS_UNUSED.format(name=cfg.name)] if streams["video"] and not reads_lips else []
+                return mode, notes
         lacking = "audio" if not streams["audio"] else "video"
-        modes = ", ".join(self.model.config.modes)
-        raise MediaError(
-            f"{path}: has no {lacking} stream, and checkpoint '{self.model.config.name}' reads only {modes}"
-        )
+        modes = ", ".join(cfg.modes)
+        raise MediaError(f"{path}: has no {lacking} stream, and checkpoint '{cfg.name}' reads only {modes}")
 
     def transcribe(self, path: str | Path, options: TranscribeOptions | None = None) -> Result:
         """Transcribe one media file; raises AvsrError (MediaError, CheckpointError) on bad input."""
@@ -191,8 +228,10 @@ class Transcriber:
 
     def load_media(self, path: str | Path, options: TranscribeOptions) -> MediaInput:
         """Decode what the file's mode (`options.mode`, or chosen by `mode_for`) needs."""
-        mode = "asr" if options.mode == "asr" else self.mode_for(path, options.mode)
-        return load_media(path, mode, options)
+        mode, notes = ("asr", []) if options.mode == "asr" else self._choose_mode(path, options.mode)
+        item = load_media(path, mode, options)
+        item.notes += notes
+        return item
 
     def transcribe_loaded(
         self,
@@ -230,6 +269,7 @@ class Transcriber:
             return _Job(item.name, None, error=item.error)
         job = _Job(item.name, item.audio, video=item.video, mode=item.mode, timings={"demux": item.seconds})
         job.warnings += item.warnings
+        job.notes += item.notes
         duration = job.duration
         if duration < options.min_duration:
             what = "video" if item.mode == "vsr" else "audio"
@@ -258,7 +298,7 @@ class Transcriber:
             job.chunks = [
                 (c.start, c.end)
                 for c in segment_audio(
-                    item.audio, chunks=ChunkOptions(max_chunk, merge_gap=options.merge_gap)
+                    item.audio, options.vad, ChunkOptions(max_chunk, merge_gap=options.merge_gap)
                 )
             ]
             job.timings["segmentation"] = time.perf_counter() - start
@@ -274,6 +314,7 @@ class Transcriber:
         else:
             job.chunks = [(0.0, duration)]
         job.texts = [None] * len(job.chunks)
+        job.scores = [None] * len(job.chunks)
         return job
 
     def _run_pieces(
@@ -320,15 +361,16 @@ class Transcriber:
             longest = max(e - s for s, e in spans)
             budget = max(cfg.decoding.max_new_tokens, math.ceil(longest * LONG_FORM_TOKENS_PER_SECOND))
             decoding = replace(decoding, max_new_tokens=budget)
-        texts = model.generate(mode, audio, video, decoding)
+        hypotheses = model.decode(mode, audio, video, decoding)
         t3 = time.perf_counter()
         share = {"llm": t3 - t2}
         if audio is not None:
             share.update(features=t_features - t0, encoder=t1 - t_features)
         if video is not None:
             share["video_encoder"] = t2 - t1
-        for (job, i), text in zip(pieces, texts, strict=True):
-            job.texts[i] = text
+        for (job, i), hypothesis in zip(pieces, hypotheses, strict=True):
+            job.texts[i] = hypothesis.text
+            job.scores[i] = hypothesis.avg_logprob
             report(job.chunks[i][1] - job.chunks[i][0])
             for key, value in share.items():
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
@@ -371,6 +413,7 @@ class MediaInput:
     seconds: float = 0.0  # time spent decoding
     face_span: tuple[float, float] | None = None  # seconds: first to last frame with a face found
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # information, not a problem (see Result.notes)
 
 
 @dataclass
@@ -384,7 +427,9 @@ class _Job:
     mode: str = "asr"
     chunks: list[tuple[float, float]] = field(default_factory=list)
     texts: list[str | None] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)  # avg_logprob per chunk
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -399,11 +444,19 @@ class _Job:
     def result(self, model_name: str, options: TranscribeOptions) -> Result | AvsrError:
         if self.error is not None:
             return self.error
-        segments = [Segment(s, e, t) for (s, e), t in zip(self.chunks, self.texts, strict=True) if t]
+        threshold = options.logprob_threshold
+        segments = [
+            Segment(float(s), float(e), t, score, bool(score is not None and score < threshold))
+            for (s, e), t, score in zip(self.chunks, self.texts, self.scores, strict=True)
+            if t
+        ]
         if len(self.chunks) > 1:
             from ..modeling.decoding import drop_repeated_phrases
 
-            segments = [Segment(s.start, s.end, drop_repeated_phrases(s.text)) for s in segments]
+            segments = [replace(s, text=drop_repeated_phrases(s.text)) for s in segments]
+        scored = [(float(s.end - s.start), s.avg_logprob) for s in segments if s.avg_logprob is not None]
+        weight = sum(w for w, _ in scored)
+        avg = float(sum(w * v for w, v in scored) / weight) if weight > 0 else None
         return Result(
             path=self.name,
             text=" ".join(s.text for s in segments),
@@ -414,4 +467,7 @@ class _Job:
             timings=self.timings,
             options=asdict(options),
             warnings=self.warnings,
+            notes=self.notes,
+            avg_logprob=avg,
+            low_confidence=avg is not None and avg < threshold,
         )

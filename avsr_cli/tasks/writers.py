@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,7 +28,8 @@ def format_timestamp(seconds: float, decimal: str = ",", always_hours: bool = Tr
 
 
 def to_txt(result: Result, cues: CueOptions | None = None) -> str:
-    return result.text + "\n"
+    """One line per segment (a short clip is one segment; a long file, one per speech chunk)."""
+    return "".join(s.text + "\n" for s in result.segments) or "\n"
 
 
 def to_json(result: Result, cues: CueOptions | None = None) -> str:
@@ -80,12 +82,15 @@ def to_vtt(result: Result, cues: CueOptions | None = None) -> str:
 
 
 def to_tsv(result: Result, cues: CueOptions | None = None) -> str:
-    """Whisper's tsv layout: start and end in integer milliseconds, then the text."""
-    rows = ["start\tend\ttext"]
-    rows += [
-        f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.replace(chr(9), ' ')}"
-        for s in result.segments
-    ]
+    """Whisper's tsv layout (start and end in integer milliseconds, the text), then the segment's
+    avg_logprob and low_confidence (1 or 0), as faster-whisper reports them."""
+    rows = ["start\tend\ttext\tavg_logprob\tlow_confidence"]
+    for s in result.segments:
+        score = "" if s.avg_logprob is None else f"{s.avg_logprob:.4f}"
+        text = " ".join(s.text.split())  # no tab or newline inside a field
+        rows.append(
+            f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{text}\t{score}\t{int(s.low_confidence)}"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -110,14 +115,58 @@ def check_output_dir(output_dir: Path) -> Path:
     return output_dir
 
 
+def output_paths(
+    source: str | Path, output_dir: Path, formats: Iterable[str], stem: str | None = None
+) -> list[Path]:
+    """Where the outputs of `source` go: `<output_dir>/<stem>.<ext>` per format (stem: the file's own)."""
+    stem = stem if stem is not None else Path(source).stem
+    return [Path(output_dir) / f"{stem}.{fmt}" for fmt in formats]
+
+
+def plan_outputs(
+    sources: list[tuple[str, str | None]], output_dir: Path, formats: list[str], existing: str = "error"
+) -> list[bool]:
+    """Check a batch's outputs before any work: two inputs that would write the same file (`a.wav` and
+    `a.m4a` both write `a.txt`) are a UsageError; so are outputs already there, unless `existing` is
+    "overwrite" or "skip". `sources` are (input, stem or None). Returns, per input, whether to run it."""
+    owners: dict[Path, str] = {}
+    for source, stem in sources:
+        for path in output_paths(source, output_dir, formats, stem):
+            key = Path(str(path).casefold())  # a case-insensitive file system would collide too
+            if key in owners and owners[key] != source:
+                raise UsageError(
+                    f"{display_name(owners[key])} and {display_name(source)} would both write "
+                    f"{display_name(path)}: use separate --output-dir folders, or rename one"
+                )
+            owners[key] = source
+    run = []
+    clashes = []
+    for source, stem in sources:
+        # os.path.exists: a name the file system refuses (too long) is not there; writing it fails per file
+        there = [p for p in output_paths(source, output_dir, formats, stem) if os.path.exists(p)]
+        if there and existing == "error":
+            clashes += there
+        run.append(not (there and existing == "skip"))
+    if clashes:
+        more = f" and {len(clashes) - 1} more already exist" if len(clashes) > 1 else " already exists"
+        raise UsageError(
+            f"{display_name(clashes[0])}{more}: pass --overwrite to replace them or "
+            "--skip-existing to leave them and transcribe only the rest"
+        )
+    return run
+
+
 def write_result(
-    result: Result, output_dir: Path, formats: list[str], cues: CueOptions | None = None
+    result: Result,
+    output_dir: Path,
+    formats: list[str],
+    cues: CueOptions | None = None,
+    stem: str | None = None,
 ) -> list[Path]:
     """Write `<stem>.<ext>` for each format; returns the paths written. Raises OutputError (and leaves none
     of them) when one cannot be written."""
     written: list[Path] = []
-    for fmt in formats:
-        path = Path(output_dir) / f"{Path(result.path).stem}.{fmt}"
+    for fmt, path in zip(formats, output_paths(result.path, output_dir, formats, stem), strict=True):
         try:
             atomic_write_text(path, WRITERS[fmt](result, cues))
         except OSError as exc:  # disk full, name too long, no permission: none of this input's outputs stay

@@ -1,0 +1,66 @@
+"""CPU threads for the whole process: one number for torch, onnxruntime and ffmpeg (--threads, AVSR_THREADS).
+
+On a small machine every pool sized on its own oversubscribes the cores (torch, onnxruntime and ffmpeg each
+start one), and OpenMP threads that spin at barriers collapse under load: the CLI also sets a passive
+OpenMP wait policy before torch loads (cli.app.entrypoint).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_chosen: int | None = None
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, counting each physical core once (hyper-threads share one)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return usable
+    cores, physical = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            physical = value.strip()
+        elif key.strip() == "core id":
+            cores.add((physical, value.strip()))
+    return max(1, min(usable, len(cores) or usable))
+
+
+def cpu_threads() -> int:
+    """The thread count in force: set_cpu_threads's, else AVSR_THREADS, else the physical cores."""
+    if _chosen is not None:
+        return _chosen
+    env = os.environ.get("AVSR_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Use `threads` (None: AVSR_THREADS, else the physical cores) for torch and the ffmpeg decoders;
+    returns the number. Before torch loads, it goes into OMP_NUM_THREADS/MKL_NUM_THREADS, which torch
+    reads when it starts (a command that never needs torch does not pay for importing it); once torch is
+    loaded, torch.set_num_threads. torch's inter-op pool can be sized only once per process."""
+    global _chosen
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be >= 1")
+    _chosen = None
+    _chosen = threads or cpu_threads()
+    if "torch" not in sys.modules:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(_chosen)
+        return _chosen
+    import torch
+
+    torch.set_num_threads(_chosen)
+    try:
+        torch.set_num_interop_threads(_chosen)
+    except RuntimeError:  # already set, or inter-op work already started
+        pass
+    return _chosen

@@ -1,0 +1,304 @@
+"""One set of CLI conventions on every command (issue #16): -q/-v, outputs and re-runs, stdin, confidence,
+VAD settings, modes the checkpoint lacks, the zoo listing, completion, placeholders, evaluate's stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tiny import ffmpeg
+from typer.testing import CliRunner
+
+from avsr_cli.cli import app
+
+runner = CliRunner()
+
+
+def run(*args, **kwargs):
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+
+def cli(*args, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m avsr_cli ARGS` in a subprocess: real stdout/stderr, no terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "avsr_cli", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "AVSR_CHECKPOINT": "", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("conventions")
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2", str(d / "hello.wav"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac", str(d / "hello.m4a"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=330:duration=1.5", str(d / "other.wav"))
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc=duration=2:rate=25:size=64x64",
+        "-f", "lavfi", "-i", "sine=frequency=500:duration=2",
+        "-shortest", "-c:a", "aac", str(d / "talk.mp4"),
+    )  # fmt: skip
+    return d
+
+
+COMMANDS = {  # the smallest arguments each command parses; -q -v must be refused before anything runs
+    "transcribe": ["x.wav"],
+    "export-subtitles": ["x.wav"],
+    "evaluate": ["data"],
+    "train": [],
+    "download-checkpoint": ["--list"],
+    "import-checkpoint": ["x.pth", "out", "--config", "spec.json"],
+    "crop-mouth": ["x.mp4", "-o", "crops"],
+}
+
+
+def test_every_command_has_quiet_and_verbose_and_they_exclude_each_other(tmp_path):
+    names = {info.name or info.callback.__name__ for info in app.registered_commands}
+    assert names == set(COMMANDS)
+    for command, args in COMMANDS.items():
+        help_text = run(command, "--help").stdout
+        assert "--quiet" in help_text and "--verbose" in help_text, command
+        r = run(command, *args, "-q", "-v")
+        assert r.exit_code == 2 and "--quiet and --verbose exclude each other" in r.stderr, command
+
+
+def test_one_output_format_option_on_both_commands():
+    for command in ("transcribe", "export-subtitles"):
+        text = run(command, "--help").stdout
+        assert "--output-format" in text and "-f" in text and "tsv" in text and "all" in text
+        assert "--format " not in text and "--json" not in text
+
+
+def test_name_collisions_stop_the_run_before_any_work(tiny_ckpt, media, tmp_path):
+    out = tmp_path / "out"
+    r = cli("transcribe", media / "hello.wav", media / "hello.m4a", "-c", tiny_ckpt, "-o", out, "-v")
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert "hello.wav" in err and "hello.m4a" in err and "would both write" in err and "hello.txt" in err
+    assert "loading checkpoint" not in err and list(out.iterdir()) == []  # nothing loaded, nothing written
+    r = cli("transcribe", media / "hello.wav", media / "hello.m4a", "-c", tiny_ckpt, "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr  # on stdout nothing collides
+
+
+def test_existing_outputs_need_overwrite_or_skip_existing(tiny_ckpt, media, tmp_path):
+    out = tmp_path / "out"
+    base = [
+        "transcribe",
+        media / "hello.wav",
+        "-c",
+        tiny_ckpt,
+        "--max-new-tokens",
+        "3",
+        "-o",
+        out,
+        "-f",
+        "json",
+    ]
+    assert run(*base).exit_code == 0
+    first = (out / "hello.json").stat().st_mtime_ns
+    r = run(*base)
+    assert r.exit_code == 2 and "hello.json already exists" in r.stderr and "--overwrite" in r.stderr
+    r = run(*base, "--overwrite", "--skip-existing")
+    assert r.exit_code == 2 and "exclude each other" in r.stderr
+    r = run(*base[:2], media / "other.wav", *base[2:], "--skip-existing", "-v")
+    assert r.exit_code == 0, r.stderr
+    assert "skipped (outputs exist)" in r.stderr and r.stdout.splitlines() == [str(out / "other.json")]
+    assert (out / "hello.json").stat().st_mtime_ns == first
+    r = run(*base, "--overwrite")
+    assert r.exit_code == 0 and (out / "hello.json").stat().st_mtime_ns > first
+
+
+def test_several_files_on_stdout_are_named_like_grep(tiny_ckpt, media):
+    r = run("transcribe", media / "hello.wav", media / "other.wav", "-c", tiny_ckpt, "--max-new-tokens", "3")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert (
+        lines
+        and lines[0].startswith(f"{media / 'hello.wav'}: ")
+        and lines[-1].startswith(f"{media / 'other.wav'}: ")
+    )
+    r = run("transcribe", media / "hello.wav", media / "other.wav", "-c", tiny_ckpt, "-f", "srt")
+    assert r.exit_code == 2 and "--output-dir" in r.stderr  # two SRT files cannot share stdout
+    r = run("transcribe", media / "hello.wav", "-c", tiny_ckpt, "-f", "txt", "-f", "json")
+    assert r.exit_code == 2 and "several formats" in r.stderr
+
+
+def test_stdin(tiny_ckpt, media, tmp_path):
+    data = (media / "hello.m4a").read_bytes()  # a container, not raw samples: ffprobe has to seek
+    r = cli("transcribe", "-", "-c", tiny_ckpt, "--max-new-tokens", "3", "-f", "json", stdin=data)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["path"] == "-" and abs(result["duration"] - 2.0) < 0.05
+    out = tmp_path / "out"
+    r = cli("transcribe", "-", "-c", tiny_ckpt, "--max-new-tokens", "3", "-o", out, stdin=data)
+    assert r.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["stdin.txt"]
+    r = cli("transcribe", "-", "-c", tiny_ckpt, stdin=b"")
+    assert r.returncode == 2 and b"no data" in r.stderr
+
+
+def test_confidence_in_json_and_tsv(tiny_ckpt, media, tmp_path):
+    out = tmp_path / "out"
+    args = ["transcribe", media / "hello.wav", "-c", tiny_ckpt, "--max-new-tokens", "4", "-o", out]
+    r = run(*args, "-f", "json", "-f", "tsv", "--logprob-threshold", "0", "-v")
+    assert r.exit_code == 0, r.stderr
+    result = json.loads((out / "hello.json").read_text())
+    (segment,) = result["segments"]
+    # a random model is unsure of everything: log-probabilities are negative, so all fall below 0
+    assert segment["avg_logprob"] < 0 and segment["low_confidence"] is True
+    assert result["avg_logprob"] == segment["avg_logprob"] and result["low_confidence"] is True
+    assert "low confidence" in r.stderr and "hello.wav" in r.stderr
+    header, row = (out / "hello.tsv").read_text().splitlines()
+    assert header.split("\t") == ["start", "end", "text", "avg_logprob", "low_confidence"]
+    assert row.split("\t")[3:] == [f"{segment['avg_logprob']:.4f}", "1"]
+    r = run(*args, "-f", "json", "--logprob-threshold", "-1e9", "--overwrite")
+    assert r.exit_code == 0 and json.loads((out / "hello.json").read_text())["low_confidence"] is False
+    assert "low confidence" not in r.stderr
+
+
+def test_json_numbers_are_rounded(tiny_ckpt, media):
+    r = run("transcribe", media / "hello.wav", "-c", tiny_ckpt, "--max-new-tokens", "3", "-f", "json")
+    result = json.loads(r.stdout)
+
+    def decimals(x: float) -> int:
+        text = repr(x)
+        return len(text.split(".")[1]) if "." in text and "e" not in text else 0
+
+    assert all(decimals(v) <= 3 for v in result["timings"].values())
+    assert decimals(result["duration"]) <= 3 and decimals(result["avg_logprob"]) <= 4
+
+
+def test_vad_settings_reach_the_options_and_are_checked(tiny_ckpt, media):
+    args = ["transcribe", media / "hello.wav", "-c", tiny_ckpt, "--max-new-tokens", "3", "-f", "json"]
+    r = run(*args, "--vad-threshold", "0.7", "--vad-min-silence", "0.5", "--vad-speech-pad", "0.2")
+    assert r.exit_code == 0, r.stderr
+    vad = json.loads(r.stdout)["options"]["vad"]
+    assert (vad["threshold"], vad["min_silence"], vad["speech_pad"], vad["min_speech"]) == (
+        0.7,
+        0.5,
+        0.2,
+        0.25,
+    )
+    r = run(*args, "--vad-threshold", "1.5")
+    assert r.exit_code == 2
+    assert "--vad-min-speech" in run("export-subtitles", "--help").stdout
+
+
+def test_a_mode_the_checkpoint_lacks_fails_before_loading_and_names_models_that_have_it(tiny_ckpt, media):
+    r = cli("transcribe", media / "talk.mp4", "-c", tiny_ckpt, "--mode", "avsr", "-v")
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "reads only asr, not avsr" in err
+    assert "omni-avsr-s (5.01 GB, GPU 8 GB+" in err and "llama-avsr-avsr (18.3 GB" in err
+    assert "loading checkpoint" not in err  # -v announces a load; there was none
+
+
+def test_lips_unused_is_said_once(tiny_ckpt, media, tmp_path):
+    copy = tmp_path / "talk2.mp4"
+    copy.write_bytes((media / "talk.mp4").read_bytes())
+    r = run("transcribe", media / "talk.mp4", copy, "-c", tiny_ckpt, "--max-new-tokens", "3")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("lips are not used: checkpoint 'tiny-test' reads audio only") == 1
+    assert len(r.stdout.splitlines()) >= 2
+
+
+def test_quiet_prints_nothing_on_success_and_normal_runs_no_warnings(tiny_ckpt, media):
+    r = cli("transcribe", media / "talk.mp4", "-c", tiny_ckpt, "--max-new-tokens", "3", "-q")
+    assert r.returncode == 0 and r.stderr == b"" and r.stdout
+    r = cli("transcribe", media / "hello.wav", "-c", tiny_ckpt, "--max-new-tokens", "3")
+    assert r.returncode == 0 and b"Warning" not in r.stderr and b"it/s" not in r.stderr
+
+
+def test_zoo_listing_shows_size_needs_licence_and_gating():
+    r = run("download-checkpoint", "--list")  # not a terminal: one tab-separated line per model
+    assert r.exit_code == 0
+    header, *lines = (line.split("\t") for line in r.stdout.splitlines())
+    rows = {cells[0]: dict(zip(header, cells, strict=True)) for cells in lines}
+    asr = rows["llama-avsr-asr"]
+    assert (asr["download"], asr["needs"], asr["gated on the Hub"]) == ("17 GB", "GPU 24 GB+ (bf16)", "llm")
+    assert "Llama 3.1" in asr["licence"] and "non-commercial" in rows["omni-avsr-s"]["licence"]
+    assert rows["avsr-tiny-en"]["status"] == "ready" and rows["avsr-tiny-en"]["needs"].startswith("CPU")
+
+
+def test_shell_completion_is_offered():
+    r = cli("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    assert r.returncode == 0 and b"complete" in r.stdout and b"avsr" in r.stdout
+    assert "--install-completion" in run("--help").stdout
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_placeholders_are_words_not_python_types(command):
+    text = run(*command, "--help", env={"COLUMNS": "200"}).stdout
+    for python_type in ("<bool>", "<str>", "<int", "<float", "<path>", "list[", "{"):
+        assert python_type not in text, (command, python_type)
+
+
+def test_evaluate_table_goes_to_stdout(tiny_ckpt, media, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("hello.wav", "other.wav"):
+        (data / name).write_bytes((media / name).read_bytes())
+        (data / name).with_suffix(".txt").write_text("a tone\n")
+    report = tmp_path / "report"
+    r = cli("evaluate", data, "-c", tiny_ckpt, "--max-new-tokens", "3", "--snr", "5", "--report-dir", report)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "WER %" in out and "clean" in out and "normaliser lrs" in out  # `> wer.txt` keeps the table
+    summary = json.loads((report / "summary.json").read_text())
+    assert [c["snr"] for c in summary["conditions"]] == ["clean", "5"] and summary["options"]["snrs"] == [
+        "clean",
+        "5",
+    ]
+    rows = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
+    assert {row["snr"] for row in rows} == {"clean", "5"}
+    r = cli("evaluate", data, "-c", tiny_ckpt, "--max-new-tokens", "3", "-q")
+    assert r.returncode == 0 and r.stderr == b"" and b"WER %" in r.stdout
+
+
+def test_threads_option_sizes_torch_ffmpeg_and_the_vad(tiny_ckpt, media):
+    """--threads 1 leaves torch one thread (set before torch loads, through OMP_NUM_THREADS), gives ffmpeg
+    `-threads 1`, and the VAD's onnxruntime session runs on one thread."""
+    code = (
+        "import sys\n"
+        "from avsr_cli.cli import app\n"
+        "from avsr_cli.frontends import media, segmentation\n"
+        "calls = []\n"
+        "real = media._exec\n"
+        "media._exec = lambda exe, args, path: calls.append(args) or real(exe, args, path)\n"
+        "try:\n"
+        "    app(sys.argv[1:])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "session, _ = segmentation._session()\n"
+        "opts = session.get_session_options()\n"
+        "ffmpeg_threads = {a[a.index('-threads') + 1] for a in calls if '-threads' in a}\n"
+        "import torch\n"  # loaded by the run, after --threads was read
+        "ort = (opts.intra_op_num_threads, opts.inter_op_num_threads)\n"
+        "print(torch.get_num_threads(), *ort, ffmpeg_threads)\n"
+    )
+    args = ["transcribe", media / "hello.wav", "-c", tiny_ckpt, "--max-new-tokens", "2", "-q"]
+    args += ["--segmentation", "vad"]
+    for flag, env, expected in (
+        (["--threads", "1"], {}, "1 1 1 {'1'}"),
+        ([], {"AVSR_THREADS": "2"}, "2 1 1 {'2'}"),
+    ):
+        env = {**os.environ, "AVSR_CHECKPOINT": "", **env}
+        env.pop("OMP_NUM_THREADS", None)
+        p = subprocess.run(
+            [sys.executable, "-c", code, *map(str, args), *flag], capture_output=True, text=True, env=env
+        )
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.splitlines()[-1] == expected
+
+
+def test_mediapipe_native_logs_stay_off_the_terminal(lrs3_clip, tmp_path):
+    from avsr_cli.storage import find_package
+
+    if find_package("mediapipe") is None:
+        pytest.skip("mediapipe not installed (make install puts it beside the environment)")
+    r = cli("crop-mouth", lrs3_clip, "-o", tmp_path, "--face-backend", "mediapipe", "--detect-every", "25")
+    assert r.returncode == 0 and r.stdout.decode().strip().endswith("_mouth.mp4")
+    assert r.stderr == b"", r.stderr.decode()  # absl/TFLite lines ("W0000 ... feedback manager") included
