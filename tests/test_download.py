@@ -470,8 +470,8 @@ def test_offline_round_trip(world):
     r = avsr(world, "download-checkpoint", "tiny-hub")
     assert r.returncode == 0, r.stderr
     r = avsr(world, "download-checkpoint", "--list")
-    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("│ ")}
-    assert "ready" in rows["tiny-drive"] and "ready" in rows["tiny-hub"]
+    rows = {line.split("\t")[0]: line.split("\t") for line in r.stdout.splitlines()}  # tab-separated
+    assert rows["tiny-drive"][-1] == "ready" and rows["tiny-hub"][-1] == "ready"
 
     world["file_server"].stop()  # the network is gone: servers down, HF_HUB_OFFLINE=1, sockets refused
     world["hub_server"].stop()

@@ -182,3 +182,22 @@ def test_roff_escaping(tmp_path):
             "a\\b",
         ):
             assert literal in " ".join(proc.stdout.split()), literal
+
+
+def test_every_page_has_examples_and_environment_and_word_placeholders():
+    render_pages = load_gen_man().render_pages
+    for name, text in render_pages().items():
+        assert "\n.SH EXAMPLES\n" in text and "\n.SH ENVIRONMENT\n" in text, name
+        for var in (
+            "AVSR_CHECKPOINT",
+            "AVSR_CACHE",
+            "AVSR_HOME",
+            "AVSR_MEAN_FACE",
+            "AVSR_THREADS",
+            "HF_TOKEN",
+        ):
+            assert f"\\fB{var}\\fR" in text, (name, var)
+        for python_type in ("<bool>", "list[", "{", "type: "):
+            assert python_type not in text, (name, python_type)
+    examples = render_pages()["avsr-transcribe.1"].split("\n.SH EXAMPLES\n")[1].split("\n.SH ")[0]
+    assert "avsr transcribe talk.mp3" in examples.replace("\\-", "-")

@@ -55,7 +55,8 @@ def test_srt_vtt_tsv_layouts():
     # cue conventions apply: the 0.5 s cue is stretched to the 1 s minimum; tsv keeps the raw segments
     assert to_srt(r) == "1\n00:00:00,000 --> 00:00:01,000\none\n\n2\n00:00:01,500 --> 00:00:02,500\ntwo\n"
     assert to_vtt(r).startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\none\n")
-    assert to_tsv(r).splitlines() == ["start\tend\ttext", "0\t1000\tone", "1500\t2000\ttwo"]
+    header = "start\tend\ttext\tavg_logprob\tlow_confidence"
+    assert to_tsv(r).splitlines() == [header, "0\t1000\tone\t\t0", "1500\t2000\ttwo\t\t0"]
     empty = result([])
     assert to_srt(empty) == "" and to_vtt(empty) == "WEBVTT\n"
 
