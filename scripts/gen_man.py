@@ -92,6 +92,13 @@ EXAMPLES = {
             "avsr evaluate lrs3/test -c omni-avsr-s --mode asr --mode avsr --snr 5,0,-5 --report-dir report/",
         ),
     ],
+    "evaluate-merge": [
+        (
+            "Score a dataset in two processes (or on two machines), then join the shards:",
+            "avsr evaluate data/ --shard 1/2 --report-dir r1 & "
+            "avsr evaluate data/ --shard 2/2 --report-dir r2; wait; avsr evaluate-merge r1 r2 -o r",
+        ),
+    ],
     "train": [
         (
             "Train a small English model offline from a folder of clips:",

@@ -50,6 +50,7 @@ COMMANDS = {  # the smallest arguments each command parses; -q -v must be refuse
     "transcribe": ["x.wav"],
     "export-subtitles": ["x.wav"],
     "evaluate": ["data"],
+    "evaluate-merge": ["report"],
     "train": [],
     "download-checkpoint": ["--list"],
     "import-checkpoint": ["x.pth", "out", "--config", "spec.json"],

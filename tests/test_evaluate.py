@@ -185,3 +185,60 @@ def test_bad_arguments(ckpt, layouts, tmp_path):
     assert r.exit_code == 2 and "'loud' is not a number" in r.stderr
     r = runner.invoke(app, ["evaluate", str(layouts["csv"]), "-c", str(ckpt), "--normalizer", "fancy"])
     assert r.exit_code == 2 and "fancy" in r.stderr
+
+
+def test_shards_merged_equal_one_unsharded_run(ckpt, layouts, tmp_path):
+    """Two shards (3 clips: 2 + 1, plus a failing clip) merged give the unsharded summary, field by field."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in sorted(layouts["folder"].glob("clip*.flac"))[:3]:
+        (data / f.name).write_bytes(f.read_bytes())
+        (data / f.with_suffix(".txt").name).write_text(f.stem + " words")
+    (data / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    (data / "broken.txt").write_text("words")
+    common = ["evaluate", data, "-c", ckpt, "--snr", "5", "--max-new-tokens", "3", "-q"]
+    whole, shards = tmp_path / "whole", tmp_path / "shards"
+    r = run(*common, "--report-dir", whole)
+    assert r.exit_code == 0, r.stderr
+    for i in (1, 2):
+        r = run(*common, "--shard", f"{i}/2", "--report-dir", shards)
+        assert r.exit_code == 0, r.stderr
+    counts = [len(read_results(shards / f"results.shard-{i}-of-2.jsonl")) for i in (1, 2)]
+    assert counts == [4, 4]  # clips 1 and 3 of 4 in shard 1, 2 and 4 in shard 2; two conditions each
+    r = run("evaluate-merge", shards, "--json")
+    assert r.exit_code == 0, r.stderr
+    merged = json.loads((shards / "summary.json").read_text())
+    assert json.loads(r.stdout) == merged
+    expected = json.loads((whole / "summary.json").read_text())
+    for key in expected:
+        if key == "seconds":
+            continue
+        assert merged[key] == expected[key], key
+    assert (shards / "alignment.txt").read_text() == (whole / "alignment.txt").read_text()
+
+    def scored(path):  # the rows without their timings, which are measurements
+        return sorted(
+            json.dumps({k: v for k, v in row.items() if k != "timings"}) for row in read_results(path)
+        )
+
+    assert scored(shards / "results.jsonl") == scored(whole / "results.jsonl")
+
+
+def test_merge_refuses_incomplete_or_mismatched_shards(ckpt, layouts, tmp_path):
+    common = ["evaluate", layouts["csv"], "-c", ckpt, "--max-new-tokens", "3", "-q"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(*common, "--shard", "1/2", "--report-dir", a).exit_code == 0
+    r = run("evaluate-merge", a)
+    assert r.exit_code == 2 and "missing shard(s) 2/2" in r.stderr
+    assert run(*common, "--shard", "2/2", "--report-dir", b, "--normalizer", "none").exit_code == 0
+    r = run("evaluate-merge", a, b)
+    assert r.exit_code == 2 and "shard 2/2 was run with other normalizer" in r.stderr
+    r = run("evaluate-merge", tmp_path / "nothing-here")
+    assert r.exit_code == 2 and "not a report folder" in r.stderr
+    for bad in ("3/2", "0/2", "x"):
+        r = run(*common, "--shard", bad)
+        assert r.exit_code == 2 and "--shard" in r.stderr
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])

@@ -10,6 +10,7 @@ from .app import Command, app, entrypoint
 app.command(cls=Command)(transcribe.transcribe)
 app.command("export-subtitles", cls=Command)(transcribe.export_subtitles)
 app.command(cls=Command)(evaluate.evaluate)
+app.command("evaluate-merge", cls=Command)(evaluate.evaluate_merge)
 app.command(cls=Command)(train.train)
 app.command("download-checkpoint", cls=Command)(models.download_checkpoint)
 app.command("import-checkpoint", cls=Command)(models.import_checkpoint)

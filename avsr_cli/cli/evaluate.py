@@ -57,6 +57,16 @@ def parse_snrs(values: list[str], clean: bool) -> tuple[float, ...]:
     return tuple(snrs)
 
 
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """--shard 2/4 -> (2, 4)."""
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise fail(f"--shard: expected I/N with 1 <= I <= N (e.g. 2/4), got {value!r}")
+    return int(index), int(count)
+
+
 def parse_levels(values: list[str]) -> list[int]:
     """--level 1,3 --level 5 -> [1, 3, 5]; none given: all five levels."""
     try:
@@ -98,6 +108,14 @@ def evaluate(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Skip clips already scored in --report-dir.")] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N clips (by id).")] = None,
+    shard: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="I/N",
+            help="Score shard I of N (every N-th clip by id) into results.shard-I-of-N.jsonl; "
+            "avsr evaluate-merge joins the shards.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes decoding and mixing audio.")] = 1,
     batch_size: BatchSizeOpt = 1,
     num_beams: NumBeamsOpt = None,
@@ -149,6 +167,7 @@ def evaluate(
         resume=resume,
         occlusion=occlusion,
         levels=tuple(parse_levels(level)),
+        shard=parse_shard(shard),
         transcribe=transcribe_options(ctx.params, mode="auto"),  # each condition sets its mode
     )
     if report_dir is not None:
@@ -219,3 +238,38 @@ def print_report(report) -> None:
     out.print(
         f"normaliser {report.normalizer}: {report.normalizer_description}", soft_wrap=True, markup=False
     )
+
+
+def evaluate_merge(
+    report_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Report folders holding the shards of one run (summary.shard-I-of-N.json and its results).",
+            show_default=False,
+            metavar="DIR",
+        ),
+    ],
+    output_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output-dir", "-o", metavar="DIR", help="Write the merged report here (default: the first DIR)."
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")
+    ] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Join the shards of a sharded `avsr evaluate` into the report one unsharded run writes."""
+    from ..tasks.evaluate import merge_reports
+
+    setup_command(quiet, verbose, threads)
+    report = run_guarded(merge_reports, report_dirs, output_dir)
+    if not quiet:
+        print_skipped(report)
+    if json_out:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        print_report(report)

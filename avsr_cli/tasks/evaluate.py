@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -42,9 +43,16 @@ class EvaluateOptions:
     resume: bool = False
     occlusion: str | None = None  # vsr/avsr: corrupt the mouth crops (noise.OCCLUSIONS) at each level
     levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+    # (i, n): score only shard i of n (1-based): every n-th clip by id, starting at the i-th, into its own
+    # results.shard-i-of-n.jsonl; merge_reports() joins the shards into the unsharded summary.
+    shard: tuple[int, int] | None = None
     # How each clip is transcribed (its mode is set per condition); mouth_cache None: <avsr cache>/mouth
     # (crops shared by models, modes, conditions).
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
+
+    def __post_init__(self) -> None:
+        if self.shard is not None and not (len(self.shard) == 2 and 1 <= self.shard[0] <= self.shard[1]):
+            raise ValueError(f"shard must be I/N with 1 <= I <= N, not {self.shard}")
 
     def occlusions(self, mode: str) -> list[str]:
         """The video conditions of `mode`: "none", then "kind:level" for each level (video modes only)."""
@@ -205,9 +213,10 @@ def _evaluate(
     on_clip: Callable[[str, str, dict], None] | None,
 ) -> Report:
     started = time.perf_counter()
-    normalizer = get_normalizer(options.normalizer)
+    get_normalizer(options.normalizer)  # an unknown name fails before any work
     data = load_dataset(dataset, limit=options.limit)
-    results_path = Path(report_dir) / "results.jsonl" if report_dir else None
+    items = data.items if options.shard is None else data.items[options.shard[0] - 1 :: options.shard[1]]
+    results_path = Path(report_dir) / report_name("results", "jsonl", options.shard) if report_dir else None
     if results_path is not None:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         if results_path.exists() and not options.resume:
@@ -237,7 +246,7 @@ def _evaluate(
             for snr in options.snrs_for(mode):
                 key = snr_key(snr)
                 for occlusion in options.occlusions(mode):
-                    todo = [item for item in data.items if (mode, key, occlusion, item.id) not in done]
+                    todo = [item for item in items if (mode, key, occlusion, item.id) not in done]
                     prepared = _prepared(todo, mode, snr, occlusion, options, pool)
                     results = transcriber.transcribe_loaded(prepared, topts)
                     for item, result in zip(todo, results, strict=True):
@@ -260,12 +269,43 @@ def _evaluate(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
+    report, alignments = summarize(
+        rows,
+        asdict(options),
+        dataset=str(dataset),
+        kind=data.kind,
+        skipped=[asdict(sk) for sk in data.skipped],
+        seconds=time.perf_counter() - started,
+    )
+    if report_dir is not None:
+        write_report(Path(report_dir), report, alignments, options.shard)
+    return report
+
+
+def report_name(stem: str, suffix: str, shard: tuple[int, int] | None) -> str:
+    """results.jsonl, or results.shard-2-of-4.jsonl for a shard (summary, alignment alike)."""
+    return f"{stem}.{suffix}" if shard is None else f"{stem}.shard-{shard[0]}-of-{shard[1]}.{suffix}"
+
+
+def summarize(
+    rows: list[dict], options: dict, *, dataset: str, kind: str, skipped: list[dict], seconds: float
+) -> tuple[Report, list[str]]:
+    """The Report (and alignment text per condition) of scored rows, under `options` (EvaluateOptions as a
+    dict). Rows of a condition are taken in id order, so a merged run reports as an unsharded one."""
+    normalizer = get_normalizer(options["normalizer"])
+    shape = EvaluateOptions(
+        modes=tuple(options["modes"]),
+        snrs=tuple(_snr(v) for v in options["snrs"]),
+        occlusion=options["occlusion"],
+        levels=tuple(options["levels"]),
+    )
     conditions, failures, alignments = [], [], []
-    for mode in options.modes:
-        for snr in options.snrs_for(mode):
+    for mode in shape.modes:
+        for snr in shape.snrs_for(mode):
             key = snr_key(snr)
-            for occlusion in options.occlusions(mode):
+            for occlusion in shape.occlusions(mode):
                 mine = [r for r in rows if (r["mode"], r["snr"], r["occlusion"]) == (mode, key, occlusion)]
+                mine.sort(key=lambda r: r["id"])
                 ok = [r for r in mine if r.get("error") is None]
                 failures += [
                     {"mode": mode, "snr": key, "occlusion": occlusion, "id": r["id"], "error": r["error"]}
@@ -283,17 +323,108 @@ def _evaluate(
                     f"# mode {mode}, SNR {key}{video}: {scores.summary()}\n\n" + alignment_text(scores.rows)
                 )
     report = Report(
-        dataset=str(dataset),
-        kind=data.kind,
+        dataset=dataset,
+        kind=kind,
         normalizer=normalizer.name,
         normalizer_description=normalizer.description,
         conditions=conditions,
-        skipped=[asdict(s) for s in data.skipped],
+        skipped=skipped,
         failures=failures,
-        options=asdict(options),
-        seconds=time.perf_counter() - started,
+        options=options,
+        seconds=seconds,
     )
-    if report_dir is not None:
-        atomic_write_text(Path(report_dir) / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")
-        atomic_write_text(Path(report_dir) / "alignment.txt", "\n\n".join(alignments))
+    return report, alignments
+
+
+def _snr(value) -> float:
+    """An SNR from options: a number, or "clean"/"inf" as JSON spells the clean condition."""
+    return CLEAN if value in ("clean", "inf") else float(value)
+
+
+def write_report(
+    report_dir: Path, report: Report, alignments: list[str], shard: tuple[int, int] | None = None
+) -> None:
+    summary = json.dumps(report.to_dict(), indent=2) + "\n"
+    atomic_write_text(report_dir / report_name("summary", "json", shard), summary)
+    atomic_write_text(report_dir / report_name("alignment", "txt", shard), "\n\n".join(alignments))
+
+
+SHARD_SUMMARY = re.compile(r"^summary\.shard-(\d+)-of-(\d+)\.json$")
+# Options that may differ between the shards of one run: how each was run, not what was scored.
+PER_SHARD = ("shard", "workers", "resume")
+
+
+def merge_reports(report_dirs: list[Path], out_dir: Path | None = None) -> Report:
+    """Join the shards of a sharded evaluation (each summary.shard-i-of-n.json with its results file, in one
+    or several folders) into the summary.json, results.jsonl and alignment.txt an unsharded run writes,
+    in `out_dir` (default: the first folder). Every shard of 1..n must be there once, all run with the same
+    options, and no clip scored twice: otherwise UsageError, naming what is wrong."""
+    found: dict[tuple[int, int], tuple[Path, dict]] = {}
+    for folder in map(Path, report_dirs):
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: not a report folder")
+        for path in sorted(folder.iterdir()):
+            match = SHARD_SUMMARY.match(path.name)
+            if match is None:
+                continue
+            shard = (int(match[1]), int(match[2]))
+            if shard in found:
+                raise UsageError(
+                    f"shard {shard[0]}/{shard[1]} is both in {found[shard][0].parent} and {folder}"
+                )
+            found[shard] = (path, json.loads(path.read_text(encoding="utf-8")))
+    if not found:
+        raise UsageError(
+            f"no shard summaries (summary.shard-I-of-N.json) in {', '.join(map(str, report_dirs))}"
+        )
+    counts = {n for _, n in found}
+    if len(counts) > 1:
+        raise UsageError(f"shards of different splits: of {', '.join(map(str, sorted(counts)))}")
+    (n,) = counts
+    missing = [f"{i}/{n}" for i in range(1, n + 1) if (i, n) not in found]
+    if missing:
+        raise UsageError(
+            f"missing shard(s) {', '.join(missing)}: run them (avsr evaluate --shard I/{n}) first"
+        )
+    first = found[(1, n)][1]
+
+    def common(summary: dict) -> dict:
+        return {k: v for k, v in summary["options"].items() if k not in PER_SHARD}
+
+    for (i, _), (path, summary) in sorted(found.items()):
+        differs = [k for k in common(first) if common(summary).get(k) != common(first)[k]]
+        if differs or summary["dataset"] != first["dataset"]:
+            what = ", ".join(differs) or "dataset"
+            raise UsageError(f"{path}: shard {i}/{n} was run with other {what} than shard 1/{n}")
+    rows, seen = [], set()
+    for (i, _), (path, _) in sorted(found.items()):
+        for row in read_results(path.parent / report_name("results", "jsonl", (i, n))):
+            key = (row["mode"], row["snr"], row.get("occlusion", "none"), row["id"])
+            if key in seen:
+                raise UsageError(
+                    f"clip {row['id']} ({row['mode']}, SNR {row['snr']}) is scored in two shards"
+                )
+            seen.add(key)
+            rows.append({**row, "occlusion": row.get("occlusion", "none")})
+    options = {**first["options"], "shard": None}
+    report, alignments = summarize(
+        rows,
+        options,
+        dataset=first["dataset"],
+        kind=first["kind"],
+        skipped=first["skipped"],
+        seconds=sum(summary["seconds"] for _, summary in found.values()),
+    )
+    out = Path(out_dir) if out_dir is not None else Path(report_dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out, "avsr evaluate-merge"):
+        order = {key: k for k, key in enumerate(_condition_keys(report))}
+        rows.sort(key=lambda r: (order.get((r["mode"], r["snr"], r["occlusion"]), len(order)), r["id"]))
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        atomic_write_text(out / "results.jsonl", text)
+        write_report(out, report, alignments)
     return report
+
+
+def _condition_keys(report: Report) -> list[tuple[str, str, str]]:
+    return [(c.mode, snr_key(c.snr), c.occlusion) for c in report.conditions]
