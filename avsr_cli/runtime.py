@@ -64,3 +64,10 @@ def set_cpu_threads(threads: int | None = None) -> int:
     except RuntimeError:  # already set, or inter-op work already started
         pass
     return _chosen
+
+
+def cuda_device_for(local_rank: int) -> str:
+    """The device of a torchrun rank with --device auto: its own GPU when there are GPUs, else the CPU."""
+    import torch
+
+    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"

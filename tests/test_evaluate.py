@@ -242,3 +242,26 @@ def test_merge_refuses_incomplete_or_mismatched_shards(ckpt, layouts, tmp_path):
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def test_under_torchrun_ranks_score_shards_and_rank_0_merges(ckpt, layouts, tmp_path):
+    """`torchrun --nproc-per-node 2 -m avsr_cli evaluate ...` (gloo on CPU): one summary, as one process."""
+    import os
+    import subprocess
+    import sys
+
+    common = [layouts["csv"], "-c", ckpt, "--snr", "5", "--max-new-tokens", "3", "-q"]
+    whole, ranked = tmp_path / "whole", tmp_path / "ranked"
+    assert run("evaluate", *common, "--report-dir", whole).exit_code == 0
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = [*launch, "-m", "avsr_cli", "evaluate", *map(str, common), "--report-dir", str(ranked), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AVSR_CHECKPOINT": ""}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    merged = json.loads((ranked / "summary.json").read_text())
+    assert json.loads(p.stdout) == merged  # printed once, by rank 0
+    expected = json.loads((whole / "summary.json").read_text())
+    assert {k: v for k, v in merged.items() if k != "seconds"} == {
+        k: v for k, v in expected.items() if k != "seconds"
+    }
+    assert sorted(p.name for p in ranked.iterdir() if p.name.startswith("rank-")) == ["rank-0", "rank-1"]

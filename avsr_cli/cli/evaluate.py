@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -170,12 +171,28 @@ def evaluate(
         shard=parse_shard(shard),
         transcribe=transcribe_options(ctx.params, mode="auto"),  # each condition sets its mode
     )
+    world, final_dir = launched_world_or_none(), report_dir
+    if world is not None:  # under torchrun: rank r scores shard r+1 of N into DIR/rank-r; rank 0 merges
+        if options.shard is not None:
+            raise fail("--shard is chosen by the rank under torchrun: give one or the other")
+        if report_dir is None:
+            raise fail("under torchrun, evaluate needs --report-dir (each rank writes its shard there)")
+        options = replace(options, shard=(world.rank + 1, world.size))
+        report_dir = report_dir / f"rank-{world.rank}"
+        if device == "auto":
+            from ..runtime import cuda_device_for
+
+            device = cuda_device_for(world.local_rank)
     if report_dir is not None:
         from ..tasks.writers import check_output_dir
 
         run_guarded(check_output_dir, report_dir)
     _, config = checkpoint_config(checkpoint)
     check_modes(config, list(options.modes))  # before any model loads
+    if world is not None:
+        from ..tasks.distributed import join
+
+        run_guarded(join, world)
     transcriber = load_transcriber(checkpoint, device, dtype, quiet, verbose)
     with MediaProgress(None, quiet, "scoring") as advance:
 
@@ -187,6 +204,17 @@ def evaluate(
             advance()
 
         report = run_guarded(run_evaluation, transcriber, dataset, options, report_dir, on_clip)
+    if world is not None:
+        from ..tasks.distributed import barrier, leave
+        from ..tasks.evaluate import merge_reports
+
+        barrier(world)
+        if not world.main:
+            leave()
+            return
+        ranks = [final_dir / f"rank-{r}" for r in range(world.size)]
+        report = run_guarded(merge_reports, ranks, final_dir)
+        leave()
     if not quiet:
         print_skipped(report)
     if json_out:
@@ -195,6 +223,12 @@ def evaluate(
         print_report(report)
     if report.conditions and all(c.failed == c.clips for c in report.conditions):
         raise typer.Exit(EXIT_FAILED)
+
+
+def launched_world_or_none():
+    from ..tasks.distributed import launched_world
+
+    return run_guarded(launched_world)
 
 
 def print_skipped(report) -> None:
