@@ -14,6 +14,7 @@ from avsr_cli.tasks.writers import (
     format_timestamp,
     to_srt,
     to_tsv,
+    to_txt,
     to_vtt,
     write_result,
 )
@@ -91,3 +92,11 @@ def test_unwritable_output_dir(tmp_path):
         ro.mkdir(mode=0o500)
         with pytest.raises(AvsrError, match="not writable"):
             check_output_dir(ro)
+
+
+def test_txt_has_one_line_per_segment():
+    assert (
+        to_txt(result([(0.0, 9.5, "first chunk"), (10.0, 18.0, "second chunk")]))
+        == "first chunk\nsecond chunk\n"
+    )
+    assert to_txt(result([])) == "\n"  # silence: an empty line, never nothing
