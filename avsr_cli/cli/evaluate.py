@@ -39,6 +39,10 @@ from .app import (
 )
 from .progress import MediaProgress
 
+ReportJsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")
+]
+
 
 def parse_snrs(values: list[str], clean: bool) -> tuple[float, ...]:
     """`--snr 10,5 --snr -5` -> (inf, 10, 5, -5): the clean condition first unless --no-clean."""
@@ -143,9 +147,7 @@ def evaluate(
     ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")
-    ] = False,
+    json_out: ReportJsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     threads: ThreadsOpt = None,
@@ -171,7 +173,9 @@ def evaluate(
         shard=parse_shard(shard),
         transcribe=transcribe_options(ctx.params, mode="auto"),  # each condition sets its mode
     )
-    world, final_dir = launched_world_or_none(), report_dir
+    from ..tasks.distributed import launched_world
+
+    world, final_dir = run_guarded(launched_world), report_dir
     if world is not None:  # under torchrun: rank r scores shard r+1 of N into DIR/rank-r; rank 0 merges
         if options.shard is not None:
             raise fail("--shard is chosen by the rank under torchrun: give one or the other")
@@ -215,20 +219,19 @@ def evaluate(
         ranks = [final_dir / f"rank-{r}" for r in range(world.size)]
         report = run_guarded(merge_reports, ranks, final_dir)
         leave()
+    show_report(report, json_out, quiet)
+    if report.conditions and all(c.failed == c.clips for c in report.conditions):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def show_report(report, json_out: bool, quiet: bool) -> None:
+    """The result on stdout (the table, or summary.json with --json); skipped entries on stderr."""
     if not quiet:
         print_skipped(report)
     if json_out:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
         print_report(report)
-    if report.conditions and all(c.failed == c.clips for c in report.conditions):
-        raise typer.Exit(EXIT_FAILED)
-
-
-def launched_world_or_none():
-    from ..tasks.distributed import launched_world
-
-    return run_guarded(launched_world)
 
 
 def print_skipped(report) -> None:
@@ -289,9 +292,7 @@ def evaluate_merge(
             "--output-dir", "-o", metavar="DIR", help="Write the merged report here (default: the first DIR)."
         ),
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")
-    ] = False,
+    json_out: ReportJsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     threads: ThreadsOpt = None,
@@ -301,9 +302,4 @@ def evaluate_merge(
 
     setup_command(quiet, verbose, threads)
     report = run_guarded(merge_reports, report_dirs, output_dir)
-    if not quiet:
-        print_skipped(report)
-    if json_out:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
-    else:
-        print_report(report)
+    show_report(report, json_out, quiet)
