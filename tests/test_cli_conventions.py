@@ -303,3 +303,15 @@ def test_mediapipe_native_logs_stay_off_the_terminal(lrs3_clip, tmp_path):
     r = cli("crop-mouth", lrs3_clip, "-o", tmp_path, "--face-backend", "mediapipe", "--detect-every", "25")
     assert r.returncode == 0 and r.stdout.decode().strip().endswith("_mouth.mp4")
     assert r.stderr == b"", r.stderr.decode()  # absl/TFLite lines ("W0000 ... feedback manager") included
+
+
+def test_export_subtitles_prints_srt_to_stdout_without_output_dir(tiny_ckpt, tmp_path):
+    import srt
+    from speech import synthesize
+
+    clip = synthesize("the quick brown fox jumps over the lazy dog", tmp_path / "fox.wav")
+    r = run("export-subtitles", clip, "-c", tiny_ckpt, "--max-new-tokens", "4")
+    assert r.exit_code == 0, r.stderr
+    cues = list(srt.parse(r.stdout))
+    assert cues and all(0 <= c.start.total_seconds() < c.end.total_seconds() for c in cues)
+    assert list(tmp_path.iterdir()) == [clip]  # nothing written beside the input or anywhere else
