@@ -35,9 +35,12 @@ def physical_cores() -> int:
 
 
 def cpu_threads() -> int:
-    """The thread count in force: set_cpu_threads's, else AVSR_THREADS, else the physical cores."""
-    if _chosen is not None:
-        return _chosen
+    """The thread count in force: set_cpu_threads's, else the default."""
+    return _chosen or default_threads()
+
+
+def default_threads() -> int:
+    """AVSR_THREADS, else the physical cores."""
     env = os.environ.get("AVSR_THREADS", "").strip()
     return int(env) if env.isdigit() and int(env) > 0 else physical_cores()
 
@@ -50,8 +53,7 @@ def set_cpu_threads(threads: int | None = None) -> int:
     global _chosen
     if threads is not None and threads < 1:
         raise ValueError("threads must be >= 1")
-    _chosen = None
-    _chosen = threads or cpu_threads()
+    _chosen = threads or default_threads()
     if "torch" not in sys.modules:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(_chosen)

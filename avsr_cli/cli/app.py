@@ -54,8 +54,8 @@ def word_placeholders(params) -> None:
             param.display_type_rich = lambda ctx: None
 
 
-class Command(TyperCommand):
-    """A Typer command with word placeholders (its --help option too, which Click adds late)."""
+class _WordPlaceholders:
+    """Word placeholders on every parameter, --help and Typer's completion options included (added late)."""
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
@@ -63,13 +63,12 @@ class Command(TyperCommand):
         return params
 
 
-class Group(TyperGroup):
-    """The `avsr` group with word placeholders (its own flags and Typer's completion options)."""
+class Command(_WordPlaceholders, TyperCommand):
+    """A Typer command with word placeholders."""
 
-    def get_params(self, ctx):
-        params = super().get_params(ctx)
-        word_placeholders(params)
-        return params
+
+class Group(_WordPlaceholders, TyperGroup):
+    """The `avsr` group with word placeholders."""
 
 
 app = typer.Typer(
@@ -266,7 +265,7 @@ def transcribe_options(flags: dict[str, Any], **fixed: Any):
 
 
 def checkpoint_config(checkpoint: str | None):
-    """(checkpoint as given or the built-in one, its ModelConfig) read without loading any weights."""
+    """The ModelConfig of --checkpoint (or the built-in model), read without loading any weights."""
     from ..checkpoints.download import find_checkpoint
     from ..modeling.config import CONFIG_FILE, ModelConfig
 
@@ -276,7 +275,7 @@ def checkpoint_config(checkpoint: str | None):
         path = run_guarded(default_checkpoint)
     else:
         path = run_guarded(find_checkpoint, checkpoint)
-    return path, run_guarded(ModelConfig.load, path / CONFIG_FILE)
+    return run_guarded(ModelConfig.load, path / CONFIG_FILE)
 
 
 def check_modes(config, modes: list[str]) -> None:

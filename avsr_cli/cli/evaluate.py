@@ -191,7 +191,7 @@ def evaluate(
         from ..tasks.writers import check_output_dir
 
         run_guarded(check_output_dir, report_dir)
-    _, config = checkpoint_config(checkpoint)
+    config = checkpoint_config(checkpoint)
     check_modes(config, list(options.modes))  # before any model loads
     if world is not None:
         from ..tasks.distributed import join

@@ -295,7 +295,7 @@ def run_command(
         run_guarded(check_output_dir, output_dir)
     if sum(str(f) == STDIN for f in files) > 1:
         raise fail("- (standard input) can be given once")
-    _, config = checkpoint_config(checkpoint)
+    config = checkpoint_config(checkpoint)
     check_modes(config, [] if options.mode == "auto" else [options.mode])  # before any model loads
     with stdin_as_file(files) as (paths, labels):
         inputs = readable_inputs(paths)  # a typo costs no model load

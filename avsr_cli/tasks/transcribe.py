@@ -17,7 +17,7 @@ from ..frontends.media import VIDEO_FPS
 from ..frontends.segmentation import VadOptions
 from ..modeling.config import MODES
 from ..modeling.decoding import DecodingOptions
-from ..modeling.model import AVSRModel, ModalityInputs
+from ..modeling.model import AVSRModel, Hypothesis, ModalityInputs
 from ..storage import display_name
 
 SEGMENTATIONS = ("auto", "vad", "off")
@@ -313,8 +313,7 @@ class Transcriber:
             )
         else:
             job.chunks = [(0.0, duration)]
-        job.texts = [None] * len(job.chunks)
-        job.scores = [None] * len(job.chunks)
+        job.hypotheses = [None] * len(job.chunks)
         return job
 
     def _run_pieces(
@@ -369,8 +368,7 @@ class Transcriber:
         if video is not None:
             share["video_encoder"] = t2 - t1
         for (job, i), hypothesis in zip(pieces, hypotheses, strict=True):
-            job.texts[i] = hypothesis.text
-            job.scores[i] = hypothesis.avg_logprob
+            job.hypotheses[i] = hypothesis
             report(job.chunks[i][1] - job.chunks[i][0])
             for key, value in share.items():
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
@@ -426,8 +424,7 @@ class _Job:
     video: np.ndarray | None = None  # (T, 96, 96) uint8 mouth crops at 25 fps
     mode: str = "asr"
     chunks: list[tuple[float, float]] = field(default_factory=list)
-    texts: list[str | None] = field(default_factory=list)
-    scores: list[float | None] = field(default_factory=list)  # avg_logprob per chunk
+    hypotheses: list[Hypothesis | None] = field(default_factory=list)  # per chunk, once decoded
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -439,24 +436,23 @@ class _Job:
         return len(self.audio) / SAMPLE_RATE if self.audio is not None else 0.0
 
     def done(self) -> bool:
-        return self.error is not None or all(t is not None for t in self.texts)
+        return self.error is not None or all(h is not None for h in self.hypotheses)
 
     def result(self, model_name: str, options: TranscribeOptions) -> Result | AvsrError:
         if self.error is not None:
             return self.error
         threshold = options.logprob_threshold
         segments = [
-            Segment(float(s), float(e), t, score, bool(score is not None and score < threshold))
-            for (s, e), t, score in zip(self.chunks, self.texts, self.scores, strict=True)
-            if t
+            Segment(float(s), float(e), h.text, h.avg_logprob, h.avg_logprob < threshold)
+            for (s, e), h in zip(self.chunks, self.hypotheses, strict=True)
+            if h.text
         ]
         if len(self.chunks) > 1:
             from ..modeling.decoding import drop_repeated_phrases
 
             segments = [replace(s, text=drop_repeated_phrases(s.text)) for s in segments]
-        scored = [(float(s.end - s.start), s.avg_logprob) for s in segments if s.avg_logprob is not None]
-        weight = sum(w for w, _ in scored)
-        avg = float(sum(w * v for w, v in scored) / weight) if weight > 0 else None
+        weight = sum(s.end - s.start for s in segments)
+        avg = sum((s.end - s.start) * s.avg_logprob for s in segments) / weight if weight > 0 else None
         return Result(
             path=self.name,
             text=" ".join(s.text for s in segments),
