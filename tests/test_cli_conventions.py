@@ -112,6 +112,8 @@ def test_existing_outputs_need_overwrite_or_skip_existing(tiny_ckpt, media, tmp_
     assert (out / "hello.json").stat().st_mtime_ns == first
     r = run(*base, "--overwrite")
     assert r.exit_code == 0 and (out / "hello.json").stat().st_mtime_ns > first
+    r = run(*base, "-f", "tsv", "--skip-existing")  # hello.tsv is missing: the input runs again
+    assert r.exit_code == 0 and (out / "hello.tsv").is_file()
 
 
 def test_several_files_on_stdout_are_named_like_grep(tiny_ckpt, media):

@@ -128,7 +128,8 @@ def plan_outputs(
 ) -> list[bool]:
     """Check a batch's outputs before any work: two inputs that would write the same file (`a.wav` and
     `a.m4a` both write `a.txt`) are a UsageError; so are outputs already there, unless `existing` is
-    "overwrite" or "skip". `sources` are (input, stem or None). Returns, per input, whether to run it."""
+    "overwrite" or "skip" (an input is skipped when all its outputs exist). `sources` are (input, stem or
+    None). Returns, per input, whether to run it."""
     owners: dict[Path, str] = {}
     for source, stem in sources:
         for path in output_paths(source, output_dir, formats, stem):
@@ -143,10 +144,11 @@ def plan_outputs(
     clashes = []
     for source, stem in sources:
         # os.path.exists: a name the file system refuses (too long) is not there; writing it fails per file
-        there = [p for p in output_paths(source, output_dir, formats, stem) if os.path.exists(p)]
+        paths = output_paths(source, output_dir, formats, stem)
+        there = [p for p in paths if os.path.exists(p)]
         if there and existing == "error":
             clashes += there
-        run.append(not (there and existing == "skip"))
+        run.append(not (existing == "skip" and len(there) == len(paths)))  # a missing format is still made
     if clashes:
         more = f" and {len(clashes) - 1} more already exist" if len(clashes) > 1 else " already exists"
         raise UsageError(
