@@ -55,6 +55,7 @@ bench:
 	$(PYTHON) bench/bench_transcribe.py
 	$(PYTHON) bench/bench_longform.py
 	$(PYTHON) bench/bench_mouth.py
+	mkdir -p bench/out && $(PYTHON) bench/bench_distributed.py --json bench/out/distributed.json
 
 # Needs a CUDA device (tests never do): CPU vs CUDA float32/bfloat16 transcripts, speed, --device/--dtype auto.
 gpu-check:

@@ -40,9 +40,13 @@ def cpu_threads() -> int:
 
 
 def default_threads() -> int:
-    """AVSR_THREADS, else the physical cores."""
+    """AVSR_THREADS, else the physical cores shared among the processes torchrun started on this machine
+    (LOCAL_WORLD_SIZE), so that N ranks on one CPU machine do not each start a pool of every core."""
     env = os.environ.get("AVSR_THREADS", "").strip()
-    return int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    return max(1, physical_cores() // int(local)) if local.isdigit() and int(local) > 0 else physical_cores()
 
 
 def set_cpu_threads(threads: int | None = None) -> int:

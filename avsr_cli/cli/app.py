@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -159,8 +160,15 @@ def report_error(exc: AvsrError) -> None:
 
 def run_guarded(func, *args, **kwargs):
     """Run a library call; an AvsrError becomes a one-line message and exit code (traceback with --debug)."""
-    try:
+    with guarded():
         return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def guarded():
+    """A block of library calls whose AvsrError becomes a one-line message and exit code, as run_guarded."""
+    try:
+        yield
     except AvsrError as exc:
         if STATE["debug"]:
             raise

@@ -31,6 +31,7 @@ from .app import (
     check_modes,
     checkpoint_config,
     fail,
+    guarded,
     load_transcriber,
     run_guarded,
     setup_command,
@@ -193,32 +194,29 @@ def evaluate(
         run_guarded(check_output_dir, report_dir)
     config = checkpoint_config(checkpoint)
     check_modes(config, list(options.modes))  # before any model loads
-    if world is not None:
-        from ..tasks.distributed import join
+    from ..tasks.distributed import barrier, distributed_run
 
-        run_guarded(join, world)
-    transcriber = load_transcriber(checkpoint, device, dtype, quiet, verbose)
-    with MediaProgress(None, quiet, "scoring") as advance:
+    with guarded(), distributed_run() as joined:
+        transcriber = load_transcriber(checkpoint, device, dtype, quiet, verbose)
+        with MediaProgress(None, quiet, "scoring") as advance:
 
-        def on_clip(mode: str, snr: str, row: dict) -> None:
-            if row.get("error"):
-                stderr.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True, markup=True)
-            elif verbose:
-                stderr.print(f"{mode} {snr} {row['id']}: {row['hyp']}", soft_wrap=True, markup=False)
-            advance()
+            def on_clip(mode: str, snr: str, row: dict) -> None:
+                if row.get("error"):
+                    stderr.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True, markup=True)
+                elif verbose:
+                    stderr.print(f"{mode} {snr} {row['id']}: {row['hyp']}", soft_wrap=True, markup=False)
+                advance()
 
-        report = run_guarded(run_evaluation, transcriber, dataset, options, report_dir, on_clip)
-    if world is not None:
-        from ..tasks.distributed import barrier, leave
-        from ..tasks.evaluate import merge_reports
+            report = run_guarded(run_evaluation, transcriber, dataset, options, report_dir, on_clip)
+        if joined is not None:
+            barrier(joined)
+            if not joined.main:
+                return
+            from ..tasks.evaluate import merge_reports
 
-        barrier(world)
-        if not world.main:
-            leave()
-            return
-        ranks = [final_dir / f"rank-{r}" for r in range(world.size)]
-        report = run_guarded(merge_reports, ranks, final_dir)
-        leave()
+            report = run_guarded(
+                merge_reports, [final_dir / f"rank-{r}" for r in range(joined.size)], final_dir
+            )
     show_report(report, json_out, quiet)
     if report.conditions and all(c.failed == c.clips for c in report.conditions):
         raise typer.Exit(EXIT_FAILED)

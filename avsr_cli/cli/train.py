@@ -4,12 +4,19 @@ import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 
-from .app import DeviceOpt, QuietOpt, ThreadsOpt, VerboseOpt, run_guarded, setup_command, stderr
+from .app import STATE, DeviceOpt, QuietOpt, ThreadsOpt, VerboseOpt, fail, run_guarded, setup_command, stderr
 from .progress import TrainProgress
 
-CLI_ONLY = ("config", "quiet", "verbose", "threads")  # flags of the command itself, not settings of the run
+CLI_ONLY = (
+    "config",
+    "quiet",
+    "verbose",
+    "threads",
+    "nproc",
+)  # flags of the command itself, not settings of the run
 
 
 def train(
@@ -127,14 +134,28 @@ def train(
     ] = True,
     seed: Annotated[Optional[int], typer.Option(help="Seed (default 0).")] = None,
     device: DeviceOpt = "auto",
+    nproc: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="Train data-parallel in N processes on this machine (one per GPU, or CPU shares): runs "
+            "this command under torchrun --standalone.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train projectors + LoRA (frozen encoders and LLM) into an avsr checkpoint; resumable after a kill."""
+    if nproc and nproc > 1:
+        raise typer.Exit(_under_torchrun(ctx, nproc))
+    from ..tasks.distributed import launched_world
     from ..tasks.train import TrainSetup
 
-    setup_command(quiet, verbose, threads)
+    world = run_guarded(launched_world)
+    secondary = world is not None and not world.main
+    quiet = quiet or secondary  # under torchrun, rank 0 reports for all
+    setup_command(quiet, verbose and not secondary, threads)
     flags = {  # the flags given (a TOML value wins over a flag's default), as TrainSetup's flat keys
         k: v.value if isinstance(v, enum.Enum) else v
         for k, v in ctx.params.items()
@@ -158,4 +179,29 @@ def train(
             chosen = ", ".join(str(e + 1) for e in result.selected)
             how = "lowest validation WER" if setup.options.select == "best" else "the last"
             stderr.print(f"checkpoint: epoch {chosen} of {result.epochs} ({how})")
-    typer.echo(str(result.checkpoint))
+    if not secondary:
+        typer.echo(str(result.checkpoint))
+
+
+def _under_torchrun(ctx: typer.Context, nproc: int) -> int:
+    """Run this same command (its given flags, --nproc left out) in `nproc` processes, as `torchrun
+    --standalone --nproc-per-node N -m avsr_cli train ...` would; returns the exit status."""
+    from ..tasks.distributed import launch_local, launched_world
+
+    if run_guarded(launched_world) is not None:
+        raise fail("--nproc starts torchrun itself: under torchrun, leave it out")
+    args: list[str] = ["--debug"] if STATE.get("debug") else []
+    args.append("train")
+    for param in ctx.command.params:
+        if param.name == "nproc" or ctx.get_parameter_source(param.name).name == "DEFAULT":
+            continue
+        value = ctx.params[param.name]
+        value = value.value if isinstance(value, enum.Enum) else value
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            if value or param.secondary_opts:
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return run_guarded(launch_local, nproc, args)

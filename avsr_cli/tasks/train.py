@@ -49,6 +49,7 @@ from ..modeling.config import ENCODER_WINDOWS, MODE_TO_TASK
 from ..modeling.model import AVSRModel, ModalityInputs
 from ..storage import atomic_path, atomic_write_text, cache_root
 from .datasets import Dataset, Item
+from .distributed import World, distributed_run
 from .transcribe import rounded
 
 REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README training commands
@@ -300,13 +301,15 @@ def ctc_prealign(
     options: TrainOptions,
     on_step: Callable[[dict], None] | None = None,
     modality: str = "audio",
+    world: World | None = None,
 ) -> list[float]:
     """Pre-align a modality's projectors with the LLM's token embeddings: CTC over the projected tokens
     scored against the (frozen) input embeddings of the transcripts' tokens, so the LLM's first look at the
     audio or video is a blank-padded spelling of the transcript. Only the tokens that occur in the
-    transcripts (plus a blank) are classes, which keeps the logits small. Returns the loss per step."""
-    import torch.nn.functional as F
+    transcripts (plus a blank) are classes, which keeps the logits small. Returns the loss per step.
 
+    A step takes `grad_accum` batches per rank; with a `world` the ranks' gradients are summed, so the steps
+    are those of one process with N times the grad_accum."""
     projector = model.projectors[modality]
     vocab = sorted({t for tg in targets for t in tg[:-1]})  # EOS is no CTC class
     index = {t: i + 1 for i, t in enumerate(vocab)}  # 0: blank
@@ -321,35 +324,30 @@ def ctc_prealign(
     lengths = [f.shape[0] for f in frames]
     fps = FRAMES_PER_SECOND[modality]
     losses = []
+    size, rank = (world.size, world.rank) if world else (1, 0)
     projector.train()
     try:
         for epoch in range(options.ctc_epochs):
-            for batch in length_batches(
-                lengths, fps, options, random.Random(options.seed * 1000 + 500 + epoch)
-            ):
-                rate = rng.choice(rates)
-                outs = projector([frames[i] for i in batch], rate)
-                logits = [o.float() @ classes.T for o in outs]
-                for lg in logits:
-                    lg[:, 0] = lg[:, 0] + blank_bias
-                tgt = [torch.tensor([index[t] for t in targets[i][:-1]]) for i in batch]
-                t_max = max(lg.shape[0] for lg in logits)
-                padded = torch.zeros(t_max, len(batch), classes.shape[0])
-                for k, lg in enumerate(logits):
-                    padded[: lg.shape[0], k] = lg
-                loss = F.ctc_loss(
-                    padded.log_softmax(-1),
-                    torch.cat(tgt),
-                    torch.tensor([lg.shape[0] for lg in logits]),
-                    torch.tensor([len(t) for t in tgt]),
-                    blank=0,
-                    zero_infinity=True,
-                )
+            batches = length_batches(lengths, fps, options, random.Random(options.seed * 1000 + 500 + epoch))
+            per_step = options.grad_accum * size
+            for start in range(0, len(batches), per_step):
+                group = batches[start : start + per_step]
+                drawn = [rng.choice(rates) for _ in group]  # every rank draws every batch's rate: same stream
                 opt.zero_grad()
-                loss.backward()
+                loss_sum = 0.0
+                for batch, rate in list(zip(group, drawn, strict=True))[rank::size]:
+                    loss = _ctc_batch_loss(
+                        projector, frames, targets, batch, rate, classes, blank_bias, index
+                    )
+                    (loss / len(group)).backward()
+                    loss_sum += float(loss.detach()) / len(group)
+                if world:
+                    from .distributed import sum_gradients
+
+                    (loss_sum,) = sum_gradients(params, [loss_sum])
                 torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
                 opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss_sum)
                 if on_step:
                     on_step(
                         {"ctc_step": len(losses), "epoch": epoch, "loss": losses[-1], "modality": modality}
@@ -358,6 +356,29 @@ def ctc_prealign(
         projector.eval()
         blank_bias.requires_grad_(False)  # the projector stays trainable for the LLM phase
     return losses
+
+
+def _ctc_batch_loss(projector, frames, targets, batch, rate, classes, blank_bias, index) -> torch.Tensor:
+    """Mean CTC loss of one batch of projected frames against the transcripts' token classes."""
+    import torch.nn.functional as F
+
+    outs = projector([frames[i] for i in batch], rate)
+    logits = [o.float() @ classes.T for o in outs]
+    for lg in logits:
+        lg[:, 0] = lg[:, 0] + blank_bias
+    tgt = [torch.tensor([index[t] for t in targets[i][:-1]]) for i in batch]
+    t_max = max(lg.shape[0] for lg in logits)
+    padded = torch.zeros(t_max, len(batch), classes.shape[0])
+    for k, lg in enumerate(logits):
+        padded[: lg.shape[0], k] = lg
+    return F.ctc_loss(
+        padded.log_softmax(-1),
+        torch.cat(tgt),
+        torch.tensor([lg.shape[0] for lg in logits]),
+        torch.tensor([len(t) for t in tgt]),
+        blank=0,
+        zero_infinity=True,
+    )
 
 
 def trainable_parameters(model: AVSRModel, modes: list[str], train_lora: bool) -> list[torch.nn.Parameter]:
@@ -392,6 +413,11 @@ class Trainer:
 
     `frames` holds per clip a {modality: frames} dict (or, for a single-modality mode, the frames alone).
     Batches are bucketed on the first modality's length: audio when the modes read audio, else video.
+
+    Data-parallel with a `world` (torchrun): an optimizer step takes `grad_accum` x ranks batches of the
+    epoch's (seeded, identical on every rank) batch list, each rank backpropagates its own share, and the
+    gradients are summed in one all_reduce before the step, so N ranks follow exactly the optimisation of
+    one process with N times the grad_accum. Only rank 0 writes (state, log, checkpoint).
     """
 
     def __init__(
@@ -402,8 +428,12 @@ class Trainer:
         options: TrainOptions,
         out_dir: Path,
         val: tuple[Sequence[torch.Tensor | dict[str, torch.Tensor]], list[str]] | None = None,
+        world: World | None = None,
     ) -> None:
         self.modes, self.modalities = options.modes(), options.modalities()
+        self.world = world
+        self.size, self.rank = (world.size, world.rank) if world else (1, 0)
+        self.main = self.rank == 0
         if not frames:
             raise UsageError("no training clips")
         self.model, self.texts = model, texts
@@ -443,16 +473,21 @@ class Trainer:
             self.lengths, self.fps, self.options, random.Random(self.options.seed * 1000 + epoch)
         )
 
+    def batches_per_step(self) -> int:
+        """The global batch of one optimizer step, in batches: grad_accum on each of the ranks."""
+        return self.options.grad_accum * self.size
+
     def total_steps(self) -> tuple[int, int]:
         """(optimizer steps, epochs) the run will take."""
-        per_epoch = math.ceil(len(self._epoch_batches(0)) / self.options.grad_accum)
+        per_epoch = math.ceil(len(self._epoch_batches(0)) / self.batches_per_step())
         if self.options.max_steps:
             return self.options.max_steps, math.ceil(self.options.max_steps / per_epoch)
         return per_epoch * self.options.epochs, self.options.epochs
 
     def validate(self, limit: int) -> dict | None:
         """Greedy-decoded WER/CER on the first `limit` validation clips, per mode (the first mode's at top
-        level), at each modality's first rate."""
+        level), at each modality's first rate. With a world, rank r decodes clips r, r + N, ... and the
+        transcripts are gathered, so every rank gets the same scores."""
         from ..modeling.decoding import DecodingOptions
         from .scoring import score
 
@@ -463,11 +498,17 @@ class Trainer:
         device = self.model.llm.get_input_embeddings().weight.device
         rates = {m: r[0] for m, r in self.rates.items()}
         per_mode = {}
+        mine = samples[self.rank :: self.size]
         for mode in self.modes:
             hyps = []
-            for i in range(0, len(samples), 8):
-                audio, video = self._inputs(samples[i : i + 8], rates, mode, device)
+            for i in range(0, len(mine), 8):
+                audio, video = self._inputs(mine[i : i + 8], rates, mode, device)
                 hyps += self.model.generate(mode, audio, video, DecodingOptions(num_beams=1))
+            if self.world:
+                from .distributed import gather_texts
+
+                shares = gather_texts(hyps)
+                hyps = [shares[i % self.size][i // self.size] for i in range(len(samples))]
             s = score(list(zip(texts, hyps, strict=True)), "lrs")
             per_mode[mode] = {"wer": s.wer, "cer": s.cer, "clips": len(texts), "example": [texts[0], hyps[0]]}
         first = per_mode[self.modes[0]]
@@ -496,15 +537,30 @@ class Trainer:
         state_path = self.out_dir / STATE_FILE
         resumed_from = 0
         resuming = resume and state_path.exists()
+        report = on_step if self.main else None
+        if self.world:  # every rank starts from rank 0's projectors and LoRA, as DDP does
+            from .distributed import broadcast_parameters
+
+            broadcast_parameters(params)
         if o.ctc_epochs and not resuming:
             self.ctc_losses = []
             for modality in self.modalities:
                 frames = [f[modality] for f in self.frames]
                 rates = self.rates[modality]
-                self.ctc_losses += ctc_prealign(model, frames, self.targets, rates, o, on_step, modality)
+                self.ctc_losses += ctc_prealign(
+                    model, frames, self.targets, rates, o, report, modality, self.world
+                )
         if resuming:
             state = torch.load(state_path, map_location="cpu", weights_only=True)  # never unpickles objects
             from ..checkpoints.loading import load_adapter_state
+
+            saved = int(state["batches_per_step"]) if "batches_per_step" in state else None
+            if saved is not None and saved != self.batches_per_step():
+                raise UsageError(
+                    f"{state_path}: the run took {saved} batches per step (grad_accum x processes), this "
+                    f"one takes {o.grad_accum} x {self.size} = {self.batches_per_step()}; resume with the "
+                    "same product (e.g. the same number of processes), or start over with --no-resume"
+                )
 
             load_adapter_state(model, state["adapter"])
             opt.load_state_dict(state["optimizer"])
@@ -520,13 +576,14 @@ class Trainer:
             while step < total and epoch < n_epochs:
                 batches = self._epoch_batches(epoch)
                 while batch_pos < len(batches) and step < total:
-                    group = batches[batch_pos : batch_pos + o.grad_accum]
+                    group = batches[batch_pos : batch_pos + self.batches_per_step()]
                     opt.zero_grad()
-                    loss_sum, rates, mode_losses = 0.0, [], dict.fromkeys(self.modes, 0.0)
-                    for batch in group:
-                        # one rate per modality and batch, shared by the tasks (Omni-AVSR random.choice)
-                        drawn = {m: rng.choice(self.rates[m]) for m in self.modalities}
-                        rates.append(drawn[self.modalities[0]] if len(drawn) == 1 else drawn)
+                    loss_sum, mode_losses = 0.0, dict.fromkeys(self.modes, 0.0)
+                    # one rate per modality and batch, shared by the tasks (Omni-AVSR random.choice); every
+                    # rank draws the whole group's rates, so the stream is the same as in one process
+                    draws = [{m: rng.choice(self.rates[m]) for m in self.modalities} for _ in group]
+                    rates = [d[self.modalities[0]] if len(d) == 1 else d for d in draws]
+                    for batch, drawn in list(zip(group, draws, strict=True))[self.rank :: self.size]:
                         samples = [self.frames[i] for i in batch]
                         targets = [self.targets[i] for i in batch]
                         for mode, weight in zip(self.modes, weights, strict=True):
@@ -537,6 +594,11 @@ class Trainer:
                             (loss * share).backward()  # one graph at a time: memory stays one task's
                             loss_sum += float(loss.detach()) * share
                             mode_losses[mode] += float(loss.detach()) / len(group)
+                    if self.world:
+                        from .distributed import sum_gradients
+
+                        loss_sum, *summed = sum_gradients(params, [loss_sum, *mode_losses.values()])
+                        mode_losses = dict(zip(self.modes, summed, strict=True))
                     torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
                     opt.step()
                     sched.step()
@@ -557,11 +619,12 @@ class Trainer:
                             validations.append(self._validation(step, epoch))
                             info["val"] = validations[-1]
                         epoch, batch_pos = epoch + 1, 0
-                    self._log(info)
-                    if on_step:
-                        on_step(info)
-                    if step % o.save_every == 0 or step >= total or epoch_done:
-                        self._save_state(opt, sched, step, epoch, batch_pos, losses, validations, rng)
+                    if self.main:
+                        self._log(info)
+                        if on_step:
+                            on_step(info)
+                        if step % o.save_every == 0 or step >= total or epoch_done:
+                            self._save_state(opt, sched, step, epoch, batch_pos, losses, validations, rng)
                     if epoch_done:
                         break
         finally:
@@ -570,6 +633,10 @@ class Trainer:
                 p.requires_grad_(False)
         if batch_pos:  # stopped by max_steps inside an epoch: that partial epoch counts as the last
             self._save_epoch_adapter(epoch)
+        if not self.main:
+            return TrainResult(
+                self.out_dir, step, epoch, losses, validations, resumed_from, time.monotonic() - started
+            )
         checkpoint, selected = self._finish(validations)
         result = TrainResult(
             checkpoint, step, epoch, losses, validations, resumed_from, time.monotonic() - started
@@ -605,6 +672,8 @@ class Trainer:
     def _save_epoch_adapter(self, epoch: int) -> None:
         from ..checkpoints.loading import adapter_state
 
+        if not self.main:
+            return
         d = self._epochs_dir()
         d.mkdir(exist_ok=True)
         with atomic_path(d / f"epoch{epoch:03d}.safetensors") as tmp:
@@ -620,6 +689,7 @@ class Trainer:
             "step": step,
             "epoch": epoch,
             "batch_pos": batch_pos,
+            "batches_per_step": self.batches_per_step(),
             "losses": torch.tensor(losses, dtype=torch.float64),
             "validations": json.dumps(validations),
             "rng": _rng_tensor(rng.getstate()),
@@ -678,14 +748,26 @@ def prepare_data(
     on_clip: Callable[[], None] | None = None,
     mouth: MouthOptions | None = None,
     mouth_cache: Path | None = None,
+    world: World | None = None,
 ) -> TrainData:
-    """Encoder frames (from the cache, else computed and cached) and transcripts of `dataset`'s items."""
+    """Encoder frames (from the cache, else computed and cached) and transcripts of `dataset`'s items.
+
+    With a `world`, rank r first encodes items r, r + N, ... into the cache; after a barrier every rank
+    reads all the frames from it (the cache must be one folder all ranks see: a shared filesystem across
+    nodes)."""
     for modality in modalities:
         if getattr(model, f"{modality}_encoder") is None:
             raise UsageError(
                 f"training on {modality} needs a model with a {modality} encoder; this one has none"
             )
-    results = FeatureCache(cache_dir, model, mouth, mouth_cache).frames(dataset.items, modalities, on_clip)
+    cache = FeatureCache(cache_dir, model, mouth, mouth_cache)
+    if world:
+        from .distributed import barrier
+
+        cache.frames(dataset.items[world.rank :: world.size], modalities, on_clip)
+        barrier(world)
+        on_clip = None
+    results = cache.frames(dataset.items, modalities, on_clip)
     data = TrainData([], [], [])
     for item, r in zip(dataset.items, results, strict=True):
         if isinstance(r, Exception):
@@ -735,10 +817,59 @@ def train(
     `output_dir` that holds a training state resumes from it (`resume=False` starts over). `feature_cache`
     defaults to `<avsr cache>/features`; `mouth` says how mouths are found and cut for vsr/avsr, and
     `mouth_cache` (default `<avsr cache>/mouth`, shared with `avsr evaluate`) keeps the crops.
+
+    Launched by torchrun (or `avsr train --nproc N`), every rank runs this same call and they train
+    data-parallel (`Trainer`); rank 0 alone writes `output_dir`.
     """
+    with distributed_run() as world:
+        return _train(
+            data=data,
+            output_dir=output_dir,
+            options=options,
+            base=base,
+            init_checkpoint=init_checkpoint,
+            val_data=val_data,
+            feature_cache=feature_cache,
+            device=device,
+            limit=limit,
+            resume=resume,
+            on_encode=on_encode,
+            on_step=on_step,
+            video_encoder=video_encoder,
+            mouth=mouth,
+            mouth_cache=mouth_cache,
+            world=world,
+        )
+
+
+def _train(
+    *,
+    data: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    options: TrainOptions | None,
+    base: str | None,
+    init_checkpoint: str | None,
+    val_data: str | os.PathLike | None,
+    feature_cache: str | os.PathLike | None,
+    device: str,
+    limit: int | None,
+    resume: bool,
+    on_encode: Callable[[int, int], None] | None,
+    on_step: Callable[[dict], None] | None,
+    video_encoder: str | None,
+    mouth: MouthOptions | None,
+    mouth_cache: str | os.PathLike | None,
+    world: World | None,
+) -> TrainResult:
+    """`train` in one process of the `world` (None: the only process)."""
     from ..checkpoints.loading import build_model, load_checkpoint, resolve_device
     from ..modeling.config import ModelConfig
     from .datasets import load_dataset
+    from .distributed import barrier
+
+    main = world is None or world.main
+    if not main:  # progress is rank 0's to print
+        on_encode = on_step = None
 
     options = options or TrainOptions()
     options.check()
@@ -788,7 +919,9 @@ def train(
         if getattr(config, f"{modality}_encoder") is None:
             hint = " (add one with --video-encoder)" if modality == "video" else ""
             raise UsageError(f"mode {options.mode} needs a {modality} encoder; the model has none{hint}")
-    if not resuming:
+    if world:  # every rank has decided whether it resumes before rank 0 touches the folder
+        barrier(world)
+    if not resuming and main:
         for stale in (STATE_FILE, LOG_FILE):
             (out / stale).unlink(missing_ok=True)
         for f in (out / "epochs").glob("epoch*.safetensors") if (out / "epochs").is_dir() else []:
@@ -801,8 +934,9 @@ def train(
         torch.manual_seed(options.seed)
         model = build_model(config)
     model.config.name = out.name
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.save(started_config)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        model.config.save(started_config)
     cache = Path(feature_cache) if feature_cache else cache_root() / "features"
     n_total = len(train_set.items) + (len(val_set.items) if val_set else 0)
     done = [0]
@@ -812,14 +946,21 @@ def train(
         if on_encode:
             on_encode(done[0], n_total)
 
+    if world and device == "auto":
+        from ..runtime import cuda_device_for
+
+        device = cuda_device_for(world.local_rank)
     model.to(resolve_device(device))
     crops = Path(mouth_cache) if mouth_cache else None
-    tr = prepare_data(model, train_set, modalities, cache, encoded, mouth, crops)
-    val = prepare_data(model, val_set, modalities, cache, encoded, mouth, crops) if val_set else None
+    tr = prepare_data(model, train_set, modalities, cache, encoded, mouth, crops, world)
+    val = prepare_data(model, val_set, modalities, cache, encoded, mouth, crops, world) if val_set else None
     if not tr.frames:
         raise AvsrError(f"{data}: no clip could be encoded ({tr.failed[0][0]}: {tr.failed[0][1]})")
-    trainer = Trainer(model, tr.frames, tr.texts, options, out, (val.frames, val.texts) if val else None)
+    val_pairs = (val.frames, val.texts) if val else None
+    trainer = Trainer(model, tr.frames, tr.texts, options, out, val_pairs, world)
     result = trainer.run(resume, on_step)
+    if world:  # the others wait until rank 0 has written the checkpoint
+        barrier(world)
     unusable = [(s.path, s.reason) for d in (train_set, val_set) if d is not None for s in d.skipped]
     result.failed = unusable + tr.failed + (val.failed if val else [])
     return result
