@@ -259,3 +259,35 @@ def test_short_limit_still_cuts(recording, regions) -> None:
     chunks = chunk_regions(recording.audio, regions, ChunkOptions(max_chunk=2.0, min_chunk=0.5))
     assert all(c.duration <= 2.0 + 1e-9 for c in chunks)
     assert all(a.end <= b.start for a, b in pairwise(chunks))
+
+
+def test_long_form_chunks_are_decoded_in_batches_of_at_most_batch_size(
+    recording, tiny_ckpt, tmp_path
+) -> None:
+    """A long file's speech chunks go through the model `batch_size` at a time (not all at once), and the
+    transcript does not depend on the batch size."""
+    from avsr_cli.modeling.decoding import DecodingOptions
+    from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
+
+    t = Transcriber.from_checkpoint(tiny_ckpt, device="cpu")
+    sizes: list[int] = []
+    decode = t.model.decode
+
+    def counting(mode, audio, video, options):
+        sizes.append(len(audio.frames))
+        return decode(mode, audio, video, options)
+
+    t.model.decode = counting
+    path = tmp_path / "talk.wav"
+    sf.write(path, recording.audio, RATE)
+    texts, chunks = {}, {}
+    for batch in (1, 3):
+        sizes.clear()
+        options = TranscribeOptions(
+            segmentation="vad", batch_size=batch, decoding=DecodingOptions(num_beams=1, max_new_tokens=4)
+        )
+        texts[batch] = [s.text for s in t.transcribe(path, options).segments]
+        assert max(sizes) == batch, sizes
+        chunks[batch] = sum(sizes)
+    assert chunks[1] == chunks[3] > 3
+    assert texts[1] == texts[3]

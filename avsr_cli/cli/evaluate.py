@@ -123,7 +123,7 @@ def evaluate(
         ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes decoding and mixing audio.")] = 1,
-    batch_size: BatchSizeOpt = 1,
+    batch_size: BatchSizeOpt = 4,
     num_beams: NumBeamsOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     decoding: DecodingOpt = Decoding.beam,

@@ -131,7 +131,7 @@ def transcribe(
     video_rate: VideoRateOpt = None,
     face_backend: FaceBackendOpt = "dlib",
     detect_every: DetectEveryOpt = 10,
-    batch_size: BatchSizeOpt = 1,
+    batch_size: BatchSizeOpt = 4,
     segmentation: Annotated[
         Segmentation,
         typer.Option(
@@ -216,7 +216,7 @@ def export_subtitles(
     video_rate: VideoRateOpt = None,
     face_backend: FaceBackendOpt = "dlib",
     detect_every: DetectEveryOpt = 10,
-    batch_size: BatchSizeOpt = 1,
+    batch_size: BatchSizeOpt = 4,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quiet: QuietOpt = False,
