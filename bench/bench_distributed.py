@@ -25,14 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SENTENCES = [
-    "the cat sat on the mat",
-    "open the door please",
-    "seven green apples fell from the tree",
-    "we will meet again tomorrow morning",
-    "turn left at the next corner",
-    "my brother plays the violin",
-]
+from bench_longform import SENTENCES  # noqa: E402  (the six TTS sentences the benchmarks share)
 
 
 def make_data(folder: Path) -> Path:
