@@ -190,7 +190,8 @@ def test_train_flags_match_train_setup():
         "auto_rotate",
         "mean_face",
     }
-    _parity("train", fields, {"config", "quiet", "verbose", "threads"}, library_only)
+    # --nproc relaunches the same command under torchrun: how it runs, not a setting of the run
+    _parity("train", fields, {"config", "quiet", "verbose", "threads", "nproc"}, library_only)
     assert TrainSetup.__dataclass_params__.frozen
 
 
