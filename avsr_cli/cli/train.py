@@ -10,13 +10,8 @@ import typer
 from .app import STATE, DeviceOpt, QuietOpt, ThreadsOpt, VerboseOpt, fail, run_guarded, setup_command, stderr
 from .progress import TrainProgress
 
-CLI_ONLY = (
-    "config",
-    "quiet",
-    "verbose",
-    "threads",
-    "nproc",
-)  # flags of the command itself, not settings of the run
+# Flags of the command itself, not settings of the run.
+CLI_ONLY = ("config", "quiet", "verbose", "threads", "nproc")
 
 
 def train(

@@ -633,15 +633,12 @@ class Trainer:
                 p.requires_grad_(False)
         if batch_pos:  # stopped by max_steps inside an epoch: that partial epoch counts as the last
             self._save_epoch_adapter(epoch)
-        if not self.main:
-            return TrainResult(
-                self.out_dir, step, epoch, losses, validations, resumed_from, time.monotonic() - started
-            )
-        checkpoint, selected = self._finish(validations)
         result = TrainResult(
-            checkpoint, step, epoch, losses, validations, resumed_from, time.monotonic() - started
+            self.out_dir, step, epoch, losses, validations, resumed_from, time.monotonic() - started
         )
-        result.selected = selected
+        if not self.main:  # rank 0 writes the checkpoint (into the same out_dir)
+            return result
+        result.checkpoint, result.selected = self._finish(validations)
         summary = {
             "options": asdict(o),
             "steps": step,
@@ -650,9 +647,9 @@ class Trainer:
             "final_loss": float(np.mean(losses[-10:])) if losses else None,
             "validations": validations,
             "seconds_this_run": round(result.seconds, 1),
-            "selected_epochs": selected,
+            "selected_epochs": result.selected,
         }
-        atomic_write_text(checkpoint / SUMMARY_FILE, json.dumps(rounded(summary), indent=1) + "\n")
+        atomic_write_text(result.checkpoint / SUMMARY_FILE, json.dumps(rounded(summary), indent=1) + "\n")
         return result
 
     def _validation(self, step: int, epoch: int) -> dict:
@@ -822,148 +819,112 @@ def train(
     data-parallel (`Trainer`); rank 0 alone writes `output_dir`.
     """
     with distributed_run() as world:
-        return _train(
-            data=data,
-            output_dir=output_dir,
-            options=options,
-            base=base,
-            init_checkpoint=init_checkpoint,
-            val_data=val_data,
-            feature_cache=feature_cache,
-            device=device,
-            limit=limit,
-            resume=resume,
-            on_encode=on_encode,
-            on_step=on_step,
-            video_encoder=video_encoder,
-            mouth=mouth,
-            mouth_cache=mouth_cache,
-            world=world,
-        )
+        from ..checkpoints.loading import build_model, load_checkpoint, resolve_device
+        from ..modeling.config import ModelConfig
+        from .datasets import load_dataset
+        from .distributed import barrier
 
+        main = world is None or world.main
+        if not main:  # encoding progress is rank 0's to print (Trainer guards its own step reports)
+            on_encode = None
 
-def _train(
-    *,
-    data: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    options: TrainOptions | None,
-    base: str | None,
-    init_checkpoint: str | None,
-    val_data: str | os.PathLike | None,
-    feature_cache: str | os.PathLike | None,
-    device: str,
-    limit: int | None,
-    resume: bool,
-    on_encode: Callable[[int, int], None] | None,
-    on_step: Callable[[dict], None] | None,
-    video_encoder: str | None,
-    mouth: MouthOptions | None,
-    mouth_cache: str | os.PathLike | None,
-    world: World | None,
-) -> TrainResult:
-    """`train` in one process of the `world` (None: the only process)."""
-    from ..checkpoints.loading import build_model, load_checkpoint, resolve_device
-    from ..modeling.config import ModelConfig
-    from .datasets import load_dataset
-    from .distributed import barrier
+        options = options or TrainOptions()
+        options.check()
+        if options.select == "best" and not val_data:
+            raise UsageError("select 'best' needs validation data (--val-data)")
+        modes, modalities = options.modes(), options.modalities()
+        out = Path(output_dir)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{out}: exists and is not a directory")
+        train_set = load_dataset(data, limit)
+        if not train_set.items:
+            raise UsageError(f"{data}: no usable clips ({len(train_set.skipped)} skipped)")
+        val_set = load_dataset(val_data) if val_data else None
+        started_config = out / "train_config.json"
+        resuming = resume and (out / STATE_FILE).exists() and started_config.exists()
+        if resuming:
+            config = ModelConfig.load(started_config)  # the run being resumed decides the model
+        elif init_checkpoint:
+            from ..checkpoints.download import find_checkpoint
 
-    main = world is None or world.main
-    if not main:  # progress is rank 0's to print
-        on_encode = on_step = None
+            ckpt_dir = find_checkpoint(init_checkpoint)
+            config = absolute_sources(ModelConfig.load(ckpt_dir / "config.json"), ckpt_dir)
+            if video_encoder and config.video_encoder is None:
+                raise UsageError(
+                    "--video-encoder adds a video side to a base; this checkpoint has none to keep"
+                )
+            window = config.audio_encoder.window if config.audio_encoder is not None else None
+            if options.encoder_window and window and options.encoder_window != window:
+                raise UsageError(
+                    f"--encoder-window {options.encoder_window}: the checkpoint was trained on {window} "
+                    "frames and keeps them (start from a base to change it)"
+                )
+        else:
+            config = base_config(base or "whisper-base-smollm2", out.name)
+            if options.encoder_window and config.audio_encoder is not None:
+                config.audio_encoder.window = options.encoder_window
+            if video_encoder:
+                from ..checkpoints.bases import video_encoder_config
 
-    options = options or TrainOptions()
-    options.check()
-    if options.select == "best" and not val_data:
-        raise UsageError("select 'best' needs validation data (--val-data)")
-    modes, modalities = options.modes(), options.modalities()
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory")
-    train_set = load_dataset(data, limit)
-    if not train_set.items:
-        raise UsageError(f"{data}: no usable clips ({len(train_set.skipped)} skipped)")
-    val_set = load_dataset(val_data) if val_data else None
-    started_config = out / "train_config.json"
-    resuming = resume and (out / STATE_FILE).exists() and started_config.exists()
-    if resuming:
-        config = ModelConfig.load(started_config)  # the run being resumed decides the model
-    elif init_checkpoint:
-        from ..checkpoints.download import find_checkpoint
-
-        ckpt_dir = find_checkpoint(init_checkpoint)
-        config = absolute_sources(ModelConfig.load(ckpt_dir / "config.json"), ckpt_dir)
-        if video_encoder and config.video_encoder is None:
-            raise UsageError("--video-encoder adds a video side to a base; this checkpoint has none to keep")
-        window = config.audio_encoder.window if config.audio_encoder is not None else None
-        if options.encoder_window and window and options.encoder_window != window:
-            raise UsageError(
-                f"--encoder-window {options.encoder_window}: the checkpoint was trained on {window} frames "
-                "and keeps them (start from a base to change it)"
-            )
-    else:
-        config = base_config(base or "whisper-base-smollm2", out.name)
-        if options.encoder_window and config.audio_encoder is not None:
-            config.audio_encoder.window = options.encoder_window
-        if video_encoder:
-            from ..checkpoints.bases import video_encoder_config
-
-            config.video_encoder = video_encoder_config(video_encoder)
+                config.video_encoder = video_encoder_config(video_encoder)
+            for modality in modalities:
+                rates = options.rates(modality)
+                if rates:
+                    setattr(config.compression, f"{modality}_rates", sorted(set(rates)))
+                elif modality == "video" and not config.compression.video_rates:
+                    config.compression.video_rates = [DEFAULT_VIDEO_RATE]
+            config.modes = [m for m in ("asr", "vsr", "avsr") if m in modes]
         for modality in modalities:
-            rates = options.rates(modality)
-            if rates:
-                setattr(config.compression, f"{modality}_rates", sorted(set(rates)))
-            elif modality == "video" and not config.compression.video_rates:
-                config.compression.video_rates = [DEFAULT_VIDEO_RATE]
-        config.modes = [m for m in ("asr", "vsr", "avsr") if m in modes]
-    for modality in modalities:
-        if getattr(config, f"{modality}_encoder") is None:
-            hint = " (add one with --video-encoder)" if modality == "video" else ""
-            raise UsageError(f"mode {options.mode} needs a {modality} encoder; the model has none{hint}")
-    if world:  # every rank has decided whether it resumes before rank 0 touches the folder
-        barrier(world)
-    if not resuming and main:
-        for stale in (STATE_FILE, LOG_FILE):
-            (out / stale).unlink(missing_ok=True)
-        for f in (out / "epochs").glob("epoch*.safetensors") if (out / "epochs").is_dir() else []:
-            f.unlink()
-    if init_checkpoint and not resuming:
-        model = load_checkpoint(ckpt_dir, device="cpu")
-        model.config = config
-        config.modes = [m for m in ("asr", "vsr", "avsr") if m in {*config.modes, *modes}]
-    else:
-        torch.manual_seed(options.seed)
-        model = build_model(config)
-    model.config.name = out.name
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        model.config.save(started_config)
-    cache = Path(feature_cache) if feature_cache else cache_root() / "features"
-    n_total = len(train_set.items) + (len(val_set.items) if val_set else 0)
-    done = [0]
+            if getattr(config, f"{modality}_encoder") is None:
+                hint = " (add one with --video-encoder)" if modality == "video" else ""
+                raise UsageError(f"mode {options.mode} needs a {modality} encoder; the model has none{hint}")
+        if world:  # every rank has decided whether it resumes before rank 0 touches the folder
+            barrier(world)
+        if not resuming and main:
+            for stale in (STATE_FILE, LOG_FILE):
+                (out / stale).unlink(missing_ok=True)
+            for f in (out / "epochs").glob("epoch*.safetensors") if (out / "epochs").is_dir() else []:
+                f.unlink()
+        if init_checkpoint and not resuming:
+            model = load_checkpoint(ckpt_dir, device="cpu")
+            model.config = config
+            config.modes = [m for m in ("asr", "vsr", "avsr") if m in {*config.modes, *modes}]
+        else:
+            torch.manual_seed(options.seed)
+            model = build_model(config)
+        model.config.name = out.name
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            model.config.save(started_config)
+        cache = Path(feature_cache) if feature_cache else cache_root() / "features"
+        n_total = len(train_set.items) + (len(val_set.items) if val_set else 0)
+        done = [0]
 
-    def encoded() -> None:
-        done[0] += 1
-        if on_encode:
-            on_encode(done[0], n_total)
+        def encoded() -> None:
+            done[0] += 1
+            if on_encode:
+                on_encode(done[0], n_total)
 
-    if world and device == "auto":
-        from ..runtime import cuda_device_for
+        if world and device == "auto":
+            from ..runtime import cuda_device_for
 
-        device = cuda_device_for(world.local_rank)
-    model.to(resolve_device(device))
-    crops = Path(mouth_cache) if mouth_cache else None
-    tr = prepare_data(model, train_set, modalities, cache, encoded, mouth, crops, world)
-    val = prepare_data(model, val_set, modalities, cache, encoded, mouth, crops, world) if val_set else None
-    if not tr.frames:
-        raise AvsrError(f"{data}: no clip could be encoded ({tr.failed[0][0]}: {tr.failed[0][1]})")
-    val_pairs = (val.frames, val.texts) if val else None
-    trainer = Trainer(model, tr.frames, tr.texts, options, out, val_pairs, world)
-    result = trainer.run(resume, on_step)
-    if world:  # the others wait until rank 0 has written the checkpoint
-        barrier(world)
-    unusable = [(s.path, s.reason) for d in (train_set, val_set) if d is not None for s in d.skipped]
-    result.failed = unusable + tr.failed + (val.failed if val else [])
-    return result
+            device = cuda_device_for(world.local_rank)
+        model.to(resolve_device(device))
+        crops = Path(mouth_cache) if mouth_cache else None
+        tr = prepare_data(model, train_set, modalities, cache, encoded, mouth, crops, world)
+        val = (
+            prepare_data(model, val_set, modalities, cache, encoded, mouth, crops, world) if val_set else None
+        )
+        if not tr.frames:
+            raise AvsrError(f"{data}: no clip could be encoded ({tr.failed[0][0]}: {tr.failed[0][1]})")
+        val_pairs = (val.frames, val.texts) if val else None
+        trainer = Trainer(model, tr.frames, tr.texts, options, out, val_pairs, world)
+        result = trainer.run(resume, on_step)
+        if world:  # the others wait until rank 0 has written the checkpoint
+            barrier(world)
+        unusable = [(s.path, s.reason) for d in (train_set, val_set) if d is not None for s in d.skipped]
+        result.failed = unusable + tr.failed + (val.failed if val else [])
+        return result
 
 
 def absolute_sources(config, ckpt_dir: Path):
