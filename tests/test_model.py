@@ -269,6 +269,7 @@ def test_int8_merges_the_lora_and_quantises_the_linear_layers(tiny_dirs, tmp_pat
     assert sum(isinstance(mod, DynamicInt8Linear) for mod in linears) > 10
     assert any(type(mod) is torch.nn.Linear for mod in q.audio_encoder.modules())  # the encoder stays float
     assert q.llm.get_output_embeddings().__class__ is DynamicInt8Linear  # lm_head: read once per token
+    assert q.llm.get_output_embeddings().weight().qscheme() == torch.per_channel_affine  # a scale per row
     assert loss(q) == pytest.approx(unmerged, rel=0.05)
     assert len(q.generate("asr", ModalityInputs(frames, 4), None, DecodingOptions(max_new_tokens=4))) == 3
 

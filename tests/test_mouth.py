@@ -161,6 +161,41 @@ def test_black_gap_is_interpolated(lrs3_clip, tmp_path, options, backend):
     assert step.max() < 5
 
 
+def test_one_decode_unless_a_lost_face_overflows_the_buffer(lrs3_clip, tmp_path, options, backend, monkeypatch):
+    """Frames are decoded once and cut as their landmarks become final; a face lost for longer than the
+    buffer holds falls back to a second decode. Same crops, landmarks and transforms either way, and the same
+    as cutting from the whole track (the way before streaming)."""
+    import avsr_cli.frontends.mouth as mouth
+    from avsr_cli.frontends.face import interpolate_landmarks, track
+
+    video = black_gap(lrs3_clip, tmp_path / "gap.mp4", first=40, count=30)
+    decodes = []
+    real_frames = mouth._frames
+    monkeypatch.setattr(mouth, "_frames", lambda *a: decodes.append(a) or real_frames(*a))
+    streamed, info = mouth_frames(video, options, backend)
+    assert len(decodes) == 1
+    frame_bytes = 224 * 224 * 3
+    monkeypatch.setattr(mouth, "STREAM_BUFFER_BYTES", 20 * frame_bytes)  # the 30-frame gap does not fit
+    decodes.clear()
+    overflowed, info2 = mouth_frames(video, options, backend)
+    assert len(decodes) == 2
+    np.testing.assert_array_equal(streamed, overflowed)
+    np.testing.assert_array_equal(info.transforms, info2.transforms)
+    np.testing.assert_array_equal(info.found, info2.found)
+    # the whole-track computation: interpolate, smooth, align, cut
+    face = track(real_frames(video, (224, 224), 0), backend, options.detect_every, options.detect_size)
+    smoothed = smooth_landmarks(interpolate_landmarks(face.landmarks, face.found))
+    np.testing.assert_allclose(info.landmarks, interpolate_landmarks(face.landmarks, face.found), atol=0)
+    mean_face = load_mean_face(options.mean_face)
+    for t in (0, 39, 45, 69, 80, 154):
+        crop, _ = mouth.crop_mouth(
+            next(f for i, f in enumerate(real_frames(video, (224, 224), 0)) if i == t),
+            mouth.align_transform(smoothed[t], mean_face),
+            smoothed[t][mouth.MOUTH],
+        )
+        np.testing.assert_array_equal(streamed[t], crop)
+
+
 def test_rotated_pixels_are_turned_upright(lrs3_clip, tmp_path, options, backend):
     video = rotated(lrs3_clip, tmp_path / "sideways.mp4")  # turned 90 degrees clockwise
     crops, info = mouth_frames(video, options, backend)

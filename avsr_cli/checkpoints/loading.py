@@ -191,13 +191,15 @@ def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str =
 
 def quantize_int8(model: AVSRModel) -> None:
     """Merge the LoRA, then replace every nn.Linear of the LLM (lm_head included) by a dynamically quantised
-    int8 one (weights int8 per tensor, activations quantised per call; torch's quantize_dynamic). Decoding
-    a small LLM on a CPU reads every weight once per token: a quarter of the bytes. The encoder stays
+    int8 one (weights int8 with one scale per output channel, activations quantised per call; torch's
+    quantize_dynamic). Decoding a small LLM on a CPU reads every weight once per token: a quarter of the
+    bytes. Per channel, not per tensor: on 60 held-out-source clips (v2 pilot, greedy) 55.9 % WER against
+    63.7 % per tensor and 46.4 % float32, at the same speed. The encoder stays
     float32: quantising it as well took avsr-tiny-en from 71 % to 90 % WER on held-out clips (each alone:
     69 % and 64 %); it runs once per clip, so it costs little (README, int8)."""
     import warnings
 
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     try:
         model.merge_lora()
@@ -205,7 +207,9 @@ def quantize_int8(model: AVSRModel) -> None:
         raise CheckpointError(f"--dtype int8: {exc}") from None
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice is not for our users
         warnings.simplefilter("ignore")
-        quantize_dynamic(model.llm, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(
+            model.llm, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
 
 
 def load_video_encoder(encoder_config: EncoderConfig, ckpt_dir: Path | None = None) -> AVHubertVideoEncoder:

@@ -353,55 +353,75 @@ def detect_faces(backend: Backend, frame: np.ndarray, detect_size: int) -> list[
     return backend.detect(frame)
 
 
-def track(
-    frames: Iterable[np.ndarray], backend: Backend, detect_every: int = 10, detect_size: int = 640
-) -> FaceTrack:
-    """Follow one face through `frames` (RGB uint8). detect_every=1 is per-frame detection (the reference's
-    way: auto_avsr's detectors and AV-HuBERT's detect_landmark.py detect on every frame)."""
-    rows, found = [], []
-    detections = max_faces = 0
-    # last fitted landmarks; the last detector box and the landmark anchor in it; the face's appearance patch
-    last = box = anchor = template = None
-    since = detect_every  # frames since the last detector run
+class FaceTracker:
+    """Follows one face frame by frame: `step(frame)` returns the frame's landmarks (None when lost),
+    `result()` the whole track. detect_every=1 is per-frame detection (the reference's way: auto_avsr's
+    detectors and AV-HuBERT's detect_landmark.py detect on every frame)."""
 
-    def follow(frame: np.ndarray, gray: np.ndarray) -> np.ndarray | None:
+    def __init__(self, backend: Backend, detect_every: int = 10, detect_size: int = 640) -> None:
+        self.backend, self.detect_every, self.detect_size = backend, detect_every, detect_size
+        self.rows: list[np.ndarray] = []
+        self.found: list[bool] = []
+        self.detections = self.max_faces = 0
+        # last fitted landmarks; the last detector box and the landmark anchor in it; the face's appearance
+        # patch
+        self.last = self.box = self.anchor = self.template = None
+        self.since = detect_every  # frames since the last detector run
+
+    def _follow(self, frame: np.ndarray, gray: np.ndarray) -> np.ndarray | None:
         """Landmarks fitted in the last detector box moved with the face (its size kept: a box redrawn around
         the fitted points shrinks frame after frame on a turned head), if they still show the same face."""
-        fit = backend.landmarks(frame, box + np.tile(_anchor(last) - anchor, 2))
+        fit = self.backend.landmarks(frame, self.box + np.tile(_anchor(self.last) - self.anchor, 2))
         patch = _patch(gray, fit) if fit is not None else None
-        return fit if patch is not None and float((patch * template).sum()) >= MIN_SIMILARITY else None
+        return fit if patch is not None and float((patch * self.template).sum()) >= MIN_SIMILARITY else None
 
-    for frame in frames:
+    def step(self, frame: np.ndarray) -> np.ndarray | None:
+        """Landmarks (68, 2) of the followed face in `frame` (RGB uint8), or None."""
         gray = to_gray(frame)
         points, tried = None, False
-        can_track = detect_every > 1 and last is not None and template is not None
-        if can_track and since < detect_every:
-            points, tried = follow(frame, gray), True
+        can_track = self.detect_every > 1 and self.last is not None and self.template is not None
+        if can_track and self.since < self.detect_every:
+            points, tried = self._follow(frame, gray), True
         if points is None:  # scheduled detection, or the track was lost
-            dets = detect_faces(backend, frame, detect_size)
-            detections, since = detections + 1, 0
-            max_faces = max(max_faces, len(dets))
-            ref = box + np.tile(_anchor(last) - anchor, 2) if last is not None and box is not None else None
+            dets = detect_faces(self.backend, frame, self.detect_size)
+            self.detections, self.since = self.detections + 1, 0
+            self.max_faces = max(self.max_faces, len(dets))
+            ref = None
+            if self.last is not None and self.box is not None:
+                ref = self.box + np.tile(_anchor(self.last) - self.anchor, 2)
             near = [d for d in dets if ref is not None and _iou(d.box, ref) >= MIN_IOU]
             choice = max(near, key=lambda d: d.score, default=None)
             if choice is None and can_track and not tried:  # the detector missed the followed face
-                points = follow(frame, gray)
+                points = self._follow(frame, gray)
             if choice is None and points is None:
                 choice = max(dets, key=lambda d: d.score, default=None)
             if choice is not None:
-                fit = backend.landmarks(frame, choice.box)
+                fit = self.backend.landmarks(frame, choice.box)
                 patch = _patch(gray, fit) if fit is not None else None
                 if patch is not None:
-                    points, box, anchor, template = fit, choice.box, _anchor(fit), patch
-        since += 1
-        found.append(points is not None)
-        rows.append(points if points is not None else np.full((N_LANDMARKS, 2), np.nan))
+                    points, self.box, self.anchor, self.template = fit, choice.box, _anchor(fit), patch
+        self.since += 1
+        self.found.append(points is not None)
+        self.rows.append(points if points is not None else np.full((N_LANDMARKS, 2), np.nan))
         if points is not None:
-            last = points
+            self.last = points
         else:
-            since = detect_every  # lost: detect again on the next frame
-    landmarks = np.array(rows, float).reshape(-1, N_LANDMARKS, 2)
-    return FaceTrack(landmarks, np.array(found, bool), detections, max_faces)
+            self.since = self.detect_every  # lost: detect again on the next frame
+        return points
+
+    def result(self) -> FaceTrack:
+        landmarks = np.array(self.rows, float).reshape(-1, N_LANDMARKS, 2)
+        return FaceTrack(landmarks, np.array(self.found, bool), self.detections, self.max_faces)
+
+
+def track(
+    frames: Iterable[np.ndarray], backend: Backend, detect_every: int = 10, detect_size: int = 640
+) -> FaceTrack:
+    """Follow one face through `frames` (RGB uint8); see FaceTracker."""
+    tracker = FaceTracker(backend, detect_every, detect_size)
+    for frame in frames:
+        tracker.step(frame)
+    return tracker.result()
 
 
 def interpolate_landmarks(landmarks: np.ndarray, found: np.ndarray) -> np.ndarray:

@@ -233,6 +233,7 @@ def iter_video(
     nbytes = height * width * 3
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([exe, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        _widen_pipe(proc.stdout, nbytes)
         try:
             while len(buf := proc.stdout.read(nbytes)) == nbytes:
                 yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
@@ -245,6 +246,21 @@ def iter_video(
         if proc.returncode != 0:
             err.seek(0)
             raise _error(path, url, err.read(), "video")
+
+
+def _widen_pipe(pipe, frame_bytes: int) -> None:
+    """Let ffmpeg write a whole frame ahead (Linux pipes hold 64 KiB by default; up to pipe-max-size, 1 MiB
+    unless raised): it decodes the next frame while we work on this one (crops of a 224x224 video: 1.1x)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return
+    size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if size is not None:
+        try:
+            fcntl.fcntl(pipe.fileno(), size, min(frame_bytes, 1 << 20))
+        except OSError:  # above this user's pipe-max-size: keep the default
+            pass
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:

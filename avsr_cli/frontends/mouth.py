@@ -1,10 +1,12 @@
 """Mouth stage: video -> 96x96 RGB mouth crops at 25 fps, aligned as the Llama-AVSR checkpoints were trained.
 
-Frames are decoded twice (streamed, never held whole): once for landmarks (`face.track`), once to cut the
-crops, so long or large videos need memory for the crops only. The alignment follows auto_avsr's
-preparation/detectors/retinaface/video_process.py (`VideoProcess`, identical in Omni-AVSR's
-preprocessing_inference_example/video_process.py); `video_model_input` is the test-time transform of
-auto_avsr's datamodule/transforms.py (`VideoTransform("test")`).
+Frames are decoded once and streamed: each frame's mouth is cut as soon as its smoothed landmarks are final
+(the 6 frames after it, and every frame up to the next one with a face, have landmarks), so only those
+frames wait in memory. A face lost for longer than the buffer holds (`STREAM_BUFFER_BYTES`) falls back to
+decoding the video a second time to cut the rest: the crops are the same either way. The alignment
+follows auto_avsr's preparation/detectors/retinaface/video_process.py (`VideoProcess`, identical in
+Omni-AVSR's preprocessing_inference_example/video_process.py); `video_model_input` is the test-time
+transform of auto_avsr's datamodule/transforms.py (`VideoTransform("test")`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..errors import MediaError
 from ..storage import atomic_open, atomic_path
-from .face import BACKENDS, Backend, detect_faces, interpolate_landmarks, make_backend, to_gray, track
+from .face import BACKENDS, Backend, FaceTracker, detect_faces, interpolate_landmarks, make_backend, to_gray
 from .media import SAMPLES_PER_FRAME, VIDEO_FPS, find_ffmpeg, iter_video, load_audio, probe
 
 # auto_avsr preparation/detectors/retinaface/video_process.py (VideoProcess and its affine_transform):
@@ -35,6 +37,8 @@ WINDOW = 12  # window_margin=12: landmarks averaged over frames t-6..t+6 (fewer 
 # frames (here the window shrinks, so even a 1-frame video crops).
 CROP_FORMAT = "rgb"  # part of the crop-cache key: grey crops cached by older versions are not reused
 CENTRE_LIMIT = 5  # cut_patch threshold: the mouth may lie at most 48 + 5 px off the aligned frame's centre
+# Frames held while waiting for landmarks (about 90 frames of 720p RGB, 3.7 s); beyond, a second decode.
+STREAM_BUFFER_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -113,16 +117,20 @@ def _frames(path, size: tuple[int, int], rotation: int):
         yield np.rot90(frame, k) if k else frame
 
 
+def smoothed_frame(landmarks, t: int, n: int, window: int = WINDOW) -> np.ndarray:
+    """Frame t's landmarks averaged over the frames within window // 2 of it (a symmetric window that shrinks
+    at the ends of the n frames), moved back onto the frame's own landmark centroid (auto_avsr
+    video_process.py crop_patch: np.mean over the window, then += the centroid difference). `landmarks` is
+    any sequence of (68, 2) arrays holding at least frames t-6..t+6."""
+    half = min(window // 2, t, n - 1 - t)
+    mean = np.mean(np.asarray(landmarks[t - half : t + half + 1]), axis=0)
+    return mean + (np.asarray(landmarks[t]).mean(axis=0) - mean.mean(axis=0))
+
+
 def smooth_landmarks(landmarks: np.ndarray, window: int = WINDOW) -> np.ndarray:
-    """Average each frame's landmarks over the frames within window // 2 of it (a symmetric window that
-    shrinks at the ends), then move the average back onto the frame's own landmark centroid (auto_avsr
-    video_process.py crop_patch)."""
+    """`smoothed_frame` of every frame: (T, 68, 2)."""
     n = len(landmarks)
-    sums = np.concatenate([np.zeros((1, *landmarks.shape[1:])), np.cumsum(landmarks, axis=0)])
-    t = np.arange(n)
-    half = np.minimum(np.minimum(window // 2, t), n - 1 - t)
-    mean = (sums[t + half + 1] - sums[t - half]) / (2 * half + 1)[:, None, None]
-    return mean + (landmarks.mean(axis=1) - mean.mean(axis=1))[:, None, :]
+    return np.array([smoothed_frame(landmarks, t, n, window) for t in range(n)]).reshape(landmarks.shape)
 
 
 def align_transform(points: np.ndarray, mean_face: np.ndarray) -> np.ndarray:
@@ -163,6 +171,91 @@ def _find_rotation(samples: list[np.ndarray], backend: Backend, detect_size: int
     return None
 
 
+class _CropStream:
+    """One pass over the frames: track the face, and cut each frame's mouth once its smoothed landmarks are
+    final, holding the frames in between (up to `buffer_bytes`, beyond which the cuts wait for `cut_rest`)."""
+
+    def __init__(self, path, mean_face: np.ndarray, tracker: FaceTracker, overlay_path, buffer_bytes: int):
+        self.path, self.mean_face, self.tracker = path, mean_face, tracker
+        self.overlay_path, self.writer = overlay_path, None
+        self.buffer_bytes = buffer_bytes
+        self.filled: list[np.ndarray] = []  # interpolated landmarks, final up to the last frame with a face
+        self.pending: dict[int, np.ndarray] = {}  # frame index -> frame not cut yet
+        self.streaming = True  # False once the buffer overflowed: the rest is cut by `cut_rest`
+        self.crops: list[np.ndarray] = []
+        self.transforms: list[np.ndarray] = []
+        self.centres: list[np.ndarray] = []
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.tracker.found)
+
+    def add(self, frame: np.ndarray) -> None:
+        t = self.n_frames
+        found = self.tracker.step(frame) is not None
+        if self.streaming:
+            self.pending[t] = frame
+            if len(self.pending) * frame.nbytes > self.buffer_bytes:
+                self.streaming, self.pending = False, {}
+        if found:
+            self._fill(t)
+            self._cut_ready(t - WINDOW // 2, t + 1)
+
+    def finish(self) -> bool:
+        """End of the frames: fill the frames after the last face and cut what is held. False: no face."""
+        face = self.tracker.result()
+        if not face.found.any():
+            return False
+        if len(self.filled) < self.n_frames:
+            # copies of the last face's landmarks after it
+            self.filled += [self.filled[-1]] * (self.n_frames - len(self.filled))
+        self._cut_ready(self.n_frames - 1, self.n_frames)
+        return True
+
+    def cut_rest(self, frames) -> None:
+        """Cut the frames the overflowed buffer dropped, from a second decode of the video."""
+        for t, frame in enumerate(frames):
+            if t >= self.n_frames:
+                break
+            if t >= len(self.crops):
+                self._cut(t, frame, self.n_frames)
+
+    def _fill(self, t: int) -> None:
+        """Interpolated landmarks up to frame t, which has a face (auto_avsr interpolate_landmarks: linear
+        between faces, copies before the first; np.interp between two neighbours is the same computed on the
+        whole track or on the segment)."""
+        rows = self.tracker.rows
+        if not self.filled:
+            self.filled = [rows[t]] * (t + 1)
+            return
+        last = len(self.filled) - 1
+        found = np.array(self.tracker.found[last : t + 1])
+        segment = interpolate_landmarks(np.array(rows[last : t + 1]), found)
+        self.filled += list(segment[1:])
+
+    def _cut_ready(self, upto: int, n: int) -> None:
+        """Cut the held frames up to `upto`, whose landmark window (of n frames so far) is final."""
+        for t in range(len(self.crops), upto + 1):
+            if t not in self.pending:
+                return
+            self._cut(t, self.pending.pop(t), n)
+
+    def _cut(self, t: int, frame: np.ndarray, n: int) -> None:
+        smoothed = smoothed_frame(self.filled, t, n)
+        try:
+            m = align_transform(smoothed, self.mean_face)
+            crop, centre = crop_mouth(frame, m, smoothed[MOUTH])
+        except ValueError as exc:
+            raise MediaError(f"{self.path}: frame {t}: {exc}") from None
+        self.crops.append(crop)
+        self.transforms.append(m)
+        self.centres.append(centre)
+        if self.overlay_path is not None:
+            if self.writer is None:
+                self.writer = VideoWriter(self.overlay_path, frame.shape[1], frame.shape[0], "rgb24")
+            self.writer.write(_overlay(frame, self.filled[t], self.tracker.found[t], m, centre))
+
+
 def mouth_frames(
     video_path: str | os.PathLike,
     options: MouthOptions = MouthOptions(),
@@ -185,70 +278,54 @@ def mouth_frames(
     size = processing_size(info.height, info.width, options.max_size)
     began = time.perf_counter()
     samples: list[np.ndarray] = []
-
-    def sampled(frames):  # keep one frame a second (at most 10) to look for a rotated face if need be
-        for i, frame in enumerate(frames):
-            if i % VIDEO_FPS == 0 and len(samples) < 10:
-                samples.append(frame)
-            yield frame
-
-    rotation = 0
-    face = track(sampled(_frames(video_path, size, 0)), backend, options.detect_every, options.detect_size)
-    if not face.found.size:
-        raise MediaError(f"{video_path}: no video frames")
-    if not face.found.any() and options.auto_rotate:
-        rotation = _find_rotation(samples, backend, options.detect_size) or 0
-        if rotation:
-            face = track(
-                _frames(video_path, size, rotation), backend, options.detect_every, options.detect_size
-            )
-    if not face.found.any():
-        raise MediaError(
-            f"no face found in {video_path} ({face.found.size} frames, {backend.name} backend"
-            + (", upright or turned" if options.auto_rotate else "")
-            + ")"
-        )
-    landmarks = interpolate_landmarks(face.landmarks, face.found)
-    smoothed = smooth_landmarks(landmarks)
-    tracked = time.perf_counter()
-
-    writer = None
-    if overlay_path is not None:
-        h, w = size if rotation in (0, 180) else size[::-1]
-        writer = VideoWriter(overlay_path, w, h, "rgb24")
-    crops, transforms, centres = [], [], []
+    stream = None
     try:
-        for t, frame in enumerate(_frames(video_path, size, rotation)):
-            if t >= len(smoothed):
+        for rotation in (0, None):
+            if rotation is None:  # no upright face: look for a turned one in the frames kept aside
+                if options.auto_rotate:
+                    rotation = _find_rotation(samples, backend, options.detect_size)
+                if not rotation:
+                    break
+            tracker = FaceTracker(backend, options.detect_every, options.detect_size)
+            stream = _CropStream(video_path, mean_face, tracker, overlay_path, STREAM_BUFFER_BYTES)
+            for i, frame in enumerate(_frames(video_path, size, rotation)):
+                if not rotation and i % VIDEO_FPS == 0 and len(samples) < 10:
+                    samples.append(frame)  # one frame a second (at most 10), to look for a turned face
+                stream.add(frame)
+            if not stream.n_frames:
+                raise MediaError(f"{video_path}: no video frames")
+            if stream.finish():
                 break
-            try:
-                m = align_transform(smoothed[t], mean_face)
-                crop, centre = crop_mouth(frame, m, smoothed[t][MOUTH])
-            except ValueError as exc:
-                raise MediaError(f"{video_path}: frame {t}: {exc}") from None
-            crops.append(crop)
-            transforms.append(m)
-            centres.append(centre)
-            if writer is not None:
-                writer.write(_overlay(frame, landmarks[t], face.found[t], m, centre))
-        if writer is not None:
-            writer.close()
+        else:
+            rotation = None
+        if rotation is None:
+            raise MediaError(
+                f"no face found in {video_path} ({stream.n_frames} frames, {backend.name} backend"
+                + (", upright or turned" if options.auto_rotate else "")
+                + ")"
+            )
+        tracked = time.perf_counter()
+        if not stream.streaming:
+            stream.cut_rest(_frames(video_path, size, rotation))
+        if stream.writer is not None:
+            stream.writer.close()
     finally:
-        if writer is not None:
-            writer.abort()
-    n = len(crops)
+        if stream is not None and stream.writer is not None:
+            stream.writer.abort()
+    face = stream.tracker.result()
+    n = len(stream.crops)
     result = MouthInfo(
         path=Path(video_path),
         frame_size=size if rotation in (0, 180) else size[::-1],
         rotation=rotation,
         backend=backend.name,
         found=face.found[:n],
-        landmarks=landmarks[:n],
-        transforms=np.array(transforms).reshape(n, 2, 3),
-        centres=np.array(centres).reshape(n, 2),
+        landmarks=np.array(stream.filled[:n]).reshape(n, 68, 2),
+        transforms=np.array(stream.transforms).reshape(n, 2, 3),
+        centres=np.array(stream.centres).reshape(n, 2),
         detections=face.detections,
         max_faces=face.max_faces,
-        timings={"landmarks": tracked - began, "crop": time.perf_counter() - tracked},
+        timings={"track+crop": tracked - began, "second pass": time.perf_counter() - tracked},
     )
     if face.max_faces > 1:
         result.warnings.append(
@@ -258,7 +335,7 @@ def mouth_frames(
         result.warnings.append(f"no upright face: the frames were turned by {rotation} degrees")
     if result.hit_rate < 0.5:
         result.warnings.append(f"landmarks found on {100 * result.hit_rate:.0f}% of frames only")
-    return np.array(crops, np.uint8).reshape(n, CROP_SIZE, CROP_SIZE, 3), result
+    return np.array(stream.crops, np.uint8).reshape(n, CROP_SIZE, CROP_SIZE, 3), result
 
 
 def _overlay(frame, points, found, m, centre) -> np.ndarray:
