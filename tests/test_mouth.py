@@ -161,7 +161,9 @@ def test_black_gap_is_interpolated(lrs3_clip, tmp_path, options, backend):
     assert step.max() < 5
 
 
-def test_one_decode_unless_a_lost_face_overflows_the_buffer(lrs3_clip, tmp_path, options, backend, monkeypatch):
+def test_one_decode_unless_a_lost_face_overflows_the_buffer(
+    lrs3_clip, tmp_path, options, backend, monkeypatch
+):
     """Frames are decoded once and cut as their landmarks become final; a face lost for longer than the
     buffer holds falls back to a second decode. Same crops, landmarks and transforms either way, and the same
     as cutting from the whole track (the way before streaming)."""
