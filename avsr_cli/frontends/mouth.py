@@ -201,16 +201,15 @@ class _CropStream:
             self._fill(t)
             self._cut_ready(t - WINDOW // 2, t + 1)
 
-    def finish(self) -> bool:
-        """End of the frames: fill the frames after the last face and cut what is held. False: no face."""
-        face = self.tracker.result()
-        if not face.found.any():
-            return False
-        if len(self.filled) < self.n_frames:
-            # copies of the last face's landmarks after it
-            self.filled += [self.filled[-1]] * (self.n_frames - len(self.filled))
+    @property
+    def has_face(self) -> bool:
+        return bool(self.filled)  # filled grows from the first frame with a face on
+
+    def finish(self) -> None:
+        """End of the frames (with a face): fill the frames after the last face and cut what is held."""
+        # copies of the last face's landmarks after it
+        self.filled += [self.filled[-1]] * (self.n_frames - len(self.filled))
         self._cut_ready(self.n_frames - 1, self.n_frames)
-        return True
 
     def cut_rest(self, frames) -> None:
         """Cut the frames the overflowed buffer dropped, from a second decode of the video."""
@@ -277,33 +276,33 @@ def mouth_frames(
         raise MediaError(f"{video_path}: has no video stream")
     size = processing_size(info.height, info.width, options.max_size)
     began = time.perf_counter()
-    samples: list[np.ndarray] = []
-    stream = None
+    samples: list[np.ndarray] = []  # one frame a second (at most 10), to look for a turned face
+
+    def one_pass(rotation: int) -> _CropStream:
+        tracker = FaceTracker(backend, options.detect_every, options.detect_size)
+        stream = _CropStream(video_path, mean_face, tracker, overlay_path, STREAM_BUFFER_BYTES)
+        for i, frame in enumerate(_frames(video_path, size, rotation)):
+            if not rotation and i % VIDEO_FPS == 0 and len(samples) < 10:
+                samples.append(frame)
+            stream.add(frame)
+        return stream
+
+    rotation, stream = 0, None
     try:
-        for rotation in (0, None):
-            if rotation is None:  # no upright face: look for a turned one in the frames kept aside
-                if options.auto_rotate:
-                    rotation = _find_rotation(samples, backend, options.detect_size)
-                if not rotation:
-                    break
-            tracker = FaceTracker(backend, options.detect_every, options.detect_size)
-            stream = _CropStream(video_path, mean_face, tracker, overlay_path, STREAM_BUFFER_BYTES)
-            for i, frame in enumerate(_frames(video_path, size, rotation)):
-                if not rotation and i % VIDEO_FPS == 0 and len(samples) < 10:
-                    samples.append(frame)  # one frame a second (at most 10), to look for a turned face
-                stream.add(frame)
-            if not stream.n_frames:
-                raise MediaError(f"{video_path}: no video frames")
-            if stream.finish():
-                break
-        else:
-            rotation = None
-        if rotation is None:
+        stream = one_pass(rotation)
+        if not stream.n_frames:
+            raise MediaError(f"{video_path}: no video frames")
+        if not stream.has_face and options.auto_rotate:
+            rotation = _find_rotation(samples, backend, options.detect_size) or 0
+            if rotation:
+                stream = one_pass(rotation)
+        if not stream.has_face:
             raise MediaError(
                 f"no face found in {video_path} ({stream.n_frames} frames, {backend.name} backend"
                 + (", upright or turned" if options.auto_rotate else "")
                 + ")"
             )
+        stream.finish()
         tracked = time.perf_counter()
         if not stream.streaming:
             stream.cut_rest(_frames(video_path, size, rotation))
