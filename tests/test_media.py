@@ -153,8 +153,35 @@ def test_ffmpeg_missing(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(media.shutil, "which", lambda name: None)
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import fails
     for fn in (load_audio, probe, load_video):
-        with pytest.raises(MediaError, match="mono.wav: .*ffmpeg not found"):
-            fn(files / "mono.wav")
+        with pytest.raises(MediaError, match="av.mp4: .*ffmpeg not found"):
+            fn(files / "av.mp4")
+    with pytest.raises(MediaError, match="stereo44k.wav: .*ffmpeg not found"):  # a WAV that needs resampling
+        load_audio(files / "stereo44k.wav")
+    assert len(load_audio(files / "mono.wav")) == DUR * SAMPLE_RATE  # read in-process
+
+
+def test_wav_and_flac_that_need_no_conversion_are_read_in_process_with_ffmpegs_samples(
+    files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ffmpeg(*sine(440, 16000), "-c:a", "pcm_f32le", str(tmp_path / "float.wav"))
+    ffmpeg(*sine(440, 16000), "-sample_fmt", "s16", str(tmp_path / "s16.flac"))
+    ffmpeg(*sine(440, 16000), "-c:a", "pcm_s24le", str(tmp_path / "s24.wav"))
+    clips = [files / "mono.wav", files / "noise.wav", tmp_path / "float.wav", tmp_path / "s16.flac"]
+    args = ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(SAMPLE_RATE)]
+    by_ffmpeg = {c: np.frombuffer(media._decode(c, f"file:{c}", "audio", args), np.float32) for c in clips}
+    probed = {c: probe(c) for c in [*clips, files / "stereo44k.wav"]}
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("ffmpeg or ffprobe was run")
+
+    monkeypatch.setattr(media, "_exec", no_subprocess)
+    for clip in clips:
+        audio = load_audio(clip)
+        assert audio.dtype == np.float32 and np.array_equal(audio, by_ffmpeg[clip]), clip.name
+    for clip, info in probed.items():  # the header read gives what ffprobe gave
+        assert probe(clip) == info, clip.name
+    with pytest.raises(AssertionError, match="ffmpeg or ffprobe was run"):
+        load_audio(tmp_path / "s24.wav")  # 24-bit: ffmpeg converts it, as before
 
 
 def test_imageio_ffmpeg_without_ffprobe(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:

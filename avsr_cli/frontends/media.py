@@ -2,6 +2,8 @@
 
 Decoding runs the ffmpeg binary (the one on PATH, else imageio-ffmpeg's), as openai/whisper's audio.py does.
 Paths reach ffmpeg as absolute ``file:`` URLs, so names such as ``-clip.wav`` or ``a:b.mp4`` are safe.
+WAV and FLAC files that need no conversion are read in-process by libsndfile (soundfile) instead: the same
+samples, without two subprocesses per file.
 Every failure is a one-line `MediaError` naming the file and the problem.
 """
 
@@ -171,6 +173,23 @@ def _decode(path: str | os.PathLike, url: str, kind: str, output_args: list[str]
     return proc.stdout
 
 
+# Sample formats whose float32 values libsndfile and ffmpeg compute alike: 16-bit PCM scaled by 1/32768,
+# float32 copied (tests/test_media.py compares the two bit for bit).
+_SAME_AS_FFMPEG = {"PCM_16", "FLOAT"}
+
+
+def _sound_file_info(path: str | os.PathLike):
+    """soundfile's header info when `path` is a WAV or FLAC file libsndfile reads, else None."""
+    import soundfile
+
+    try:
+        info = soundfile.info(os.fsencode(path))  # bytes: any file name, UTF-8 or not
+    except (RuntimeError, OSError, TypeError, ValueError):  # soundfile.LibsndfileError is a RuntimeError
+        return None
+    readable = info.format in ("WAV", "WAVEX", "FLAC") and info.channels > 0 and info.samplerate > 0
+    return info if readable else None
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of `path` as float32 mono in [-1, 1] at `sample_rate`.
 
@@ -178,10 +197,16 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     ``mean(dim=0)``); a zero-length stream gives an empty array.
     """
     url = _url(path)
-    out = _decode(
-        path, url, "audio", ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(sample_rate)]
-    )
-    audio = np.frombuffer(out, np.float32)
+    info = _sound_file_info(path)
+    if info and info.channels == 1 and info.samplerate == sample_rate and info.subtype in _SAME_AS_FFMPEG:
+        import soundfile
+
+        audio = soundfile.read(os.fsencode(path), dtype="float32", always_2d=False)[0]
+    else:
+        out = _decode(
+            path, url, "audio", ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(sample_rate)]
+        )
+        audio = np.frombuffer(out, np.float32)
     bad = int(np.count_nonzero(~np.isfinite(audio)))
     if bad:  # float WAV/FLAC can carry NaN or infinity; clipping would hide them as silence or full scale
         raise MediaError(
@@ -264,10 +289,25 @@ def _widen_pipe(pipe, frame_bytes: int) -> None:
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
-    """Read the streams of `path` with ffprobe, or by parsing ``ffmpeg -i`` when ffprobe is absent."""
+    """Read the streams of `path`: a WAV or FLAC header in-process, anything else with ffprobe, or by parsing
+    ``ffmpeg -i`` when ffprobe is absent."""
     url = _url(path)
+    sound = _sound_file_info(path)
     ffprobe = find_ffprobe()
-    if ffprobe is None:
+    if sound is not None:
+        info = MediaInfo(
+            path=Path(path),
+            duration=sound.frames / sound.samplerate,
+            has_audio=True,
+            has_video=False,
+            audio_sample_rate=sound.samplerate,
+            audio_channels=sound.channels,
+            video_fps=None,
+            width=None,
+            height=None,
+            n_frames=None,
+        )
+    elif ffprobe is None:
         info = _probe_ffmpeg(path, url)
     else:
         args = ["-v", "error", "-print_format", "json", "-show_format", "-show_streams", url]
