@@ -85,11 +85,11 @@ def test_multitask_training_trains_every_mode_from_one_batch(clips, av_base, tmp
     options = TrainOptions(
         mode="asr,vsr,avsr",
         task_weights=[1, 1.5, 1],
-        max_steps=60,
+        max_steps=80,
         lr=1e-2,
         max_batch=3,
         video_rates=[2],
-        val_every=60,
+        val_every=80,
     )
     cache = tmp_path / "features"
     result = train(
