@@ -167,8 +167,7 @@ def test_wav_and_flac_that_need_no_conversion_are_read_in_process_with_ffmpegs_s
     ffmpeg(*sine(440, 16000), "-sample_fmt", "s16", str(tmp_path / "s16.flac"))
     ffmpeg(*sine(440, 16000), "-c:a", "pcm_s24le", str(tmp_path / "s24.wav"))
     clips = [files / "mono.wav", files / "noise.wav", tmp_path / "float.wav", tmp_path / "s16.flac"]
-    args = ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(SAMPLE_RATE)]
-    by_ffmpeg = {c: np.frombuffer(media._decode(c, f"file:{c}", "audio", args), np.float32) for c in clips}
+    by_ffmpeg = {c: media._decode_audio(c, f"file:{c}", SAMPLE_RATE) for c in clips}
     probed = {c: probe(c) for c in [*clips, files / "stereo44k.wav"]}
 
     def no_subprocess(*args, **kwargs):

@@ -173,6 +173,14 @@ def _decode(path: str | os.PathLike, url: str, kind: str, output_args: list[str]
     return proc.stdout
 
 
+def _decode_audio(path: str | os.PathLike, url: str, sample_rate: int) -> np.ndarray:
+    """ffmpeg's float32 mono samples of the first audio stream at `sample_rate` (no checks, no clipping)."""
+    out = _decode(
+        path, url, "audio", ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(sample_rate)]
+    )
+    return np.frombuffer(out, np.float32)
+
+
 # Sample formats whose float32 values libsndfile and ffmpeg compute alike: 16-bit PCM scaled by 1/32768,
 # float32 copied (tests/test_media.py compares the two bit for bit).
 _SAME_AS_FFMPEG = {"PCM_16", "FLOAT"}
@@ -203,10 +211,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
 
         audio = soundfile.read(os.fsencode(path), dtype="float32", always_2d=False)[0]
     else:
-        out = _decode(
-            path, url, "audio", ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(sample_rate)]
-        )
-        audio = np.frombuffer(out, np.float32)
+        audio = _decode_audio(path, url, sample_rate)
     bad = int(np.count_nonzero(~np.isfinite(audio)))
     if bad:  # float WAV/FLAC can carry NaN or infinity; clipping would hide them as silence or full scale
         raise MediaError(
@@ -293,7 +298,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     ``ffmpeg -i`` when ffprobe is absent."""
     url = _url(path)
     sound = _sound_file_info(path)
-    ffprobe = find_ffprobe()
+    ffprobe = None if sound is not None else find_ffprobe()
     if sound is not None:
         info = MediaInfo(
             path=Path(path),
