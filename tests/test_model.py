@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_config
+from tiny import make_llm, tiny_config
 
 from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
 from avsr_cli.errors import CheckpointError
 from avsr_cli.frontends.features import encoder_frames, normalize_waveform
 from avsr_cli.modeling.config import ADAPTER_FILE, CompressionConfig, LoraConfig, ModelConfig
 from avsr_cli.modeling.decoding import DecodingOptions
+from avsr_cli.modeling.encoders import read_tensor_unmapped
+from avsr_cli.modeling.llm import load_llm
 from avsr_cli.modeling.model import IGNORE_INDEX, ModalityInputs
 from avsr_cli.modeling.projector import compress
 
@@ -111,21 +115,26 @@ def test_batch_equals_one_by_one(model):
     assert torch.allclose(together, sum(per_token) / sum(len(t) for t in targets), atol=1e-5)
 
 
-def test_greedy_matches_a_manual_argmax_loop(model):
-    frames = frames_of(model, waves((1.5,)))
-    got = model.generate(
+@pytest.mark.parametrize("seconds", [1.5, 0.7, 2.1])
+def test_greedy_matches_a_manual_argmax_loop(model, seconds):
+    frames = frames_of(model, waves((seconds,)))
+    (got,) = model.decode(
         "asr", ModalityInputs(frames, 4), None, DecodingOptions(num_beams=1, max_new_tokens=5)
     )
     seqs, _ = model.sequences("asr", ModalityInputs(frames, 4), None)
-    x, out = seqs[0][None], []
+    x, out, logprobs = seqs[0][None], [], []
     with torch.no_grad():
         for _ in range(5):
-            nxt = int(model.llm(inputs_embeds=x).logits[0, -1].argmax())
+            step = model.llm(inputs_embeds=x).logits[0, -1].log_softmax(-1)
+            nxt = int(step.argmax())
+            logprobs.append(float(step[nxt]))
             if nxt == model.ids.eos:
                 break
             out.append(nxt)
             x = torch.cat([x, model.llm.get_input_embeddings().weight[nxt][None, None]], dim=1)
-    assert got == [model.tokenizer.decode(out, skip_special_tokens=True).strip()]
+    assert got.text == model.tokenizer.decode(out, skip_special_tokens=True).strip()
+    # avg_logprob: the chosen tokens' log-probabilities, EOS included, recorded without keeping the scores
+    assert got.avg_logprob == pytest.approx(sum(logprobs) / len(logprobs), abs=1e-4)
 
 
 def test_beam_search_is_deterministic_and_reference_sampling_is_seeded(model):
@@ -279,3 +288,51 @@ def test_int8_refuses_task_specific_lora(tiny_dirs, tmp_path):
     save_checkpoint(build_model(cfg), tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="cannot be merged"):
         load_checkpoint(tmp_path / "ckpt", device="cpu", dtype="int8")
+
+
+def resident_bytes_of(path) -> int:
+    """Resident bytes of this process's memory maps of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_resize_reads_the_embeddings_without_touching_their_memory_map(tmp_path, tied):
+    from safetensors.torch import load_file
+
+    llm_dir = make_llm(tmp_path / "llm", hidden=1024, layers=1, tied=tied)
+    weights = llm_dir / "model.safetensors"
+    vocab = json.loads((llm_dir / "config.json").read_text())["vocab_size"]
+    model = load_llm(llm_dir, None, torch.float32, n_tokens=vocab + 5)
+    # the other weights stay memory-mapped, untouched so far; the old embedding was not read through the map
+    assert resident_bytes_of(weights) < vocab * 1024 * 4
+    assert float(model.model.layers[0].mlp.up_proj.weight.sum()) != 0
+    assert resident_bytes_of(weights) >= 2 * 1024 * 1024 * 4  # the check sees pages read through the map
+    saved = load_file(weights)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert emb.shape[0] == head.shape[0] == vocab + 5
+    assert torch.equal(emb[:vocab], saved["model.embed_tokens.weight"])
+    assert (emb.data_ptr() == head.data_ptr()) == tied
+    if not tied:
+        assert torch.equal(head[:vocab], saved["lm_head.weight"])
+
+
+def test_read_tensor_unmapped_reads_what_safetensors_reads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = {"a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "c": torch.randn(2, 2).half()}
+    save_file(tensors, tmp_path / "w.safetensors")
+    for name, value in load_file(tmp_path / "w.safetensors").items():
+        got = read_tensor_unmapped([tmp_path / "w.safetensors"], name)
+        assert got.dtype == value.dtype and torch.equal(got, value)
+    assert read_tensor_unmapped([tmp_path / "w.safetensors"], "missing") is None
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_tensor_unmapped([tmp_path / "cut.safetensors"], "c")

@@ -261,33 +261,64 @@ def test_short_limit_still_cuts(recording, regions) -> None:
     assert all(a.end <= b.start for a, b in pairwise(chunks))
 
 
-def test_long_form_chunks_are_decoded_in_batches_of_at_most_batch_size(
+def test_long_form_chunks_are_decoded_in_batches_of_at_most_batch_size_and_batch_seconds(
     recording, tiny_ckpt, tmp_path
 ) -> None:
-    """A long file's speech chunks go through the model `batch_size` at a time (not all at once), and the
-    transcript does not depend on the batch size."""
+    """A long file's speech chunks go through the model `batch_size` at a time (by default 16 greedy) and at
+    most `batch_seconds` of speech at a time (not all at once); the transcript does not depend on either."""
     from avsr_cli.modeling.decoding import DecodingOptions
     from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
 
     t = Transcriber.from_checkpoint(tiny_ckpt, device="cpu")
-    sizes: list[int] = []
+    batches: list[list[float]] = []
     decode = t.model.decode
 
     def counting(mode, audio, video, options):
-        sizes.append(len(audio.frames))
+        batches.append([len(f) / 50 for f in audio.frames])  # Whisper frames: 50 a second
         return decode(mode, audio, video, options)
 
     t.model.decode = counting
     path = tmp_path / "talk.wav"
     sf.write(path, recording.audio, RATE)
     texts, chunks = {}, {}
-    for batch in (1, 3):
-        sizes.clear()
+    for batch, seconds in ((1, 30.0), (3, 30.0), (None, 1000.0), (None, 10.0)):
+        batches.clear()
         options = TranscribeOptions(
-            segmentation="vad", batch_size=batch, decoding=DecodingOptions(num_beams=1, max_new_tokens=4)
+            segmentation="vad",
+            batch_size=batch,
+            batch_seconds=seconds,
+            decoding=DecodingOptions(num_beams=1, max_new_tokens=4),
         )
-        texts[batch] = [s.text for s in t.transcribe(path, options).segments]
-        assert max(sizes) == batch, sizes
-        chunks[batch] = sum(sizes)
-    assert chunks[1] == chunks[3] > 3
-    assert texts[1] == texts[3]
+        texts[batch, seconds] = [s.text for s in t.transcribe(path, options).segments]
+        chunks[batch, seconds] = sum(len(b) for b in batches)
+        if batch is not None:
+            assert max(len(b) for b in batches) == batch, batches
+        elif seconds == 1000.0:  # greedy: up to 16 chunks a batch by default
+            assert [len(b) for b in batches] == [min(chunks[batch, seconds], 16)], batches
+        else:
+            assert len(batches) > 1 and all(len(b) == 1 or sum(b) <= seconds + 0.1 for b in batches), batches
+            assert any(len(b) > 1 for b in batches), batches  # the cap still lets short chunks share
+    assert len(set(chunks.values())) == 1 and chunks[1, 30.0] > 3
+    assert len({tuple(v) for v in texts.values()}) == 1
+
+
+def test_default_batch_is_16_decoder_rows_and_4_clips_at_least() -> None:
+    from avsr_cli.modeling.decoding import DecodingOptions
+    from avsr_cli.tasks.transcribe import TranscribeOptions
+
+    def clips(beams, default_beams=15, **kw):
+        return TranscribeOptions(decoding=DecodingOptions(num_beams=beams), **kw).clips_per_batch(
+            default_beams
+        )
+
+    assert (clips(1), clips(2), clips(4), clips(15), clips(None), clips(None, default_beams=1)) == (
+        16,
+        8,
+        4,
+        4,
+        4,
+        16,
+    )
+    assert clips(1, batch_size=3) == 3
+    with pytest.raises(ValueError, match="batch_seconds"):
+        TranscribeOptions(batch_seconds=0)

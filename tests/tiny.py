@@ -42,7 +42,9 @@ def make_tokenizer(path: Path):
     return fast
 
 
-def make_llm(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0, init_range: float = 0.02) -> Path:
+def make_llm(
+    path: Path, hidden: int = 64, layers: int = 2, seed: int = 0, init_range: float = 0.02, tied: bool = False
+) -> Path:
     """A random Llama; a larger `init_range` lets training reach peaked (low-loss) outputs quickly."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -58,7 +60,7 @@ def make_llm(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0, init_
         max_position_embeddings=512,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         initializer_range=init_range,
     )
     LlamaForCausalLM(cfg).save_pretrained(path)

@@ -20,7 +20,6 @@ from ..modeling.llm import (
     load_lora_state,
     load_tokenizer,
     lora_state,
-    resize_for_tokenizer,
     set_added_rows,
     token_ids,
 )
@@ -94,13 +93,12 @@ def build_model(
     llm_dir = resolve_source(config.llm.source, base_dir, config.llm.revision, weights=not config.llm.weights)
     tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
     llm_weights = weights_file(config.llm.weights, base_dir)
-    llm = load_llm(llm_dir, llm_weights, dtype)
+    llm = load_llm(llm_dir, llm_weights, dtype, len(tokenizer))
     if llm.config.hidden_size != config.llm.hidden_size:
         raise CheckpointError(
             f"LLM {config.llm.source} has hidden size {llm.config.hidden_size}, "
             f"config says {config.llm.hidden_size}"
         )
-    resize_for_tokenizer(llm, len(tokenizer))
     if config.lora is not None:
         llm = apply_lora(llm, config.lora)
     ids = token_ids(tokenizer, config.llm, config.special_tokens, base_size)

@@ -209,7 +209,18 @@ SeedOpt = Annotated[int, typer.Option(help="Seed for --decoding reference (and n
 AudioRateOpt = Annotated[
     Optional[int], typer.Option(help="Audio compression rate (one the checkpoint was trained with).")
 ]
-BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Clips (or chunks) decoded together.")]
+BatchSizeOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1,
+        help="Most clips (or chunks) decoded together (default: 16 decoder rows, clips x beams, 4 clips at "
+        "least).",
+        show_default=False,
+    ),
+]
+BatchSecondsOpt = Annotated[
+    float, typer.Option(min=0.1, help="Most seconds of media decoded together (memory grows with it).")
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[
     str,

@@ -12,6 +12,7 @@ from rich.markup import escape
 from .app import (
     EXIT_FAILED,
     AudioRateOpt,
+    BatchSecondsOpt,
     BatchSizeOpt,
     CheckpointOpt,
     Decoding,
@@ -123,7 +124,8 @@ def evaluate(
         ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes decoding and mixing audio.")] = 1,
-    batch_size: BatchSizeOpt = 4,
+    batch_size: BatchSizeOpt = None,
+    batch_seconds: BatchSecondsOpt = 30.0,
     num_beams: NumBeamsOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     decoding: DecodingOpt = Decoding.beam,

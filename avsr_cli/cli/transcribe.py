@@ -23,6 +23,7 @@ from ..errors import AvsrError
 from .app import (
     EXIT_FAILED,
     AudioRateOpt,
+    BatchSecondsOpt,
     BatchSizeOpt,
     CheckpointOpt,
     Decoding,
@@ -131,7 +132,8 @@ def transcribe(
     video_rate: VideoRateOpt = None,
     face_backend: FaceBackendOpt = "dlib",
     detect_every: DetectEveryOpt = 10,
-    batch_size: BatchSizeOpt = 4,
+    batch_size: BatchSizeOpt = None,
+    batch_seconds: BatchSecondsOpt = 30.0,
     segmentation: Annotated[
         Segmentation,
         typer.Option(
@@ -216,7 +218,8 @@ def export_subtitles(
     video_rate: VideoRateOpt = None,
     face_backend: FaceBackendOpt = "dlib",
     detect_every: DetectEveryOpt = 10,
-    batch_size: BatchSizeOpt = 4,
+    batch_size: BatchSizeOpt = None,
+    batch_seconds: BatchSecondsOpt = 30.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quiet: QuietOpt = False,

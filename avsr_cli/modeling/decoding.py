@@ -40,8 +40,9 @@ def generation_config(options: DecodingOptions, defaults: DecodingDefaults, ids)
     from transformers import GenerationConfig
 
     sample = options.strategy == "reference"
+    num_beams = options.num_beams or defaults.num_beams
     return GenerationConfig(
-        num_beams=options.num_beams or defaults.num_beams,
+        num_beams=num_beams,
         max_new_tokens=options.max_new_tokens or defaults.max_new_tokens,
         do_sample=sample,
         temperature=defaults.temperature if sample else None,
@@ -53,9 +54,33 @@ def generation_config(options: DecodingOptions, defaults: DecodingDefaults, ids)
         bos_token_id=ids.bos,
         pad_token_id=ids.pad,
         use_cache=True,
-        output_scores=True,  # for avg_logprob: generate computes these scores anyway
+        # For avg_logprob. generate keeps every step's full-vocabulary scores (batch x beams x 49k floats a
+        # token: 380 MB for 8 long-form chunks), so greedy decoding records its token's log-probability
+        # on the way instead (GreedyLogprobs).
+        output_scores=sample or num_beams > 1,
         return_dict_in_generate=True,
     )
+
+
+class GreedyLogprobs:
+    """A logits processor that records, step by step, the log-softmax of the token greedy search picked.
+
+    Greedy search picks the arg-max of the processed scores, and no processor follows the ones passed to
+    generate() unless sampling, so this equals compute_transition_scores(normalize_logits=True) on
+    `output_scores`, at one float per row and step."""
+
+    def __init__(self) -> None:
+        self.steps: list = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(scores.float().log_softmax(-1).amax(-1))
+        return scores
+
+    def scores(self):
+        """(batch, generated tokens) log-probabilities."""
+        import torch
+
+        return torch.stack(self.steps, dim=1)
 
 
 def drop_repeated_phrases(text: str, max_words: int = 6, min_repeats: int = 3) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -26,6 +27,34 @@ def read_safetensors(paths: list[Path], prefixes: tuple[str, ...] = ("",)) -> di
                         out[key[len(prefix) :]] = f.get_tensor(key)
                         break
     return out
+
+
+# The safetensors format (huggingface/safetensors README): u64 little-endian header size, a JSON header of
+# {name: {dtype, shape, data_offsets}}, then the data; offsets count from the end of the header.
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def read_tensor_unmapped(paths: list[Path], name: str) -> torch.Tensor | None:
+    """Tensor `name` of safetensors files read with plain file reads, or None where absent.
+
+    safetensors' own readers memory-map the file, and every page they touch stays in the process's resident
+    set while any tensor of that file lives. Read this way, the pages stay in the page cache only; used for a
+    matrix that is copied once and dropped (the embedding before its resize)."""
+    for path in paths:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            info = json.loads(f.read(size)).get(name)
+            if info is None:
+                continue
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                return None
+            start, end = info["data_offsets"]
+            raw = torch.empty(end - start, dtype=torch.uint8)
+            f.seek(8 + size + start)
+            if f.readinto(raw.numpy()) != end - start:
+                raise CheckpointError(f"{path}: tensor {name} is truncated")
+            return raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return None
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
@@ -60,12 +89,16 @@ class WhisperAudioEncoder(nn.Module):
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         config = WhisperConfig.from_pretrained(model_dir)
-        encoder = WhisperEncoder(config)
+        # Built on the meta device and given the file's tensors (memory-mapped by safetensors) rather than
+        # random weights overwritten by a copy: no second copy in memory, and no time spent initialising.
+        with torch.device("meta"):
+            encoder = WhisperEncoder(config)
         if weights is not None:  # an encoder-only file written by the importer
             state = read_safetensors([weights])
         else:
             state = read_safetensors(safetensors_files(model_dir), WHISPER_ENCODER_PREFIXES)
-        missing, _ = encoder.load_state_dict(state, strict=False)
+        missing, _ = encoder.load_state_dict(state, strict=False, assign=True)
+        missing += [name for name, t in encoder.state_dict().items() if t.is_meta and name not in missing]
         if missing:
             raise CheckpointError(f"{model_dir}: Whisper encoder weights missing: {', '.join(missing[:5])}")
         return cls(encoder.eval())

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .decoding import DecodingOptions, generation_config
+from .decoding import DecodingOptions, GreedyLogprobs, generation_config
 from .llm import TokenIds, set_active_adapters
 from .projector import ModalityProjector
 
@@ -180,8 +180,14 @@ class AVSRModel(nn.Module):
         if gen.do_sample:
             generator_state = torch.random.get_rng_state()
             torch.manual_seed(options.seed)
+        greedy = None if gen.output_scores else GreedyLogprobs()
         try:
-            out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gen)
+            out = self.llm.generate(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                generation_config=gen,
+                logits_processor=None if greedy is None else [greedy],
+            )
         finally:
             if generator_state is not None:
                 torch.random.set_rng_state(generator_state)
@@ -189,11 +195,14 @@ class AVSRModel(nn.Module):
         texts = self.tokenizer.batch_decode(
             out.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
-        beams = gen.num_beams > 1
-        # Beam search scores are log-softmax already; greedy and sampling scores are (processed) logits.
-        steps = self.llm.compute_transition_scores(
-            out.sequences, out.scores, out.beam_indices if beams else None, normalize_logits=not beams
-        )
+        if greedy is not None:
+            steps = greedy.scores()
+        else:
+            beams = gen.num_beams > 1
+            # Beam search scores are log-softmax already; sampling scores are (processed) logits.
+            steps = self.llm.compute_transition_scores(
+                out.sequences, out.scores, out.beam_indices if beams else None, normalize_logits=not beams
+            )
         return [
             Hypothesis(text.strip(), _mean_logprob(ids, row, self.ids.eos))
             for text, ids, row in zip(texts, out.sequences, steps, strict=True)

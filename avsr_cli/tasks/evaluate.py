@@ -24,7 +24,7 @@ from ..errors import AvsrError, UsageError
 from ..storage import atomic_write_text, exclusive_lock
 from .datasets import Item, load_dataset
 from .scoring import alignment_text, get_normalizer, score
-from .transcribe import MediaInput, TranscribeOptions, Transcriber, load_media, rounded
+from .transcribe import DECODER_ROWS, MediaInput, TranscribeOptions, Transcriber, load_media, rounded
 
 CLEAN = math.inf  # the "SNR" of a clean condition
 
@@ -161,7 +161,7 @@ def _prepared(
             yield prepare_item(item, mode, snr, occlusion, options)
         return
     window: deque[Future] = deque()
-    ahead = 2 * options.workers + options.transcribe.batch_size
+    ahead = 2 * options.workers + (options.transcribe.batch_size or DECODER_ROWS)
     it = iter(items)
     while True:
         while len(window) < ahead:

@@ -28,6 +28,9 @@ LIPS_UNUSED = (
 )
 
 
+DECODER_ROWS = 16  # default batch: 16 rows; 4 clips x 4 beams was the fastest on CPU in issue #18
+
+
 @dataclass(frozen=True)
 class TranscribeOptions:
     """What to transcribe and how; echoed in every Result so runs are reproducible."""
@@ -36,8 +39,13 @@ class TranscribeOptions:
     audio_rate: int | None = None  # compression rate among those the checkpoint was trained with
     video_rate: int | None = None
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
-    # 4 on CPU: 1.52x over 1 on short clips with identical text (issue #18's measurement, bench_transcribe)
-    batch_size: int = 4
+    # Chunks decoded together: at most batch_size of them (None: DECODER_ROWS rows, so 16 clips greedy and
+    # 4 with 4 or more beams), and no more seconds of media than batch_seconds (the KV cache grows with
+    # both). Batches change no text. Greedy on 2 CPU threads (issue #18): 10 short clips (3 s) 14.1 s at 4
+    # clips, 8.9 s at 16; a 2-minute recording (21 chunks) 22.9 s at 4, 15.6 s with 60 s a batch (1.39 GB
+    # peak), 16.6 s with 45 s (1.35 GB), 18.3 s with 30 s (1.27 GB; 1.25 GB at 4 clips).
+    batch_size: int | None = None
+    batch_seconds: float = 30.0
     # "auto": inputs longer than max_chunk are cut into speech chunks at pauses (Silero VAD); "vad": every
     # input is (speech-only chunks, so timestamps fit the speech: subtitles); "off": decode inputs whole.
     segmentation: str = "auto"
@@ -53,11 +61,19 @@ class TranscribeOptions:
     # log_prob_threshold default, -1.0): the model is guessing rather than hearing.
     logprob_threshold: float = -1.0
 
+    def clips_per_batch(self, default_beams: int) -> int:
+        """batch_size, or by default DECODER_ROWS decoder rows (clips x beams) and 4 clips at least."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return max(4, DECODER_ROWS // (self.decoding.num_beams or default_beams))
+
     def __post_init__(self) -> None:
         if self.mode not in (*MODES, "auto"):
             raise ValueError(f"unknown mode {self.mode!r} (expected auto or one of {', '.join(MODES)})")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.batch_seconds <= 0:
+            raise ValueError("batch_seconds must be > 0")
         if self.face_backend not in BACKENDS:
             raise ValueError(f"unknown face backend {self.face_backend!r} (expected one of {BACKENDS})")
         if self.segmentation not in SEGMENTATIONS:
@@ -250,16 +266,17 @@ class Transcriber:
         self.check_options(options)
         queue: list[_Job] = []
         pending: list[tuple[_Job, int]] = []
+        clips = options.clips_per_batch(self.model.config.decoding.num_beams)
         for item in items:
             job = self._prepare(item, options)
             report(job.duration - sum(e - s for s, e in job.chunks))  # audio that needs no decoding
             queue.append(job)
             pending += [(job, i) for i in range(len(job.chunks))]
-            # at most batch_size chunks per batch, even from one long file (21 chunks x 4 beams in one batch
-            # spent its time copying the KV cache: capped at 4 it ran 1.43x faster, same text)
-            while len(pending) >= options.batch_size:
-                self._run_pieces(pending[: options.batch_size], options, report)
-                pending = pending[options.batch_size :]
+            # batches are capped even within one long file (21 chunks x 4 beams in one batch spent its time
+            # copying the KV cache: capped at 4 it ran 1.43x faster, same text)
+            while n := _full_batch(pending, clips, options.batch_seconds):
+                self._run_pieces(pending[:n], options, report)
+                pending = pending[n:]
             while queue and queue[0].done():
                 yield queue.pop(0).result(self.model.config.name, options)
         if pending:
@@ -375,6 +392,20 @@ class Transcriber:
             report(job.chunks[i][1] - job.chunks[i][0])
             for key, value in share.items():
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
+
+
+def _full_batch(pending: list[tuple[_Job, int]], clips: int, max_seconds: float) -> int:
+    """How many pending chunks make the next batch (`clips` of them or `max_seconds` of media, whichever
+    comes first; one chunk at least); 0 while more could still join it."""
+    seconds = 0.0
+    for n, (job, i) in enumerate(pending, 1):
+        start, end = job.chunks[i]
+        seconds += end - start
+        if seconds > max_seconds:
+            return max(n - 1, 1)
+        if n == clips or seconds == max_seconds:
+            return n
+    return 0
 
 
 LONG_FORM_TOKENS_PER_SECOND = 8  # generous: fast English speech is ~3 words (~4-5 tokens) per second
