@@ -61,8 +61,8 @@ class AvHubertDlib:
         boxes = [np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], float) for r in rects]
         return [Detection(box, 1.0) for box in boxes]
 
-    def landmarks(self, frame, box):
-        return self.inner.landmarks(frame, box)
+    def landmarks(self, frame, box, gray=None):
+        return self.inner.landmarks(frame, box, gray)
 
 
 def fan_backend(tmp: Path):

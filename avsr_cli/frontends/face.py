@@ -49,8 +49,11 @@ class Backend(Protocol):
     def detect(self, frame: np.ndarray) -> list[Detection]:
         """Faces in an RGB uint8 frame."""
 
-    def landmarks(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
-        """(68, 2) float landmarks (x, y) of the face in `box`, or None when there is none."""
+    def landmarks(
+        self, frame: np.ndarray, box: np.ndarray, gray: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """(68, 2) float landmarks (x, y) of the face in `box`, or None when there is none; `gray`: the frame
+        in grey (to_gray), when the caller has it already."""
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
@@ -107,9 +110,12 @@ class DlibBackend:
             for r, s in zip(rects, scores, strict=True)
         ]
 
-    def landmarks(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    def landmarks(
+        self, frame: np.ndarray, box: np.ndarray, gray: np.ndarray | None = None
+    ) -> np.ndarray | None:
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        shape = self.predictor(to_gray(frame), self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+        gray = to_gray(frame) if gray is None else gray
+        shape = self.predictor(gray, self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
         return np.array([(p.x, p.y) for p in shape.parts()], float)
 
 
@@ -176,7 +182,9 @@ class FaceAlignmentBackend:
         boxes = self.detector.detect_from_image(np.ascontiguousarray(frame))
         return [Detection(np.asarray(b[:4], float), float(b[4])) for b in boxes]
 
-    def landmarks(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    def landmarks(
+        self, frame: np.ndarray, box: np.ndarray, gray: np.ndarray | None = None
+    ) -> np.ndarray | None:
         import torch
         from face_alignment.utils import CENTER_Y_OFFSET, crop, get_preds_fromhm
 
@@ -254,7 +262,9 @@ class MediapipeBackend:
             out.append(Detection(box, float(d.score[0])))
         return out
 
-    def landmarks(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    def landmarks(
+        self, frame: np.ndarray, box: np.ndarray, gray: np.ndarray | None = None
+    ) -> np.ndarray | None:
         # FaceMesh finds the face itself; give it a square of twice the box around the box's centre
         h, w = frame.shape[:2]
         (cx, cy), half = (box[:2] + box[2:]) / 2, max(box[2] - box[0], box[3] - box[1])
@@ -371,7 +381,7 @@ class FaceTracker:
     def _follow(self, frame: np.ndarray, gray: np.ndarray) -> np.ndarray | None:
         """Landmarks fitted in the last detector box moved with the face (its size kept: a box redrawn around
         the fitted points shrinks frame after frame on a turned head), if they still show the same face."""
-        fit = self.backend.landmarks(frame, self.box + np.tile(_anchor(self.last) - self.anchor, 2))
+        fit = self.backend.landmarks(frame, self.box + np.tile(_anchor(self.last) - self.anchor, 2), gray)
         patch = _patch(gray, fit) if fit is not None else None
         return fit if patch is not None and float((patch * self.template).sum()) >= MIN_SIMILARITY else None
 
@@ -396,7 +406,7 @@ class FaceTracker:
             if choice is None and points is None:
                 choice = max(dets, key=lambda d: d.score, default=None)
             if choice is not None:
-                fit = self.backend.landmarks(frame, choice.box)
+                fit = self.backend.landmarks(frame, choice.box, gray)
                 patch = _patch(gray, fit) if fit is not None else None
                 if patch is not None:
                     points, self.box, self.anchor, self.template = fit, choice.box, _anchor(fit), patch

@@ -242,15 +242,19 @@ def load_video(
 
 
 def iter_video(
-    path: str | os.PathLike, fps: float = VIDEO_FPS, size: tuple[int, int] | None = None
+    path: str | os.PathLike,
+    fps: float = VIDEO_FPS,
+    size: tuple[int, int] | None = None,
+    info: MediaInfo | None = None,
 ) -> Iterator[np.ndarray]:
     """Stream the first video stream of `path` as read-only uint8 RGB frames (H, W, 3) at a constant `fps`.
 
     As `load_video`, one frame at a time (long or large videos never sit in memory whole); size: (height,
     width) to resize to, None keeps the displayed size. Frame-rate conversion (ffmpeg's fps filter) turns
-    variable-frame-rate input into constant `fps`.
+    variable-frame-rate input into constant `fps`. info: `probe(path)`, when the caller has it (an ffprobe
+    run costs 70 ms).
     """
-    info = probe(path)
+    info = info or probe(path)
     if not info.has_video:
         raise MediaError(f"{path}: has no video stream")
     height, width = size or (info.height, info.width)

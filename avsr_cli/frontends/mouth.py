@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import MediaError
 from ..storage import atomic_open, atomic_path
 from .face import BACKENDS, Backend, FaceTracker, detect_faces, interpolate_landmarks, make_backend, to_gray
-from .media import SAMPLES_PER_FRAME, VIDEO_FPS, find_ffmpeg, iter_video, load_audio, probe
+from .media import SAMPLES_PER_FRAME, VIDEO_FPS, MediaInfo, find_ffmpeg, iter_video, load_audio, probe
 
 # auto_avsr preparation/detectors/retinaface/video_process.py (VideoProcess and its affine_transform):
 STABLE_POINTS = (28, 33, 36, 39, 42, 45, 48, 54)  # nose ridge and base, eye corners, mouth corners
@@ -111,9 +111,9 @@ def processing_size(height: int, width: int, max_size: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _frames(path, size: tuple[int, int], rotation: int):
+def _frames(path, size: tuple[int, int], rotation: int, info: MediaInfo | None = None):
     k = rotation // 90
-    for frame in iter_video(path, VIDEO_FPS, size):
+    for frame in iter_video(path, VIDEO_FPS, size, info):
         yield np.rot90(frame, k) if k else frame
 
 
@@ -228,6 +228,9 @@ class _CropStream:
             self.filled = [rows[t]] * (t + 1)
             return
         last = len(self.filled) - 1
+        if last == t - 1:  # no gap: interpolating between neighbours gives the frame's own landmarks
+            self.filled.append(rows[t])
+            return
         found = np.array(self.tracker.found[last : t + 1])
         segment = interpolate_landmarks(np.array(rows[last : t + 1]), found)
         self.filled += list(segment[1:])
@@ -281,7 +284,7 @@ def mouth_frames(
     def one_pass(rotation: int) -> _CropStream:
         tracker = FaceTracker(backend, options.detect_every, options.detect_size)
         stream = _CropStream(video_path, mean_face, tracker, overlay_path, STREAM_BUFFER_BYTES)
-        for i, frame in enumerate(_frames(video_path, size, rotation)):
+        for i, frame in enumerate(_frames(video_path, size, rotation, info)):
             if not rotation and i % VIDEO_FPS == 0 and len(samples) < 10:
                 samples.append(frame)
             stream.add(frame)
@@ -305,7 +308,7 @@ def mouth_frames(
         stream.finish()
         tracked = time.perf_counter()
         if not stream.streaming:
-            stream.cut_rest(_frames(video_path, size, rotation))
+            stream.cut_rest(_frames(video_path, size, rotation, info))
         if stream.writer is not None:
             stream.writer.close()
     finally:
