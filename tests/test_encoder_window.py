@@ -81,3 +81,22 @@ def test_trimmed_frames_cover_the_clip_and_do_not_depend_on_the_batch(encoder):
             together[i], enc(alone.input_features, alone.n_frames)[0], rtol=0, atol=1e-6
         )
         assert together[i].shape[0] == encoder_frames(len(wave))
+
+
+def test_encoder_weights_come_from_the_file_and_a_missing_one_is_named(tiny_dirs, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from avsr_cli.modeling.encoders import safetensors_files
+
+    (weights,) = safetensors_files(tiny_dirs[0])
+    saved = load_file(weights)
+    encoder = WhisperAudioEncoder.from_dir(tiny_dirs[0]).encoder
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, saved[f"model.encoder.{name}"]), name
+    broken = tmp_path / "whisper"
+    shutil.copytree(tiny_dirs[0], broken)
+    save_file({k: v for k, v in saved.items() if k != "model.encoder.layers.0.fc1.weight"}, broken / weights.name)
+    with pytest.raises(CheckpointError, match=r"missing: layers\.0\.fc1\.weight"):
+        WhisperAudioEncoder.from_dir(broken)

@@ -98,7 +98,8 @@ class WhisperAudioEncoder(nn.Module):
         else:
             state = read_safetensors(safetensors_files(model_dir), WHISPER_ENCODER_PREFIXES)
         missing, _ = encoder.load_state_dict(state, strict=False, assign=True)
-        missing += [name for name, t in encoder.state_dict().items() if t.is_meta and name not in missing]
+        tensors = [*encoder.named_parameters(), *encoder.named_buffers()]  # state_dict() is slower (hooks)
+        missing += [name for name, t in tensors if t.is_meta and name not in missing]
         if missing:
             raise CheckpointError(f"{model_dir}: Whisper encoder weights missing: {', '.join(missing[:5])}")
         return cls(encoder.eval())
