@@ -77,3 +77,26 @@ def cuda_device_for(local_rank: int) -> str:
     import torch
 
     return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+_helpers: dict = {}
+
+
+def helper_thread(name: str):
+    """A one-thread executor for side work beside the main thread (mouth crops, face detection ahead), made
+    once per process and name. Use it only when cpu_threads() > 1: it is a thread more on the cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if name not in _helpers:
+        _helpers[name] = ThreadPoolExecutor(1, thread_name_prefix=f"avsr-{name}")
+    return _helpers[name]
+
+
+def _forget_helpers() -> None:
+    # A forked child (evaluate's worker processes) inherits the executors but not their threads: it would
+    # queue work that nothing runs. It makes its own.
+    _helpers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)

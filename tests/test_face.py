@@ -169,3 +169,39 @@ def test_iter_video_streams_what_load_video_decodes(carphone_clip):
     stream = iter_video(carphone_clip)
     assert next(stream).shape == (144, 176, 3)
     stream.close()  # stops ffmpeg early without an error
+
+
+def test_detections_started_ahead_in_a_thread_change_nothing(lrs3_clip, dlib_backend, tmp_path, monkeypatch):
+    """The tracker given the next frames runs each scheduled detection early, in a helper thread; with a
+    face lost and found again (misjudged schedules), the track is the same as frame by frame, and detections
+    never overlap (dlib keeps scratch state)."""
+    import threading
+
+    from avsr_cli.frontends import face as face_module
+    from avsr_cli.frontends.face import FaceTracker
+
+    frames = list(iter_video(black_gap(lrs3_clip, tmp_path / "gap.mp4", first=40, count=12)))
+    running, overlaps, threads = [0], [0], set()
+    real = face_module._detect_scaled
+
+    def watched(*args):
+        running[0] += 1
+        overlaps[0] += running[0] > 1
+        threads.add(threading.current_thread().name)
+        try:
+            return real(*args)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(face_module, "_detect_scaled", watched)
+    monkeypatch.setattr(face_module, "cpu_threads", lambda: 2)  # the helper thread is for 2+ threads
+    plain, ahead = FaceTracker(dlib_backend, 10), FaceTracker(dlib_backend, 10)
+    for t, frame in enumerate(frames):
+        a = plain.step(frame)
+        b = ahead.step(frame, frames[t + 1 : t + 4])
+        assert (a is None and b is None) or np.array_equal(a, b), t
+    one, two = plain.result(), ahead.result()
+    assert np.array_equal(one.found, two.found) and not one.found[40:52].any() and one.found[52:].all()
+    assert np.array_equal(one.landmarks, two.landmarks, equal_nan=True)
+    assert one.detections == two.detections
+    assert overlaps[0] == 0 and any(name.startswith("avsr-face-detect") for name in threads)

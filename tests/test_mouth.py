@@ -379,3 +379,22 @@ def test_crop_mouth_bad_backend_does_nothing(lrs3_clip, tmp_path):
         app, ["crop-mouth", str(lrs3_clip), "-o", str(tmp_path), "--face-backend", "hog"]
     )
     assert result.exit_code == 2 and not list(tmp_path.iterdir())
+
+
+def test_helper_threads_cut_the_same_crops_as_one_thread(lrs3_clip, tmp_path, options, backend, monkeypatch):
+    """With 2+ threads the mouths are cut in a helper thread and detections start ahead: same crops,
+    transforms and landmarks as on one thread, across a lost face (lost: late detections, held cuts)."""
+    import avsr_cli.frontends.face as face
+    import avsr_cli.frontends.mouth as mouth
+
+    video = black_gap(lrs3_clip, tmp_path / "gap.mp4", first=40, count=12)
+    results = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(face, "cpu_threads", lambda n=threads: n)
+        monkeypatch.setattr(mouth, "cpu_threads", lambda n=threads: n)
+        results[threads] = mouth_frames(video, options, backend)
+    (one, info1), (two, info2) = results[1], results[2]
+    assert len(one) == 155 and np.array_equal(one, two)
+    np.testing.assert_array_equal(info1.transforms, info2.transforms)
+    np.testing.assert_array_equal(info1.landmarks, info2.landmarks)
+    assert info1.detections == info2.detections and not info1.found[40:52].any()

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import CheckpointError, UsageError
+from ..runtime import cpu_threads, helper_thread
 from ..storage import find_package
 
 N_LANDMARKS = 68
@@ -78,6 +81,9 @@ class DlibBackend:
     """dlib's HOG detector (scored by `run`) and 68-point shape predictor."""
 
     name = "dlib"
+    # detect() may run in another thread beside landmarks(): separate dlib objects, and dlib releases the
+    # GIL while it scans (two threads detect 1.95x faster than one)
+    detects_beside_landmarks = True
 
     def __init__(self, predictor_path: str | os.PathLike | None = None) -> None:
         _require("dlib", "dlib", "dlib-bin")
@@ -351,8 +357,16 @@ def _patch(gray: np.ndarray, points: np.ndarray) -> np.ndarray | None:
     return patch / norm if norm > 1e-3 * PATCH else None
 
 
+_DETECTING = threading.Lock()  # detectors keep scratch state: one detection at a time, whichever thread
+
+
 def detect_faces(backend: Backend, frame: np.ndarray, detect_size: int) -> list[Detection]:
     """Detections on the frame shrunk to at most `detect_size` pixels on its longest side."""
+    with _DETECTING:
+        return _detect_scaled(backend, frame, detect_size)
+
+
+def _detect_scaled(backend: Backend, frame: np.ndarray, detect_size: int) -> list[Detection]:
     import cv2
 
     scale = min(1.0, detect_size / max(frame.shape[:2]))
@@ -370,6 +384,12 @@ class FaceTracker:
 
     def __init__(self, backend: Backend, detect_every: int = 10, detect_size: int = 640) -> None:
         self.backend, self.detect_every, self.detect_size = backend, detect_every, detect_size
+        # A scheduled detection on a frame the caller passed ahead runs in a thread while this one tracks
+        # the frames before it; its result is the same (a function of the frame alone), so it is used only on
+        # the frame it was made for.
+        prefetch = detect_every > 1 and getattr(backend, "detects_beside_landmarks", False)
+        self.prefetcher = helper_thread("face-detect") if prefetch and cpu_threads() > 1 else None
+        self.prefetched: tuple[int, Future] | None = None  # (frame index, detections)
         self.rows: list[np.ndarray] = []
         self.found: list[bool] = []
         self.detections = self.max_faces = 0
@@ -385,15 +405,36 @@ class FaceTracker:
         patch = _patch(gray, fit) if fit is not None else None
         return fit if patch is not None and float((patch * self.template).sum()) >= MIN_SIMILARITY else None
 
-    def step(self, frame: np.ndarray) -> np.ndarray | None:
-        """Landmarks (68, 2) of the followed face in `frame` (RGB uint8), or None."""
+    def _detect(self, t: int, frame: np.ndarray) -> list[Detection]:
+        if self.prefetched is not None:
+            index, future = self.prefetched
+            self.prefetched = None
+            detections = future.result()  # also: never two detections at once (dlib keeps scratch state)
+            if index == t:
+                return detections
+        return detect_faces(self.backend, frame, self.detect_size)
+
+    def _prefetch(self, ahead: Sequence[np.ndarray]) -> None:
+        """Start the next scheduled detection if its frame is among `ahead` (the frames after this one)."""
+        if self.prefetcher is None or self.prefetched is not None:
+            return
+        tracking = self.last is not None and self.template is not None
+        j = max(1, self.detect_every - self.since + 1) if tracking else 1  # the j-th next frame detects
+        if j <= len(ahead):
+            future = self.prefetcher.submit(detect_faces, self.backend, ahead[j - 1], self.detect_size)
+            self.prefetched = (len(self.found) - 1 + j, future)
+
+    def step(self, frame: np.ndarray, ahead: Sequence[np.ndarray] = ()) -> np.ndarray | None:
+        """Landmarks (68, 2) of the followed face in `frame` (RGB uint8), or None. `ahead`: the next few
+        frames, when the caller has them (their scheduled detection starts early, in a thread)."""
+        t = len(self.found)
         gray = to_gray(frame)
         points, tried = None, False
         can_track = self.detect_every > 1 and self.last is not None and self.template is not None
         if can_track and self.since < self.detect_every:
             points, tried = self._follow(frame, gray), True
         if points is None:  # scheduled detection, or the track was lost
-            dets = detect_faces(self.backend, frame, self.detect_size)
+            dets = self._detect(t, frame)
             self.detections, self.since = self.detections + 1, 0
             self.max_faces = max(self.max_faces, len(dets))
             ref = None
@@ -417,6 +458,7 @@ class FaceTracker:
             self.last = points
         else:
             self.since = self.detect_every  # lost: detect again on the next frame
+        self._prefetch(ahead)
         return points
 
     def result(self) -> FaceTrack:

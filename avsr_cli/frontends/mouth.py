@@ -15,12 +15,16 @@ import os
 import subprocess
 import tempfile
 import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MediaError
+from ..runtime import cpu_threads, helper_thread
 from ..storage import atomic_open, atomic_path
 from .face import BACKENDS, Backend, FaceTracker, detect_faces, interpolate_landmarks, make_backend, to_gray
 from .media import SAMPLES_PER_FRAME, VIDEO_FPS, MediaInfo, find_ffmpeg, iter_video, load_audio, probe
@@ -185,14 +189,18 @@ class _CropStream:
         self.crops: list[np.ndarray] = []
         self.transforms: list[np.ndarray] = []
         self.centres: list[np.ndarray] = []
+        self.next_cut = 0  # the first frame not handed to the cutter yet
+        # frame index, frame and its (crop, transform, centre) being computed, in frame order
+        self.cuts: deque[tuple[int, np.ndarray, Future]] = deque()
+        self.cutter = helper_thread("mouth-cut") if cpu_threads() > 1 else None
 
     @property
     def n_frames(self) -> int:
         return len(self.tracker.found)
 
-    def add(self, frame: np.ndarray) -> None:
+    def add(self, frame: np.ndarray, ahead: Sequence[np.ndarray] = ()) -> None:
         t = self.n_frames
-        found = self.tracker.step(frame) is not None
+        found = self.tracker.step(frame, ahead) is not None
         if self.streaming:
             self.pending[t] = frame
             if len(self.pending) * frame.nbytes > self.buffer_bytes:
@@ -210,14 +218,16 @@ class _CropStream:
         # copies of the last face's landmarks after it
         self.filled += [self.filled[-1]] * (self.n_frames - len(self.filled))
         self._cut_ready(self.n_frames - 1, self.n_frames)
+        self._collect(wait=True)
 
     def cut_rest(self, frames) -> None:
         """Cut the frames the overflowed buffer dropped, from a second decode of the video."""
         for t, frame in enumerate(frames):
             if t >= self.n_frames:
                 break
-            if t >= len(self.crops):
+            if t >= self.next_cut:
                 self._cut(t, frame, self.n_frames)
+        self._collect(wait=True)
 
     def _fill(self, t: int) -> None:
         """Interpolated landmarks up to frame t, which has a face (auto_avsr interpolate_landmarks: linear
@@ -237,25 +247,53 @@ class _CropStream:
 
     def _cut_ready(self, upto: int, n: int) -> None:
         """Cut the held frames up to `upto`, whose landmark window (of n frames so far) is final."""
-        for t in range(len(self.crops), upto + 1):
+        for t in range(self.next_cut, upto + 1):
             if t not in self.pending:
                 return
             self._cut(t, self.pending.pop(t), n)
 
     def _cut(self, t: int, frame: np.ndarray, n: int) -> None:
+        """Align and cut frame t: in the cutter thread when there is one (OpenCV releases the GIL, so the
+        warp runs beside the next frame's landmark fit), else here."""
         smoothed = smoothed_frame(self.filled, t, n)
-        try:
-            m = align_transform(smoothed, self.mean_face)
-            crop, centre = crop_mouth(frame, m, smoothed[MOUTH])
-        except ValueError as exc:
-            raise MediaError(f"{self.path}: frame {t}: {exc}") from None
-        self.crops.append(crop)
-        self.transforms.append(m)
-        self.centres.append(centre)
-        if self.overlay_path is not None:
-            if self.writer is None:
-                self.writer = VideoWriter(self.overlay_path, frame.shape[1], frame.shape[0], "rgb24")
-            self.writer.write(_overlay(frame, self.filled[t], self.tracker.found[t], m, centre))
+        if self.cutter is None:
+            done: Future = Future()
+            try:
+                done.set_result(_align_and_cut(frame, smoothed, self.mean_face))
+            except ValueError as exc:
+                done.set_exception(exc)
+        else:
+            done = self.cutter.submit(_align_and_cut, frame, smoothed, self.mean_face)
+        self.cuts.append((t, frame, done))
+        self.next_cut = t + 1
+        self._collect(wait=len(self.cuts) > MAX_CUTS_AHEAD)
+
+    def _collect(self, wait: bool) -> None:
+        """Take finished cuts in frame order (all of them when `wait`)."""
+        while self.cuts and (wait or self.cuts[0][2].done()):
+            t, frame, done = self.cuts.popleft()
+            try:
+                crop, m, centre = done.result()
+            except ValueError as exc:
+                raise MediaError(f"{self.path}: frame {t}: {exc}") from None
+            self.crops.append(crop)
+            self.transforms.append(m)
+            self.centres.append(centre)
+            if self.overlay_path is not None:
+                if self.writer is None:
+                    self.writer = VideoWriter(self.overlay_path, frame.shape[1], frame.shape[0], "rgb24")
+                self.writer.write(_overlay(frame, self.filled[t], self.tracker.found[t], m, centre))
+
+
+LOOKAHEAD = 3  # decoded frames the tracker sees ahead (a scheduled detection on one starts early)
+MAX_CUTS_AHEAD = 4  # frames handed to the cutter thread and not collected yet
+
+
+def _align_and_cut(frame: np.ndarray, smoothed: np.ndarray, mean_face: np.ndarray):
+    """(crop, transform, centre) of one frame from its smoothed landmarks."""
+    m = align_transform(smoothed, mean_face)
+    crop, centre = crop_mouth(frame, m, smoothed[MOUTH])
+    return crop, m, centre
 
 
 def mouth_frames(
@@ -284,10 +322,15 @@ def mouth_frames(
     def one_pass(rotation: int) -> _CropStream:
         tracker = FaceTracker(backend, options.detect_every, options.detect_size)
         stream = _CropStream(video_path, mean_face, tracker, overlay_path, STREAM_BUFFER_BYTES)
+        window: deque[np.ndarray] = deque()  # the frame to add and up to LOOKAHEAD frames after it
         for i, frame in enumerate(_frames(video_path, size, rotation, info)):
             if not rotation and i % VIDEO_FPS == 0 and len(samples) < 10:
                 samples.append(frame)
-            stream.add(frame)
+            window.append(frame)
+            if len(window) > LOOKAHEAD:
+                stream.add(window.popleft(), window)
+        while window:
+            stream.add(window.popleft(), window)
         return stream
 
     rotation, stream = 0, None
