@@ -291,6 +291,8 @@ def test_long_form_chunks_are_decoded_in_batches_of_at_most_batch_size_and_batch
         )
         texts[batch, seconds] = [s.text for s in t.transcribe(path, options).segments]
         chunks[batch, seconds] = sum(len(b) for b in batches)
+        durations = [d for b in batches for d in b]
+        assert durations == sorted(durations)  # shortest first, so that chunks of like length share batches
         if batch is not None:
             assert max(len(b) for b in batches) == batch, batches
         elif seconds == 1000.0:  # greedy: up to 16 chunks a batch by default

@@ -271,7 +271,10 @@ class Transcriber:
             job = self._prepare(item, options)
             report(job.duration - sum(e - s for s, e in job.chunks))  # audio that needs no decoding
             queue.append(job)
-            pending += [(job, i) for i in range(len(job.chunks))]
+            # a long file's chunks join the queue shortest first: chunks of like length share a batch, which
+            # runs until its longest transcript ends (a 2-minute recording: 17.9 -> 16.8 s, the same text)
+            by_length = sorted(range(len(job.chunks)), key=lambda i: job.chunks[i][1] - job.chunks[i][0])
+            pending += [(job, i) for i in by_length]
             # batches are capped even within one long file (21 chunks x 4 beams in one batch spent its time
             # copying the KV cache: capped at 4 it ran 1.43x faster, same text)
             while n := _full_batch(pending, clips, options.batch_seconds):
