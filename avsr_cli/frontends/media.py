@@ -254,7 +254,7 @@ def iter_video(
     variable-frame-rate input into constant `fps`. info: `probe(path)`, when the caller has it (an ffprobe
     run costs 70 ms).
     """
-    info = info or probe(path)
+    info = probe(path) if info is None else info
     if not info.has_video:
         raise MediaError(f"{path}: has no video stream")
     height, width = size or (info.height, info.width)

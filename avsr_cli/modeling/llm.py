@@ -109,8 +109,6 @@ def _unmap_embeddings(model: nn.Module, files: list[Path]) -> None:
     from_pretrained leaves the weights memory-mapped; the resize would touch every page of the old matrix,
     and those pages would stay resident beside the new one (SmolLM2-135M: 113 MB, 9 % of a transcription's
     peak)."""
-    if model.get_input_embeddings().weight.shape[0] == 0:
-        return
     targets = [model.get_input_embeddings().weight]
     head = model.get_output_embeddings()
     if head is not None and head.weight is not targets[0]:
