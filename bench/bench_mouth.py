@@ -37,8 +37,13 @@ def make_clips(tmp: Path, fan_frames: int) -> dict[str, Path]:
         sys.exit(f"bench_mouth: {lrs3} not found (shared assets)")
     ff = [find_ffmpeg(), "-nostdin", "-y", "-loglevel", "error", "-i", str(lrs3)]
     clips = {"lrs3 224x224": lrs3, "720p": tmp / "720p.mp4", "lrs3 short": tmp / "short.mp4"}
+    clips["720p panning"] = tmp / "720p-panning.mp4"
     # a 1280x720 frame with the face at 540x540, as in a typical recorded talk
     subprocess.run(ff + ["-vf", "scale=540:540,pad=1280:720:370:90", "-an", str(clips["720p"])], check=True)
+    # the same face moving across the frame (150 px left and right, 40 px up and down)
+    pan = ("color=black:s=1280x720:r=25[bg];[0:v]scale=540:540[face];"
+           "[bg][face]overlay=x='370+150*sin(t*1.5)':y='90+40*cos(t)':shortest=1")  # fmt: skip
+    subprocess.run(ff + ["-filter_complex", pan, "-an", str(clips["720p panning"])], check=True)
     subprocess.run(ff + ["-frames:v", str(fan_frames), "-an", str(clips["lrs3 short"])], check=True)
     return clips
 
@@ -124,6 +129,31 @@ def run(clip: Path, backend, every: int, mean_face: str) -> dict:
     }
 
 
+def drift(clip: Path, backend) -> dict:
+    """Issue #18's landmark drift: landmarks tracked between detections (every 10 frames) against per-frame
+    detection, beside the noise floor of that comparison, per-frame detection against itself on the same
+    frames moved 1 px to the right. Median over frames of the mean point distance, px; "smoothed": after
+    the reference's 12-frame window (what places the crop)."""
+    import numpy as np
+
+    from avsr_cli.frontends.face import landmark_gap, track
+    from avsr_cli.frontends.media import iter_video, probe
+    from avsr_cli.frontends.mouth import processing_size, smooth_landmarks
+
+    info = probe(clip)
+    size = processing_size(info.height, info.width, 1280)
+    every = track(iter_video(clip, size=size), backend, detect_every=1).landmarks
+    tracked = track(iter_video(clip, size=size), backend, detect_every=10).landmarks
+    moved = (np.roll(f, 1, axis=1) for f in iter_video(clip, size=size))
+    floor = track(moved, backend, detect_every=1).landmarks - (1, 0)
+    return {
+        "tracked_px": landmark_gap(tracked, every),
+        "floor_px": landmark_gap(floor, every),
+        "tracked_smoothed_px": landmark_gap(smooth_landmarks(tracked), smooth_landmarks(every)),
+        "floor_smoothed_px": landmark_gap(smooth_landmarks(floor), smooth_landmarks(every)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "mouth.json")
@@ -145,7 +175,7 @@ def main() -> None:
             plan += [("mediapipe", mesh, 10), ("mediapipe", mesh, 1)]
         for _, backend, _ in plan:
             warm_up(backend, clips["lrs3 short"])
-        for clip in ("lrs3 224x224", "720p"):
+        for clip in ("lrs3 224x224", "720p", "720p panning"):
             rows.append({"clip": clip, "backend": "decode", "detect_every": 0, **decode_only(clips[clip])})
             for name, backend, every in plan:
                 rows.append({"clip": clip, "backend": name, "detect_every": every,
@@ -157,13 +187,24 @@ def main() -> None:
                 row = run(clips["lrs3 short"], fan, every, mean_face)
                 name = f"face-alignment ({note})"
                 rows.append({"clip": "lrs3 short", "backend": name, "detect_every": every, **row})
+        drifts = [
+            {"clip": clip, **drift(clips[clip], dlib)} for clip in ("lrs3 224x224", "720p", "720p panning")
+        ]
     print(f"mouth crops, {torch.get_num_threads()} CPU threads (decode + detect + landmarks + align + crop)")
     print(f"{'clip':<14}{'backend':<42}{'every':>6}{'frames':>8}{'fps':>8}{'hit %':>7}{'detects':>9}")
     for r in rows:
         print(f"{r['clip']:<14}{r['backend']:<42}{r['detect_every']:>6}{r['frames']:>8}{r['fps']:>8.1f}"
               f"{100 * r['hit_rate']:>7.0f}{r['detector_runs']:>9}".replace("nan", "  -"))  # fmt: skip
+    print(
+        "\nlandmark drift, dlib, px (median per frame): tracked every 10 frames against per-frame detection;"
+    )
+    print("floor: per-frame detection against itself on the frames moved 1 px; smoothed: the 12-frame window")
+    print(f"{'clip':<14}{'tracked':>9}{'floor':>7}{'tracked smoothed':>18}{'floor smoothed':>16}")
+    for d in drifts:
+        print(f"{d['clip']:<14}{d['tracked_px']:>9.2f}{d['floor_px']:>7.2f}{d['tracked_smoothed_px']:>18.2f}"
+              f"{d['floor_smoothed_px']:>16.2f}")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    args.json.write_text(json.dumps({"fps": rows, "drift": drifts}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

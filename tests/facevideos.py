@@ -35,6 +35,16 @@ def black_gap(src: Path, dst: Path, first: int = 50, count: int = 5) -> Path:
     return dst
 
 
+def panning(src: Path, dst: Path, width: int = 480, height: int = 270) -> Path:
+    """`src` moving across a larger black frame (up to 120 px left and right, 20 px up and down)."""
+    graph = (
+        f"color=black:s={width}x{height}:r=25[bg];"
+        f"[bg][0:v]overlay=x='(W-w)/2+120*sin(t*1.5)':y='(H-h)/2+20*cos(t)':shortest=1"
+    )
+    ffmpeg("-i", src, "-filter_complex", graph, "-an", dst)
+    return dst
+
+
 def two_faces(src: Path, dst: Path, seconds: float = 2.0) -> Path:
     """`src` and its mirror image side by side: two equally good faces."""
     graph = "[0:v]split[a][b];[b]hflip[c];[a][c]hstack"
