@@ -182,6 +182,18 @@ def test_select_best_takes_the_epoch_with_the_lowest_validation_wer(data, base, 
         train(data, tmp_path / "x", TrainOptions(select="best"), base=base)
 
 
+def test_a_run_stopped_inside_its_epoch_validates_it(data, base, tmp_path):
+    """--max-steps ending an epoch early: that partial epoch is the last one, validated like an epoch end
+    (so select "best" has it to choose); only the val_limit clips validation decodes are encoded."""
+    encoded = []
+    options = TrainOptions(max_steps=2, max_batch=2, val_limit=2, select="best")
+    result = train(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c",
+                   on_encode=lambda done, total: encoded.append(total))  # fmt: skip
+    assert result.steps == 2 and result.selected == [0]
+    assert [(v["step"], v["epoch"], v["clips"]) for v in result.validations] == [(2, 0, 2)]
+    assert encoded[-1] == len(load_dataset(data).items) + 2
+
+
 def test_base_from_parts_reads_the_widths_from_their_configs(data, tiny_dirs, tmp_path):
     from avsr_cli.modeling.config import ModelConfig
 

@@ -633,6 +633,8 @@ class Trainer:
                 p.requires_grad_(False)
         if batch_pos:  # stopped by max_steps inside an epoch: that partial epoch counts as the last
             self._save_epoch_adapter(epoch)
+            if not o.val_every and self.val and not any(v["step"] == step for v in validations):
+                validations.append(self._validation(step, epoch))  # its epoch-end validation
         result = TrainResult(
             self.out_dir, step, epoch, losses, validations, resumed_from, time.monotonic() - started
         )
@@ -839,7 +841,8 @@ def train(
         train_set = load_dataset(data, limit)
         if not train_set.items:
             raise UsageError(f"{data}: no usable clips ({len(train_set.skipped)} skipped)")
-        val_set = load_dataset(val_data) if val_data else None
+        # only the clips validation decodes (the first val_limit by id) are encoded
+        val_set = load_dataset(val_data, options.val_limit) if val_data else None
         started_config = out / "train_config.json"
         resuming = resume and (out / STATE_FILE).exists() and started_config.exists()
         if resuming:
