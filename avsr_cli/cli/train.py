@@ -85,7 +85,8 @@ def train(
         Optional[int], typer.Option(min=0, help="Validate every N steps (0: each epoch).")
     ] = None,
     val_limit: Annotated[
-        Optional[int], typer.Option(min=1, help="Validation clips (the first N by id) encoded once and decoded each time.")
+        Optional[int],
+        typer.Option(min=1, help="Validation clips (the first N by id) encoded once and decoded each time."),
     ] = None,
     average_last: Annotated[
         Optional[int], typer.Option(min=1, help="Average the last N epoch adapters.")
