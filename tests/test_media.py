@@ -247,3 +247,79 @@ def test_lrs3_example(lrs3_clip) -> None:
     assert 0.05 < np.abs(audio).max() <= 1.0
     assert video.shape == (155, 224, 224, 3)
     assert abs(len(video) * media.SAMPLES_PER_FRAME - len(audio)) < 0.05 * SAMPLE_RATE
+
+
+def _decoder_case(case: str, lrs3_clip: Path, carphone_clip: Path, out: Path) -> Path:
+    """A clip whose timing tests one rule of ffmpeg's command (a second of the LRS3 clip, or carphone)."""
+    if case == "29.97 fps":
+        return carphone_clip
+    if case == "variable rate":  # the first 20 frames, then every third
+        pick = r"select='lt(n\,20)+not(mod(n\,3))'"
+        ffmpeg("-i", str(lrs3_clip), "-t", "2", "-vf", pick, "-fps_mode", "vfr", "-an", str(out))
+    elif case == "video starts 0.5 s late":  # the command opens with copies of its first frame
+        ffmpeg("-t", "1", "-i", str(lrs3_clip), "-itsoffset", "0.5", "-t", "1", "-i", str(lrs3_clip),
+               "-map", "1:v", "-map", "0:a", "-c", "copy", str(out))  # fmt: skip
+    elif case == "MPEG-TS, audio first":  # the command counts from the video's start there
+        ffmpeg("-i", str(lrs3_clip), "-t", "2", "-c:v", "libx264", "-c:a", "aac", str(out.with_suffix(".ts")))
+        return out.with_suffix(".ts")
+    elif case == "edit list":  # cut off a keyframe: the stream ends after its last frame
+        ffmpeg("-ss", "1.3", "-t", "2", "-i", str(lrs3_clip), "-c", "copy", str(out))
+    elif case == "turned 90 (metadata)":  # in-process decoding leaves it to the command
+        ffmpeg("-i", str(lrs3_clip), "-t", "1", "-c", "copy", "-metadata:s:v:0", "rotate=90", str(out))
+    else:
+        return lrs3_clip
+    return out
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "lrs3",
+        "scaled",
+        "29.97 fps",
+        "variable rate",
+        "video starts 0.5 s late",
+        "edit list",
+        "turned 90 (metadata)",
+    ],
+)
+def test_in_process_video_decoding_gives_the_ffmpeg_commands_frames(
+    case: str, lrs3_clip: Path, carphone_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("av", reason="PyAV not installed (the video extra)")
+    clip = _decoder_case(case, lrs3_clip, carphone_clip, tmp_path / "clip.mp4")
+    size = (100, 90) if case == "scaled" else None  # a bicubic scale into rgb24 in both
+    command_runs = []
+    through_command = media._iter_video_ffmpeg
+
+    def spy(*args):
+        command_runs.append(args)
+        return through_command(*args)
+
+    monkeypatch.setattr(media, "_iter_video_ffmpeg", spy)
+
+    def frames(decoder: str) -> np.ndarray:
+        monkeypatch.setenv("AVSR_VIDEO_DECODER", decoder)
+        assert media.video_decoder() == decoder
+        return np.stack(list(media.iter_video(clip, size=size)))
+
+    in_process = frames("pyav")
+    assert len(command_runs) == (1 if case == "turned 90 (metadata)" else 0)
+    command = frames("ffmpeg")
+    assert in_process.shape == command.shape and np.array_equal(in_process, command)
+    if case == "video starts 0.5 s late":
+        # 13 copies of the first frame (0.5 s at 25 fps: in sync with the audio), then the 13 frames it has
+        assert len(command) == 13 + 13 and (command[:13] == command[0]).all()
+
+
+def test_video_decoder_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVSR_VIDEO_DECODER", "ffmpeg")
+    assert media.video_decoder() == "ffmpeg"
+    monkeypatch.setenv("AVSR_VIDEO_DECODER", "gstreamer")
+    with pytest.raises(MediaError, match="AVSR_VIDEO_DECODER='gstreamer': choose pyav or ffmpeg"):
+        media.video_decoder()
+    monkeypatch.delenv("AVSR_VIDEO_DECODER")
+    import avsr_cli.storage
+
+    monkeypatch.setattr(avsr_cli.storage, "find_package", lambda name: None)  # PyAV not installed
+    assert media.video_decoder() == "ffmpeg"
