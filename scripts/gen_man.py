@@ -40,8 +40,13 @@ ENVIRONMENT = [
     ("AVSR_HOME", "avsr's configuration; your own model cards go in its models/ (default ~/.config/avsr)."),
     (
         "AVSR_THREADS",
-        "CPU threads for torch and ffmpeg (--threads); default: the physical cores (shared among the ranks "
-        "torchrun starts on one machine).",
+        "CPU threads for torch and the video decoders (--threads); default: the physical cores (shared among "
+        "the ranks torchrun starts on one machine).",
+    ),
+    (
+        "AVSR_VIDEO_DECODER",
+        "pyav (the default when PyAV is installed: in-process) or ffmpeg (the binary, through a pipe); the same "
+        "frames either way.",
     ),
     (
         "AVSR_DIST_TIMEOUT_HOURS",
