@@ -45,8 +45,8 @@ ENVIRONMENT = [
     ),
     (
         "AVSR_VIDEO_DECODER",
-        "pyav (the default when PyAV is installed: in-process) or ffmpeg (the binary, through a pipe); the same "
-        "frames either way.",
+        "pyav (the default when PyAV is installed: in-process) or ffmpeg (the binary, through a pipe); "
+        "the same frames either way.",
     ),
     (
         "AVSR_DIST_TIMEOUT_HOURS",
