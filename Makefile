@@ -85,7 +85,7 @@ demo:
 	@echo "expected: $$(cat examples/heldout.txt)"
 
 # 40k everyday sentences from 8 freely licensed sources, ~20 offline voices, augmentation; the fortunes source and
-# two voices held out (scripts/corpus_v2/README.md). Hours of CPU (one core: about 2 days); resumable; installs
+# two voices held out (scripts/corpus_v2/README.md). About 2 hours on one core; resumable; installs
 # the Debian packages of scripts/corpus_v2/APT_PACKAGES when run as root.
 corpus:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
