@@ -262,8 +262,9 @@ def iter_video(
 
 def video_decoder() -> str:
     """How `iter_video` decodes: "pyav" (in-process, when PyAV is installed) or "ffmpeg" (the binary, through
-    a pipe); AVSR_VIDEO_DECODER chooses. The frames are the same (tests/test_media.py); in-process decoding
-    skips a subprocess and a 2.7 MB pipe copy per 720p frame (mouth crops at 720p: 1.19x)."""
+    a pipe); AVSR_VIDEO_DECODER chooses. The frames are the same (tests/test_media.py; a stream cut by an edit
+    list can end one frame apart); in-process decoding skips a subprocess and a 2.7 MB pipe copy per 720p
+    frame (mouth crops at 720p: 1.1-1.3x)."""
     from ..storage import find_package
 
     chosen = os.environ.get("AVSR_VIDEO_DECODER", "").strip().lower()
