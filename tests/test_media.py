@@ -110,6 +110,11 @@ def test_odd_names(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(load_audio("a:b.wav")) == DUR * SAMPLE_RATE
     with pytest.raises(MediaError, match="-missing.wav: no such file"):
         load_audio("-missing.wav")
+    for name in ("-clip.mp4", "a:b.mp4"):
+        shutil.copy("av.mp4", name)
+        for decoder in ("pyav", "ffmpeg"):
+            monkeypatch.setenv("AVSR_VIDEO_DECODER", decoder)
+            assert load_video(name, max_frames=2).shape == (2, 64, 96, 3), (name, decoder)
 
 
 @pytest.mark.parametrize(

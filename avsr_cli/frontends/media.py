@@ -256,7 +256,7 @@ def iter_video(
         raise MediaError(f"{path}: has no video stream")
     height, width = size or (info.height, info.width)
     url = _url(path)
-    frames = _iter_video_pyav(path, fps, (height, width)) if video_decoder() == "pyav" else None
+    frames = _iter_video_pyav(path, url, fps, (height, width)) if video_decoder() == "pyav" else None
     yield from frames if frames is not None else _iter_video_ffmpeg(path, url, fps, (height, width))
 
 
@@ -280,7 +280,7 @@ _UPRIGHT = np.array([1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30], "<i4").tobyte
 
 
 def _iter_video_pyav(
-    path: str | os.PathLike, fps: float, size: tuple[int, int]
+    path: str | os.PathLike, url: str, fps: float, size: tuple[int, int]
 ) -> Iterator[np.ndarray] | None:
     """`iter_video` in-process through PyAV, with the filters the ffmpeg command runs (fps, then a bicubic
     scale into rgb24, on timestamps counted from the file's start as the command counts them); None when the
@@ -289,7 +289,7 @@ def _iter_video_pyav(
 
     height, width = size
     try:
-        container = av.open(os.fspath(path))
+        container = av.open(url)  # the file: URL (`_url`): names such as a:b.mp4 are not protocols
     except av.FFmpegError as e:
         raise MediaError(f"{display_name(path)}: cannot read media file ({_av_message(e)})") from None
     try:
