@@ -291,7 +291,7 @@ def _iter_video_pyav(
     try:
         container = av.open(url)  # the file: URL (`_url`): names such as a:b.mp4 are not protocols
     except av.FFmpegError as e:
-        raise MediaError(f"{display_name(path)}: cannot read media file ({_av_message(e)})") from None
+        raise _av_error(path, e) from None
     try:
         if not container.streams.video:
             raise MediaError(f"{display_name(path)}: has no video stream")
@@ -329,7 +329,7 @@ def _decoded_frames(container, stream, path) -> Iterator:
                     frame.pts -= offset
                 yield frame
     except av.FFmpegError as e:
-        raise MediaError(f"{display_name(path)}: cannot read media file ({_av_message(e)})") from None
+        raise _av_error(path, e) from None
 
 
 def _filtered(container, stream, first, decoded, fps, width, height, path) -> Iterator[np.ndarray]:
@@ -383,7 +383,7 @@ def _filtered(container, stream, first, decoded, fps, width, height, path) -> It
                 count += 1
                 yield last
         except av.FFmpegError as e:
-            raise MediaError(f"{display_name(path)}: cannot read media file ({_av_message(e)})") from None
+            raise _av_error(path, e) from None
         for _ in range(total - count if total is not None and last is not None else 0):
             yield last
 
@@ -426,8 +426,10 @@ def _start_offset(container, stream) -> int:
 _AVFMT_TS_DISCONT = 0x0200  # libavformat/avformat.h
 
 
-def _av_message(error) -> str:
-    return getattr(error, "strerror", None) or str(error)
+def _av_error(path: str | os.PathLike, error) -> MediaError:
+    """MediaError from a PyAV error, worded as `_error` words the command's."""
+    detail = getattr(error, "strerror", None) or str(error)
+    return MediaError(f"{display_name(path)}: cannot read media file ({detail})")
 
 
 def _iter_video_ffmpeg(
