@@ -61,10 +61,8 @@ def test_dlib_tracks_the_lrs3_face_with_few_detections(lrs3_tracks):
 def moved_1px(clip, backend) -> np.ndarray:
     """Per-frame detection's landmarks on the clip moved 1 px to the right, moved back: the noise floor of a
     comparison with per-frame detection."""
-    return track((np.roll(f, 1, axis=1) for f in iter_video(clip)), backend, detect_every=1).landmarks - (
-        1,
-        0,
-    )
+    moved = (np.roll(f, 1, axis=1) for f in iter_video(clip))
+    return track(moved, backend, detect_every=1).landmarks - (1, 0)
 
 
 def test_tracked_landmarks_stay_where_per_frame_detection_puts_them(lrs3_clip, dlib_backend, lrs3_tracks):
