@@ -74,7 +74,9 @@ def train(
         Optional[int], typer.Option(min=1, help="Most clips per batch (default 16).")
     ] = None,
     grad_accum: Annotated[Optional[int], typer.Option(min=1, help="Batches per optimizer step.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 on GPU), fp32 or bf16.")] = None,
+    precision: Annotated[
+        Optional[str], typer.Option(help="auto (bf16 autocast where GPU or CPU has bf16 kernels), fp32, bf16")
+    ] = None,
     audio_rates: Annotated[
         Optional[str], typer.Option(help="Audio compression rates to train at once, e.g. 4,16 (matryoshka).")
     ] = None,
@@ -167,7 +169,8 @@ def train(
         last = result.validations[-1] if result.validations else None
         val = f", validation WER {last['wer']:.1%} on {last['clips']} clips" if last and "wer" in last else ""
         stderr.print(
-            f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.0f} s"
+            f"trained {result.steps} steps ({result.epochs} epochs, {result.precision})"
+            f" in {result.seconds:.0f} s"
             + (f", resumed from step {result.resumed_from}" if result.resumed_from else "")
             + val
         )

@@ -75,7 +75,7 @@ class TrainOptions:
     max_batch: int = 16
     grad_accum: int = 1
     grad_clip: float = 10.0
-    precision: str = "auto"  # auto (bf16 autocast on a bf16 GPU, else fp32) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast where GPU or CPU has bf16 kernels, else fp32) | fp32 | bf16
     # compression rates to train (matryoshka, one drawn per step and modality); None: the config's rates
     audio_rates: list[int] | None = None
     video_rates: list[int] | None = None
@@ -156,6 +156,7 @@ class TrainResult:
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # clips that could not be used, and why
     selected: list[int] = field(default_factory=list)  # epochs (0-based) whose adapters form the checkpoint
+    precision: str = "fp32"  # what the steps computed in: fp32 or bf16 (autocast)
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -394,14 +395,23 @@ def trainable_parameters(model: AVSRModel, modes: list[str], train_lora: bool) -
     return params
 
 
+def autocast_precision(precision: str, device: torch.device) -> str:
+    """The precision a run computes in: 'auto' is bf16 autocast where the device computes bf16 natively (a
+    bf16 GPU, or a CPU whose oneDNN has bf16 kernels: AVX512-BF16 or AMX), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    # On this machine's AVX512-BF16 CPU a step of the default model trains 1.43x faster under bf16 autocast,
+    # with the same losses to 2-3 digits (8 steps: 4.1 against 2.9 s a step); without native kernels bf16
+    # is emulated and slower.
+    native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bf16" if native else "fp32"
+
+
 def _autocast(options: TrainOptions, device: torch.device):
-    want = options.precision
-    if want == "auto":
-        want = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if want == "bf16":
+    if autocast_precision(options.precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    if want != "fp32":
-        raise UsageError(f"unknown precision '{options.precision}' ({', '.join(PRECISIONS)})")
     return nullcontext()
 
 
@@ -636,7 +646,14 @@ class Trainer:
             if not o.val_every and self.val and not any(v["step"] == step for v in validations):
                 validations.append(self._validation(step, epoch))  # its epoch-end validation
         result = TrainResult(
-            self.out_dir, step, epoch, losses, validations, resumed_from, time.monotonic() - started
+            self.out_dir,
+            step,
+            epoch,
+            losses,
+            validations,
+            resumed_from,
+            time.monotonic() - started,
+            precision=autocast_precision(o.precision, device),
         )
         if not self.main:  # rank 0 writes the checkpoint (into the same out_dir)
             return result
@@ -650,6 +667,7 @@ class Trainer:
             "validations": validations,
             "seconds_this_run": round(result.seconds, 1),
             "selected_epochs": result.selected,
+            "precision": result.precision,
         }
         atomic_write_text(result.checkpoint / SUMMARY_FILE, json.dumps(rounded(summary), indent=1) + "\n")
         return result
