@@ -1,11 +1,14 @@
 """Turn a running `avsr train`'s resumable state into the shipped default model (models/avsr-tiny-en).
 
     python scripts/corpus_v2/ship_snapshot.py [RUN_DIR] [--out models/avsr-tiny-en] [--data CLIPS.jsonl]
+        [--command "avsr train ..."] [--parent MODEL_DIR]
 
 Writes config.json (the run's, named avsr-tiny-en, greedy), adapter.safetensors (the state's adapter in
 float32), training.json (step, options, validations, loss) and training-clips.txt.gz (the ids of the clips the
-run trained on, from --data; scripts/corpus_v2/manifest.py turns them back into a manifest). The state is our
-own file: loaded with weights_only=True, never unpickled as objects.
+run trained on, from --data; scripts/corpus_v2/manifest.py turns them back into a manifest). --parent: the
+shipped model a fine-tune started from (`avsr train --checkpoint`): its training.json is kept under "parent"
+and its clips join the list. The state is our own file: loaded with weights_only=True, never unpickled as
+objects.
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ def main() -> None:
     ap.add_argument("run", type=Path, nargs="?", default=Path.home() / ".cache/avsr/runs/v2-pilot")
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "avsr-tiny-en")
     ap.add_argument("--data", type=Path, default=Path.home() / ".cache/avsr/corpus/v2/warm-cache.jsonl")
+    ap.add_argument("--command", default=COMMAND, help="the run's command line, for the record")
+    ap.add_argument("--parent", type=Path, help="the model directory the run fine-tuned")
     args = ap.parse_args()
+    parent, parent_ids = None, []
+    if args.parent:  # read before --out (often the same folder) is overwritten
+        parent = json.loads((args.parent / "training.json").read_text())
+        with gzip.open(args.parent / "training-clips.txt.gz", "rt") as f:
+            parent_ids = f.read().split()
     state = torch.load(args.run / "train_state.pt", weights_only=True, map_location="cpu")
     config = json.loads((args.run / "train_config.json").read_text())
     step = int(state["step"])
@@ -58,9 +68,11 @@ def main() -> None:
         ),
         "loss_mean_last_100_steps": sum(losses[-100:]) / len(losses[-100:]) if losses else None,
         "validations": json.loads(state["validations"]),
-        "command": COMMAND,
+        "command": args.command,
     }
-    ids = sorted(json.loads(line)["id"] for line in args.data.read_text().splitlines())
+    if parent is not None:
+        training["parent"] = parent
+    ids = sorted({json.loads(line)["id"] for line in args.data.read_text().splitlines()} | set(parent_ids))
     # mtime=0: the same ids give the same bytes
     with gzip.GzipFile(args.out / "training-clips.txt.gz", "wb", mtime=0) as f:
         f.write("".join(i + "\n" for i in ids).encode())
