@@ -7,8 +7,8 @@ Writes config.json (the run's, named avsr-tiny-en, greedy), adapter.safetensors 
 float32), training.json (step, options, validations, loss) and training-clips.txt.gz (the ids of the clips the
 run trained on, from --data; scripts/corpus_v2/manifest.py turns them back into a manifest). --parent: the
 shipped model a fine-tune started from (`avsr train --checkpoint`): its training.json is kept under "parent"
-and its clips join the list. The state is our own file: loaded with weights_only=True, never unpickled as
-objects.
+and its training-clips.txt.gz (the first stage's clips) is left as it is; training.json counts this stage's.
+The state is our own file: loaded with weights_only=True, never unpickled as objects.
 """
 
 from __future__ import annotations
@@ -39,17 +39,16 @@ def main() -> None:
     ap.add_argument("--command", default=COMMAND, help="the run's command line, for the record")
     ap.add_argument("--parent", type=Path, help="the model directory the run fine-tuned")
     args = ap.parse_args()
-    parent, parent_ids = None, []
+    parent = None
     if args.parent:  # read before --out (often the same folder) is overwritten
         parent = json.loads((args.parent / "training.json").read_text())
-        with gzip.open(args.parent / "training-clips.txt.gz", "rt") as f:
-            parent_ids = f.read().split()
     state = torch.load(args.run / "train_state.pt", weights_only=True, map_location="cpu")
     config = json.loads((args.run / "train_config.json").read_text())
     step = int(state["step"])
     config["name"] = "avsr-tiny-en"
     config["decoding"]["num_beams"] = 1  # greedy (README: the default model)
-    config["notes"] = f"trained by avsr train (see models/avsr-tiny-en.toml); adapter: step {step}"
+    stage = f"step {step}" + (f", fine-tuned from step {parent['step']}" if parent else "")
+    config["notes"] = f"trained by avsr train (see models/avsr-tiny-en.toml); adapter: {stage}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     save_file(
@@ -57,6 +56,10 @@ def main() -> None:
         str(args.out / "adapter.safetensors"),
     )
     losses = state["losses"].tolist()
+    validations = json.loads(state["validations"])
+    summary = args.run / "training.json"  # a finished run's summary has the final validation too
+    if summary.exists() and int(json.loads(summary.read_text())["steps"]) == step:
+        validations = json.loads(summary.read_text())["validations"]
     log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text().splitlines()]
     total = next((row["total"] for row in reversed(log) if "total" in row), None)
     training = {
@@ -67,15 +70,16 @@ def main() -> None:
             (row["lr"] for row in reversed(log) if row.get("step") == step and "lr" in row), None
         ),
         "loss_mean_last_100_steps": sum(losses[-100:]) / len(losses[-100:]) if losses else None,
-        "validations": json.loads(state["validations"]),
+        "validations": validations,
         "command": args.command,
     }
+    ids = sorted(json.loads(line)["id"] for line in args.data.read_text().splitlines())
+    training["clips"] = len(ids)
     if parent is not None:
         training["parent"] = parent
-    ids = sorted({json.loads(line)["id"] for line in args.data.read_text().splitlines()} | set(parent_ids))
-    # mtime=0: the same ids give the same bytes
-    with gzip.GzipFile(args.out / "training-clips.txt.gz", "wb", mtime=0) as f:
-        f.write("".join(i + "\n" for i in ids).encode())
+    else:  # mtime=0: the same ids give the same bytes
+        with gzip.GzipFile(args.out / "training-clips.txt.gz", "wb", mtime=0) as f:
+            f.write("".join(i + "\n" for i in ids).encode())
     (args.out / "training.json").write_text(json.dumps(training, indent=1) + "\n")
     print(f"step {step}: {args.out}")
 
