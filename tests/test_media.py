@@ -321,9 +321,8 @@ def test_in_process_video_decoding_gives_the_ffmpeg_commands_frames(
         assert abs(len(in_process) - len(command)) <= 1 and (longer[n - 1 :] == longer[n - 1]).all()
     else:
         assert len(in_process) == len(command)
-    if (
-        case == "video starts 0.5 s late"
-    ):  # 13 copies of the first frame: 0.5 s at 25 fps, in sync with the audio
+    if case == "video starts 0.5 s late":
+        # 13 copies of the first frame: 0.5 s at 25 fps, in sync with the audio
         assert len(command) > 13 and (command[:13] == command[0]).all()
 
 

@@ -409,8 +409,9 @@ def autocast_precision(precision: str, device: torch.device) -> str:
     return "bf16" if native else "fp32"
 
 
-def _autocast(options: TrainOptions, device: torch.device):
-    if autocast_precision(options.precision, device) == "bf16":
+def _autocast(precision: str, device: torch.device):
+    """The context a step computes in, for a precision `autocast_precision` resolved."""
+    if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -530,6 +531,7 @@ class Trainer:
         rng = random.Random(o.seed)
         torch.manual_seed(o.seed)
         device = model.llm.get_input_embeddings().weight.device
+        precision = autocast_precision(o.precision, device)
         params = trainable_parameters(model, self.modes, o.train_lora)
         weights = o.weights()
         opt = torch.optim.AdamW(params, lr=o.learning_rate(), betas=(0.9, 0.98), weight_decay=o.weight_decay)
@@ -598,7 +600,7 @@ class Trainer:
                         targets = [self.targets[i] for i in batch]
                         for mode, weight in zip(self.modes, weights, strict=True):
                             audio, video = self._inputs(samples, drawn, mode, device)
-                            with _autocast(o, device):
+                            with _autocast(precision, device):
                                 loss = model.loss(mode, audio, video, targets)
                             share = weight / len(self.modes) / len(group)
                             (loss * share).backward()  # one graph at a time: memory stays one task's
@@ -653,7 +655,7 @@ class Trainer:
             validations,
             resumed_from,
             time.monotonic() - started,
-            precision=autocast_precision(o.precision, device),
+            precision=precision,
         )
         if not self.main:  # rank 0 writes the checkpoint (into the same out_dir)
             return result

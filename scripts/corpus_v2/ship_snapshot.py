@@ -57,9 +57,10 @@ def main() -> None:
     )
     losses = state["losses"].tolist()
     validations = json.loads(state["validations"])
-    summary = args.run / "training.json"  # a finished run's summary has the final validation too
-    if summary.exists() and int(json.loads(summary.read_text())["steps"]) == step:
-        validations = json.loads(summary.read_text())["validations"]
+    summary_path = args.run / "training.json"  # a finished run's summary has the final validation too
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary.get("steps") == step:
+        validations = summary["validations"]
     log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text().splitlines()]
     total = next((row["total"] for row in reversed(log) if "total" in row), None)
     training = {
