@@ -234,6 +234,34 @@ def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
     assert load_dataset(data).kind == "folder"
 
 
+def test_fine_tuning_may_add_lora_modules_which_start_at_zero(data, tiny_ckpt, tmp_path):
+    from avsr_cli.tasks.transcribe import Transcriber
+
+    widened = ["q_proj", "v_proj", "o_proj", "down_proj"]
+    cache = tmp_path / "cache"
+    # lr 0: one step leaves every weight as it was, so the checkpoint is the start of a widened run
+    still = TrainOptions(max_steps=1, lr=0.0, audio_rates=[4], lora_targets=widened)
+    train(data, tmp_path / "still", still, init_checkpoint=str(tiny_ckpt), feature_cache=cache)
+    old, new = _adapter(tiny_ckpt), _adapter(tmp_path / "still")
+    assert all(torch.equal(old[k], new[k]) for k in old)
+    added = sorted(k for k in new if k not in old)
+    assert added and all(".o_proj." in k or ".down_proj." in k for k in added)
+    assert all(not new[k].any() for k in added if k.endswith("lora_B"))
+    assert any(new[k].any() for k in added if k.endswith("lora_A"))
+    before = Transcriber.from_checkpoint(tiny_ckpt).transcribe(data / "c0.wav").text
+    assert Transcriber.from_checkpoint(tmp_path / "still").transcribe(data / "c0.wav").text == before
+
+    moving = TrainOptions(max_steps=3, lr=1e-2, audio_rates=[4], lora_targets=widened)
+    train(data, tmp_path / "moving", moving, init_checkpoint=str(tiny_ckpt), feature_cache=cache)
+    trained = _adapter(tmp_path / "moving")
+    assert all(trained[k].any() for k in added if k.endswith("lora_B"))
+    assert json.loads((tmp_path / "moving" / "config.json").read_text())["lora"]["target_modules"] == widened
+
+    with pytest.raises(UsageError, match="checkpoint's LoRA is on q_proj, v_proj"):
+        dropped = TrainOptions(max_steps=1, audio_rates=[4], lora_targets=["o_proj"])
+        train(data, tmp_path / "x", dropped, init_checkpoint=str(tiny_ckpt), feature_cache=cache)
+
+
 def test_cli_with_config_file_and_flag_override(data, base, tmp_path):
     cfg = tmp_path / "train.toml"
     cfg.write_text(

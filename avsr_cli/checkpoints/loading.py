@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -120,7 +121,22 @@ def adapter_state(model: AVSRModel) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in state.items()}
 
 
-def load_adapter_state(model: AVSRModel, state: dict[str, torch.Tensor]) -> None:
+def read_adapter(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors of `ckpt_dir`'s adapter file (safetensors: no pickle)."""
+    adapter = Path(ckpt_dir) / ADAPTER_FILE
+    if not adapter.exists():
+        raise CheckpointError(f"{ckpt_dir}: missing {ADAPTER_FILE}")
+    try:
+        return load_file(str(adapter))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{adapter}: unreadable ({exc})") from None
+
+
+def load_adapter_state(
+    model: AVSRModel, state: dict[str, torch.Tensor], new_lora_modules: Collection[str] = ()
+) -> None:
+    """Copy the trained parts in `state` into `model`. LoRA on `new_lora_modules` (e.g. `gate_proj`) may be
+    absent from `state`: it keeps its fresh initialisation."""
     proj = {}
     for key, value in state.items():
         if key.startswith("projectors."):
@@ -143,7 +159,7 @@ def load_adapter_state(model: AVSRModel, state: dict[str, torch.Tensor]) -> None
             f"projector weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     if model.config.lora is not None:
-        load_lora_state(model.llm, state)
+        load_lora_state(model.llm, state, new_lora_modules)
     set_added_rows(model.llm, model.ids.added, state)
 
 
@@ -171,17 +187,10 @@ def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str =
     if int8 and dev.type != "cpu":
         raise CheckpointError("--dtype int8 runs on the CPU (dynamic quantisation); on a GPU use bfloat16")
     model = build_model(config, ckpt_dir, torch.float32 if int8 else resolve_dtype(dtype, dev))
-    adapter = ckpt_dir / ADAPTER_FILE
-    if not adapter.exists():
-        raise CheckpointError(f"{ckpt_dir}: missing {ADAPTER_FILE}")
     try:
-        state = load_file(str(adapter))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{adapter}: unreadable ({exc})") from None
-    try:
-        load_adapter_state(model, state)
+        load_adapter_state(model, read_adapter(ckpt_dir))
     except CheckpointError as exc:
-        raise CheckpointError(f"{adapter}: {exc}") from None
+        raise CheckpointError(f"{ckpt_dir / ADAPTER_FILE}: {exc}") from None
     if int8:
         quantize_int8(model)
     return model.to(dev).eval()

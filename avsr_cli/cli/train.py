@@ -113,6 +113,14 @@ def train(
             "padded only to a multiple of the compression rate: faster, not the reference's numerics)."
         ),
     ] = None,
+    lora_targets: Annotated[
+        Optional[str],
+        typer.Option(
+            help="LLM modules with LoRA, e.g. q_proj,v_proj (the reference, default) or "
+            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj. Fine-tuning a checkpoint may add "
+            "modules; theirs start at zero."
+        ),
+    ] = None,
     feature_cache: Annotated[
         Optional[Path], typer.Option(help="Where encoder features are cached (default: avsr cache).")
     ] = None,

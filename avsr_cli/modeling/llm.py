@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,8 +213,11 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of `lora_state`; every adapter weight of the model must be present."""
+def load_lora_state(
+    model: nn.Module, state: dict[str, torch.Tensor], new_modules: Collection[str] = ()
+) -> None:
+    """Inverse of `lora_state`; every adapter weight of the model must be present, except on `new_modules`
+    (module names such as `gate_proj`), whose absent weights keep their initialisation."""
     expected = set()
     with torch.no_grad():
         for short, module in lora_modules(model):
@@ -221,6 +225,8 @@ def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 for part in ("lora_A", "lora_B"):
                     key = f"llm.lora.{adapter}.{short}.{part}"
                     expected.add(key)
+                    if key not in state and short.rsplit(".", 1)[-1] in new_modules:
+                        continue
                     if key not in state:
                         raise CheckpointError(f"adapter weights lack {key}")
                     target = getattr(module, part)[adapter].weight

@@ -98,6 +98,10 @@ class TrainOptions:
     # A fresh model's Whisper window (modeling.config.ENCODER_WINDOWS); None: the base's (padded-30s, as the
     # reference). A fine-tuned checkpoint keeps its own: its projector was trained on those frames.
     encoder_window: str | None = None
+    # LLM modules that carry LoRA; None: the base's or checkpoint's (q_proj, v_proj, as the reference).
+    # Fine-tuning a checkpoint may add modules: theirs start at zero (peft's lora_B = 0), so the model starts
+    # exactly where the checkpoint was.
+    lora_targets: list[str] | None = None
 
     def modes(self) -> list[str]:
         """The tasks trained: `mode` split at commas, checked, in order, without repeats."""
@@ -132,6 +136,8 @@ class TrainOptions:
         if self.encoder_window is not None and self.encoder_window not in ENCODER_WINDOWS:
             windows = ", ".join(ENCODER_WINDOWS)
             raise UsageError(f"unknown encoder window '{self.encoder_window}' ({windows})")
+        if self.lora_targets is not None and not self.lora_targets:
+            raise UsageError("lora targets: name at least one module (e.g. q_proj,v_proj)")
 
     def weights(self) -> list[float]:
         """Loss weight per mode (in `modes()` order)."""
@@ -841,7 +847,13 @@ def train(
     data-parallel (`Trainer`); rank 0 alone writes `output_dir`.
     """
     with distributed_run() as world:
-        from ..checkpoints.loading import build_model, load_checkpoint, resolve_device
+        from ..checkpoints.loading import (
+            build_model,
+            load_adapter_state,
+            load_checkpoint,
+            read_adapter,
+            resolve_device,
+        )
         from ..modeling.config import ModelConfig
         from .datasets import load_dataset
         from .distributed import barrier
@@ -897,6 +909,7 @@ def train(
                 elif modality == "video" and not config.compression.video_rates:
                     config.compression.video_rates = [DEFAULT_VIDEO_RATE]
             config.modes = [m for m in ("asr", "vsr", "avsr") if m in modes]
+        added_lora = [] if resuming else widen_lora(config, options.lora_targets, bool(init_checkpoint))
         for modality in modalities:
             if getattr(config, f"{modality}_encoder") is None:
                 hint = " (add one with --video-encoder)" if modality == "video" else ""
@@ -908,7 +921,10 @@ def train(
                 (out / stale).unlink(missing_ok=True)
             for f in (out / "epochs").glob("epoch*.safetensors") if (out / "epochs").is_dir() else []:
                 f.unlink()
-        if init_checkpoint and not resuming:
+        if init_checkpoint and not resuming and added_lora:
+            model = build_model(config)
+            load_adapter_state(model, read_adapter(ckpt_dir), new_lora_modules=added_lora)
+        elif init_checkpoint and not resuming:
             model = load_checkpoint(ckpt_dir, device="cpu")
             model.config = config
             config.modes = [m for m in ("asr", "vsr", "avsr") if m in {*config.modes, *modes}]
@@ -950,6 +966,24 @@ def train(
         return result
 
 
+def widen_lora(config, targets: list[str] | None, fine_tune: bool) -> list[str]:
+    """Set `config`'s LoRA modules to `targets`; returns the modules a fine-tuned checkpoint gains. A
+    checkpoint keeps the modules it was trained with (their weights are what it learned)."""
+    if targets is None:
+        return []
+    if config.lora is None:
+        raise UsageError("--lora-targets: this model has no LoRA")
+    old = list(config.lora.target_modules)
+    if fine_tune and not set(old) <= set(targets):
+        raise UsageError(
+            f"--lora-targets: the checkpoint's LoRA is on {', '.join(old)}; fine-tuning keeps those "
+            "and may add others"
+        )
+    added = [t for t in dict.fromkeys(targets) if t not in old]
+    config.lora.target_modules = old + added if fine_tune else list(dict.fromkeys(targets))
+    return added if fine_tune else []
+
+
 def absolute_sources(config, ckpt_dir: Path):
     """`config` with the sources and weight files it names relative to `ckpt_dir` made absolute, so a
     checkpoint trained from it elsewhere still finds its encoders and LLM."""
@@ -977,7 +1011,8 @@ SETUP_KEYS = (
     "resume",
 )
 MOUTH_KEYS = {"face_backend": "backend", "detect_every": "detect_every"}  # flag -> MouthOptions field
-LIST_KEYS = {"audio_rates": int, "video_rates": int, "task_weights": float}  # "4,16" or [4, 16]
+# "4,16" or [4, 16]
+LIST_KEYS = {"audio_rates": int, "video_rates": int, "task_weights": float, "lora_targets": str}
 
 
 @dataclass(frozen=True)
