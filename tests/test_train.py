@@ -262,6 +262,23 @@ def test_fine_tuning_may_add_lora_modules_which_start_at_zero(data, tiny_ckpt, t
         train(data, tmp_path / "x", dropped, init_checkpoint=str(tiny_ckpt), feature_cache=cache)
 
 
+def test_auxiliary_ctc_trains_the_projector_alongside_the_llm_loss(data, base, tmp_path):
+    cache = tmp_path / "cache"
+    runs = {}
+    for weight in (0.0, 1.0):
+        options = TrainOptions(max_steps=30, lr=1e-2, max_batch=6, audio_rates=[4], ctc_weight=weight)
+        runs[weight] = train(data, tmp_path / f"w{weight}", options, base=base, feature_cache=cache)
+    log = [json.loads(line) for line in (tmp_path / "w1.0" / "train_log.jsonl").read_text().splitlines()]
+    ctc = [entry["ctc_loss"] for entry in log]
+    assert len(ctc) == 30 and np.mean(ctc[-5:]) < 0.8 * np.mean(ctc[:5]), ctc[::5]
+    assert "ctc_loss" not in (tmp_path / "w0.0" / "train_log.jsonl").read_text()
+    plain, aux = _adapter(tmp_path / "w0.0"), _adapter(tmp_path / "w1.0")
+    projector = [k for k in plain if k.startswith("projectors.")]
+    assert any(not torch.equal(plain[k], aux[k]) for k in projector)
+    with pytest.raises(UsageError, match="ctc weight -1"):
+        TrainOptions(ctc_weight=-1).check()
+
+
 def test_cli_with_config_file_and_flag_override(data, base, tmp_path):
     cfg = tmp_path / "train.toml"
     cfg.write_text(

@@ -106,6 +106,14 @@ def train(
             "recipe; speeds up small LLMs).",
         ),
     ] = None,
+    ctc_weight: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.0,
+            help="Weight of an auxiliary CTC loss on the projector output during the LLM stage (our "
+            "addition; 0, the default, is the reference recipe).",
+        ),
+    ] = None,
     encoder_window: Annotated[
         Optional[str],
         typer.Option(

@@ -95,6 +95,9 @@ class TrainOptions:
     # LLM loss (see `ctc_prealign`); helps small LLMs, which otherwise take long to start reading the audio.
     ctc_epochs: int = 0
     ctc_lr: float = 2e-3
+    # Our addition: weight of the same CTC loss kept on during the LLM stage, added to the LLM's
+    # cross-entropy, so the projected tokens keep spelling the transcript while the LoRA learns to read them.
+    ctc_weight: float = 0.0
     # A fresh model's Whisper window (modeling.config.ENCODER_WINDOWS); None: the base's (padded-30s, as the
     # reference). A fine-tuned checkpoint keeps its own: its projector was trained on those frames.
     encoder_window: str | None = None
@@ -136,6 +139,8 @@ class TrainOptions:
         if self.encoder_window is not None and self.encoder_window not in ENCODER_WINDOWS:
             windows = ", ".join(ENCODER_WINDOWS)
             raise UsageError(f"unknown encoder window '{self.encoder_window}' ({windows})")
+        if self.ctc_weight < 0:
+            raise UsageError(f"ctc weight {self.ctc_weight}: must be 0 or more")
         if self.lora_targets is not None and not self.lora_targets:
             raise UsageError("lora targets: name at least one module (e.g. q_proj,v_proj)")
 
@@ -318,11 +323,8 @@ def ctc_prealign(
     A step takes `grad_accum` batches per rank; with a `world` the ranks' gradients are summed, so the steps
     are those of one process with N times the grad_accum."""
     projector = model.projectors[modality]
-    vocab = sorted({t for tg in targets for t in tg[:-1]})  # EOS is no CTC class
-    index = {t: i + 1 for i, t in enumerate(vocab)}  # 0: blank
-    emb = model.llm.get_input_embeddings().weight.detach()
-    classes = torch.cat([torch.zeros(1, emb.shape[1], device=emb.device), emb[vocab].float()])
-    blank_bias = torch.zeros(1, requires_grad=True)
+    ctc = CTCClasses.of(model, targets)
+    blank_bias = ctc.blank_bias.requires_grad_(True)
     params = [*projector.parameters(), blank_bias]
     for p in params:
         p.requires_grad_(True)
@@ -343,9 +345,7 @@ def ctc_prealign(
                 opt.zero_grad()
                 loss_sum = 0.0
                 for batch, rate in list(zip(group, drawn, strict=True))[rank::size]:
-                    loss = _ctc_batch_loss(
-                        projector, frames, targets, batch, rate, classes, blank_bias, index
-                    )
+                    loss = ctc.loss(projector, [frames[i] for i in batch], [targets[i] for i in batch], rate)
                     (loss / len(group)).backward()
                     loss_sum += float(loss.detach()) / len(group)
                 if world:
@@ -365,27 +365,46 @@ def ctc_prealign(
     return losses
 
 
-def _ctc_batch_loss(projector, frames, targets, batch, rate, classes, blank_bias, index) -> torch.Tensor:
-    """Mean CTC loss of one batch of projected frames against the transcripts' token classes."""
-    import torch.nn.functional as F
+@dataclass
+class CTCClasses:
+    """CTC classes for projected tokens: a blank (index 0) and every token the transcripts use (EOS is no
+    class), scored by dot products with the LLM's frozen input embeddings of those tokens."""
 
-    outs = projector([frames[i] for i in batch], rate)
-    logits = [o.float() @ classes.T for o in outs]
-    for lg in logits:
-        lg[:, 0] = lg[:, 0] + blank_bias
-    tgt = [torch.tensor([index[t] for t in targets[i][:-1]]) for i in batch]
-    t_max = max(lg.shape[0] for lg in logits)
-    padded = torch.zeros(t_max, len(batch), classes.shape[0])
-    for k, lg in enumerate(logits):
-        padded[: lg.shape[0], k] = lg
-    return F.ctc_loss(
-        padded.log_softmax(-1),
-        torch.cat(tgt),
-        torch.tensor([lg.shape[0] for lg in logits]),
-        torch.tensor([len(t) for t in tgt]),
-        blank=0,
-        zero_infinity=True,
-    )
+    classes: torch.Tensor  # (1 + n_tokens, hidden): row 0, the blank, is zeros
+    index: dict[int, int]  # token id -> class
+    blank_bias: torch.Tensor  # added to the blank's logit (trained by pre-alignment)
+
+    @classmethod
+    def of(cls, model: AVSRModel, targets: list[list[int]]) -> CTCClasses:
+        vocab = sorted({t for tg in targets for t in tg[:-1]})
+        emb = model.llm.get_input_embeddings().weight.detach()
+        classes = torch.cat([torch.zeros(1, emb.shape[1], device=emb.device), emb[vocab].float()])
+        index = {t: i + 1 for i, t in enumerate(vocab)}
+        return cls(classes, index, torch.zeros(1, device=emb.device))
+
+    def loss(
+        self, projector, frames: list[torch.Tensor], targets: list[list[int]], rate: int
+    ) -> torch.Tensor:
+        """Mean CTC loss of one batch of projected frames against its transcripts' token classes."""
+        import torch.nn.functional as F
+
+        outs = projector(frames, rate)
+        logits = [o.float() @ self.classes.T for o in outs]
+        for lg in logits:
+            lg[:, 0] = lg[:, 0] + self.blank_bias
+        tgt = [torch.tensor([self.index[t] for t in tg[:-1]]) for tg in targets]
+        t_max = max(lg.shape[0] for lg in logits)
+        padded = torch.zeros(t_max, len(frames), self.classes.shape[0], device=self.classes.device)
+        for k, lg in enumerate(logits):
+            padded[: lg.shape[0], k] = lg
+        return F.ctc_loss(
+            padded.log_softmax(-1),
+            torch.cat(tgt),
+            torch.tensor([lg.shape[0] for lg in logits]),
+            torch.tensor([len(t) for t in tgt]),
+            blank=0,
+            zero_infinity=True,
+        )
 
 
 def trainable_parameters(model: AVSRModel, modes: list[str], train_lora: bool) -> list[torch.nn.Parameter]:
@@ -589,6 +608,8 @@ class Trainer:
             rng.setstate(_rng_state(state["rng"]))
             torch.set_rng_state(state["torch_rng"])
             resumed_from = step
+        # the auxiliary CTC's classes per modality (blank bias fixed at 0: it is no trained parameter here)
+        ctc = {m: CTCClasses.of(model, self.targets) for m in self.modalities} if o.ctc_weight else {}
         model.train()
         try:
             while step < total and epoch < n_epochs:
@@ -596,7 +617,7 @@ class Trainer:
                 while batch_pos < len(batches) and step < total:
                     group = batches[batch_pos : batch_pos + self.batches_per_step()]
                     opt.zero_grad()
-                    loss_sum, mode_losses = 0.0, dict.fromkeys(self.modes, 0.0)
+                    loss_sum, ctc_sum, mode_losses = 0.0, 0.0, dict.fromkeys(self.modes, 0.0)
                     # one rate per modality and batch, shared by the tasks (Omni-AVSR random.choice); every
                     # rank draws the whole group's rates, so the stream is the same as in one process
                     draws = [{m: rng.choice(self.rates[m]) for m in self.modalities} for _ in group]
@@ -612,10 +633,19 @@ class Trainer:
                             (loss * share).backward()  # one graph at a time: memory stays one task's
                             loss_sum += float(loss.detach()) * share
                             mode_losses[mode] += float(loss.detach()) / len(group)
+                        for modality, classes in ctc.items():
+                            frames = [s[modality].to(device) for s in samples]
+                            with _autocast(precision, device):
+                                projector = model.projectors[modality]
+                                aux = classes.loss(projector, frames, targets, drawn[modality])
+                            (aux * o.ctc_weight / len(group)).backward()
+                            ctc_sum += float(aux.detach()) / len(group) / len(ctc)
                     if self.world:
                         from .distributed import sum_gradients
 
-                        loss_sum, *summed = sum_gradients(params, [loss_sum, *mode_losses.values()])
+                        loss_sum, ctc_sum, *summed = sum_gradients(
+                            params, [loss_sum, ctc_sum, *mode_losses.values()]
+                        )
                         mode_losses = dict(zip(self.modes, summed, strict=True))
                     torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
                     opt.step()
@@ -626,6 +656,8 @@ class Trainer:
                     info = {"step": step, "total": total, "epoch": epoch, "loss": loss_sum, "rates": rates}
                     if len(self.modes) > 1:
                         info["mode_losses"] = mode_losses
+                    if ctc:
+                        info["ctc_loss"] = ctc_sum
                     info["lr"] = sched.get_last_lr()[0]
                     if o.val_every and step % o.val_every == 0:
                         validations.append(self._validation(step, epoch))
