@@ -608,8 +608,8 @@ class Trainer:
             rng.setstate(_rng_state(state["rng"]))
             torch.set_rng_state(state["torch_rng"])
             resumed_from = step
-        # the auxiliary CTC's classes per modality (blank bias fixed at 0: it is no trained parameter here)
-        ctc = {m: CTCClasses.of(model, self.targets) for m in self.modalities} if o.ctc_weight else {}
+        # the auxiliary CTC's classes, the same for every modality (blank bias fixed at 0: not trained here)
+        ctc = CTCClasses.of(model, self.targets) if o.ctc_weight else None
         model.train()
         try:
             while step < total and epoch < n_epochs:
@@ -633,13 +633,12 @@ class Trainer:
                             (loss * share).backward()  # one graph at a time: memory stays one task's
                             loss_sum += float(loss.detach()) * share
                             mode_losses[mode] += float(loss.detach()) / len(group)
-                        for modality, classes in ctc.items():
+                        for modality in self.modalities if ctc else []:
                             frames = [s[modality].to(device) for s in samples]
                             with _autocast(precision, device):
-                                projector = model.projectors[modality]
-                                aux = classes.loss(projector, frames, targets, drawn[modality])
+                                aux = ctc.loss(model.projectors[modality], frames, targets, drawn[modality])
                             (aux * o.ctc_weight / len(group)).backward()
-                            ctc_sum += float(aux.detach()) / len(group) / len(ctc)
+                            ctc_sum += float(aux.detach()) / len(group) / len(self.modalities)
                     if self.world:
                         from .distributed import sum_gradients
 
@@ -656,7 +655,7 @@ class Trainer:
                     info = {"step": step, "total": total, "epoch": epoch, "loss": loss_sum, "rates": rates}
                     if len(self.modes) > 1:
                         info["mode_losses"] = mode_losses
-                    if ctc:
+                    if ctc is not None:
                         info["ctc_loss"] = ctc_sum
                     info["lr"] = sched.get_last_lr()[0]
                     if o.val_every and step % o.val_every == 0:
@@ -953,12 +952,13 @@ def train(
                 (out / stale).unlink(missing_ok=True)
             for f in (out / "epochs").glob("epoch*.safetensors") if (out / "epochs").is_dir() else []:
                 f.unlink()
-        if init_checkpoint and not resuming and added_lora:
-            model = build_model(config)
-            load_adapter_state(model, read_adapter(ckpt_dir), new_lora_modules=added_lora)
-        elif init_checkpoint and not resuming:
-            model = load_checkpoint(ckpt_dir, device="cpu")
-            model.config = config
+        if init_checkpoint and not resuming:
+            if added_lora:  # the checkpoint's adapter in a model with more LoRA modules
+                model = build_model(config)
+                load_adapter_state(model, read_adapter(ckpt_dir), new_lora_modules=added_lora)
+            else:
+                model = load_checkpoint(ckpt_dir, device="cpu")
+                model.config = config
             config.modes = [m for m in ("asr", "vsr", "avsr") if m in {*config.modes, *modes}]
         else:
             torch.manual_seed(options.seed)
@@ -1005,15 +1005,19 @@ def widen_lora(config, targets: list[str] | None, fine_tune: bool) -> list[str]:
         return []
     if config.lora is None:
         raise UsageError("--lora-targets: this model has no LoRA")
+    targets = list(dict.fromkeys(targets))
+    if not fine_tune:
+        config.lora.target_modules = targets
+        return []
     old = list(config.lora.target_modules)
-    if fine_tune and not set(old) <= set(targets):
+    if not set(old) <= set(targets):
         raise UsageError(
             f"--lora-targets: the checkpoint's LoRA is on {', '.join(old)}; fine-tuning keeps those "
             "and may add others"
         )
-    added = [t for t in dict.fromkeys(targets) if t not in old]
-    config.lora.target_modules = old + added if fine_tune else list(dict.fromkeys(targets))
-    return added if fine_tune else []
+    added = [t for t in targets if t not in old]
+    config.lora.target_modules = old + added
+    return added
 
 
 def absolute_sources(config, ckpt_dir: Path):
