@@ -633,7 +633,7 @@ class Trainer:
                             (loss * share).backward()  # one graph at a time: memory stays one task's
                             loss_sum += float(loss.detach()) * share
                             mode_losses[mode] += float(loss.detach()) / len(group)
-                        for modality in self.modalities if ctc else []:
+                        for modality in self.modalities if ctc is not None else []:
                             frames = [s[modality].to(device) for s in samples]
                             with _autocast(precision, device):
                                 aux = ctc.loss(model.projectors[modality], frames, targets, drawn[modality])
