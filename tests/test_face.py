@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import facevideos
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from facevideos import black_gap, noise, two_faces
 from avsr_cli.errors import CheckpointError, UsageError
 from avsr_cli.frontends.face import (
     MEDIAPIPE_68,
+    FaceTracker,
+    _anchor,
     fan_weights,
     interpolate_landmarks,
     landmark_gap,
@@ -70,8 +74,9 @@ def test_tracked_landmarks_stay_where_per_frame_detection_puts_them(lrs3_clip, d
     moved = moved_1px(lrs3_clip, dlib_backend)
     drift, floor = landmark_gap(tracked.landmarks, every.landmarks), landmark_gap(moved, every.landmarks)
     assert floor > 0.2  # per-frame detection is not exact under a 1-px move (0.58 px measured)
-    # dlib's box stays put while the head barely moves, and so does the tracked box (box_deadband): the same
-    # landmarks on most frames (0.00 px median; 0.64 px when the box followed every sub-pixel move)
+    # dlib's box stays put while the head barely moves, and so does the tracked box (it moves in whole
+    # box_steps): the same landmarks on most frames (0.00 px median; 0.64 px when the box followed every
+    # sub-pixel move)
     assert drift < 0.5 * floor
 
     def mouth_gap(landmarks):  # distance of the mouth centres, in inter-ocular distances
@@ -93,7 +98,21 @@ def test_tracking_follows_a_moving_face(lrs3_clip, dlib_backend, tmp_path):
     # stays where it was detected)
     assert tracked.detections <= len(every.found) // 10 + 5
     drift = landmark_gap(tracked.landmarks, every.landmarks)
-    assert drift < 1.5 * landmark_gap(moved_1px(clip, dlib_backend), every.landmarks)  # 0.69 px against 0.58
+    assert drift < 1.5 * landmark_gap(moved_1px(clip, dlib_backend), every.landmarks)  # 0.71 px against 0.58
+
+
+def test_tracked_box_moves_in_the_detectors_steps():
+    # per-frame detection's box moves one HOG cell at a time; the tracked box follows the face in the same
+    # whole steps (box_step of its width), its move rounded to the nearest step on each axis
+    tracker = FaceTracker(SimpleNamespace(box_step=0.1))
+    tracker.box = np.array([100.0, 50.0, 200.0, 150.0])  # 100 px wide: steps of 10 px
+    points = np.random.default_rng(0).uniform(50, 150, (68, 2))
+    tracker.anchor = _anchor(points)
+    for moved, expected in [((4, -4), (0, 0)), ((6, -14), (10, -10)), ((26, 3), (30, 0))]:
+        tracker.last = points + moved
+        np.testing.assert_allclose(tracker._moved_box(), tracker.box + np.tile(expected, 2))
+    tracker.box_step = 0.0  # backends without steps (mediapipe, face-alignment): the box follows every move
+    np.testing.assert_allclose(tracker._moved_box(), tracker.box + np.tile((26, 3), 2))
 
 
 def test_dlib_on_carphone(carphone_clip, dlib_backend):

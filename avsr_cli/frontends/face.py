@@ -85,12 +85,14 @@ class DlibBackend:
     # detect() may run in another thread beside landmarks(): separate dlib objects, and dlib releases the
     # GIL while it scans (two threads detect 1.95x faster than one)
     detects_beside_landmarks = True
-    # HOG windows over a 5/6 image pyramid: the detector's box moves in steps (on the LRS3 clip, detected on
-    # every frame, it moved on 20 of 154 frames, by 4-20 % of its width), so a tracked box that follows every
-    # sub-pixel move of the eyes fits landmarks where per-frame detection would not. Kept still under 5 % of
-    # its width, tracked landmarks drift from per-frame detection by 0.00 px instead of 0.64 (median, LRS3
-    # clip; 720p: 0.00 instead of 1.23; the face panning across 720p: 1.04 instead of 1.24). bench_mouth.py.
-    box_deadband = 0.05
+    # HOG windows over a 5/6 image pyramid, one 8-px cell apart: the detector's box moves in steps of a
+    # cell, a ninth of its width (the box spans 9 cells: on a 720p face panning, per-frame detection's 300-px
+    # box moved by 32-34 px; on the LRS3 clip it moved on 20 of 154 frames). A tracked box that follows every
+    # sub-pixel move of the eyes fits landmarks where per-frame detection would not; moved in whole steps, as
+    # the detector's is, tracked landmarks drift from per-frame detection by 0.00 px instead of 0.64 (median,
+    # LRS3 clip; 720p still: 0.00 instead of 1.23; the face panning across 720p: 1.10 instead of 1.24, with
+    # per-frame detection's own floor at 1.10). bench_mouth.py.
+    box_step = 1 / 9
 
     def __init__(self, predictor_path: str | os.PathLike | None = None) -> None:
         _require("dlib", "dlib", "dlib-bin")
@@ -391,7 +393,7 @@ class FaceTracker:
 
     def __init__(self, backend: Backend, detect_every: int = 10, detect_size: int = 640) -> None:
         self.backend, self.detect_every, self.detect_size = backend, detect_every, detect_size
-        self.deadband = getattr(backend, "box_deadband", 0.0)
+        self.box_step = getattr(backend, "box_step", 0.0)
         # A scheduled detection on a frame the caller passed ahead runs in a thread while this one tracks
         # the frames before it; its result is the same (a function of the frame alone), so it is used only on
         # the frame it was made for.
@@ -414,12 +416,13 @@ class FaceTracker:
         return fit if patch is not None and float((patch * self.template).sum()) >= MIN_SIMILARITY else None
 
     def _moved_box(self) -> np.ndarray:
-        """The last detector box moved with the face's eyes and nose since that detection, except for moves
-        under the backend's `box_deadband` (a fraction of the box width), which per-frame detection would not
-        follow either."""
+        """The last detector box moved with the face's eyes and nose since that detection: in whole
+        `box_step`s of the backend (a fraction of the box width) when it has them, as per-frame detection's
+        box would move."""
         shift = _anchor(self.last) - self.anchor
-        if np.abs(shift).max() < self.deadband * (self.box[2] - self.box[0]):
-            return self.box
+        step = self.box_step * (self.box[2] - self.box[0])
+        if step > 0:
+            shift = np.round(shift / step) * step
         return self.box + np.tile(shift, 2)
 
     def _detect(self, t: int, frame: np.ndarray) -> list[Detection]:
