@@ -115,6 +115,36 @@ def test_batch_equals_one_by_one(model):
     assert torch.allclose(together, sum(per_token) / sum(len(t) for t in targets), atol=1e-5)
 
 
+def test_loss_on_the_label_positions_equals_the_full_sequence_cross_entropy(model):
+    """The loss computes logits only where a label is predicted; scored over every position's logits
+    instead, the loss and the projector's gradients are the same."""
+    frames = frames_of(model, waves())
+    targets = [model.target_ids(t) for t in ("one two", "the quick brown fox jumps", "hi")]
+    inputs = ModalityInputs(frames, 4)
+    weight = model.projectors["audio"].parameters().__next__()
+
+    def full_sequence_loss():
+        seqs, labels = model.sequences("asr", inputs, None, targets)
+        embeds, mask, lab = model._pad_left(seqs, labels)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        assert logits.shape[1] == lab.shape[1]  # every position's logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), lab[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+        )
+
+    grads = []
+    for compute in (lambda: model.loss("asr", inputs, None, targets), full_sequence_loss):
+        weight.grad = None
+        loss = compute()
+        loss.backward()
+        grads.append((loss.detach(), weight.grad.clone()))
+    weight.grad = None
+    (loss_kept, grad_kept), (loss_full, grad_full) = grads
+    assert torch.allclose(loss_kept, loss_full, rtol=1e-6), (loss_kept, loss_full)
+    assert torch.allclose(grad_kept, grad_full, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("seconds", [1.5, 0.7, 2.1])
 def test_greedy_matches_a_manual_argmax_loop(model, seconds):
     frames = frames_of(model, waves((seconds,)))

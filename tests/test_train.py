@@ -153,6 +153,33 @@ def test_validation_reports_wer(data, base, tmp_path):
     assert all(v["clips"] == 2 and v["wer"] >= 0 for v in result.validations)
 
 
+def test_steps_attend_eagerly_and_validation_decodes_with_the_models_own_attention(
+    data, base, tmp_path, monkeypatch
+):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama import modeling_llama
+
+    calls = []
+
+    def spy(name, forward):
+        def attend(module, *args, **kwargs):
+            calls.append((name, module.training, torch.is_grad_enabled()))
+            return forward(module, *args, **kwargs)
+
+        return attend
+
+    monkeypatch.setattr(
+        modeling_llama, "eager_attention_forward", spy("eager", modeling_llama.eager_attention_forward)
+    )
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", spy("sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"]))
+    options = TrainOptions(epochs=1, max_batch=3, val_limit=2)
+    train(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c")
+    eager = {(training, grad) for name, training, grad in calls if name == "eager"}
+    sdpa = {(training, grad) for name, training, grad in calls if name == "sdpa"}
+    assert eager == {(True, True)}  # every training step's forward, and only those
+    assert sdpa == {(False, False)}  # the epoch's validation: greedy decoding, as `transcribe` attends
+
+
 def test_select_best_takes_the_epoch_with_the_lowest_validation_wer(data, base, tmp_path):
     import json
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,3 +244,15 @@ def load_lora_state(
 def set_active_adapters(model: nn.Module, names: list[str]) -> None:
     """Activate exactly `names` (their outputs are summed: Omni-AVSR-ST adds shared + task LoRA)."""
     model.base_model.set_adapter(names)
+
+
+@contextmanager
+def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
+    """Run the LLM's attention with transformers' implementation `name` ("eager", "sdpa") inside the block,
+    and restore the one it had after."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)

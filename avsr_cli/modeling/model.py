@@ -157,7 +157,17 @@ class AVSRModel(nn.Module):
         seqs, labels = self.sequences(mode, audio, video, targets)
         embeds, mask, lab = self._pad_left(seqs, labels)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=lab).loss
+        # The labels are each row's suffix (left padding), so only the last (longest target + 1) positions
+        # predict one: the LM head and its float32 logits run on those alone, not on the audio and prompt
+        # (the same loss; `tests/test_model.py`). The slice's first label is ignored in every row.
+        keep = max(len(t) for t in targets) + 1
+        return self.llm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            labels=lab[:, -keep:],
+            logits_to_keep=keep,
+        ).loss
 
     @torch.no_grad()
     def generate(
