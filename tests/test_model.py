@@ -145,6 +145,32 @@ def test_loss_on_the_label_positions_equals_the_full_sequence_cross_entropy(mode
     assert torch.allclose(grad_kept, grad_full, rtol=1e-5, atol=1e-7)
 
 
+def test_frozen_weights_cast_once_give_the_products_autocast_gives(model):
+    from avsr_cli.modeling.llm import FrozenLinearWeights
+
+    frames = frames_of(model, waves())
+    targets = [model.target_ids(t) for t in ("one two", "the quick brown fox", "hi")]
+    inputs = ModalityInputs(frames, 4)
+    o_proj = model.llm.get_base_model().model.layers[0].self_attn.o_proj.weight
+    embedding = model.llm.get_input_embeddings().weight
+    original = (o_proj.data_ptr(), o_proj.dtype)
+    frozen = FrozenLinearWeights(model.llm, torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_alone = model.loss("asr", inputs, None, targets)
+        with frozen.held(cast=True):
+            assert o_proj.dtype == torch.bfloat16 and embedding.dtype == torch.float32
+            # the adapter saves the output layer's added rows (untied here) and LoRA: left as they are
+            assert model.llm.get_output_embeddings().weight.dtype == torch.float32
+            assert all(p.dtype == torch.float32 for p in model.llm.parameters() if p.requires_grad)
+            cast_once = model.loss("asr", inputs, None, targets)
+            with frozen.held(cast=False):  # validation inside a bf16 run decodes with the originals
+                assert (o_proj.data_ptr(), o_proj.dtype) == original
+            assert o_proj.dtype == torch.bfloat16
+    assert (o_proj.data_ptr(), o_proj.dtype) == original
+    assert torch.equal(cast_once, autocast_alone)
+    assert FrozenLinearWeights(model.llm, None).weights == []  # float32 runs cast nothing
+
+
 @pytest.mark.parametrize("seconds", [1.5, 0.7, 2.1])
 def test_greedy_matches_a_manual_argmax_loop(model, seconds):
     frames = frames_of(model, waves((seconds,)))

@@ -153,7 +153,7 @@ def test_validation_reports_wer(data, base, tmp_path):
     assert all(v["clips"] == 2 and v["wer"] >= 0 for v in result.validations)
 
 
-def test_steps_attend_eagerly_and_validation_decodes_with_the_models_own_attention(
+def test_steps_attend_eagerly_in_bf16_and_validation_decodes_as_transcribe_does(
     data, base, tmp_path, monkeypatch
 ):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -163,7 +163,8 @@ def test_steps_attend_eagerly_and_validation_decodes_with_the_models_own_attenti
 
     def spy(name, forward):
         def attend(module, *args, **kwargs):
-            calls.append((name, module.training, torch.is_grad_enabled()))
+            if isinstance(module, modeling_llama.LlamaAttention):  # the LLM's, not the Whisper encoder's
+                calls.append((name, module.training, torch.is_grad_enabled(), module.o_proj.weight.dtype))
             return forward(module, *args, **kwargs)
 
         return attend
@@ -172,12 +173,14 @@ def test_steps_attend_eagerly_and_validation_decodes_with_the_models_own_attenti
         modeling_llama, "eager_attention_forward", spy("eager", modeling_llama.eager_attention_forward)
     )
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", spy("sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"]))
-    options = TrainOptions(epochs=1, max_batch=3, val_limit=2)
+    options = TrainOptions(epochs=1, max_batch=3, val_limit=2, precision="bf16")
     train(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c")
-    eager = {(training, grad) for name, training, grad in calls if name == "eager"}
-    sdpa = {(training, grad) for name, training, grad in calls if name == "sdpa"}
-    assert eager == {(True, True)}  # every training step's forward, and only those
-    assert sdpa == {(False, False)}  # the epoch's validation: greedy decoding, as `transcribe` attends
+    eager = {call[1:] for call in calls if call[0] == "eager"}
+    sdpa = {call[1:] for call in calls if call[0] == "sdpa"}
+    # every training step's forward, and only those, with the frozen weights cast once for bf16
+    assert eager == {(True, True, torch.bfloat16)}
+    # the epoch's validation: greedy decoding with float32 weights, as `transcribe` attends
+    assert sdpa == {(False, False, torch.float32)}
 
 
 def test_select_best_takes_the_epoch_with_the_lowest_validation_wer(data, base, tmp_path):

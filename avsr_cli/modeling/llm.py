@@ -256,3 +256,42 @@ def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
         yield
     finally:
         model.set_attn_implementation(before)
+
+
+class FrozenLinearWeights:
+    """An LLM's frozen nn.Linear weights, to be held cast to `dtype` (left as they are when `dtype` is None)
+    inside a block: the base model's, never the embeddings, the output layer or LoRA's, which the adapter
+    saves (some of their rows and matrices may be frozen: they are saved inside the block too).
+
+    Under autocast a matmul casts a float32 weight anew on every call (autocast caches only the casts of
+    tensors that require grad); bf16 training steps hold the weights cast once instead, with the same
+    products, and decoding holds the originals."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None) -> None:
+        output = model.get_output_embeddings()
+        saved = {id(model.get_input_embeddings().weight), id(output.weight if output is not None else None)}
+        self.dtype = dtype
+        self.weights = [
+            m.weight
+            for name, m in model.named_modules()
+            if dtype is not None
+            and isinstance(m, nn.Linear)
+            and "lora_" not in name  # peft's lora_A / lora_B
+            and not m.weight.requires_grad
+            and id(m.weight) not in saved
+            and m.weight.dtype != dtype
+        ]
+        self.originals = [w.data for w in self.weights]
+
+    @contextmanager
+    def held(self, cast: bool) -> Iterator[None]:
+        """Inside the block the weights are cast (a copy, freed after the block) or the originals; after
+        it they are what they were before it."""
+        before = [w.data for w in self.weights]
+        for w, data in zip(self.weights, self.originals, strict=True):
+            w.data = data.to(self.dtype) if cast else data
+        try:
+            yield
+        finally:
+            for w, data in zip(self.weights, before, strict=True):
+                w.data = data
