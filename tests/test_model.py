@@ -145,8 +145,8 @@ def test_loss_on_the_label_positions_equals_the_full_sequence_cross_entropy(mode
     assert torch.allclose(grad_kept, grad_full, rtol=1e-5, atol=1e-7)
 
 
-def test_frozen_weights_cast_once_give_the_products_autocast_gives(model):
-    from avsr_cli.modeling.llm import FrozenLinearWeights
+def test_training_kernels_cast_the_frozen_weights_once_with_the_products_autocast_gives(model):
+    from avsr_cli.modeling.llm import TrainingKernels
 
     frames = frames_of(model, waves())
     targets = [model.target_ids(t) for t in ("one two", "the quick brown fox", "hi")]
@@ -154,21 +154,52 @@ def test_frozen_weights_cast_once_give_the_products_autocast_gives(model):
     o_proj = model.llm.get_base_model().model.layers[0].self_attn.o_proj.weight
     embedding = model.llm.get_input_embeddings().weight
     original = (o_proj.data_ptr(), o_proj.dtype)
-    frozen = FrozenLinearWeights(model.llm, torch.bfloat16)
+    kernels = TrainingKernels(model.llm, torch.bfloat16)
+    attention = model.llm.config._attn_implementation
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.llm.set_attn_implementation("eager")
         autocast_alone = model.loss("asr", inputs, None, targets)
-        with frozen.held(cast=True):
+        model.llm.set_attn_implementation(attention)
+        with kernels.steps():
+            assert model.llm.config._attn_implementation == "eager"
             assert o_proj.dtype == torch.bfloat16 and embedding.dtype == torch.float32
             # the adapter saves the output layer's added rows (untied here) and LoRA: left as they are
             assert model.llm.get_output_embeddings().weight.dtype == torch.float32
             assert all(p.dtype == torch.float32 for p in model.llm.parameters() if p.requires_grad)
             cast_once = model.loss("asr", inputs, None, targets)
-            with frozen.held(cast=False):  # validation inside a bf16 run decodes with the originals
+            with kernels.decoding():  # validation inside a bf16 run decodes as `transcribe` does
                 assert (o_proj.data_ptr(), o_proj.dtype) == original
+                assert model.llm.config._attn_implementation == attention
             assert o_proj.dtype == torch.bfloat16
-    assert (o_proj.data_ptr(), o_proj.dtype) == original
+    assert (
+        o_proj.data_ptr(),
+        o_proj.dtype,
+    ) == original and model.llm.config._attn_implementation == attention
     assert torch.equal(cast_once, autocast_alone)
-    assert FrozenLinearWeights(model.llm, None).weights == []  # float32 runs cast nothing
+    assert TrainingKernels(model.llm, None).weights == []  # float32 runs cast nothing
+
+
+def test_training_kernels_compile_the_decoder_for_the_steps_only(model):
+    from avsr_cli.modeling.llm import TrainingKernels
+
+    decoder = model.llm.get_decoder()
+    targets = [model.target_ids(t) for t in ("one two", "the quick brown fox", "hi")]
+    kernels = TrainingKernels(model.llm, compile=True)
+    losses = []
+    for frames in (frames_of(model, waves()), frames_of(model, waves((1.7, 0.5)))):  # dynamic shapes
+        inputs, batch_targets = ModalityInputs(frames, 4), targets[: len(frames)]
+        with kernels.steps():
+            assert decoder.forward is kernels.compiled
+            compiled = model.loss("asr", inputs, None, batch_targets)
+            with kernels.decoding():
+                assert "forward" not in decoder.__dict__  # the class's own forward
+        assert "forward" not in decoder.__dict__
+        model.llm.set_attn_implementation("eager")  # as the steps attend, without compiling
+        eager = model.loss("asr", inputs, None, batch_targets)
+        model.llm.set_attn_implementation(kernels.attention)
+        losses.append((compiled.item(), eager.item()))
+    for compiled, eager in losses:
+        assert compiled == pytest.approx(eager, rel=1e-5)
 
 
 @pytest.mark.parametrize("seconds", [1.5, 0.7, 2.1])

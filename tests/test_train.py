@@ -261,6 +261,11 @@ def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
         TrainSetup.load(cfg)
     setup = TrainSetup.load(cfg, {"output_dir": "o", "audio_rates": "4,16", "face_backend": "mediapipe"})
     assert setup.options.audio_rates == [4, 16] and setup.mouth.backend == "mediapipe" and setup.data == "x"
+    assert not setup.options.compile
+    cfg.write_text('data = "x"\noutput_dir = "y"\ncompile = true\n')
+    assert (
+        TrainSetup.load(cfg).options.compile and not TrainSetup.load(cfg, {"compile": False}).options.compile
+    )
     assert load_dataset(data).kind == "folder"
 
 

@@ -246,31 +246,23 @@ def set_active_adapters(model: nn.Module, names: list[str]) -> None:
     model.base_model.set_adapter(names)
 
 
-@contextmanager
-def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
-    """Run the LLM's attention with transformers' implementation `name` ("eager", "sdpa") inside the block,
-    and restore the one it had after."""
-    before = model.config._attn_implementation
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
+class TrainingKernels:
+    """How the frozen LLM computes in training steps (`steps()`), and how it decodes in between
+    (`decoding()`, for validation): attention, the frozen weights' dtype, compiled or not.
 
+    Steps attend eagerly; hold the frozen nn.Linear weights cast to `dtype` when given (under autocast a
+    matmul casts a float32 weight anew on every call, as autocast caches only the casts of tensors that
+    require grad; cast once, the products are the same); and, with `compile`, run the decoder body through
+    `torch.compile` (dynamic shapes: the batches' shapes vary). Decoding keeps the model's own attention,
+    float32 weights and plain eager modules. Cast are the base model's weights only, never the embeddings,
+    the output layer or LoRA's, which the adapter saves (inside the steps too, and some may be frozen).
+    """
 
-class FrozenLinearWeights:
-    """An LLM's frozen nn.Linear weights, to be held cast to `dtype` (left as they are when `dtype` is None)
-    inside a block: the base model's, never the embeddings, the output layer or LoRA's, which the adapter
-    saves (some of their rows and matrices may be frozen: they are saved inside the block too).
-
-    Under autocast a matmul casts a float32 weight anew on every call (autocast caches only the casts of
-    tensors that require grad); bf16 training steps hold the weights cast once instead, with the same
-    products, and decoding holds the originals."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype | None) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None, compile: bool = False) -> None:
+        self.model, self.dtype = model, dtype
+        self.attention = model.config._attn_implementation
         output = model.get_output_embeddings()
         saved = {id(model.get_input_embeddings().weight), id(output.weight if output is not None else None)}
-        self.dtype = dtype
         self.weights = [
             m.weight
             for name, m in model.named_modules()
@@ -282,16 +274,40 @@ class FrozenLinearWeights:
             and m.weight.dtype != dtype
         ]
         self.originals = [w.data for w in self.weights]
+        self.decoder = model.get_decoder()
+        self.compiled = torch.compile(self.decoder.forward, dynamic=True) if compile else None
 
     @contextmanager
-    def held(self, cast: bool) -> Iterator[None]:
-        """Inside the block the weights are cast (a copy, freed after the block) or the originals; after
-        it they are what they were before it."""
-        before = [w.data for w in self.weights]
+    def steps(self) -> Iterator[None]:
+        with self._held(True):
+            yield
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        with self._held(False):
+            yield
+
+    @contextmanager
+    def _held(self, steps: bool) -> Iterator[None]:
+        before = (
+            self.model.config._attn_implementation,
+            [w.data for w in self.weights],
+            self.decoder.__dict__.get("forward"),  # an instance attribute: the compiled forward, if held
+        )
+        self.model.set_attn_implementation("eager" if steps else self.attention)
         for w, data in zip(self.weights, self.originals, strict=True):
-            w.data = data.to(self.dtype) if cast else data
+            w.data = data.to(self.dtype) if steps else data
+        self._set_forward(self.compiled if steps else None)
         try:
             yield
         finally:
-            for w, data in zip(self.weights, before, strict=True):
+            self.model.set_attn_implementation(before[0])
+            for w, data in zip(self.weights, before[1], strict=True):
                 w.data = data
+            self._set_forward(before[2])
+
+    def _set_forward(self, forward) -> None:
+        if forward is None:
+            self.decoder.__dict__.pop("forward", None)  # the class's own forward again
+        else:
+            self.decoder.forward = forward

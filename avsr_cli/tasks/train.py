@@ -46,7 +46,7 @@ from ..checkpoints.bases import DEFAULT_VIDEO_RATE, base_config
 from ..errors import AvsrError, UsageError
 from ..frontends.mouth import MouthOptions
 from ..modeling.config import ENCODER_WINDOWS, MODE_TO_TASK
-from ..modeling.llm import FrozenLinearWeights, attention_implementation
+from ..modeling.llm import TrainingKernels
 from ..modeling.model import AVSRModel, ModalityInputs
 from ..storage import atomic_path, atomic_write_text, cache_root
 from .datasets import Dataset, Item
@@ -77,6 +77,7 @@ class TrainOptions:
     grad_accum: int = 1
     grad_clip: float = 10.0
     precision: str = "auto"  # auto (bf16 autocast where GPU or CPU has bf16 kernels, else fp32) | fp32 | bf16
+    compile: bool = False  # torch.compile the LLM's decoder body for the steps (a minute to compile first)
     # compression rates to train (matryoshka, one drawn per step and modality); None: the config's rates
     audio_rates: list[int] | None = None
     video_rates: list[int] | None = None
@@ -487,8 +488,7 @@ class Trainer:
             if missing:
                 raise UsageError(f"rates {sorted(missing)} not among the model's {modality} rates {have}")
         self.targets = [model.target_ids(t) for t in texts]
-        self.inference_attention = model.llm.config._attn_implementation  # what validation decodes with
-        self.frozen = FrozenLinearWeights(model.llm, None)  # run() casts them for bf16 steps
+        self.kernels = TrainingKernels(model.llm)  # run() sets the steps' dtype and compilation
         self.fps = FRAMES_PER_SECOND[self.modalities[0]]
         self.lengths = [f[self.modalities[0]].shape[0] for f in self.frames]
 
@@ -530,7 +530,7 @@ class Trainer:
         if not self.val:
             return None
         samples, texts = self.val[0][:limit], self.val[1][:limit]
-        with attention_implementation(self.model.llm, self.inference_attention), self.frozen.held(cast=False):
+        with self.kernels.decoding():
             return self._validate(samples, texts)
 
     def _validate(self, samples: list[dict[str, torch.Tensor]], texts: list[str]) -> dict:
@@ -618,12 +618,12 @@ class Trainer:
         # the auxiliary CTC's classes, the same for every modality (blank bias fixed at 0: not trained here)
         ctc = CTCClasses.of(model, self.targets) if o.ctc_weight else None
         model.train()
-        # Eager attention for the training steps: on this 2-core CPU a step of the default model's batches
-        # (30 s of 3-10 s clips, ~40-130 positions a row) took 1.10-1.16x less time than with SDPA, whose
-        # CPU flash-attention backward was 15 % of the step. bf16 steps hold the frozen weights cast once
-        # (1.11x). Validation decodes with the model's own attention and float32 weights.
-        self.frozen = FrozenLinearWeights(model.llm, torch.bfloat16 if precision == "bf16" else None)
-        with attention_implementation(model.llm, "eager"), self.frozen.held(cast=True):
+        # On this 2-core CPU, a step of the default model's batches (30 s of 3-10 s clips, ~40-130 positions
+        # a row): eager attention 1.10-1.16x faster than SDPA (whose CPU flash-attention backward was 15 % of
+        # the step), the frozen weights cast once for bf16 1.11x, compiled 1.6x (README, Training).
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        self.kernels = TrainingKernels(model.llm, dtype, compile=o.compile)
+        with self.kernels.steps():
             try:
                 while step < total and epoch < n_epochs:
                     batches = self._epoch_batches(epoch)
