@@ -101,7 +101,7 @@ corpus:
 # runs it to the end. Run 2: that adapter fine-tuned on every training clip of the corpus for 1,650 steps
 # under bf16 autocast (models/avsr-tiny-en/training.json has both runs; to fit one session the shipped run 2
 # ran with a cosine horizon of 1,200 steps, restarted at step 200 with 1,900, at 350 with 2,400, at 800
-# with 1,650). --compile: the steps run compiled (1.65x faster on this CPU; added after the shipped runs, which
+# with 1,650). --compile: the steps run compiled (1.6-2.7x faster on this CPU; added after the shipped runs, which
 # ran uncompiled: losses agree to about 3 digits).
 train-tiny:
 	$(PYTHON) scripts/corpus_v2/manifest.py $(CORPUS)/shipped-clips.jsonl --corpus $(CORPUS) \

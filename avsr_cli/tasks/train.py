@@ -620,7 +620,7 @@ class Trainer:
         model.train()
         # On this 2-core CPU, a step of the default model's batches (30 s of 3-10 s clips, ~40-130 positions
         # a row): eager attention 1.10-1.16x faster than SDPA (whose CPU flash-attention backward was 15 % of
-        # the step), the frozen weights cast once for bf16 1.11x, compiled 1.6x (README, Training).
+        # the step), the frozen weights cast once for bf16 1.11x, compiled 1.6-2.7x (README, Training).
         dtype = torch.bfloat16 if precision == "bf16" else None
         self.kernels = TrainingKernels(model.llm, dtype, compile=o.compile)
         with self.kernels.steps():
