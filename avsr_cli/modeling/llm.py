@@ -289,11 +289,9 @@ class TrainingKernels:
 
     @contextmanager
     def _held(self, steps: bool) -> Iterator[None]:
-        before = (
-            self.model.config._attn_implementation,
-            [w.data for w in self.weights],
-            self.decoder.__dict__.get("forward"),  # an instance attribute: the compiled forward, if held
-        )
+        attention_before = self.model.config._attn_implementation
+        weights_before = [w.data for w in self.weights]
+        forward_before = self.decoder.__dict__.get("forward")  # an instance attribute: the compiled forward
         self.model.set_attn_implementation("eager" if steps else self.attention)
         for w, data in zip(self.weights, self.originals, strict=True):
             w.data = data.to(self.dtype) if steps else data
@@ -301,10 +299,10 @@ class TrainingKernels:
         try:
             yield
         finally:
-            self.model.set_attn_implementation(before[0])
-            for w, data in zip(self.weights, before[1], strict=True):
+            self.model.set_attn_implementation(attention_before)
+            for w, data in zip(self.weights, weights_before, strict=True):
                 w.data = data
-            self._set_forward(before[2])
+            self._set_forward(forward_before)
 
     def _set_forward(self, forward) -> None:
         if forward is None:
