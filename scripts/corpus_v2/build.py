@@ -31,7 +31,7 @@ Augmentation (train and val), each step drawn independently per clip:
     gain          peak at -15..-1 dBFS
 
     python scripts/corpus_v2/build.py [--out DIR] [--limit N] [--jobs 1] [--seed 0] [--mbrola]
-        [--kokoro-share P]
+        [--kokoro-share P] [--only SPLIT ...]
 """
 
 from __future__ import annotations
@@ -453,6 +453,10 @@ def _safe_write(j):
         return None
 
 
+# build order: babble first (train and val mix it in), then the evaluation splits, then training
+STAGES = ("babble", "test", "test-babble5", "val", "train", "train-kokoro")
+
+
 def write_manifests(out: Path, stages: dict[str, list[dict]], args, text: Path) -> None:
     summary = {}
     for jobs in stages.values():
@@ -529,6 +533,12 @@ def main() -> None:
     ap.add_argument(
         "--manifests-only", action="store_true", help="only rewrite manifest.jsonl and recipe.json"
     )
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=STAGES,
+        help="build only this split (repeatable; e.g. --only train-kokoro to build it before train is done)",
+    )
     args = ap.parse_args()
     if not args.text.exists():
         raise SystemExit(f"{args.text} missing: run scripts/corpus_v2/text.py first")
@@ -544,7 +554,7 @@ def main() -> None:
                 f"voices not installed: {', '.join(missing)} (see scripts/corpus_v2/APT_PACKAGES)"
             )
         write_manifests(args.out, stages, args, args.text)
-        for name in ("babble", "test", "test-babble5", "val", "train", "train-kokoro"):
+        for name in args.only or STAGES:
             run_stage(name, stages[name], args.jobs)
             write_manifests(args.out, stages, args, args.text)
     else:
