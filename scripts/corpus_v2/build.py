@@ -554,7 +554,7 @@ def main() -> None:
                 f"voices not installed: {', '.join(missing)} (see scripts/corpus_v2/APT_PACKAGES)"
             )
         write_manifests(args.out, stages, args, args.text)
-        for name in args.only or STAGES:
+        for name in [s for s in STAGES if not args.only or s in args.only]:  # in build order, however given
             run_stage(name, stages[name], args.jobs)
             write_manifests(args.out, stages, args, args.text)
     else:
