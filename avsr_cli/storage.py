@@ -23,6 +23,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("AVSR_CACHE") or Path.home() / ".cache" / "avsr")
 
 
+def offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface-hub reads it: avsr fetches nothing then."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where /proc allows (os.umask is process-wide)."""
     try:

