@@ -72,14 +72,14 @@ test-fast: install
 lint: install
 	$(PYTHON) -m ruff check avsr_cli tests scripts bench
 	$(PYTHON) -m ruff format --check avsr_cli tests scripts bench
-	$(dir $(PYTHON))lint-imports  # the layers of ../shared/ARCHITECTURE.md (pyproject [tool.importlinter])
+	$(dir $(PYTHON))lint-imports  # the layers of docs/architecture.md (pyproject [tool.importlinter])
 
 # faster-whisper for `make bench` only (never a dependency of avsr): into bench/.deps, next to nothing else.
 bench-deps:
 	$(PIP) install -q --target bench/.deps --no-deps faster-whisper ctranslate2 av
 
 bench: bench-deps
-	@# greedy everywhere: avsr-tiny-en's own decoding (the README's table); --beams 4 is issue #18's first table
+	@# greedy everywhere: avsr-tiny-en's own decoding (the table of docs/benchmarks.md)
 	mkdir -p bench/out && $(PYTHON) bench/bench_engines.py --beams 1 --out bench/out
 	$(PYTHON) bench/bench_transcribe.py
 	$(PYTHON) bench/bench_longform.py
@@ -120,10 +120,10 @@ corpus:
 # models/avsr-tiny-en/training-clips.txt.gz, trimmed encoder windows, 1 CTC epoch then up to 3 LLM epochs;
 # the shipped model took its state at step 5,450 of 6,831 (scripts/corpus_v2/ship_snapshot.py), this target
 # runs it to the end. Run 2: that adapter fine-tuned on every training clip of the corpus for 1,650 steps
-# under bf16 autocast (models/avsr-tiny-en/training.json has both runs; to fit one session the shipped run 2
-# ran with a cosine horizon of 1,200 steps, restarted at step 200 with 1,900, at 350 with 2,400, at 800
-# with 1,650). --compile: the steps run compiled (1.6-2.7x faster on this CPU; added after the shipped runs, which
-# ran uncompiled: losses agree to about 3 digits).
+# under bf16 autocast (models/avsr-tiny-en/training.json has both runs; the shipped run 2 varied its cosine
+# horizon across restarts: 1,200 steps, then 1,900 from step 200, 2,400 from 350, 1,650 from 800).
+# --compile: the steps run compiled (1.6-2.7x faster on a CPU; the shipped runs ran uncompiled, with losses
+# that agree to about 3 digits).
 train-tiny:
 	$(PYTHON) scripts/corpus_v2/manifest.py $(CORPUS)/shipped-clips.jsonl --corpus $(CORPUS) \
 	  --ids models/avsr-tiny-en/training-clips.txt.gz

@@ -3,8 +3,8 @@
 Same audio, the same beams (`--beams`, default 4) and 2 threads everywhere, whole process (imports + model
 load + decoding), each engine in its own process, engines interleaved round by round; median (min) of
 `--rounds`; peak RSS from wait4.
-Workloads (issue #18's table):
-  10 TTS clips of 2-3 s in one call; one 6 s real clip (the LRS3 example of ../shared, else a TTS sentence);
+Workloads (the table of docs/benchmarks.md):
+  10 TTS clips of 2-3 s in one call; one 6 s real clip (the shared LRS3 example, else a TTS sentence);
   a 2-minute recording (transcribe); export-subtitles of it (peers: their segments to SRT);
   under load: the 10 clips again while another process keeps both cores busy (torch matmuls).
 avsr uses the built-in avsr-tiny-en, in float32 and with --dtype int8. faster-whisper runs from
@@ -75,7 +75,7 @@ def ct2_whisper_base(tmp: Path) -> Path:
 
 
 def padded_copy(tmp: Path) -> Path:
-    """avsr-tiny-en with the reference's padded-30s encoder window (issue #14: what `trimmed` saves)."""
+    """avsr-tiny-en with the reference's padded-30s encoder window (what `trimmed` saves)."""
     from avsr_cli.checkpoints.download import find_checkpoint
 
     src, dst = find_checkpoint("avsr-tiny-en"), tmp / "avsr-tiny-en-padded"

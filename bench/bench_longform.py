@@ -1,7 +1,7 @@
 """Benchmark: export-subtitles real-time factor vs Whisper base long-form SRT, and evaluate throughput.
 
 Both systems see the same generated ~2 minute recording (TTS sentences with pauses) in the same run:
-  avsr:    Whisper base + SmolLM2-135M checkpoint trained here on the recording's sentences (so it produces
+  avsr:    Whisper base + SmolLM2-135M checkpoint trained on the recording's sentences (so it produces
            real text, not a random token budget), VAD chunks -> cues -> SRT;
   whisper: transformers WhisperForConditionalGeneration (same Whisper base weights), long-form generate with
            timestamps -> SRT.

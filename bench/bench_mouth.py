@@ -3,7 +3,7 @@ face backend, detecting every N frames and tracking in between (avsr's default) 
 frame (the reference preprocessing's way), in the same run on the same clips.
 
 Reference rows: "av_hubert dlib" is AV-HuBERT's avhubert/preparation/detect_landmark.py (HOG upsampled once
-on every frame, then the 68-point predictor); auto_avsr's RetinaFace+FAN has no offline weights here, so
+on every frame, then the 68-point predictor); auto_avsr's RetinaFace+FAN has no offline weights, so
 its stand-in is the face-alignment backend (S3FD + FAN) with detect_every=1. When the FAN weights are absent
 that backend runs on randomly initialised weights: its speed is real (it does not depend on weight values),
 its landmarks are not. "ffmpeg pipe" rows decode with the ffmpeg binary through a pipe (the same frames as
@@ -33,7 +33,7 @@ SHARED = ROOT.parent / "shared" / "assets"
 sys.path.insert(0, str(ROOT))
 
 
-ROUNDS = 5  # timed passes of the rows issue #18's goal reads (dlib, detect every 10; either decoder)
+ROUNDS = 5  # timed passes of the headline rows (dlib, detect every 10; either decoder)
 
 
 def make_clips(tmp: Path, fan_frames: int) -> dict[str, Path]:
@@ -133,8 +133,8 @@ def warm_up(backend, clip: Path) -> None:
 
 
 def run(clip: Path, backend, every: int, mean_face: str, rounds: int = 1) -> dict:
-    """One mouth_frames pass, timed; with `rounds`, the median of that many by speed (the dlib rows that issue
-    #18's goal reads, where one 6-second pass varies by 10-20 % on this machine)."""
+    """One mouth_frames pass, timed; with `rounds`, the median of that many by speed (the headline dlib
+    rows, where one 6-second pass varies by 10-20 % on a shared machine)."""
     from avsr_cli.frontends.mouth import MouthOptions, mouth_frames
 
     options = MouthOptions(detect_every=every, mean_face=mean_face, auto_rotate=False)
@@ -157,7 +157,7 @@ def run(clip: Path, backend, every: int, mean_face: str, rounds: int = 1) -> dic
 
 
 def drift(clip: Path, backend) -> dict:
-    """Issue #18's landmark drift: landmarks tracked between detections (every 10 frames) against per-frame
+    """Landmark drift: landmarks tracked between detections (every 10 frames) against per-frame
     detection, beside the noise floor of that comparison, per-frame detection against itself on the same
     frames moved 1 px to the right. Median over frames of the mean point distance, px; "smoothed": after
     the reference's 12-frame window (what places the crop)."""

@@ -1,4 +1,4 @@
-"""GPU check (`make gpu-check`): needs a CUDA device; run it when one is lent. Tests never need a GPU.
+"""GPU check (`make gpu-check`): needs a CUDA device; run it on a machine with one. Tests never need a GPU.
 
 1. A tiny random model (tests/tiny.py) transcribes the same clip on CPU float32, CUDA float32 and CUDA
    bfloat16: CUDA float32 must give CPU's token ids; bfloat16 is reported (it may differ: other numerics).

@@ -24,12 +24,12 @@ def tiny_dirs(tmp_path_factory):
 LRS3_SENTENCE = (
     "it turned out that we were doing a lot of low level drug cases on the streets just around the corner "
     "from our office in trenton"
-)  # what Whisper base hears in the real clip (../shared/README.md)
+)  # what Whisper base hears in the real clip
 
 
 @pytest.fixture(scope="session")
 def lrs3_clip(tmp_path_factory) -> Path:
-    """The real LRS3 test clip from ../shared (research use: never copied into the repository), or, where it
+    """The real LRS3 test clip in SHARED/assets (research use: never copied into the repository), or, where it
     is absent (a fresh clone) or AVSR_TEST_STANDIN=1, a stand-in of the same shape built here: a real face
     photograph (scikit-image's astronaut) centred in 224x224 at 25 fps for 6.2 s (155 frames), its mouth
     opening with the loudness of the clip's sentence spoken by an offline TTS voice, 16 kHz audio."""

@@ -1,4 +1,4 @@
-"""The package's shape (../shared/ARCHITECTURE.md): five layers with imports only downward, no cycles, a lazy
+"""The package's shape (docs/architecture.md): five layers with imports only downward, no cycles, a lazy
 public API, `avsr --help` without torch, and each command's flags mapped one-to-one onto its options."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One set of CLI conventions on every command (issue #16): -q/-v, outputs and re-runs, stdin, confidence,
+"""One set of CLI conventions on every command: -q/-v, outputs and re-runs, stdin, confidence,
 VAD settings, modes the checkpoint lacks, the zoo listing, completion, placeholders, evaluate's stdout."""
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ HELD_OUT = [
     "Try a single person for a change.",
     "I will always love the false image I had of you.",
 ]
-# measured 11.3 % on these 14 clips (README table: 23.0 % over 100 held-out-source clips; the first v2
-# adapter 14.8 %); about 2x margin for numerics across CPUs/BLAS, while a model that ignores the audio (v1,
-# trained on one book: 43.5 %) scores far above it
+# measured 11.3 % on these 14 clips (docs/models.md: 23.0 % over 100 held-out-source clips); about 2x margin
+# for numerics across CPUs/BLAS, while a model that ignores the audio (one trained on a single book: 43.5 %)
+# scores far above it
 WER_BOUND = 0.25
 
 

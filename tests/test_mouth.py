@@ -310,7 +310,7 @@ def test_mean_face_ships_in_the_package_and_works_offline(tmp_path, monkeypatch)
     assert "Apache License, Version 2.0" in (path.parent / "NOTICE").read_text()
     assert load_mean_face().shape == (68, 2) and not (tmp_path / "empty-cache").exists()
     shared = SHARED_MEAN_FACE
-    if shared.exists():  # the reference copy of ../shared, when there
+    if shared.exists():  # the reference copy in the shared assets, when there
         assert shared.read_bytes() == path.read_bytes()
 
 

@@ -363,7 +363,7 @@ def test_bf16_autocast_trains_and_saves_float32(data, base, tmp_path):
     assert np.mean(result.losses[-5:]) < 0.9 * np.mean(result.losses[:5]), result.losses[::5]
     assert all(v.dtype == torch.float32 for v in _adapter(tmp_path / "ck").values())
     assert result.precision == "bf16"
-    # auto: bf16 where oneDNN has bf16 kernels (this machine's AVX512-BF16: 1.43x a step), fp32 elsewhere
+    # auto: bf16 where oneDNN has bf16 kernels (an AVX512-BF16 CPU: 1.43x a step), fp32 elsewhere
     auto = train(data, tmp_path / "auto", TrainOptions(max_steps=1, audio_rates=[4]), base=base,
                  feature_cache=tmp_path / "cache")  # fmt: skip
     assert auto.precision == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")

@@ -59,7 +59,7 @@ def test_shipped_cards_are_valid(home):
 
 
 def test_published_checkpoints_match_the_reference_readmes(home):
-    """Drive ids, WERs, rates and LLMs as in the Llama-AVSR / Omni-AVSR READMEs (REFERENCE.md 4, 6)."""
+    """Drive ids, WERs, rates and LLMs as in the Llama-AVSR / Omni-AVSR READMEs."""
     drive = {
         "llama-avsr-asr": ("1LwMKmG4x63M0J8jINRg9DwmEzvADeBWv", "asr", 0.728, {"audio_rates": [3]}),
         "llama-avsr-vsr": ("1GhKo47kBez8Uj_SJF91k43SWtf1CG3w8", "vsr", 23.68, {"video_rates": [3]}),

@@ -274,7 +274,7 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
             from .avhubert_fairseq import avhubert_state_from_fairseq, infer_config
 
             # Llama-AVSR trains with the video encoder in train mode, so its BatchNorm statistics differ from
-            # the original large_vox_iter5.pt: the encoder must come from this .pth (REFERENCE.md §9).
+            # the original large_vox_iter5.pt: the encoder must come from this .pth.
             video_state = avhubert_state_from_fairseq(state, "video_encoder.")
             video_cfg = infer_config(video_state)
             video_encoder = EncoderConfig(kind="avhubert", source="video_encoder", dim=video_cfg.dim)

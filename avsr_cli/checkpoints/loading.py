@@ -203,7 +203,7 @@ def quantize_int8(model: AVSRModel) -> None:
     bytes. Per channel, not per tensor: on 60 held-out-source clips (v2 pilot, greedy) 55.9 % WER against
     63.7 % per tensor and 46.4 % float32, at the same speed. The encoder stays
     float32: quantising it as well took avsr-tiny-en from 71 % to 90 % WER on held-out clips (each alone:
-    69 % and 64 %); it runs once per clip, so it costs little (README, int8)."""
+    69 % and 64 %); it runs once per clip, so it costs little (docs/usage.md, int8)."""
     import warnings
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic

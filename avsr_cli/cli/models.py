@@ -17,7 +17,7 @@ def import_checkpoint(
         Path,
         typer.Option(
             help="JSON describing what the .pth cannot tell (LLM and encoder "
-            "sources, LoRA rank/alpha, compression); see README."
+            "sources, LoRA rank/alpha, compression); see docs/models.md."
         ),
     ],
     keep_frozen: Annotated[

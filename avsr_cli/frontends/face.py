@@ -497,8 +497,9 @@ def track(
 
 
 def landmark_gap(a: np.ndarray, b: np.ndarray) -> float:
-    """How far two (T, 68, 2) tracks of the same frames lie apart, in pixels (issue #18's "landmark drift"):
-    the median over the frames both have (NaN when none) of the mean distance between corresponding points."""
+    """How far two (T, 68, 2) tracks of the same frames lie apart, in pixels (the "landmark drift" of
+    docs/benchmarks.md): the median over the frames both have (NaN when none) of the mean distance between
+    corresponding points."""
     per_frame = np.linalg.norm(np.asarray(a, float) - np.asarray(b, float), axis=-1).mean(-1)
     both = np.isfinite(per_frame)
     return float(np.median(per_frame[both])) if both.any() else float("nan")

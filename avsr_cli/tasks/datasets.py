@@ -11,8 +11,8 @@
   Relative paths are resolved against the manifest's folder; the default id is the path without extension;
 - a Llama-AVSR / Omni-AVSR label CSV: no header, 5 comma-separated fields
   ``dataset_name,rel_path,input_length,token_ids,transcript``, media at ``root/dataset_name/rel_path`` and
-  audio at ``rel_path[:-4] + ".wav"`` (Llama-AVSR datamodule/av_dataset.py load_list / load_audio,
-  REFERENCE.md §5). It is recognised by its first line: 5 fields, the third an integer, the fourth
+  audio at ``rel_path[:-4] + ".wav"`` (Llama-AVSR datamodule/av_dataset.py load_list / load_audio).
+  It is recognised by its first line: 5 fields, the third an integer, the fourth
   space-separated integers. root defaults to the folder above ``labels/`` when the CSV sits in one
   (the reference layout ``<root>/labels/<csv>``), else the CSV's folder.
 

@@ -2,7 +2,7 @@
 
 Rows are appended to `results.jsonl` (flushed per clip), so an interrupted run loses nothing already scored
 and `resume` skips what is there. WER/CER are corpus-level (total errors / total reference units), as the
-Llama-AVSR / Omni-AVSR papers report them (REFERENCE.md §5).
+Llama-AVSR / Omni-AVSR papers report them (Llama-AVSR models/lightning.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Noise stage: audio noise at an exact SNR and video corruptions, for robustness tables like Llama-AVSR's.
 
-Audio (Llama-AVSR datamodule/transforms.py AddNoise, REFERENCE.md §5): a random segment of a noise
+Audio (Llama-AVSR datamodule/transforms.py AddNoise): a random segment of a noise
 recording (auto_avsr's ``babble_noise.wav``; `load_noise`) is cut with ``random.randint(0, len(noise) - n)``
 and mixed with ``torchaudio.functional.add_noise(speech, segment, snr)``: the noise is scaled so that the
 energy ratio over the whole utterance is the SNR; the sum is not clipped. The reference draws the offset

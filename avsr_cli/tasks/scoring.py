@@ -2,7 +2,7 @@
 
 Corpus WER is Σ(S + D + I) / Σ(reference words), not a mean of per-utterance WERs: that is what the
 reference computes (Llama-AVSR lightning module, L202-211: Σ edit_distance(ref.lower().split(),
-hyp.lower().split()) / Σ len(ref.split()), REFERENCE.md §5) and what the papers print (×100).
+hyp.lower().split()) / Σ len(ref.split()), Llama-AVSR models/lightning.py) and what the papers print (×100).
 Alignment and counts come from jiwer 4 (`process_words` / `process_characters`).
 
 An utterance whose reference normalises to nothing has no words to score against: its hypothesis words are

@@ -1,6 +1,6 @@
 """Training the projectors + LoRA on top of the frozen encoders and LLM (the Llama-AVSR recipe).
 
-Reference recipe (Llama-AVSR train.py / README commands, REFERENCE.md §6.3): AdamW betas (0.9, 0.98), weight
+Reference recipe (Llama-AVSR train.py / README commands): AdamW betas (0.9, 0.98), weight
 decay 0.1, lr 1e-3 for ASR/AVSR and 5e-4 for VSR, cosine schedule (`--warmup-epochs 0` by default),
 gradient clip 10, batches by a frame budget (`--max-frames-audiovisual 1500`: 60 s of 25 fps frames per
 device), bf16 on GPU, only projectors and LoRA trainable, checkpoint averaging of the last epochs. Omni-AVSR's
@@ -429,7 +429,7 @@ def autocast_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    # On this machine's AVX512-BF16 CPU a step of the default model trains 1.43x faster under bf16 autocast,
+    # On an AVX512-BF16 CPU a step of the default model trains 1.43x faster under bf16 autocast,
     # with the same losses to 2-3 digits (8 steps: 4.1 against 2.9 s a step); without native kernels bf16
     # is emulated and slower.
     native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -618,9 +618,9 @@ class Trainer:
         # the auxiliary CTC's classes, the same for every modality (blank bias fixed at 0: not trained here)
         ctc = CTCClasses.of(model, self.targets) if o.ctc_weight else None
         model.train()
-        # On this 2-core CPU, a step of the default model's batches (30 s of 3-10 s clips, ~40-130 positions
+        # On 2 CPU threads, a step of the default model's batches (30 s of 3-10 s clips, ~40-130 positions
         # a row): eager attention 1.10-1.16x faster than SDPA (whose CPU flash-attention backward was 15 % of
-        # the step), the frozen weights cast once for bf16 1.11x, compiled 1.6-2.7x (README, Training).
+        # the step), the frozen weights cast once for bf16 1.11x, compiled 1.6-2.7x (docs/training.md).
         dtype = torch.bfloat16 if precision == "bf16" else None
         self.kernels = TrainingKernels(model.llm, dtype, compile=o.compile)
         with self.kernels.steps():

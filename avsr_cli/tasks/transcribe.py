@@ -28,7 +28,7 @@ LIPS_UNUSED = (
 )
 
 
-DECODER_ROWS = 16  # default batch: 16 rows; 4 clips x 4 beams was the fastest on CPU in issue #18
+DECODER_ROWS = 16  # default batch: 16 rows; 4 clips x 4 beams was the fastest on CPU (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class TranscribeOptions:
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     # Chunks decoded together: at most batch_size of them (None: DECODER_ROWS rows, so 16 clips greedy and
     # 4 with 4 or more beams), and no more seconds of media than batch_seconds (the KV cache grows with
-    # both). Batches change no text. Greedy on 2 CPU threads (issue #18): 10 short clips (3 s) 14.1 s at 4
+    # both). Batches change no text. Greedy on 2 CPU threads: 10 short clips (3 s) 14.1 s at 4
     # clips, 8.9 s at 16; a 2-minute recording (21 chunks) 22.9 s at 4, 15.6 s with 60 s a batch (1.39 GB
     # peak), 16.6 s with 45 s (1.35 GB), 18.3 s with 30 s (1.27 GB; 1.25 GB at 4 clips).
     batch_size: int | None = None

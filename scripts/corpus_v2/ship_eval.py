@@ -1,4 +1,4 @@
-"""Score a candidate default model on issue #14's target sets, beside Whisper base's own decoder.
+"""Score a candidate default model on the held-out sets, beside Whisper base's own decoder.
 
     python scripts/corpus_v2/ship_eval.py CHECKPOINT OUT_DIR [--threads 1] [--limit 100] [--dtype float32]
 
@@ -6,7 +6,7 @@ Sets (LRS normaliser; avsr at the checkpoint's decoding defaults, Whisper base w
 - held-out source (fortunes), held-out voices (hibari heart, festival slt hts): the first LIMIT clips, clean,
   and the same sentences at 5 dB of held-out babble (`test-heldout-source-babble5`, built by build.py);
 - the English clips of the pytest-audioeval wheel (fetched from PyPI into OUT_DIR once);
-- the real LRS3 clip of ../shared/assets, scored against Whisper base's transcript of it.
+- the real LRS3 example clip (when the shared assets exist), scored against Whisper base's transcript of it.
 Whisper's results are cached in OUT_DIR (they do not depend on the checkpoint). Writes OUT_DIR/table.md and
 OUT_DIR/table.json.
 """
