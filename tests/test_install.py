@@ -203,7 +203,6 @@ def test_the_wheel_installs_in_a_fresh_venv_and_transcribes_with_the_built_in_mo
 
     reference = (ROOT / "examples" / "heldout.txt").read_text()
     assert jiwer.wer(reference.lower(), r.stdout.strip().lower()) <= 0.2, r.stdout
-    where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import avsr_cli; print(avsr_cli.__file__)"], **run
-    )
-    assert str(venv) in where.stdout  # the installed package, not the source tree
+    code = "import avsr_cli; print(avsr_cli.__file__)"
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", code], env=env, cwd=work, **run)
+    assert where.stdout.startswith(str(venv)), where.stdout  # the installed package, not the source tree
