@@ -29,6 +29,13 @@ class DownloadError(AvsrError):
     """A model part could not be fetched, verified or converted (the message says which and what to do)."""
 
 
+class SourceRefusedError(DownloadError):
+    """A model part's source is refused before anything is read from it: a URL scheme avsr does not fetch,
+    or a `file:` URL naming a device, FIFO or folder (a card and the servers it names are untrusted)."""
+
+    exit_code = 2
+
+
 class UnsafeNameError(AvsrError):
     """A name from outside (a card, a server, a checkpoint, a file name) would lead outside its folder."""
 

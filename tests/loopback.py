@@ -183,6 +183,7 @@ class HubRepo:
     served: dict[str, bytes] = field(default_factory=dict)  # file -> other bytes sent under its ETag
     etags: dict[str, str] = field(default_factory=dict)  # file -> the ETag header sent instead of its digest
     html_page: str | None = None  # the API answers with this HTML page (a proxy's login page, say)
+    locations: dict[str, str] = field(default_factory=dict)  # file -> where its resolve redirects (302)
 
 
 class FakeHub:
@@ -256,6 +257,14 @@ class FakeHub:
                 )
             tag = repo.etags.get(m.group(3), etag(m.group(3), body))
             headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{tag}"'}
+            if m.group(3) in repo.locations:  # as the Hub sends LFS files to its CDN
+                headers = {
+                    "X-Repo-Commit": repo.sha,
+                    "X-Linked-Etag": f'"{tag}"',
+                    "X-Linked-Size": str(len(body)),
+                    "Location": repo.locations[m.group(3)],
+                }
+                return send(h, method, b"", status=302, headers=headers)
             stall = repo.stall.pop(m.group(3), None) if method == "GET" else None
             return send(h, method, repo.served.get(m.group(3), body), headers=headers, stall=stall)
         send(h, method, b"", status=404)

@@ -397,6 +397,19 @@ def test_hub_file_not_matching_its_etag_is_quarantined(world):
     assert not list(storage.glob("blobs/*")) and not list(storage.glob("snapshots/*/*"))
 
 
+def test_hub_file_redirected_to_a_local_file_is_refused(world):
+    repo = world["hub"].add("evil/local", {"model.safetensors": b"w" * 4096})
+    repo.locations["model.safetensors"] = "file:///dev/zero"
+    home = Path(world["env"]["AVSR_HOME"], "models")
+    card(home, "evil-local", '[parts.w]\nhub = "evil/local"\nlicense = "t"\n')
+    r = avsr(world, "download-checkpoint", "evil-local")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "part 'w' of evil-local: model.safetensors: file:///dev/zero has scheme 'file'" in line, line
+    storage = Path(world["env"]["HF_HOME"], "hub", "models--evil--local")
+    assert not list(storage.glob("blobs/*")) and not list(storage.glob("snapshots/*/*"))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Hostile names: a card's part name, a server's ETag, commit id or file name never become a path outside
 # ---------------------------------------------------------------------------------------------------------
@@ -535,3 +548,157 @@ def test_fairseq_avhubert_part_is_converted(host):
     assert result.parts[0].action == "converted" and out == result.model_dir / "weights"
     assert AVHubertVideoEncoder.from_dir(out).dim > 0
     assert download_model("avh").parts[0].action == "present"  # converted once
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hostile sources: a card and the servers it names are untrusted; a download never reads more than the card
+# declares (or the cap per part), and only https/http URLs and regular local files are read
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Endless:
+    """A server that answers every GET with 200, no Content-Length (the body ends when the connection closes)
+    and up to `total` bytes, counting the bytes the client's socket accepted before it hung up."""
+
+    def __init__(self, total: int = 64 << 20, chunk: int = 64 << 10) -> None:
+        self.total, self.chunk, self.sent, self.hung_up = total, chunk, 0, threading.Event()
+
+    def __call__(self, h, method: str) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.close_connection = True
+        block = b"\x5a" * self.chunk
+        try:
+            while self.sent < self.total:
+                h.wfile.write(block)
+                self.sent += len(block)
+            h.wfile.flush()
+        except OSError:  # the client closed the connection
+            self.hung_up.set()
+
+
+def cli(home: Path, *args: str, fsize: int = 256 << 20, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m avsr_cli ARGS` with the host fixture's AVSR_HOME/AVSR_CACHE; a file it writes may not grow
+    past `fsize` bytes (RLIMIT_FSIZE), so a download that does not stop cannot fill the disk."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "AVSR_"))},
+        "AVSR_HOME": os.environ["AVSR_HOME"],
+        "AVSR_CACHE": os.environ["AVSR_CACHE"],
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "avsr_cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit,
+    )
+
+
+def nothing_kept(name: str) -> bool:
+    """No file of model `name` under downloads/ (not even a partial one) nor in quarantine/."""
+    root = download.default_root()
+    return downloads(name) == [] and not (root / "quarantine").exists()
+
+
+def test_stream_longer_than_the_declared_size_stops_at_it(host):
+    _, _, home = host
+    endless = Endless()
+    server = Server(endless)
+    try:
+        card(home, "long", url_part(f"{server.url}/model.pth", data=None, extra="size = 100000\n"))
+        r = cli(home, "download-checkpoint", "long")
+        assert endless.hung_up.wait(10), "the client never hung up"
+    finally:
+        server.stop()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1, r.stderr
+    assert "part 'weights' of long" in line and f"{server.url}/model.pth" in line and "100000 bytes" in line
+    # the client read at most size + 1 bytes; what the server got rid of beyond that sat in socket buffers
+    assert endless.sent < 100_000 + (16 << 20) < endless.total, endless.sent
+    assert nothing_kept("long")
+
+
+def test_stream_without_a_size_stops_at_the_cap(host, monkeypatch):
+    _, _, home = host
+    endless = Endless()
+    server = Server(endless)
+    monkeypatch.setattr(download, "MAX_PART_BYTES", 1_000_000, raising=False)
+    try:
+        card(home, "capped", url_part(f"{server.url}/model.pth", data=None))
+        with pytest.raises(DownloadError, match=r"part 'weights' of capped: .* more than 1000000 bytes"):
+            download_model("capped")
+        assert endless.hung_up.wait(10), "the client never hung up"
+    finally:
+        server.stop()
+    assert endless.sent < 1_000_000 + (16 << 20) < endless.total, endless.sent
+    assert nothing_kept("capped")
+
+
+def test_announced_length_over_the_cap_is_refused_before_reading(host, monkeypatch):
+    server, app, home = host
+    monkeypatch.setattr(download, "MAX_PART_BYTES", 100_000, raising=False)
+    card(home, "announced", url_part(f"{server.url}/files/model.pth", data=None))
+    with pytest.raises(DownloadError, match=r"offers 300000 bytes, more than .* 100000 bytes"):
+        download_model("announced")
+    assert nothing_kept("announced")
+
+
+def test_file_url_to_a_device_fifo_or_folder_is_refused(host, tmp_path):
+    _, _, home = host
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for name, url in (("zero", "file:///dev/zero"), ("fifo", fifo.as_uri()), ("folder", tmp_path.as_uri())):
+        card(home, name, url_part(url, data=None))
+        r = cli(home, "download-checkpoint", name, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (name, r.returncode, r.stderr)
+        line = r.stderr.strip()
+        assert len(line.splitlines()) == 1 and "not a regular file" in line, r.stderr
+        assert f"part 'weights' of {name}" in line and url in line, line
+        assert nothing_kept(name)
+    (tmp_path / "model.pth").write_bytes(BLOB)  # a regular file is fetched (and checked) as a download
+    card(home, "local", url_part((tmp_path / "model.pth").as_uri()))
+    result = download_model("local")
+    assert result.parts[0].path.read_bytes() == BLOB and result.parts[0].action == "downloaded"
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:9/model.pth", "data:application/octet-stream,weights"])
+def test_url_scheme_other_than_http_or_file_is_refused(host, url):
+    _, _, home = host
+    card(home, "scheme", url_part(url, data=None))
+    r = cli(home, "download-checkpoint", "scheme", timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1, r.stderr
+    assert "scheme.toml" in line and "part 'weights'" in line and url.split(":")[0] in line, line
+    assert nothing_kept("scheme")
+
+
+def test_redirect_to_another_scheme_is_refused(host):
+    server, app, home = host
+
+    def redirect(h, method: str) -> None:
+        h.send_response(302)
+        h.send_header("Location", "ftp://127.0.0.1:9/model.pth")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    mover = Server(redirect)
+    try:
+        card(home, "moved", url_part(f"{mover.url}/model.pth", data=None))
+        r = cli(home, "download-checkpoint", "moved", timeout=60)
+    finally:
+        mover.stop()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip()
+    assert "part 'weights' of moved" in line and "ftp://127.0.0.1:9/model.pth" in line, line
+    assert nothing_kept("moved")

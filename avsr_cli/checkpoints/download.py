@@ -5,6 +5,9 @@ Range), `<root>/<name>/<part>/` the converted form of a part (e.g. the avsr chec
 `<root>/<name>/manifest.json` what was fetched; files failing their sha256 go to `<root>/quarantine/`.
 `root` is `--dir`, default `$AVSR_CACHE/models`; `$AVSR_CACHE/models/index.json` remembers other roots.
 Hub parts stay in the huggingface-hub cache (HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT and HF_HOME apply).
+
+Cards and the servers they name are untrusted: a file is read from https, http (redirects only to these) or
+a `file:` URL naming a regular file, and never past the size its card declares, or `MAX_PART_BYTES`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.request
+import urllib.response
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -28,12 +33,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from ..errors import AvsrError, CheckpointError, DownloadError, UnsafeNameError, UsageError
+from ..errors import (
+    AvsrError,
+    CheckpointError,
+    DownloadError,
+    SourceRefusedError,
+    UnsafeNameError,
+    UsageError,
+)
 from ..modeling.config import CONFIG_FILE, ModelConfig
 from ..storage import atomic_write_text, cache_root, find_package, safe_join, set_usual_modes
 from ..version import __version__
 from .sources import DESCRIPTION_FILES
-from .zoo import Card, Part, get_card, load_zoo
+from .zoo import URL_SCHEMES, Card, Part, get_card, load_zoo
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -41,6 +53,11 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 TIMEOUT = 30.0  # seconds without data before a connection counts as lost
 HTML_LIMIT = 1 << 20  # most bytes of an HTML page read to look for a confirmation form
+# Most bytes read for one file whose size the card (or the Hub) does not declare; a file with a declared size
+# is never read past it. Above the largest such part of the shipped cards (Llama-AVSR's 16-17 GB .pth files);
+# a larger file needs its `size` in the card. A constant, changed only in code (and tests).
+MAX_PART_BYTES = 32 << 30
+HTTP_SCHEMES = ("https", "http")
 DEFAULT_HUB_PATTERNS = [*DESCRIPTION_FILES, "*.safetensors"]
 MANIFEST = "manifest.json"
 HEX_DIGEST_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # git blob sha1 or LFS sha256
@@ -199,12 +216,79 @@ def _html_error(label: str, url: str, title: str, dest: Path) -> DownloadError:
     )
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(url: str, mode: int, label: str) -> SourceRefusedError:
+    what = next((name for test, name in _FILE_KINDS if test(mode)), "not a plain file")
+    return SourceRefusedError(f"{label}: {url} is not a regular file ({what}); refused, nothing was read")
+
+
+def _open_local(url: str, offset: int, label: str):
+    """A `file:` URL as a response like urllib's, from byte `offset` (206 with Content-Range) when the file
+    is longer. Only a regular file is read: a device (`/dev/zero`), FIFO or folder is refused before it is
+    opened (a FIFO would block, a device never end), and checked again on the open descriptor."""
+    parts = urlsplit(url)
+    path = Path(urllib.request.url2pathname(parts.path))
+    if parts.netloc not in ("", "localhost") or not path.is_absolute():
+        raise SourceRefusedError(
+            f"{label}: {url} is not a local absolute path (write file:///absolute/path); refused"
+        )
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(url, mode, label)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never blocks on a swapped-in FIFO
+    except OSError as exc:
+        raise DownloadError(f"{label}: cannot read {url} ({exc.strerror or exc})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise _not_regular(url, info.st_mode, label)
+    stream = os.fdopen(fd, "rb")
+    offset = offset if offset < info.st_size else 0
+    stream.seek(offset)
+    headers = http.client.HTTPMessage()
+    headers["Content-Type"] = "application/octet-stream"
+    headers["Content-Length"] = str(info.st_size - offset)
+    if offset:
+        headers["Content-Range"] = f"bytes {offset}-{info.st_size - 1}/{info.st_size}"
+    return urllib.response.addinfourl(stream, headers, url, 206 if offset else 200)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to https and http only (urllib's own would follow ftp: as well)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        target = urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
+        if urlsplit(target).scheme.lower() not in HTTP_SCHEMES:
+            fp.close()
+            raise SourceRefusedError(
+                f"{self.label}: {req.full_url} redirects to {target}: only https and http redirects are "
+                f"followed; refused, nothing was read"
+            )
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
 def _open(url: str, offset: int, label: str, dest: Path, auth: dict[str, str] | None = None):
     """A response streaming the file from byte `offset`, through Google Drive's confirmation page if any.
 
     `auth` headers go to `url` only, never to a host it redirects to (a CDN must not see a Hub token).
     """
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    if urlsplit(url).scheme.lower() == "file":
+        return _open_local(url, offset, label)
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()), _Redirects(label))
     for _ in range(3):  # the file, or a confirmation page and then the file
         headers = {"User-Agent": f"avsr/{__version__}", "Accept-Encoding": "identity"}
         if offset:
@@ -268,6 +352,19 @@ def _check_space(folder: Path, needed: int | None, label: str, resumable: bool) 
         )
 
 
+def _too_long(label: str, url: str, limit: int, declared: bool) -> DownloadError:
+    if declared:
+        return DownloadError(
+            f"{label}: {url} sends more than the {limit} bytes its card declares; stopped reading at byte "
+            f"{limit + 1}, nothing was kept (a changed upstream file, or a wrong `size` in the card?)"
+        )
+    return DownloadError(
+        f"{label}: {url} sends more than {limit} bytes ({human_size(limit)}), the most avsr reads for a "
+        f"part whose card declares no size; stopped reading, nothing was kept: give the part its `size` in "
+        f"the card"
+    )
+
+
 def _hash_file(path: Path, hasher=None):
     hasher = hasher or hashlib.sha256()
     with open(path, "rb") as f:
@@ -320,9 +417,19 @@ def download_file(
     size: int | None = None,
     progress: Progress | None = None,
     auth: dict[str, str] | None = None,
+    schemes: tuple[str, ...] = URL_SCHEMES,
 ) -> Path:
     """Download `url` into `<dest>.part`, resuming what an earlier run left there (HTTP Range), and return
-    the complete partial file for the caller to verify and rename. An interruption keeps it for next time."""
+    the complete partial file for the caller to verify and rename. An interruption keeps it for next time.
+
+    `url` must have one of `schemes` (SourceRefusedError otherwise). At most `size` bytes are read, or
+    `MAX_PART_BYTES` without a size: a longer stream is cut there, refused, and its partial file removed."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in schemes:
+        raise SourceRefusedError(
+            f"{label}: {url} has scheme '{scheme or 'none'}': only {', '.join(schemes)} URLs are fetched; "
+            f"refused, nothing was read"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     if _offline():
@@ -355,6 +462,7 @@ def _download(
 ) -> None:
     if size is not None:
         _check_space(partial.parent, size - offset, label, resumable=offset > 0)
+    limit = size if size is not None else MAX_PART_BYTES
     try:
         response = _open(url, offset, label, dest, auth)
     except _RangeRefused:
@@ -368,6 +476,12 @@ def _download(
                 f"{label}: the server offers {total} bytes, the card says {size} bytes: not downloaded "
                 f"(a changed upstream file?)"
             )
+        if total is not None and total > limit:
+            raise DownloadError(
+                f"{label}: the server offers {total} bytes, more than the {limit} bytes "
+                f"({human_size(limit)}) avsr reads for a part whose card declares no size: not downloaded; "
+                f"give the part its `size` in the card"
+            )
         if total is not None:
             _check_space(partial.parent, total - offset, label, resumable=offset > 0)
         task = progress.add_task(label, total=total, completed=offset) if progress else None
@@ -375,14 +489,16 @@ def _download(
         try:
             with open(partial, "ab" if offset else "wb") as out:
                 while True:
-                    try:
-                        chunk = response.read1(CHUNK)
+                    try:  # one byte past the limit at most: enough to tell that the stream is too long
+                        chunk = response.read1(min(CHUNK, limit + 1 - received))
                     except (http.client.HTTPException, OSError):
                         break  # counted below as an interrupted download
                     if not chunk:
                         break
                     if received == 0 and _looks_like_html(chunk):
                         raise _html_error(label, url, "", dest)
+                    if received + len(chunk) > limit:
+                        raise _too_long(label, url, limit, size is not None)
                     out.write(chunk)
                     received += len(chunk)
                     if task is not None:
@@ -536,7 +652,13 @@ def _fetch_blob(
     same_host = urlsplit(meta.location).hostname == urlsplit(constants.ENDPOINT).hostname
     auth = {k: v for k, v in build_hf_headers(token=token).items() if k.lower() == "authorization"}
     partial = download_file(
-        meta.location, blob, f"{label}: {filename}", meta.size, progress, auth if same_host else None
+        meta.location,
+        blob,
+        f"{label}: {filename}",
+        meta.size,
+        progress,
+        auth if same_host else None,
+        schemes=HTTP_SCHEMES,  # the Hub's answer names where the bytes are: never a local file
     )
     digest = _blob_digest(partial, etag)
     if digest != etag:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
@@ -132,6 +134,64 @@ def read_adapter(ckpt_dir: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{adapter}: unreadable ({exc})") from None
 
 
+def adapter_shapes(ckpt_dir: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in `ckpt_dir`'s adapter file, from its header (no tensor is read)."""
+    adapter = Path(ckpt_dir) / ADAPTER_FILE
+    if not adapter.exists():
+        raise CheckpointError(f"{ckpt_dir}: missing {ADAPTER_FILE}")
+    try:
+        with safe_open(str(adapter), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{adapter}: unreadable ({exc})") from None
+
+
+def check_config_fits_adapter(config: ModelConfig, ckpt_dir: Path) -> None:
+    """The sizes in `ckpt_dir`'s config.json against the tensors its adapter file holds (their shapes only),
+    before anything is allocated: each compression rate has its projector, and intermediate_size, the encoder
+    widths, llm.hidden_size and lora.r are the ones those tensors have. A mismatch raises CheckpointError
+    naming config.json, the key and the value the weights allow."""
+    ckpt_dir = Path(ckpt_dir)
+    shapes = adapter_shapes(ckpt_dir)
+    where = f"{ckpt_dir / CONFIG_FILE}"
+
+    def bad(key: str, value: object, allowed: object, tensor: str) -> CheckpointError:
+        return CheckpointError(
+            f"{where}: {key} is {value}: it must be {allowed}, as {tensor} in {ADAPTER_FILE} has shape "
+            f"{tuple(shapes[tensor])}"
+        )
+
+    hidden, inter = config.llm.hidden_size, config.projector.intermediate_size
+    for modality, encoder in (("audio", config.audio_encoder), ("video", config.video_encoder)):
+        rates = config.rates(modality) if encoder is not None else []
+        prefix = f"projectors.{modality}."
+        held = sorted({int(k.split(".")[2]) for k in shapes if re.match(rf"{prefix}\d+\.", k)})
+        for rate in rates:
+            first, second = f"projectors.{modality}.{rate}.0.weight", f"projectors.{modality}.{rate}.2.weight"
+            if len(shapes.get(first, ())) != 2 or len(shapes.get(second, ())) != 2:
+                raise CheckpointError(
+                    f"{where}: compression.{modality}_rates has {rate}, but {ADAPTER_FILE} holds no "
+                    f"{modality} projector for that rate (its {modality} rates: {held or 'none'})"
+                )
+            if shapes[first][0] != inter:
+                raise bad("projector.intermediate_size", inter, shapes[first][0], first)
+            if shapes[second] != (hidden, inter):
+                raise bad("llm.hidden_size", hidden, shapes[second][0], second)
+            stack = config.compression.mode == "stack"
+            if shapes[first][1] != encoder.dim * (rate if stack else 1):
+                width = shapes[first][1] // rate if stack else shapes[first][1]
+                raise bad(f"{modality}_encoder.dim", encoder.dim, width, first)
+    for key in ("llm.added_embed_rows", "llm.added_lm_head_rows"):
+        if key in shapes and len(shapes[key]) == 2 and shapes[key][1] != hidden:
+            raise bad("llm.hidden_size", hidden, shapes[key][1], key)
+    if config.lora is not None:
+        for key, shape in shapes.items():
+            if key.startswith("llm.lora.") and len(shape) == 2:
+                rank = shape[0] if key.endswith(".lora_A") else shape[1] if key.endswith(".lora_B") else None
+                if rank is not None and rank != config.lora.r:
+                    raise bad("lora.r", config.lora.r, rank, key)
+
+
 def load_adapter_state(
     model: AVSRModel, state: dict[str, torch.Tensor], new_lora_modules: Collection[str] = ()
 ) -> None:
@@ -182,6 +242,7 @@ def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str =
     the LLM's Linear layers dynamically quantised (`quantize_int8`)."""
     ckpt_dir = find_checkpoint(str(name_or_path))
     config = ModelConfig.load(ckpt_dir / CONFIG_FILE)
+    check_config_fits_adapter(config, ckpt_dir)  # before the encoders, the LLM or a projector is allocated
     dev = resolve_device(device)
     int8 = dtype == "int8"
     if int8 and dev.type != "cpu":

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import CheckpointError
 
@@ -30,6 +31,8 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PART_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# The URL schemes a url part may use (download.py reads nothing else: no ftp:, data: or others).
+URL_SCHEMES = ("https", "http", "file")
 
 
 @dataclass
@@ -174,6 +177,13 @@ def _parse_part(name: str, table: dict[str, Any], path: Path, cards: dict[str, d
         raise _fail(path, f"part '{name}' has unknown keys: {', '.join(sorted(table))}")
     if kind in ("url", "page") and not part.file:
         raise _fail(path, f"part '{name}': a {kind} part needs `file` (the name it is saved under)")
+    if kind == "url" and urlsplit(part.source).scheme.lower() not in URL_SCHEMES:
+        scheme = urlsplit(part.source).scheme or "none"
+        raise _fail(
+            path,
+            f"part '{name}': url {part.source!r} has scheme '{scheme}': only https, http and file URLs "
+            f"are fetched",
+        )
     if part.file and (Path(part.file).name != part.file or part.file.startswith(".")):
         raise _fail(path, f"part '{name}': file must be a plain file name, not '{part.file}'")
     if kind == "hub" and not HUB_ID_RE.match(part.source):

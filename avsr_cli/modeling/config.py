@@ -10,7 +10,10 @@ An avsr checkpoint is a directory with:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +154,149 @@ class DecodingDefaults:
     top_k: int = 50
 
 
+# The numbers of config.json, checked on load before anything is allocated: key -> (least, most, whether the
+# least itself is excluded). Far above the published models (Llama-AVSR 8B: encoder width 1024, LLM hidden
+# size 4096, projector 2048), yet a config cannot ask for an allocation that exhausts memory; the weights
+# present bound the sizes further (checkpoints.loading.check_config_fits_adapter).
+MAX_WIDTH = 1 << 16
+LIMITS: dict[str, tuple[float, float, bool]] = {
+    "format_version": (1, FORMAT_VERSION, False),
+    "audio_encoder.dim": (1, MAX_WIDTH, False),
+    "video_encoder.dim": (1, MAX_WIDTH, False),
+    "llm.hidden_size": (1, MAX_WIDTH, False),
+    # Whisper gives 1500 frames per 30 s window: a larger rate leaves no token for any clip
+    "compression.audio_rates[]": (1, 1500, False),
+    "compression.video_rates[]": (1, 1500, False),
+    "projector.intermediate_size": (1, 1 << 18, False),
+    "lora.r": (1, MAX_WIDTH, False),
+    "lora.alpha": (0.0, 1e6, True),
+    "decoding.num_beams": (1, 256, False),
+    "decoding.max_new_tokens": (1, 1 << 16, False),
+    "decoding.temperature": (0.0, 100.0, True),
+    "decoding.top_p": (0.0, 1.0, True),
+    "decoding.top_k": (0, 1 << 20, False),
+    "max_audio_seconds": (0.0, 3600.0, True),
+    "chunk_seconds": (0.0, 3600.0, True),
+}
+MAX_RATES = 16  # entries per list of compression rates
+MAX_PROJECTOR_PARAMS = 1 << 30  # all projectors together (4 GiB in float32); Llama-AVSR's: 15 million
+CHOICES = {
+    "modes[]": MODES,
+    "lora.tasks[]": tuple(MODE_TO_TASK.values()),
+    "compression.mode": ("stack", "avg-pooling"),
+    "lora.variant": ("shared", "task", "shared+task"),
+}  # (an encoder's window is checked by EncoderConfig itself)
+
+
+def _allowed(key: str) -> str:
+    low, high, open_low = LIMITS[key]
+    if isinstance(low, int) and isinstance(high, int):
+        return f"an integer from {low} to {high}"
+    if open_low:
+        return f"a number above {low:g} and at most {high:g}"
+    return f"a number from {low:g} to {high:g}"
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_value(hint: Any, value: Any, key: str) -> None:
+    """`value` (from JSON) against the annotation `hint`; nested dataclasses as dicts, checked field by
+    field. Raises CheckpointError naming the dotted key and what is allowed."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    limit_key = key.split("[")[0] + "[]" if key.endswith("]") else key
+    if hint is int:
+        if type(value) is not int:  # bool is an int to Python, 48.0 a float: neither is a size
+            raise CheckpointError(f"{key} must be {_allowed(limit_key)}, not {_shown(value)}")
+    elif hint is float:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise CheckpointError(f"{key} must be {_allowed(limit_key)}, not {_shown(value)}")
+    elif hint is bool:
+        if type(value) is not bool:
+            raise CheckpointError(f"{key} must be true or false, not {_shown(value)}")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise CheckpointError(f"{key} must be a string, not {_shown(value)}")
+        if limit_key in CHOICES and value not in CHOICES[limit_key]:
+            raise CheckpointError(
+                f"{key} must be one of {', '.join(CHOICES[limit_key])}, not {_shown(value)}"
+            )
+        return
+    elif origin is list:
+        if not isinstance(value, list):
+            raise CheckpointError(f"{key} must be a list, not {_shown(value)}")
+        if args and args[0] is int and len(value) > MAX_RATES:
+            raise CheckpointError(f"{key} has {len(value)} entries: at most {MAX_RATES} are allowed")
+        for i, item in enumerate(value):
+            _check_value(args[0] if args else Any, item, f"{key}[{i}]")
+        if args and args[0] is int and len(set(value)) != len(value):
+            raise CheckpointError(f"{key} lists a rate twice: {_shown(value)}")
+        return
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{key} must be a table of strings, not {_shown(value)}")
+        for name, item in value.items():
+            _check_value(args[1] if args else Any, item, f"{key}.{name}")
+        return
+    elif isinstance(hint, type) and is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{key} must be a table, not {_shown(value)}")
+        _check_fields(hint, value, f"{key}.")
+        return
+    else:
+        return
+    if limit_key in LIMITS:
+        low, high, open_low = LIMITS[limit_key]
+        if value > high or value < low or (open_low and value == low):
+            raise CheckpointError(f"{key} is {_shown(value)}: it must be {_allowed(limit_key)}")
+
+
+def _check_fields(cls: type, data: dict[str, Any], where: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CheckpointError(f"unknown keys: {', '.join(where + k for k in unknown)}")
+    for name, value in data.items():
+        _check_value(hints[name], value, where + name)
+
+
+def _check_sizes(config: ModelConfig) -> None:
+    """What a number means next to the others: LoRA rank within the LLM width, projectors of bounded size."""
+    if config.lora is not None and config.lora.r > config.llm.hidden_size:
+        raise CheckpointError(
+            f"lora.r is {config.lora.r}: it must be an integer from 1 to llm.hidden_size "
+            f"({config.llm.hidden_size})"
+        )
+    per_unit, fixed = 0, 0  # projector parameters = per_unit * intermediate_size + fixed
+    hidden = config.llm.hidden_size
+    for modality, encoder in (("audio", config.audio_encoder), ("video", config.video_encoder)):
+        for rate in config.rates(modality) if encoder is not None else []:
+            width = encoder.dim * rate if config.compression.mode == "stack" else encoder.dim
+            per_unit, fixed = per_unit + width + 1 + hidden, fixed + 3 * hidden  # Linear, Linear (+LayerNorm)
+    if not per_unit:
+        return
+    most = (MAX_PROJECTOR_PARAMS - fixed) // per_unit
+    if most < 1:
+        raise CheckpointError(
+            f"the encoder widths (*_encoder.dim), compression rates and llm.hidden_size make projectors of "
+            f"more than {MAX_PROJECTOR_PARAMS} parameters, the most allowed"
+        )
+    if config.projector.intermediate_size > most:
+        raise CheckpointError(
+            f"projector.intermediate_size is {config.projector.intermediate_size}: with these encoder "
+            f"widths, rates and llm.hidden_size it must be an integer from 1 to {most} (projectors of at "
+            f"most {MAX_PROJECTOR_PARAMS} parameters)"
+        )
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild an avsr model around the weights in `adapter.safetensors`."""
@@ -196,12 +342,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from the JSON data of config.json, every value checked first (type, integer-ness, range:
+        `LIMITS`, `CHOICES`); a bad one raises CheckpointError naming its key and what is allowed."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"config.json must hold a JSON object, not {_shown(data)}")
         data = dict(data)
         if data.pop("format", FORMAT_NAME) != FORMAT_NAME:
             raise CheckpointError("config.json is not an avsr checkpoint config")
         version = data.pop("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
+        if type(version) is int and version > FORMAT_VERSION:
             raise CheckpointError(f"checkpoint format version {version} is newer than this avsr supports")
+        _check_value(int, version, "format_version")
+        _check_fields(cls, data)
         nested = {
             "audio_encoder": EncoderConfig,
             "video_encoder": EncoderConfig,
@@ -218,10 +370,13 @@ class ModelConfig:
         for key, sub in nested.items():
             if isinstance(data.get(key), dict):
                 data[key] = sub(**data[key])
-        return cls(**data)
+        config = cls(**data)
+        _check_sizes(config)
+        return config
 
     @classmethod
     def load(cls, path: Path) -> ModelConfig:
+        """Read and check `path` (see `from_dict`); any problem raises CheckpointError naming the file."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
@@ -230,6 +385,8 @@ class ModelConfig:
             return cls.from_dict(data)
         except TypeError as exc:
             raise CheckpointError(f"{path}: malformed checkpoint config ({exc})") from None
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
 
 
 CONFIG_FILE = "config.json"

@@ -897,6 +897,7 @@ def train(
     with distributed_run() as world:
         from ..checkpoints.loading import (
             build_model,
+            check_config_fits_adapter,
             load_adapter_state,
             load_checkpoint,
             read_adapter,
@@ -932,6 +933,7 @@ def train(
 
             ckpt_dir = find_checkpoint(init_checkpoint)
             config = absolute_sources(ModelConfig.load(ckpt_dir / "config.json"), ckpt_dir)
+            check_config_fits_adapter(config, ckpt_dir)
             if video_encoder and config.video_encoder is None:
                 raise UsageError(
                     "--video-encoder adds a video side to a base; this checkpoint has none to keep"
