@@ -42,7 +42,7 @@ from ..errors import (
     UsageError,
 )
 from ..modeling.config import CONFIG_FILE, ModelConfig
-from ..storage import atomic_write_text, cache_root, find_package, safe_join, set_usual_modes
+from ..storage import atomic_write_text, cache_root, offline, safe_join, set_usual_modes
 from ..version import __version__
 from .sources import DESCRIPTION_FILES
 from .zoo import URL_SCHEMES, Card, Part, get_card, load_zoo
@@ -102,12 +102,6 @@ class DownloadResult:
 
 def default_root() -> Path:
     return cache_root() / "models"
-
-
-def _offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface-hub reads it: no network for Hub nor URL parts."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -432,7 +426,7 @@ def download_file(
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
-    if _offline():
+    if offline():
         raise DownloadError(f"{label}: not downloaded and HF_HUB_OFFLINE is set: run this again online")
     offset = partial.stat().st_size if partial.exists() else 0
     if size is not None and offset > size:
@@ -709,7 +703,7 @@ def fetch_hub(
     from huggingface_hub.utils import filter_repo_objects
 
     repo, patterns, token = part.source, part.patterns or DEFAULT_HUB_PATTERNS, options.token
-    if _offline():
+    if offline():
         cached = _hub_cached(repo, revision, patterns)
         if cached is None:
             raise DownloadError(
@@ -1002,10 +996,9 @@ def part_present(card: Card, part: Part, mdir: Path) -> bool:
         return _hub_cached(part.source, part.revision, part.patterns or DEFAULT_HUB_PATTERNS) is not None
     if part.kind == "path":
         return part_path(card, part).exists()
-    from .pypi_models import KNOWN_PYPI_MODELS  # pypi: the packages that carry the model are installed
+    from .pypi_models import is_materialized  # pypi: converted, or the packages that carry it are at hand
 
-    entry = KNOWN_PYPI_MODELS.get(part.source)
-    return entry is not None and all(find_package(m) is not None for _, _, m in entry.packages)
+    return is_materialized(part.source)
 
 
 @dataclass

