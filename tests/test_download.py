@@ -473,7 +473,6 @@ def test_hub_answering_html_says_what_came_back(world):
 
 
 def test_offline_round_trip(world):
-    t0 = time.time()
     r = avsr(world, "download-checkpoint", "tiny-drive")
     assert r.returncode == 0, r.stderr
     ckpt = Path(r.stdout.strip())
@@ -518,7 +517,6 @@ def test_offline_round_trip(world):
     assert (
         "network disabled by the test" in probe.stderr and (world["base"] / "network-attempts.log").exists()
     )
-    assert time.time() - t0 < 120
 
 
 def test_fairseq_avhubert_part_is_converted(host):

