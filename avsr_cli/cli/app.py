@@ -224,9 +224,7 @@ BatchSecondsOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[
     str,
-    typer.Option(
-        help="auto, float32, bfloat16, float16, or int8 (CPU: LoRA merged, LLM Linear layers quantised)."
-    ),
+    typer.Option(help="auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16 or float16."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[
