@@ -353,13 +353,13 @@ def test_crop_mouth_command(lrs3_clip, mean_face, backend, tmp_path, monkeypatch
     files = [str(lrs3_clip), str(bad), str(tmp_path / "missing.mp4")]
     result = CliRunner().invoke(app, ["crop-mouth", *files, "-o", str(out), "--debug-overlay"])
     assert result.exit_code == 1, result.output
-    assert result.stdout.strip() == str(out / "lrs3_example_mouth.mp4")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and "no face found in" in errors[0] and "missing.mp4: no such file" in errors[1]
     assert "2 of 3 file(s) failed" in result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["lrs3_example.wav", "lrs3_example_crops.png", "lrs3_example_mouth.mp4",
                      "lrs3_example_overlay.mp4"]  # fmt: skip
+    assert sorted(result.stdout.splitlines()) == [str(out / name) for name in names]  # stdout: every file
     info = probe(out / "lrs3_example_mouth.mp4")
     assert (info.width, info.height, info.video_fps, info.n_frames) == (96, 96, 25.0, 155)
     colour = load_video(out / "lrs3_example_mouth.mp4")
@@ -367,6 +367,9 @@ def test_crop_mouth_command(lrs3_clip, mean_face, backend, tmp_path, monkeypatch
     result = CliRunner().invoke(app, ["crop-mouth", str(lrs3_clip), "-o", str(tmp_path / "g"), "--gray"])
     grey = load_video(tmp_path / "g" / "lrs3_example_mouth.mp4")
     assert result.exit_code == 0 and np.abs(grey[..., 0].astype(int) - grey[..., 2]).max() <= 2
+    assert result.stdout.splitlines() == [
+        str(tmp_path / "g" / n) for n in ("lrs3_example_mouth.mp4", "lrs3_example.wav")
+    ]
     audio, rate = sf.read(out / "lrs3_example.wav")
     assert rate == 16000 and audio.ndim == 1 and len(audio) == 155 * 640
     overlay = probe(out / "lrs3_example_overlay.mp4")

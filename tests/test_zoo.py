@@ -53,7 +53,9 @@ def test_shipped_cards_are_valid(home):
         if card.kind == "checkpoint":
             own = card.parts[card.checkpoint]
             assert own.convert or own.kind in ("hub", "path")
-            assert card.wer
+            assert card.wer and all(row.get("source") for row in card.wer)  # --list says where each is from
+            # each card says what it transcribes (all shipped models: English, whatever their encoders know)
+            assert zoo.tomllib.loads(card.path.read_text())["languages"] == card.languages == ["en"]
             if card.paper:  # the published checkpoints decode as their reference does
                 assert card.decoding == {"num_beams": 15, "max_new_tokens": 32}
 
@@ -160,6 +162,8 @@ def test_user_card_for_a_local_checkpoint(home, tiny_ckpt):
         ('checkpoint = "b"\n[parts.a]\nhub = "x/y"\n', "checkpoint must name one of the parts"),
         ('checkpoint = "a"\n[parts.a]\nurl = "http://h/f"\nfile = "f"\n', "needs a `convert`"),
         ("[parts.a\n", "unreadable model card"),
+        ('languages = "en"\n[parts.a]\nhub = "x/y"\n', "languages must be a list"),
+        ('kind = "base"\nlanguages = ["English"]\n[parts.a]\nhub = "x/y"\n', "a list of language codes"),
     ],
 )
 def test_bad_card_is_reported_with_its_file(home, body, message):

@@ -45,7 +45,7 @@ from ..modeling.config import CONFIG_FILE, ModelConfig
 from ..storage import atomic_write_text, cache_root, offline, safe_join, set_usual_modes
 from ..version import __version__
 from .sources import DESCRIPTION_FILES
-from .zoo import URL_SCHEMES, Card, Part, get_card, load_zoo
+from .zoo import DEFAULT_LANGUAGES, URL_SCHEMES, Card, Part, get_card, load_zoo
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -885,6 +885,7 @@ def download_model(
     """
     options = options or DownloadOptions()
     card = get_card(name)
+    name = card.name  # `tiny` names avsr-tiny-en
     root = Path(options.dir).expanduser() if options.dir else default_root()
     mdir = safe_join(root, card.name)
     own = card.parts.get(card.checkpoint) if card.checkpoint else None
@@ -945,6 +946,7 @@ def locate_checkpoint(name: str) -> Path:
     Raises CheckpointError naming the missing part and the command that fetches it.
     """
     card = get_card(name)
+    name = card.name  # `tiny` names avsr-tiny-en
     if card.checkpoint is None:
         raise CheckpointError(
             f"'{name}' is a base model (encoders and LLM, no trained projector or LoRA): "
@@ -1015,6 +1017,8 @@ class ZooEntry:
     download_size: str = "?"
     memory: str = ""
     license: str = ""
+    wer_source: str = ""  # "measured", or the publication the WERs come from
+    languages: list[str] = field(default_factory=list)
 
 
 def zoo_status() -> list[ZooEntry]:
@@ -1044,6 +1048,8 @@ def zoo_status() -> list[ZooEntry]:
                 card.download_size(),
                 card.memory,
                 card.license_summary(),
+                card.wer_source(),
+                card.languages if card.kind == "checkpoint" else [],  # a base card transcribes nothing
             )
         )
     for name, error in zoo.broken.items():
@@ -1065,3 +1071,48 @@ def find_checkpoint(name_or_path: str) -> Path:
         )
 
     return locate_checkpoint(name_or_path)
+
+
+def checkpoint_card(name_or_path: str) -> Card | None:
+    """The card of a checkpoint as the command line gives it: a model name (or size) has its card; a folder
+    has the card whose `path` checkpoint part it is, else none."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        return get_card(name_or_path)
+    for card in load_zoo().cards.values():
+        own = card.parts.get(card.checkpoint) if card.checkpoint else None
+        if own is not None and own.kind == "path" and part_path(card, own).resolve() == path.resolve():
+            return card
+    return None
+
+
+def language_code(value: str) -> str:
+    """'en', 'EN', 'English' -> 'en': the language codes and names openai-whisper's --language takes."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    key = value.strip().lower()
+    code = key if key in LANGUAGES else TO_LANGUAGE_CODE.get(key)
+    if code is None:
+        raise UsageError(f"--language {value}: not a language code (en, de, ...) or name (English, ...)")
+    return code
+
+
+def check_language(value: str, name_or_path: str) -> str:
+    """The code of language `value` if the checkpoint transcribes it (its card's `languages`; English for a
+    checkpoint without a card); else UsageError naming the languages it has."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    code = language_code(value)
+    card = checkpoint_card(name_or_path)
+    languages = card.languages if card is not None else DEFAULT_LANGUAGES
+    if code in languages:
+        return code
+    named = ", ".join(f"{c} ({LANGUAGES[c].title()})" if c in LANGUAGES else c for c in languages)
+    if card is not None:
+        raise UsageError(
+            f"--language {value}: {card.name} transcribes {named} only (its model card, {card.path.name})"
+        )
+    raise UsageError(
+        f"--language {value}: {name_or_path} has no model card, so it is taken to transcribe {named} only; "
+        "a card with `languages` declares others (docs/models.md)"
+    )

@@ -34,6 +34,14 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # The URL schemes a url part may use (download.py reads nothing else: no ftp:, data: or others).
 URL_SCHEMES = ("https", "http", "file")
 
+LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # ISO 639 codes, as Whisper names its languages
+
+# Whisper's model sizes, by the names openai-whisper and faster-whisper take (`--model tiny`), and the avsr
+# model each stands for. Sizes without a model here are refused with the ones there are.
+WHISPER_SIZES = ("tiny", "base", "small", "medium", "large", "turbo")
+MODEL_ALIASES = {"tiny": "avsr-tiny-en", "tiny.en": "avsr-tiny-en"}
+DEFAULT_LANGUAGES = ["en"]  # what a card without `languages`, or a checkpoint without a card, transcribes
+
 
 @dataclass
 class Part:
@@ -74,6 +82,7 @@ class Card:
     wer: list[dict[str, Any]] = field(default_factory=list)
     memory: str = ""  # what running it needs (GPU memory, RAM), in words
     license: str = ""  # the terms in one line (each part's own are in its table)
+    languages: list[str] = field(default_factory=lambda: list(DEFAULT_LANGUAGES))  # what it transcribes
 
     def download_size(self) -> str:
         """The parts' total, from exact sizes or the upper end of their approx_size ("16-17 GB" -> 17 GB);
@@ -107,6 +116,19 @@ class Card:
             lo, hi = min(values), max(values)
             out.append(f"{mode} {lo:g}" if lo == hi else f"{mode} {lo:g}-{hi:g}")
         return ", ".join(out)
+
+    def wer_source(self) -> str:
+        """Where the WERs come from, in a few words: 'measured' (by avsr's own commands, their `source`
+        says which) or the publication, e.g. 'Omni-AVSR paper' (the source up to its first comma)."""
+        labels = [wer_origin(str(row.get("source", ""))) for row in self.wer]
+        return "; ".join(dict.fromkeys(labels))
+
+
+def wer_origin(source: str) -> str:
+    """A [[wer]] entry's `source` in a few words: 'measured', or the publication it cites."""
+    if source.startswith("measured"):
+        return "measured"
+    return source.split(",")[0].strip() or "source not given"
 
 
 def shipped_dir() -> Path:
@@ -230,6 +252,7 @@ def parse_card(path: Path, data: dict[str, Any], cards: dict[str, dict]) -> Card
         wer=_take(data, "wer", list, path, "", []),
         memory=_take(data, "memory", str, path, "", ""),
         license=_take(data, "license", str, path, "", ""),
+        languages=_take(data, "languages", list, path, "", list(DEFAULT_LANGUAGES)),
     )
     if data:
         raise _fail(path, f"unknown keys: {', '.join(sorted(data))}")
@@ -243,6 +266,8 @@ def parse_card(path: Path, data: dict[str, Any], cards: dict[str, dict]) -> Card
     for row in card.wer:
         if not isinstance(row, dict) or not {"dataset", "mode", "value"} <= set(row):
             raise _fail(path, "each [[wer]] entry needs dataset, mode and value")
+    if not card.languages or not all(isinstance(x, str) and LANGUAGE_RE.match(x) for x in card.languages):
+        raise _fail(path, 'languages must be a list of language codes such as "en" (ISO 639, lowercase)')
     return card
 
 
@@ -254,19 +279,39 @@ class Zoo:
     broken: dict[str, CheckpointError]
 
     def get(self, name: str) -> Card:
+        """The card called `name`, or the model a Whisper size names (MODEL_ALIASES; a card of that name
+        comes first)."""
         if name in self.cards:
             return self.cards[name]
         if name in self.broken:
             raise self.broken[name]
-        close = difflib.get_close_matches(name, [*self.cards, *self.broken], n=3, cutoff=0.5)
-        hint = (
-            f" (did you mean: {', '.join(close)}?)"
-            if close
-            else " (`avsr download-checkpoint --list` shows them)"
-        )
+        alias = MODEL_ALIASES.get(name.lower())
+        if alias is not None and alias in self.cards:
+            return self.cards[alias]
         raise CheckpointError(
-            f"unknown checkpoint '{name}': no such directory and no model of that name{hint}"
+            f"unknown checkpoint '{name}': no such directory and no model of that name{self._hint(name)}"
         )
+
+    def _hint(self, name: str) -> str:
+        """Close model names and sizes; for a Whisper size (or a near miss of one), the sizes there are."""
+        aliases = {a: m for a, m in MODEL_ALIASES.items() if m in self.cards}
+        close = difflib.get_close_matches(name, [*self.cards, *self.broken, *aliases], n=3, cutoff=0.5)
+        named = dict.fromkeys(
+            f"{c.removesuffix('.en')} (= {aliases[c]})" if c in aliases else c for c in close
+        )
+        hints = [f"did you mean: {', '.join(named)}?"] if close else []
+        bare = name.lower().removesuffix(".en")
+        size = difflib.get_close_matches(bare, WHISPER_SIZES, n=1, cutoff=0.6)
+        if size and size[0] not in aliases:
+            sizes = ", ".join(f"{a} = {m}" for a, m in aliases.items() if "." not in a) or "none"
+            which = f"Whisper's '{size[0]}' size"
+            said = (
+                f"no avsr model has {which} yet" if size[0] == bare else f"{which}? no avsr model has it yet"
+            )
+            hints.append(f"{said}; the sizes here: {sizes}")
+        if not close:
+            hints.append("`avsr download-checkpoint --list` shows every model")
+        return f" ({'; '.join(hints)})"
 
 
 def card_files() -> dict[str, Path]:

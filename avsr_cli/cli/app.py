@@ -7,8 +7,9 @@ import dataclasses
 import enum
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import typer
 from rich.console import Console
@@ -30,7 +31,8 @@ def placeholder(param) -> str | None:
         return " "  # flags take no value (None would show "<bool>")
     if desc.is_choice:  # one value: Typer lists the choices; repeatable: it would say <list[a|b]>
         return "|".join(str(getattr(c, "value", c)) for c in desc.choices) if desc.is_list else None
-    if desc.is_path:
+    element = get_args(desc.annotation)[0] if desc.is_list else None  # list[Path]: FILE..., not TEXT...
+    if desc.is_path or (isinstance(element, type) and issubclass(element, Path)):
         if name.endswith("dir") or name in ("mouth_cache", "feature_cache"):
             return "DIR"
         return "DATA" if name in ("dataset", "data", "val_data") else "FILE"
@@ -180,9 +182,23 @@ def guarded():
 
 
 # Options shared by the commands that run a model.
+CHECKPOINT_FLAGS = ("--checkpoint", "--model", "-c")  # --model: the name openai-whisper users know
 CheckpointOpt = Annotated[
     Optional[str],
-    typer.Option("--checkpoint", "-c", help="Checkpoint directory or model name.", envvar="AVSR_CHECKPOINT"),
+    typer.Option(
+        *CHECKPOINT_FLAGS,
+        help="Checkpoint directory, model name or size (tiny = avsr-tiny-en); download-checkpoint --list.",
+        envvar="AVSR_CHECKPOINT",
+    ),
+]
+LanguageOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        metavar="LANG",
+        help="Language of the speech, a code or a name (en, English); one the model does not transcribe is "
+        "refused, naming those it does. Default: the model's.",
+        show_default=False,
+    ),
 ]
 NumBeamsOpt = Annotated[Optional[int], typer.Option(min=1, help="Beams (default: the checkpoint's).")]
 MaxNewTokensOpt = Annotated[
@@ -221,10 +237,21 @@ BatchSizeOpt = Annotated[
 BatchSecondsOpt = Annotated[
     float, typer.Option(min=0.1, help="Most seconds of media decoded together (memory grows with it).")
 ]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _device(value: str) -> str:
+    if not DEVICE_RE.match(value):
+        raise typer.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N (N: a GPU number).")
+    return value
+
+
+DeviceOpt = Annotated[
+    str, typer.Option(metavar="<auto|cpu|cuda|cuda:N>", callback=_device, help="Where the model runs.")
+]
 DtypeOpt = Annotated[
-    str,
-    typer.Option(help="auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16 or float16."),
+    Literal["auto", "float32", "bfloat16", "float16"],
+    typer.Option(help="Weights and compute type: auto is bfloat16 on a GPU that has it, else float32."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[
@@ -246,17 +273,18 @@ ModeOpt = Annotated[
         "and the file's streams allow (avsr, else asr, else vsr)."
     ),
 ]
-FaceBackendOpt = Annotated[
-    str,
-    typer.Option(
-        help="vsr/avsr: face landmarks by dlib (offline), face-alignment (FAN, needs its weights) or "
-        "mediapipe."
-    ),
-]
-DetectEveryOpt = Annotated[
-    int,
-    typer.Option(min=1, help="vsr/avsr: run the face detector every N frames, track in between (1: all)."),
-]
+
+
+def lips_only(text: str) -> str:
+    """The help of an option used only when reading lips, on a command that may not read them."""
+    return "vsr/avsr: " + text[0].lower() + text[1:]
+
+
+FaceBackend = Literal["dlib", "face-alignment", "mediapipe"]  # frontends.face.BACKENDS
+FACE_BACKEND_HELP = "Face landmarks by dlib (offline), face-alignment (FAN, needs its weights) or mediapipe."
+FaceBackendOpt = Annotated[FaceBackend, typer.Option(help=lips_only(FACE_BACKEND_HELP))]
+DETECT_EVERY_HELP = "Run the face detector every N frames, track the face in between (1: every frame)."
+DetectEveryOpt = Annotated[int, typer.Option(min=1, help=lips_only(DETECT_EVERY_HELP))]
 
 
 def transcribe_options(flags: dict[str, Any], **fixed: Any):
@@ -319,6 +347,21 @@ def check_modes(config, modes: list[str]) -> None:
     )
 
 
+def check_language(language: str | None, checkpoint: str | None) -> None:
+    """Before any model loads: --language must be one the checkpoint (the built-in model without one)
+    transcribes, by its model card."""
+    if language is None:
+        return
+    from ..checkpoints.download import check_language as check
+
+    checkpoint_config(checkpoint)  # an unknown or broken checkpoint says so first
+    if checkpoint is None:
+        from ..checkpoints.loading import DEFAULT_MODEL
+
+        checkpoint = DEFAULT_MODEL
+    run_guarded(check, language, checkpoint)
+
+
 def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool, verbose: bool = False):
     """The model of --checkpoint, loaded once (errors become one-line messages)."""
     from ..tasks.transcribe import Transcriber
@@ -329,7 +372,7 @@ def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: boo
         checkpoint = str(run_guarded(default_checkpoint))
         if not quiet and stderr.is_terminal:
             stderr.print(
-                f"[dim]model: built-in {DEFAULT_MODEL} (English, audio only; -c picks another)[/dim]"
+                f"[dim]model: built-in {DEFAULT_MODEL} (English, audio only; --model picks another)[/dim]"
             )
     elif verbose:
         stderr.print(f"loading checkpoint {escape(checkpoint)} ...")

@@ -1,17 +1,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from ..errors import AvsrError
 from .app import (
+    DETECT_EVERY_HELP,
     EXIT_FAILED,
-    DetectEveryOpt,
-    FaceBackendOpt,
+    FACE_BACKEND_HELP,
+    FaceBackend,
     QuietOpt,
-    ThreadsOpt,
     VerboseOpt,
     report_error,
     run_guarded,
@@ -23,13 +23,20 @@ from .app import (
 def crop_mouth(
     files: Annotated[
         list[Path],
-        typer.Argument(help="Videos (any container ffmpeg reads).", show_default=False, readable=False),
+        typer.Argument(
+            help="Videos (any container ffmpeg reads).", show_default=False, readable=False, metavar="VIDEO"
+        ),
     ],
     output_dir: Annotated[
-        Path, typer.Option("--output-dir", "-o", help="Write <stem>_mouth.mp4 and <stem>.wav here.")
+        Path,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            help="Write <stem>_mouth.mp4 and <stem>.wav (no audio stream: no .wav) here; stdout lists them.",
+        ),
     ],
-    face_backend: FaceBackendOpt = "dlib",
-    detect_every: DetectEveryOpt = 10,
+    face_backend: Annotated[FaceBackend, typer.Option(help=FACE_BACKEND_HELP)] = "dlib",
+    detect_every: Annotated[int, typer.Option(min=1, help=DETECT_EVERY_HELP)] = 10,
     gray: Annotated[
         bool, typer.Option("--gray", help="Write grey mouth clips (default: RGB, as auto_avsr saves them).")
     ] = False,
@@ -42,7 +49,15 @@ def crop_mouth(
     ] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
-    threads: ThreadsOpt = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            envvar="AVSR_THREADS",
+            help="CPU threads for decoding and face detection (default: the physical cores).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Cut 96x96 mouth clips (RGB, 25 fps) and 16 kHz audio from videos, as lip-reading models see them."""
     from ..frontends.assets import load_mean_face
@@ -73,7 +88,8 @@ def crop_mouth(
                 f"{info.detections} detector runs",
                 soft_wrap=True,
             )
-        typer.echo(str(result.video))
+        written = (result.video, result.wav, result.overlay, result.sheet)
+        typer.echo("\n".join(str(p) for p in written if p is not None))
     if failed:
         if not quiet:
             stderr.print(f"{failed} of {len(files)} file(s) failed")

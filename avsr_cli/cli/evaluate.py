@@ -4,7 +4,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.markup import escape
@@ -21,6 +21,7 @@ from .app import (
     DeviceOpt,
     DtypeOpt,
     FaceBackendOpt,
+    LanguageOpt,
     LengthPenaltyOpt,
     MaxNewTokensOpt,
     Mode,
@@ -29,6 +30,7 @@ from .app import (
     SeedOpt,
     ThreadsOpt,
     VerboseOpt,
+    check_language,
     check_modes,
     checkpoint_config,
     fail,
@@ -97,6 +99,7 @@ def evaluate(
         ),
     ],
     checkpoint: CheckpointOpt = None,
+    language: LanguageOpt = None,
     mode: Annotated[list[Mode], typer.Option(help="Modes to score (repeat for several).")] = [Mode.asr],  # noqa: B006
     snr: Annotated[
         list[str],
@@ -107,7 +110,8 @@ def evaluate(
         str, typer.Option(help="Noise: a file ffmpeg reads, or a built-in generator: babble or white.")
     ] = "babble",
     normalizer: Annotated[
-        str, typer.Option(help="Text normalisation before scoring: lrs (default), whisper, or none.")
+        Literal["lrs", "whisper", "none"],
+        typer.Option(help="Text normalisation before scoring (docs/evaluation.md)."),
     ] = "lrs",
     report_dir: Annotated[
         Optional[Path],
@@ -196,6 +200,7 @@ def evaluate(
         run_guarded(check_output_dir, report_dir)
     config = checkpoint_config(checkpoint)
     check_modes(config, list(options.modes))  # before any model loads
+    check_language(language, checkpoint)
     from ..tasks.distributed import barrier, distributed_run
 
     with guarded(), distributed_run() as joined:

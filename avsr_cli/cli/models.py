@@ -110,43 +110,63 @@ def print_download(result, verbose: bool = False) -> None:
 
 
 def print_zoo(rows) -> None:
-    """The zoo (stdout: it is what was asked for): a table on a terminal, else one tab-separated line per
-    model under a header line, for grep and cut."""
+    """The zoo (stdout: it is what was asked for): on a terminal, a model a line (its name never wrapped)
+    with its details under it; else one tab-separated line per model under a header line, for grep and cut."""
     import sys
-
-    from rich.table import Table
 
     columns = (
         "name",
         "kind",
         "modes",
-        "paper WER %",
+        "languages",
+        "WER %",
+        "WER source",
         "download",
         "needs",
         "licence",
         "gated on the Hub",
         "status",
     )
-    cells = [
-        (
-            r.name,
-            r.kind,
-            ",".join(r.modes),
-            r.wer,
-            r.download_size,
-            r.memory,
-            r.license,
-            ",".join(r.gated),
-            r.status,
-        )
-        for r in rows
-    ]
     if not sys.stdout.isatty():
+        cells = [
+            (
+                r.name,
+                r.kind,
+                ",".join(r.modes),
+                ",".join(r.languages),
+                r.wer,
+                r.wer_source,
+                r.download_size,
+                r.memory,
+                r.license,
+                ",".join(r.gated),
+                r.status,
+            )
+            for r in rows
+        ]
         sys.stdout.write("".join("\t".join(row) + "\n" for row in [columns, *cells]))
         return
-    table = Table(title="avsr model zoo", title_justify="left")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in cells:
-        table.add_row(*row)
-    Console(width=max(Console().width, 160)).print(table)
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Console(highlight=False)
+    for kind, title in (
+        ("checkpoint", "Checkpoints (avsr transcribe --model NAME)"),
+        ("base", "Base models: encoders and LLMs, nothing trained (avsr train --base)"),
+        ("?", "Cards that could not be read"),
+    ):
+        chosen = [r for r in rows if r.kind == kind]
+        if not chosen:
+            continue
+        out.print(Text(title, style="bold"))
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)  # names are what people copy: never cut or wrapped
+        grid.add_column(overflow="fold")
+        for r in chosen:
+            head = [r.status, " ".join(r.modes), " ".join(r.languages), f"{r.download_size} download"]
+            grid.add_row(r.name, " · ".join(x for x in [*head, f"needs {r.memory}" if r.memory else ""] if x))
+            details = [f"WER % {r.wer} ({r.wer_source})" if r.wer else "", f"licence {r.license}"]
+            if r.gated:
+                details.append(f"gated on the Hub: {', '.join(r.gated)}")
+            grid.add_row("", Text(" · ".join(d for d in details if d), style="dim"))
+        out.print(grid)

@@ -6,32 +6,87 @@ from .app import stderr
 
 
 class MediaProgress:
-    """A Rich progress bar on stderr, shown only on a terminal and without --quiet; returns `advance(n=1)`."""
+    """Progress on stderr, on a terminal and without --quiet: the run (media seconds or clips done) and, under
+    it, what the run does now and how far that is (reading a file, encoding, decoding: tokens generated).
+
+    `with MediaProgress(...) as progress:` gives a callable: `progress(n)` advances the run (transcribe's
+    `on_progress`), `progress.stage(what, done, total)` names the step, `progress.write(text)` puts results
+    on stdout, never inside the bars (a terminal's stdout is written with the bars cleared, then they are
+    drawn again) and never re-wrapped."""
 
     def __init__(self, total: float | None, quiet: bool, label: str = "transcribing", unit: str = "") -> None:
         self.enabled = not quiet and stderr.is_terminal
         self.total, self.label, self.unit = total, label, unit
+        self.progress = self.run = self.step = None
+        self.shown = ""  # the step last drawn
+        self.done = 0.0
 
-    def __enter__(self):
+    def __enter__(self) -> MediaProgress:
         if not self.enabled:
-            return lambda n=1: None
+            return self
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
-        columns = [
-            TextColumn("{task.description}"),
+        self.progress = Progress(
+            # file names are text, never Rich markup
+            TextColumn(
+                "{task.description}", markup=False, table_column=Column(no_wrap=True, overflow="ellipsis")
+            ),
             BarColumn(),
-            TextColumn(f"{{task.completed:.0f}}/{{task.total:.0f}} {self.unit}")
-            if self.total
-            else TextColumn("{task.completed:.0f}"),
+            TextColumn("{task.fields[count]}", markup=False, table_column=Column(no_wrap=True)),
             TimeRemainingColumn(),
-        ]
-        self.progress = Progress(*columns, console=stderr, transient=True)
+            console=stderr,
+            transient=True,
+            redirect_stdout=False,  # results on stdout are written by `write`, not re-wrapped onto stderr
+        )
         self.progress.start()
-        task = self.progress.add_task(self.label, total=self.total)
-        return lambda n=1: self.progress.advance(task, n)
+        self.run = self.progress.add_task(
+            self.label, total=self.total, count=self._count(0, self.total, self.unit)
+        )
+        return self
+
+    @staticmethod
+    def _count(done: float, total: float | None, unit: str) -> str:
+        return f"{done:.0f}/{total:.0f} {unit}".rstrip() if total else f"{done:.0f} {unit}".rstrip()
+
+    def __call__(self, n: float = 1) -> None:
+        if self.progress is not None:
+            self.done += n
+            self.progress.update(
+                self.run, completed=self.done, count=self._count(self.done, self.total, self.unit)
+            )
+
+    def stage(
+        self, what: str, done: int | None = None, total: int | None = None, unit: str = "tokens"
+    ) -> None:
+        """What the run does now: `what` (e.g. 'talk.wav: decoding 1 chunk'), `done` of `total` `unit`
+        when it can be counted (a bar that pulses when not)."""
+        if self.progress is None:
+            return
+        count = self._count(done or 0, total, unit) if done is not None or total else ""
+        if what == self.shown:
+            self.progress.update(self.step, completed=done or 0, count=count)
+            return
+        if self.step is not None:  # a new step: a new row (a bar with no total pulses)
+            self.progress.remove_task(self.step)
+        self.step = self.progress.add_task(what, total=total, completed=done or 0, count=count)
+        self.shown = what
+        self.progress.refresh()  # drawn at once, even when it is over before the next refresh
+
+    def write(self, text: str) -> None:
+        """Results on stdout: on a terminal the bars are taken down while they are written."""
+        import sys
+
+        live = self.progress is not None and sys.stdout.isatty()
+        if live:
+            self.progress.stop()
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if live:
+            self.progress.start()
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        if self.progress is not None:
             self.progress.stop()
 
 
@@ -75,7 +130,11 @@ class TrainProgress:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
                 self.progress = Progress(
-                    TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=stderr
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    TimeRemainingColumn(),
+                    console=stderr,
+                    redirect_stdout=False,  # stdout stays stdout (rich would print it on stderr, re-wrapped)
                 )
                 self.progress.start()
                 self.task = self.progress.add_task(text, total=info["total"])
@@ -121,6 +180,7 @@ class ByteProgress:
                 TimeRemainingColumn(),
                 console=stderr,
                 transient=True,
+                redirect_stdout=False,  # stdout stays stdout (rich would print it on stderr, re-wrapped)
             )
 
     def __enter__(self):

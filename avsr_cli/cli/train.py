@@ -2,12 +2,26 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import click
 import typer
 
-from .app import STATE, DeviceOpt, QuietOpt, ThreadsOpt, VerboseOpt, fail, run_guarded, setup_command, stderr
+from .app import (
+    CHECKPOINT_FLAGS,
+    FACE_BACKEND_HELP,
+    STATE,
+    DeviceOpt,
+    FaceBackend,
+    QuietOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    fail,
+    lips_only,
+    run_guarded,
+    setup_command,
+    stderr,
+)
 from .progress import TrainProgress
 
 # Flags of the command itself, not settings of the run.
@@ -37,7 +51,10 @@ def train(
     ] = None,
     checkpoint: Annotated[
         Optional[str],
-        typer.Option("--checkpoint", "-c", help="Fine-tune this avsr checkpoint instead of a base."),
+        typer.Option(
+            *CHECKPOINT_FLAGS,
+            help="Fine-tune this avsr checkpoint (a directory, model name or size) instead of a base.",
+        ),
     ] = None,
     mode: Annotated[
         Optional[str],
@@ -75,7 +92,8 @@ def train(
     ] = None,
     grad_accum: Annotated[Optional[int], typer.Option(min=1, help="Batches per optimizer step.")] = None,
     precision: Annotated[
-        Optional[str], typer.Option(help="auto (bf16 autocast where GPU or CPU has bf16 kernels), fp32, bf16")
+        Optional[Literal["auto", "fp32", "bf16"]],
+        typer.Option(help="auto: bf16 autocast where the GPU or CPU has bf16 kernels, else fp32."),
     ] = None,
     compile: Annotated[
         Optional[bool],
@@ -102,7 +120,7 @@ def train(
         Optional[int], typer.Option(min=1, help="Average the last N epoch adapters.")
     ] = None,
     select: Annotated[
-        Optional[str],
+        Optional[Literal["last", "best"]],
         typer.Option(help="last: the last epoch(s), averaged (reference); best: lowest validation WER."),
     ] = None,
     save_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between resumable states.")] = None,
@@ -123,7 +141,7 @@ def train(
         ),
     ] = None,
     encoder_window: Annotated[
-        Optional[str],
+        Optional[Literal["padded-30s", "trimmed"]],
         typer.Option(
             help="A fresh model's Whisper window: padded-30s (the reference, default) or trimmed (each clip "
             "padded only to a multiple of the compression rate: faster, not the reference's numerics)."
@@ -140,9 +158,7 @@ def train(
     feature_cache: Annotated[
         Optional[Path], typer.Option(help="Where encoder features are cached (default: avsr cache).")
     ] = None,
-    face_backend: Annotated[
-        Optional[str], typer.Option(help="vsr/avsr: face landmarks by dlib, face-alignment or mediapipe.")
-    ] = None,
+    face_backend: Annotated[Optional[FaceBackend], typer.Option(help=lips_only(FACE_BACKEND_HELP))] = None,
     detect_every: Annotated[
         Optional[int],
         typer.Option(min=1, help="vsr/avsr: run the face detector every N frames (default 10)."),

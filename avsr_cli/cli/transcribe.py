@@ -32,6 +32,7 @@ from .app import (
     DeviceOpt,
     DtypeOpt,
     FaceBackendOpt,
+    LanguageOpt,
     LengthPenaltyOpt,
     MaxNewTokensOpt,
     MergeGapOpt,
@@ -42,6 +43,7 @@ from .app import (
     Segmentation,
     ThreadsOpt,
     VerboseOpt,
+    check_language,
     check_modes,
     checkpoint_config,
     fail,
@@ -117,6 +119,7 @@ def transcribe(
         ),
     ],
     checkpoint: CheckpointOpt = None,
+    language: LanguageOpt = None,
     mode: ModeOpt = None,
     output_format: FormatsOpt = [OutputFormat.txt],  # noqa: B006
     output_dir: OutputDirOpt = None,
@@ -160,6 +163,7 @@ def transcribe(
 ) -> None:
     """Transcribe media files: the text on stdout, or files in --output-dir."""
     setup_command(quiet, verbose, threads)
+    check_language(language, checkpoint)
     options = transcribe_options(ctx.params, mode=mode.value if mode else "auto")
     run_command(
         files,
@@ -187,6 +191,7 @@ def export_subtitles(
         ),
     ],
     checkpoint: CheckpointOpt = None,
+    language: LanguageOpt = None,
     mode: ModeOpt = None,
     output_format: FormatsOpt = [OutputFormat.srt],  # noqa: B006
     output_dir: OutputDirOpt = None,
@@ -230,6 +235,7 @@ def export_subtitles(
     from ..tasks.subtitles import CueOptions
 
     setup_command(quiet, verbose, threads)
+    check_language(language, checkpoint)
     cue_options = run_guarded(
         CueOptions,
         max_line_chars=max_line_chars,
@@ -424,10 +430,9 @@ def run_files(
                     failed += 1
                     report_error(exc)
                     continue
-                sys.stdout.write("".join(f"{display_name(p)}\n" for p in written))
+                advance.write("".join(f"{display_name(p)}\n" for p in written))
             else:
-                sys.stdout.write(_stdout_text(item, formats[0], cue_options, name if name_lines else None))
-            sys.stdout.flush()
+                advance.write(_stdout_text(item, formats[0], cue_options, name if name_lines else None))
             if verbose:
                 times = ", ".join(f"{k} {v:.2f}s" for k, v in item.timings.items())
                 stderr.print(f"{name}: {item.duration:.1f} s, {item.mode}; {times}", soft_wrap=True)

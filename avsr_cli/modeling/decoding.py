@@ -83,6 +83,18 @@ class GreedyLogprobs:
         return torch.stack(self.steps, dim=1)
 
 
+class StepCounter:
+    """A logits processor that changes nothing and tells `on_step(n)` as generation step n runs."""
+
+    def __init__(self, on_step) -> None:
+        self.on_step, self.step = on_step, 0
+
+    def __call__(self, input_ids, scores):
+        self.step += 1
+        self.on_step(self.step)
+        return scores
+
+
 def drop_repeated_phrases(text: str, max_words: int = 6, min_repeats: int = 3) -> str:
     """Collapse LLM repeat loops: a phrase of 1..max_words words said min_repeats+ times running is kept once.
 

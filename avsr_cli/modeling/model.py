@@ -7,13 +7,14 @@ Training appends the transcript tokens + EOS, with labels -100 everywhere before
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .config import ModelConfig
-from .decoding import DecodingOptions, GreedyLogprobs, generation_config
+from .decoding import DecodingOptions, GreedyLogprobs, StepCounter, generation_config
 from .llm import TokenIds, set_active_adapters
 from .projector import ModalityProjector
 
@@ -178,10 +179,15 @@ class AVSRModel(nn.Module):
 
     @torch.no_grad()
     def decode(
-        self, mode: str, audio: ModalityInputs | None, video: ModalityInputs | None, options: DecodingOptions
+        self,
+        mode: str,
+        audio: ModalityInputs | None,
+        video: ModalityInputs | None,
+        options: DecodingOptions,
+        on_step: Callable[[int], None] | None = None,
     ) -> list[Hypothesis]:
         """Transcripts for a batch of clips with their mean token log-probability (the scores generate()
-        already computes: asking for them changes no token)."""
+        already computes: asking for them changes no token); `on_step(n)` is told each token step."""
         self._activate(mode)
         seqs, labels = self.sequences(mode, audio, video)
         embeds, mask, _ = self._pad_left(seqs, labels)
@@ -191,12 +197,13 @@ class AVSRModel(nn.Module):
             generator_state = torch.random.get_rng_state()
             torch.manual_seed(options.seed)
         greedy = None if gen.output_scores else GreedyLogprobs()
+        processors = [p for p in (StepCounter(on_step) if on_step else None, greedy) if p is not None]
         try:
             out = self.llm.generate(
                 inputs_embeds=embeds,
                 attention_mask=mask,
                 generation_config=gen,
-                logits_processor=None if greedy is None else [greedy],
+                logits_processor=processors or None,
             )
         finally:
             if generator_state is not None:

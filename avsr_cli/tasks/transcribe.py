@@ -227,12 +227,16 @@ class Transcriber:
         options: TranscribeOptions | None = None,
         on_progress: Callable[[float], None] | None = None,
     ) -> Iterator[Result | AvsrError]:
-        """Yield, in order, a Result or the AvsrError explaining why that file failed."""
+        """Yield, in order, a Result or the AvsrError explaining why that file failed.
+
+        `on_progress(seconds)` is called as media time is done; if it has a method `stage(what, done, total)`
+        it is also told each step as it starts (reading a file, encoding, decoding: tokens generated)."""
         options = options or self.options
         self.check_options(options)
 
         def loaded() -> Iterator[MediaInput]:
             for path in paths:
+                _stage(on_progress, f"{Path(path).name}: reading")
                 start = time.perf_counter()
                 try:
                     item = self.load_media(path, options)
@@ -355,6 +359,10 @@ class Transcriber:
     ) -> None:
         model, cfg = self.model, self.model.config
         spans = [job.chunks[i] for job, i in pieces]
+        names = list(dict.fromkeys(Path(job.name).name for job, _ in pieces))
+        where = names[0] if len(names) == 1 else f"{len(names)} files"
+        chunks = f"{len(pieces)} chunk" + ("s" if len(pieces) > 1 else "")
+        _stage(report, f"{where}: encoding {chunks}")
         t0 = t_features = time.perf_counter()
         audio = video = None
         if mode in ("asr", "avsr"):
@@ -383,7 +391,11 @@ class Transcriber:
             longest = max(e - s for s, e in spans)
             budget = max(cfg.decoding.max_new_tokens, math.ceil(longest * LONG_FORM_TOKENS_PER_SECOND))
             decoding = replace(decoding, max_new_tokens=budget)
-        hypotheses = model.decode(mode, audio, video, decoding)
+        tokens = decoding.max_new_tokens or cfg.decoding.max_new_tokens
+        step = f"{where}: decoding {chunks}"
+        _stage(report, step, 0, tokens)
+        on_step = (lambda n: _stage(report, step, n, tokens)) if hasattr(report, "stage") else None
+        hypotheses = model.decode(mode, audio, video, decoding, on_step=on_step)
         t3 = time.perf_counter()
         share = {"llm": t3 - t2}
         if audio is not None:
@@ -395,6 +407,13 @@ class Transcriber:
             report(job.chunks[i][1] - job.chunks[i][0])
             for key, value in share.items():
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
+
+
+def _stage(report, what: str, done: int | None = None, total: int | None = None) -> None:
+    """Tell a progress callback that takes steps (see `transcribe_many`) the step now running."""
+    stage = getattr(report, "stage", None)
+    if stage is not None:
+        stage(what, done, total)
 
 
 def _full_batch(pending: list[tuple[_Job, int]], clips: int, max_seconds: float) -> int:
