@@ -27,7 +27,7 @@ CORPUS ?= $(HOME)/.cache/avsr/corpus/v2
 CORPUS_JOBS ?= 1
 TINY_OUT ?= runs/avsr-tiny-en
 
-.PHONY: venv install install-run system-deps test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny gpu-check
+.PHONY: venv install install-run system-deps test-system-deps report-screenshot test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny gpu-check
 
 # The environment itself (skipped when PYTHON names an existing interpreter).
 $(VENV)/bin/python:
@@ -47,7 +47,7 @@ install-run: venv system-deps
 
 # Everything the tests, lint and benchmarks need on top: the `dev` extra (pytest, ruff, import-linter, offline
 # TTS voices, what the extra face backends import) and the face backends beside the environment.
-install: install-run
+install: install-run test-system-deps
 	@if [ ! -f "$(DEV_STAMP)" ] || [ pyproject.toml -nt "$(DEV_STAMP)" ] || [ Makefile -nt "$(DEV_STAMP)" ]; then \
 	  set -e; \
 	  $(PIP) install -q -e ".[video,dev]"; \
@@ -62,6 +62,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng >/dev/null; \
 	  else echo "note: install ffmpeg (or rely on imageio-ffmpeg) and espeak-ng"; fi; fi
+
+# The report page's browser test drives Debian's headless Chromium (skipped, saying why, where it is missing).
+test-system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: install chromium and chromium-driver for the report page's browser test"; fi; fi
 
 test: install
 	$(PYTHON) -m pytest -q
@@ -87,6 +94,10 @@ bench: bench-deps
 	mkdir -p bench/out && $(PYTHON) bench/bench_distributed.py --json bench/out/distributed.json
 
 # Needs a CUDA device (tests never do): CPU vs CUDA float32/bfloat16 transcripts, speed, --device/--dtype auto.
+# A real run's report page as Chromium shows it (docs/img/report.png): built-in model, TTS clips, 4 conditions
+report-screenshot: install
+	$(PYTHON) scripts/report_screenshot.py
+
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py
 

@@ -112,6 +112,17 @@ EXAMPLES = {
             "avsr evaluate data/ --shard 2/2 --report-dir r2; wait; avsr evaluate-merge r1 r2 -o r",
         ),
     ],
+    "evaluate-report": [
+        ("Make report/report.html again (e.g. after moving the folder):", "avsr evaluate-report report/"),
+        (
+            "Two models on the same clips, on one page:",
+            "avsr evaluate-report runs/tiny runs/omni -o compare.html",
+        ),
+        (
+            "A page that plays its worst clips wherever it is copied:",
+            "avsr evaluate-report report/ --embed-audio -o shared/report.html",
+        ),
+    ],
     "train": [
         (
             "Train a small English model offline from a folder of clips:",

@@ -51,6 +51,7 @@ COMMANDS = {  # the smallest arguments each command parses; -q -v must be refuse
     "export-subtitles": ["x.wav"],
     "evaluate": ["data"],
     "evaluate-merge": ["report"],
+    "evaluate-report": ["report"],
     "train": [],
     "download-checkpoint": ["--list"],
     "import-checkpoint": ["x.pth", "out", "--config", "spec.json"],

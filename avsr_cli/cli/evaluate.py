@@ -46,6 +46,14 @@ from .progress import MediaProgress
 ReportJsonOpt = Annotated[
     bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")
 ]
+EmbedAudioOpt = Annotated[
+    bool,
+    typer.Option(
+        "--report-embed-audio",
+        help="In report.html, embed the first seconds of each worst clip's audio as the model heard it "
+        "(noise mixed in), so the page plays them after being moved; default: link the media.",
+    ),
+]
 
 
 def parse_snrs(values: list[str], clean: bool) -> tuple[float, ...]:
@@ -115,8 +123,11 @@ def evaluate(
     ] = "lrs",
     report_dir: Annotated[
         Optional[Path],
-        typer.Option(help="Write summary.json, results.jsonl (per clip) and alignment.txt here."),
+        typer.Option(
+            help="Write summary.json, results.jsonl (per clip), alignment.txt and report.html here."
+        ),
     ] = None,
+    report_embed_audio: EmbedAudioOpt = False,
     resume: Annotated[bool, typer.Option(help="Skip clips already scored in --report-dir.")] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N clips (by id).")] = None,
     shard: Annotated[
@@ -224,9 +235,19 @@ def evaluate(
             report = run_guarded(
                 merge_reports, [final_dir / f"rank-{r}" for r in range(joined.size)], final_dir
             )
+    if final_dir is not None and (options.shard is None or joined is not None):  # shards: at the merge
+        write_page(final_dir, report_embed_audio)
     show_report(report, json_out, quiet)
     if report.conditions and all(c.failed == c.clips for c in report.conditions):
         raise typer.Exit(EXIT_FAILED)
+
+
+def write_page(folder: Path, embed_audio: bool) -> None:
+    """report.html in a report folder (from its summary.json and results.jsonl)."""
+    from ..tasks.report import PageOptions
+    from ..tasks.report import write_page as write
+
+    run_guarded(write, folder, PageOptions(embed_audio=embed_audio))
 
 
 def show_report(report, json_out: bool, quiet: bool) -> None:
@@ -297,6 +318,7 @@ def evaluate_merge(
             "--output-dir", "-o", metavar="DIR", help="Write the merged report here (default: the first DIR)."
         ),
     ] = None,
+    report_embed_audio: EmbedAudioOpt = False,
     json_out: ReportJsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -307,4 +329,50 @@ def evaluate_merge(
 
     setup_command(quiet, verbose, threads)
     report = run_guarded(merge_reports, report_dirs, output_dir)
+    write_page(output_dir if output_dir is not None else report_dirs[0], report_embed_audio)
     show_report(report, json_out, quiet)
+
+
+def evaluate_report(
+    report_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Report folders of avsr evaluate (summary.json and results.jsonl).",
+            show_default=False,
+            metavar="DIR",
+        ),
+    ],
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write one page here instead: the run's, or with several DIRs one comparing them on shared "
+            "axes (same clips, normaliser and noise; else exit 2).",
+        ),
+    ] = None,
+    embed_audio: Annotated[
+        bool,
+        typer.Option(
+            "--embed-audio",
+            help="Embed the first seconds of each worst clip's audio as the model heard it (noise mixed in); "
+            "default: link the media.",
+        ),
+    ] = False,
+    worst: Annotated[int, typer.Option(min=0, help="Clips in the worst-first list.")] = 20,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write report.html again in each DIR, or with -o one page that compares the DIRs; print the pages."""
+    from ..tasks.report import PageOptions, write_comparison
+    from ..tasks.report import write_page as write
+
+    setup_command(quiet, verbose)
+    options = PageOptions(worst=worst, embed_audio=embed_audio)
+    if output is not None:
+        pages = [run_guarded(write_comparison, report_dirs, output, options)]
+    else:
+        pages = [run_guarded(write, folder, options) for folder in report_dirs]
+    for page in pages:
+        print(page)

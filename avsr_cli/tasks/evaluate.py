@@ -16,12 +16,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import AvsrError, UsageError
 from ..storage import atomic_write_text, exclusive_lock
+from ..version import __version__
 from .datasets import Item, load_dataset
 from .scoring import alignment_text, get_normalizer, score
 from .transcribe import DECODER_ROWS, MediaInput, TranscribeOptions, Transcriber, load_media, rounded
@@ -91,6 +93,7 @@ class Report:
     failures: list[dict]
     options: dict
     seconds: float
+    run: dict = field(default_factory=dict)  # run_info(): model, rates, avsr version, end time, workdir
 
     def to_dict(self) -> dict:
         return rounded(_json_safe(asdict(self)))
@@ -276,10 +279,30 @@ def _evaluate(
         kind=data.kind,
         skipped=[asdict(sk) for sk in data.skipped],
         seconds=time.perf_counter() - started,
+        run=run_info(transcriber, options, report_dir),
     )
     if report_dir is not None:
         write_report(Path(report_dir), report, alignments, options.shard)
     return report
+
+
+def run_info(transcriber: Transcriber, options: EvaluateOptions, report_dir: Path | None) -> dict:
+    """What a run's options do not say: the model and the compression rates it ran at, the avsr version,
+    when the run ended (UTC), and the folder that relative dataset and media paths start from, as seen from
+    the report folder (so that a report page finds the media after both are moved together)."""
+    cfg = transcriber.model.config
+    topts = options.transcribe
+    hears, sees = ({"asr", "avsr"} & set(options.modes), {"vsr", "avsr"} & set(options.modes))
+    return {
+        "model": cfg.name,
+        "audio_rate": cfg.pick_rate("audio", topts.audio_rate) if hears else None,
+        "video_rate": cfg.pick_rate("video", topts.video_rate) if sees else None,
+        "avsr": __version__,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "workdir": Path(os.path.relpath(Path.cwd(), Path(report_dir).absolute())).as_posix()
+        if report_dir is not None
+        else None,
+    }
 
 
 def report_name(stem: str, suffix: str, shard: tuple[int, int] | None) -> str:
@@ -288,7 +311,14 @@ def report_name(stem: str, suffix: str, shard: tuple[int, int] | None) -> str:
 
 
 def summarize(
-    rows: list[dict], options: dict, *, dataset: str, kind: str, skipped: list[dict], seconds: float
+    rows: list[dict],
+    options: dict,
+    *,
+    dataset: str,
+    kind: str,
+    skipped: list[dict],
+    seconds: float,
+    run: dict | None = None,
 ) -> tuple[Report, list[str]]:
     """The Report (and alignment text per condition) of scored rows, under `options` (EvaluateOptions as a
     dict). Rows of a condition are taken in id order, so a merged run reports as an unsharded one."""
@@ -332,6 +362,7 @@ def summarize(
         failures=failures,
         options=options,
         seconds=seconds,
+        run=run or {},
     )
     return report, alignments
 
@@ -407,6 +438,7 @@ def merge_reports(report_dirs: list[Path], out_dir: Path | None = None) -> Repor
             seen.add(key)
             rows.append({**row, "occlusion": row.get("occlusion", "none")})
     options = {**first["options"], "shard": None}
+    out = Path(out_dir) if out_dir is not None else Path(report_dirs[0])
     report, alignments = summarize(
         rows,
         options,
@@ -414,8 +446,8 @@ def merge_reports(report_dirs: list[Path], out_dir: Path | None = None) -> Repor
         kind=first["kind"],
         skipped=first["skipped"],
         seconds=sum(summary["seconds"] for _, summary in found.values()),
+        run=_merged_run(found, out),
     )
-    out = Path(out_dir) if out_dir is not None else Path(report_dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out, "avsr evaluate-merge"):
         order = {key: k for k, key in enumerate(_condition_keys(report))}
@@ -424,6 +456,20 @@ def merge_reports(report_dirs: list[Path], out_dir: Path | None = None) -> Repor
         atomic_write_text(out / "results.jsonl", text)
         write_report(out, report, alignments)
     return report
+
+
+def _merged_run(found: dict[tuple[int, int], tuple[Path, dict]], out: Path) -> dict:
+    """Shard 1's run_info, ended when the last shard did, its workdir seen from the merged folder."""
+    path, first = found[min(found)]
+    folder, run = path.parent, first.get("run") or {}
+    if not run:
+        return {}
+    ends = [summary.get("run", {}).get("finished") or "" for _, summary in found.values()]
+    run = {**run, "finished": max(ends) or None}
+    if run.get("workdir") is not None:
+        workdir = (folder / run["workdir"]).resolve()
+        run["workdir"] = Path(os.path.relpath(workdir, Path(out).resolve())).as_posix()
+    return run
 
 
 def _condition_keys(report: Report) -> list[tuple[str, str, str]]:
