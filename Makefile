@@ -93,11 +93,11 @@ bench: bench-deps
 	$(PYTHON) bench/bench_mouth.py
 	mkdir -p bench/out && $(PYTHON) bench/bench_distributed.py --json bench/out/distributed.json
 
-# Needs a CUDA device (tests never do): CPU vs CUDA float32/bfloat16 transcripts, speed, --device/--dtype auto.
 # A real run's report page as Chromium shows it (docs/img/report.png): built-in model, TTS clips, 4 conditions
 report-screenshot: install
 	$(PYTHON) scripts/report_screenshot.py
 
+# Needs a CUDA device (tests never do): CPU vs CUDA float32/bfloat16 transcripts, speed, --device/--dtype auto.
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py
 
