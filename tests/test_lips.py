@@ -6,30 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from facevideos import noise
-from test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
-from tiny import ffmpeg, tiny_config
+from tiny import ffmpeg
 from typer.testing import CliRunner
 
-from avsr_cli.checkpoints.avhubert_fairseq import convert_fairseq_avhubert
-from avsr_cli.checkpoints.loading import build_model, save_checkpoint
 from avsr_cli.cli import app
-from avsr_cli.modeling.config import CompressionConfig, EncoderConfig
 from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
-
-
-@pytest.fixture(scope="module")
-def av_ckpt(tiny_dirs, tmp_path_factory):
-    """A tiny asr/vsr/avsr checkpoint: tiny Whisper + tiny AV-HuBERT (converted from the fairseq layout)."""
-    d = tmp_path_factory.mktemp("av")
-    torch.save(fairseq_checkpoint(fairseq_state(), model_cfg()), d / "avhubert.pt")
-    avhubert = convert_fairseq_avhubert(d / "avhubert.pt", d / "avhubert")
-    cfg = tiny_config(*tiny_dirs, name="tiny-av", modes=["asr", "vsr", "avsr"])
-    cfg.video_encoder = EncoderConfig(kind="avhubert", source=str(avhubert), dim=32)
-    cfg.compression = CompressionConfig(mode="stack", audio_rates=[4], video_rates=[2])
-    torch.manual_seed(0)
-    return save_checkpoint(build_model(cfg), d / "ckpt")
 
 
 @pytest.fixture(autouse=True)

@@ -14,16 +14,10 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
-import torch
 from browser import browser_missing, chrome
-from test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
-from tiny import tiny_config
 from typer.testing import CliRunner
 
-from avsr_cli.checkpoints.avhubert_fairseq import convert_fairseq_avhubert
-from avsr_cli.checkpoints.loading import build_model, save_checkpoint
 from avsr_cli.cli import app
-from avsr_cli.modeling.config import CompressionConfig, EncoderConfig
 
 # clip id -> reference: one video, so one (random) hypothesis of two words per mode; references of one,
 # three and ten words give clips of different WERs (hypothesis words beyond the reference are insertions)
@@ -89,19 +83,6 @@ class Page(HTMLParser):
 
 def wer_of(title: str) -> float:
     return float(re.search(r"WER ([0-9.]+) %", title)[1])
-
-
-@pytest.fixture(scope="module")
-def av_ckpt(tiny_dirs, tmp_path_factory):
-    """A tiny asr/vsr/avsr checkpoint (tiny Whisper + a tiny AV-HuBERT converted from the fairseq layout)."""
-    d = tmp_path_factory.mktemp("av")
-    torch.save(fairseq_checkpoint(fairseq_state(), model_cfg()), d / "avhubert.pt")
-    avhubert = convert_fairseq_avhubert(d / "avhubert.pt", d / "avhubert")
-    cfg = tiny_config(*tiny_dirs, name="tiny-av", modes=["asr", "vsr", "avsr"])
-    cfg.video_encoder = EncoderConfig(kind="avhubert", source=str(avhubert), dim=32)
-    cfg.compression = CompressionConfig(mode="stack", audio_rates=[4], video_rates=[2])
-    torch.manual_seed(0)
-    return save_checkpoint(build_model(cfg), d / "ckpt")
 
 
 @pytest.fixture(scope="module")
