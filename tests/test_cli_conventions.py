@@ -144,6 +144,48 @@ def test_stdin(tiny_ckpt, media, tmp_path):
     assert r.returncode == 2 and b"no data" in r.stderr
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_signal_while_reading_stdin_removes_its_spooled_copy(tiny_ckpt, media, tmp_path, sig):
+    """`avsr transcribe -` copies standard input to a temporary file; killed by SIGTERM or SIGHUP (a closed
+    terminal) as by Ctrl-C, it removes the copy (and then dies of the signal, as it would have)."""
+    import signal
+    import time
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    data = (media / "hello.m4a").read_bytes() * (3 * 2**20 // (media / "hello.m4a").stat().st_size)
+    env = {**os.environ, "AVSR_CHECKPOINT": "", "TMPDIR": str(temp)}
+    command = [sys.executable, "-m", "avsr_cli", "transcribe", "-", "-c", str(tiny_ckpt)]
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        proc.stdin.write(data)
+        proc.stdin.flush()  # and the pipe stays open: the command is still reading when the signal comes
+        deadline = time.monotonic() + 120
+        while sum(f.stat().st_size for f in temp.glob("avsr-stdin-*/*")) < 2**20:  # copied in 1 MiB reads
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    assert list(temp.glob("avsr-stdin-*")) == []
+    if sig != "SIGINT":
+        assert proc.returncode == -getattr(signal, sig)
+
+
+def test_a_bad_stream_on_stdin_is_named_as_standard_input(tiny_ckpt, tmp_path):
+    """What is wrong with standard input is said of `-`, never of the temporary copy it was read into."""
+    garbage = bytes(range(256)) * 64
+    for extra in ([], ["-o", tmp_path / "out"]):
+        r = cli("transcribe", "-", "-c", tiny_ckpt, *extra, stdin=garbage)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and "error: - (standard input): cannot read media file" in err, err
+        assert "avsr-stdin" not in err and "/stdin" not in err
+
+
 def test_confidence_in_json_and_tsv(tiny_ckpt, media, tmp_path):
     out = tmp_path / "out"
     args = ["transcribe", media / "hello.wav", "-c", tiny_ckpt, "--max-new-tokens", "4", "-o", out]
