@@ -116,6 +116,56 @@ def test_existing_outputs_need_overwrite_or_skip_existing(tiny_ckpt, media, tmp_
     assert r.exit_code == 0 and (out / "hello.tsv").is_file()
 
 
+def test_skip_existing_redoes_outputs_that_are_empty_or_do_not_parse(tiny_ckpt, media, tmp_path):
+    """--skip-existing keeps only whole outputs: one that is empty or does not parse (a half-written copy
+    from elsewhere) counts as missing and its input is transcribed again; stderr says which inputs were
+    skipped and which redone, and why (nothing with -q)."""
+    out = tmp_path / "out"
+    inputs = [media / "hello.wav", media / "other.wav"]
+    base = ["transcribe", *inputs, "-c", tiny_ckpt, "--max-new-tokens", "3", "-o", out]
+    formats = ["-f", "json", "-f", "vtt", "-f", "tsv", "-f", "txt"]
+    r = run(*base, *formats)
+    assert r.exit_code == 0, r.stderr
+    whole = {f.name: f.read_text() for f in out.iterdir()}
+    r = run(*base, *formats, "--skip-existing")
+    assert r.exit_code == 0 and r.stdout == "", r.stderr
+    assert (
+        f"skipped (outputs exist): {inputs[0]}" in r.stderr
+        and f"skipped (outputs exist): {inputs[1]}" in r.stderr
+    )
+    cut = {  # each format's output cut short, as a full disk or a killed copy leaves it
+        "hello.json": whole["hello.json"][: len(whole["hello.json"]) // 2],
+        "hello.vtt": "WEBVTT\n\n00:00:00.000 --> 00:0",
+        "hello.tsv": "start\tend\ttext\tavg_logprob\tlow_confidence\n0\t20",
+        "other.txt": "",
+    }
+    for name, text in cut.items():
+        for f in out.iterdir():
+            f.write_text(whole[f.name])
+        (out / name).write_text(text)
+        r = run(*base, *formats, "--skip-existing")
+        assert r.exit_code == 0, r.stderr
+        redone, kept = (inputs[0], inputs[1]) if name.startswith("hello") else (inputs[1], inputs[0])
+        assert r.stdout.splitlines() == [
+            str(out / f"{redone.stem}.{fmt}") for fmt in ("json", "vtt", "tsv", "txt")
+        ]
+        why = "is empty" if name == "other.txt" else "does not parse"
+        assert f"redoing {redone}: {out / name} {why}" in r.stderr, r.stderr
+        assert f"skipped (outputs exist): {kept}" in r.stderr
+        assert {f.name: f.read_text() != "" for f in out.iterdir()} == dict.fromkeys(whole, True)
+        json.loads((out / "hello.json").read_text())
+    srt = out / "hello.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:0")
+    r = run(base[0], inputs[0], *base[3:], "-f", "srt", "--skip-existing")
+    assert r.exit_code == 0 and f"redoing {inputs[0]}: {srt} does not parse as SubRip" in r.stderr, r.stderr
+    assert srt.read_text() != "1\n00:00:00,000 --> 00:00:0"
+    (out / "hello.json").write_text("{")
+    r = cli(*base, *formats, "--skip-existing", "-q")  # a process of its own: no other test's output
+    assert (
+        r.returncode == 0 and r.stderr == b"" and r.stdout.decode().splitlines()[0] == str(out / "hello.json")
+    )
+
+
 def test_several_files_on_stdout_are_named_like_grep(tiny_ckpt, media):
     r = run("transcribe", media / "hello.wav", media / "other.wav", "-c", tiny_ckpt, "--max-new-tokens", "3")
     assert r.exit_code == 0, r.stderr

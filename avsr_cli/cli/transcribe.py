@@ -90,7 +90,12 @@ OutputDirOpt = Annotated[
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that already exist.")]
 SkipExistingOpt = Annotated[
-    bool, typer.Option("--skip-existing", help="Skip inputs whose output files all exist (re-run a batch).")
+    bool,
+    typer.Option(
+        "--skip-existing",
+        help="Skip inputs whose output files all exist whole (re-run a batch): an empty output, or one that "
+        "does not parse, is made again.",
+    ),
 ]
 # Silero VAD settings, named as faster-whisper's vad_parameters (seconds here, not milliseconds).
 VadThresholdOpt = Annotated[
@@ -298,6 +303,7 @@ def run_command(
     cue_options=None,
 ) -> None:
     """Everything both commands do: check the request, plan the outputs, load the model, run the files."""
+    from ..storage import display_name
     from ..tasks.writers import check_output_dir, plan_outputs
 
     chosen = chosen_formats(formats, output_dir, len(files))
@@ -312,14 +318,15 @@ def run_command(
         if output_dir is not None:
             stems = [(str(p), STDIN_STEM if str(p) in labels else None) for p in inputs.readable]
             todo = run_guarded(plan_outputs, stems, output_dir, chosen, existing)
-            for path, run in zip(list(inputs.readable), todo, strict=True):
-                if not run:
+            for path, planned in zip(list(inputs.readable), todo, strict=True):
+                name = STDIN_NAME if str(path) in labels else display_name(path)
+                if not planned.run:
                     inputs.readable.remove(path)
                     inputs.skipped += 1
-                    if verbose:
-                        stderr.print(
-                            f"skipped (outputs exist): {labels.get(str(path), path)}", soft_wrap=True
-                        )
+                    if not quiet:
+                        stderr.print(f"skipped (outputs exist): {name}", soft_wrap=True, markup=False)
+                elif planned.redo and not quiet:
+                    stderr.print(f"redoing {name}: {'; '.join(planned.redo)}", soft_wrap=True, markup=False)
             if not inputs.readable:
                 if not quiet:
                     stderr.print(f"nothing to do: the outputs of all {inputs.skipped} file(s) exist")
