@@ -513,6 +513,7 @@ def _cli(*args):
         ("limit = 0", "limit = 0: expected an integer >= 1"),
         ("detect_every = 2.5", "detect_every = 2.5: expected an integer >= 1"),
         ("weight_decay = nan", "weight_decay = nan: expected a number >= 0"),
+        ('device = "gpu9"', "device = 'gpu9': expected auto, cpu, cuda, cuda:N or another torch device"),
     ],
 )
 def test_train_config_values_are_checked_before_anything_loads(data, base, tmp_path, line, says):

@@ -1171,6 +1171,14 @@ class TrainSetup:
             raise UsageError(f"{where}: {exc}") from None
         options.check()  # a bad mode, task weights or precision fails before any loading
         own = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in values.items() if k in SETUP_KEYS}
+        if own.get("device", "auto") != "auto":
+            try:
+                torch.device(own["device"])
+            except RuntimeError:
+                raise UsageError(
+                    f"{where}: device = {own['device']!r}: expected auto, cpu, cuda, cuda:N or another torch "
+                    "device"
+                ) from None
         return cls(options=options, mouth=mouth, **own)
 
     @classmethod
