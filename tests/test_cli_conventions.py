@@ -226,6 +226,42 @@ def test_a_signal_while_reading_stdin_removes_its_spooled_copy(tiny_ckpt, media,
         assert proc.returncode == -getattr(signal, sig)
 
 
+def test_under_nohup_a_hangup_while_reading_stdin_is_still_ignored(tiny_ckpt, media, tmp_path):
+    """SIGHUP ignored by the caller (nohup) stays ignored: the command goes on to the end."""
+    import signal
+    import time
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    data = (media / "hello.m4a").read_bytes()
+    env = {**os.environ, "AVSR_CHECKPOINT": "", "TMPDIR": str(temp)}
+    command = [sys.executable, "-m", "avsr_cli", "transcribe", "-", "-c", str(tiny_ckpt), "-f", "json"]
+    command += ["--max-new-tokens", "3"]
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    try:
+        proc.stdin.write(data)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 120
+        while sum(f.stat().st_size for f in temp.glob("avsr-stdin-*/*")) < len(data):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert proc.poll() is None
+        out, err = proc.communicate(timeout=120)  # closes standard input: the copy is complete
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["path"] == "-" and list(temp.glob("avsr-stdin-*")) == []
+
+
 def test_a_bad_stream_on_stdin_is_named_as_standard_input(tiny_ckpt, tmp_path):
     """What is wrong with standard input is said of `-`, never of the temporary copy it was read into."""
     garbage = bytes(range(256)) * 64

@@ -368,7 +368,8 @@ def _unwound_on_ending_signals():
         raise _Ended(signum)
 
     numbers = [getattr(signal, name) for name in ENDING_SIGNALS if hasattr(signal, name)]
-    previous = {n: signal.signal(n, ended) for n in numbers}
+    # only where the signal would end the process: one ignored (nohup) or handled by an embedder stays so
+    previous = {n: signal.signal(n, ended) for n in numbers if signal.getsignal(n) == signal.SIG_DFL}
     try:
         yield
     except _Ended as exc:
