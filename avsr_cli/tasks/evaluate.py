@@ -337,12 +337,6 @@ def _resumed_rows(path: Path, ids: list[str]) -> list[dict]:
     """The rows a resumed run keeps (`load_results`, the torn last line cut off so appends start on a line
     of their own); rows of clips this run does not score, or scored twice, are a UsageError."""
     rows, whole = load_results(path, torn_tail=True)
-    with open(path, "rb+") as f:
-        f.truncate(whole)
-        if whole:
-            f.seek(whole - 1)
-            if f.read(1) != b"\n":
-                f.write(b"\n")  # a last row without its newline: the next one starts a line of its own
     mine, seen = set(ids), set()
     for row in rows:
         key = (row["mode"], row["snr"], row["occlusion"], row["id"])
@@ -354,6 +348,12 @@ def _resumed_rows(path: Path, ids: list[str]) -> list[dict]:
         if key in seen:
             raise UsageError(f"{path}: clip {row['id']} ({row['mode']}, SNR {row['snr']}) is scored twice")
         seen.add(key)
+    with open(path, "rb+") as f:
+        f.truncate(whole)
+        if whole:
+            f.seek(whole - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")  # a last row without its newline: the next one starts a line of its own
     return rows
 
 
