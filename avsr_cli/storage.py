@@ -87,20 +87,34 @@ def safe_join(root: Path | str, *names: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: Path | str, suffix: str = ".tmp", durable: bool = False) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that wants a file name (ffmpeg, safetensors,
     torch.save): renamed over `path` with the usual permissions when the block ends without error, removed
-    otherwise, so no partial file is ever seen under `path`."""
+    otherwise, so no partial file is ever seen under `path`. `durable`: the file's data reach the disk
+    before the rename (and the rename after it), so a power cut leaves the old file or the whole new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
+        if durable:
+            _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
+        if durable:
+            with contextlib.suppress(OSError):  # some file systems cannot sync a folder; the data are synced
+                _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path | str, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -117,6 +117,56 @@ def test_existing_outputs_need_overwrite_or_skip_existing(tiny_ckpt, media, tmp_
     assert r.exit_code == 0 and (out / "hello.tsv").is_file()
 
 
+def test_skip_existing_redoes_outputs_that_are_empty_or_do_not_parse(tiny_ckpt, media, tmp_path):
+    """--skip-existing keeps only whole outputs: one that is empty or does not parse (a half-written copy
+    from elsewhere) counts as missing and its input is transcribed again; stderr says which inputs were
+    skipped and which redone, and why (nothing with -q)."""
+    out = tmp_path / "out"
+    inputs = [media / "hello.wav", media / "other.wav"]
+    base = ["transcribe", *inputs, "-c", tiny_ckpt, "--max-new-tokens", "3", "-o", out]
+    formats = ["-f", "json", "-f", "vtt", "-f", "tsv", "-f", "txt"]
+    r = run(*base, *formats)
+    assert r.exit_code == 0, r.stderr
+    whole = {f.name: f.read_text() for f in out.iterdir()}
+    r = run(*base, *formats, "--skip-existing")
+    assert r.exit_code == 0 and r.stdout == "", r.stderr
+    assert (
+        f"skipped (outputs exist): {inputs[0]}" in r.stderr
+        and f"skipped (outputs exist): {inputs[1]}" in r.stderr
+    )
+    cut = {  # each format's output cut short, as a full disk or a killed copy leaves it
+        "hello.json": whole["hello.json"][: len(whole["hello.json"]) // 2],
+        "hello.vtt": "WEBVTT\n\n00:00:00.000 --> 00:0",
+        "hello.tsv": "start\tend\ttext\tavg_logprob\tlow_confidence\n0\t20",
+        "other.txt": "",
+    }
+    for name, text in cut.items():
+        for f in out.iterdir():
+            f.write_text(whole[f.name])
+        (out / name).write_text(text)
+        r = run(*base, *formats, "--skip-existing")
+        assert r.exit_code == 0, r.stderr
+        redone, kept = (inputs[0], inputs[1]) if name.startswith("hello") else (inputs[1], inputs[0])
+        assert r.stdout.splitlines() == [
+            str(out / f"{redone.stem}.{fmt}") for fmt in ("json", "vtt", "tsv", "txt")
+        ]
+        why = "is empty" if name == "other.txt" else "does not parse"
+        assert f"redoing {redone}: {out / name} {why}" in r.stderr, r.stderr
+        assert f"skipped (outputs exist): {kept}" in r.stderr
+        assert {f.name: f.read_text() != "" for f in out.iterdir()} == dict.fromkeys(whole, True)
+        json.loads((out / "hello.json").read_text())
+    srt = out / "hello.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:0")
+    r = run(base[0], inputs[0], *base[3:], "-f", "srt", "--skip-existing")
+    assert r.exit_code == 0 and f"redoing {inputs[0]}: {srt} does not parse as SubRip" in r.stderr, r.stderr
+    assert srt.read_text() != "1\n00:00:00,000 --> 00:00:0"
+    (out / "hello.json").write_text("{")
+    r = cli(*base, *formats, "--skip-existing", "-q")  # a process of its own: no other test's output
+    assert (
+        r.returncode == 0 and r.stderr == b"" and r.stdout.decode().splitlines()[0] == str(out / "hello.json")
+    )
+
+
 def test_several_files_on_stdout_are_named_like_grep(tiny_ckpt, media):
     r = run("transcribe", media / "hello.wav", media / "other.wav", "-c", tiny_ckpt, "--max-new-tokens", "3")
     assert r.exit_code == 0, r.stderr
@@ -143,6 +193,84 @@ def test_stdin(tiny_ckpt, media, tmp_path):
     assert r.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["stdin.txt"]
     r = cli("transcribe", "-", "-c", tiny_ckpt, stdin=b"")
     assert r.returncode == 2 and b"no data" in r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_signal_while_reading_stdin_removes_its_spooled_copy(tiny_ckpt, media, tmp_path, sig):
+    """`avsr transcribe -` copies standard input to a temporary file; killed by SIGTERM or SIGHUP (a closed
+    terminal) as by Ctrl-C, it removes the copy (and then dies of the signal, as it would have)."""
+    import signal
+    import time
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    data = (media / "hello.m4a").read_bytes() * (3 * 2**20 // (media / "hello.m4a").stat().st_size)
+    env = {**os.environ, "AVSR_CHECKPOINT": "", "TMPDIR": str(temp)}
+    command = [sys.executable, "-m", "avsr_cli", "transcribe", "-", "-c", str(tiny_ckpt)]
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        proc.stdin.write(data)
+        proc.stdin.flush()  # and the pipe stays open: the command is still reading when the signal comes
+        deadline = time.monotonic() + 120
+        while sum(f.stat().st_size for f in temp.glob("avsr-stdin-*/*")) < 2**20:  # copied in 1 MiB reads
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    assert list(temp.glob("avsr-stdin-*")) == []
+    if sig != "SIGINT":
+        assert proc.returncode == -getattr(signal, sig)
+
+
+def test_under_nohup_a_hangup_while_reading_stdin_is_still_ignored(tiny_ckpt, media, tmp_path):
+    """SIGHUP ignored by the caller (nohup) stays ignored: the command goes on to the end."""
+    import signal
+    import time
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    data = (media / "hello.m4a").read_bytes()
+    env = {**os.environ, "AVSR_CHECKPOINT": "", "TMPDIR": str(temp)}
+    command = [sys.executable, "-m", "avsr_cli", "transcribe", "-", "-c", str(tiny_ckpt), "-f", "json"]
+    command += ["--max-new-tokens", "3"]
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    try:
+        proc.stdin.write(data)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 120
+        while sum(f.stat().st_size for f in temp.glob("avsr-stdin-*/*")) < len(data):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert proc.poll() is None
+        out, err = proc.communicate(timeout=120)  # closes standard input: the copy is complete
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["path"] == "-" and list(temp.glob("avsr-stdin-*")) == []
+
+
+def test_a_bad_stream_on_stdin_is_named_as_standard_input(tiny_ckpt, tmp_path):
+    """What is wrong with standard input is said of `-`, never of the temporary copy it was read into."""
+    garbage = bytes(range(256)) * 64
+    for extra in ([], ["-o", tmp_path / "out"]):
+        r = cli("transcribe", "-", "-c", tiny_ckpt, *extra, stdin=garbage)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and "error: - (standard input): cannot read media file" in err, err
+        assert "avsr-stdin" not in err and "/stdin" not in err
 
 
 def test_confidence_in_json_and_tsv(tiny_ckpt, media, tmp_path):

@@ -137,6 +137,7 @@ def test_resume_skips_what_is_scored_and_refuses_to_overwrite(ckpt, layouts, tmp
     )
     assert seen == [("0", "c0"), ("0", "c1"), ("0", "c2")]
     assert [c.clips for c in report.conditions] == [3, 3]
+    assert len(read_results(tmp_path / "results.jsonl")) == 6  # the torn line cut off, no row glued to it
 
 
 def test_report_dir_is_locked_against_a_second_run(ckpt, layouts, tmp_path):
@@ -236,6 +237,77 @@ def test_merge_refuses_incomplete_or_mismatched_shards(ckpt, layouts, tmp_path):
     for bad in ("3/2", "0/2", "x"):
         r = run(*common, "--shard", bad)
         assert r.exit_code == 2 and "--shard" in r.stderr
+
+
+def test_merge_checks_each_shards_results_against_its_summary(ckpt, layouts, tmp_path):
+    """A shard's results file that lacks a row, is torn, is a link to a file elsewhere, is missing, or holds
+    other clips: evaluate-merge exits 2 naming the shard and what is wrong, and writes no merged report."""
+    common = ["evaluate", layouts["csv"], "-c", ckpt, "--max-new-tokens", "3", "-q"]
+    shards = tmp_path / "shards"
+    for i in (1, 2):
+        r = run(*common, "--shard", f"{i}/2", "--report-dir", shards)
+        assert r.exit_code == 0, r.stderr
+    second = shards / "results.shard-2-of-2.jsonl"
+    good = second.read_text()
+    lines = good.splitlines(keepends=True)
+    ids = [json.loads(line)["id"] for line in lines]
+    assert ids == ["c1", "c3"]  # every second clip by id, from the second
+
+    def refused(*says):
+        r = run("evaluate-merge", shards)
+        assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+        (message,) = r.stderr.strip().splitlines()
+        assert message.startswith("error: shard 2/2: ") and all(s in message for s in says), message
+        assert not (shards / "summary.json").exists() and not (shards / "results.jsonl").exists()
+
+    second.write_text(lines[0])
+    refused(str(second), "lacks 1 of the 2 rows of asr, SNR clean (clips c3)", "--shard 2/2 --resume")
+    second.write_text(lines[0] + lines[1][:20])
+    refused(str(second), "line 2 is not a result row")
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(good)
+    second.unlink()
+    second.symlink_to(elsewhere)
+    refused(str(second), f"is a symbolic link (to {elsewhere})")
+    second.unlink()
+    refused(str(second), "is missing")
+    second.write_text(good.replace('"id": "c3"', '"id": "c9"'))
+    refused("lacks 1 of the 2 rows of asr, SNR clean (clips c3)")
+    second.write_text(good + lines[0])
+    refused("holds rows of asr, SNR clean that its summary does not count")
+    second.write_text(good)
+    r = run("evaluate-merge", shards, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert [c["clips"] for c in json.loads(r.stdout)["conditions"]] == [4]
+
+
+def test_resume_checks_the_results_file_it_continues(ckpt, layouts, tmp_path):
+    """--resume continues a results file only if it is the folder's own regular file, parses (but for a
+    last line torn by a kill) and holds only clips of this run: otherwise exit 2, the file left as it was."""
+    report = tmp_path / "report"
+    args = ["evaluate", layouts["csv"], "-c", ckpt, "--max-new-tokens", "3", "-q", "--report-dir", report]
+    r = run(*args, "--limit", "3")
+    assert r.exit_code == 0, r.stderr
+    results = report / "results.jsonl"
+    good = results.read_text()
+    lines = good.splitlines(keepends=True)
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(lines[0])
+    results.unlink()
+    results.symlink_to(elsewhere)
+    r = run(*args, "--limit", "3", "--resume")
+    assert r.exit_code == 2 and f"{results}: is a symbolic link (to {elsewhere})" in r.stderr, r.stderr
+    assert elsewhere.read_text() == lines[0]  # nothing appended to the file it points to
+    results.unlink()
+    results.write_text(lines[0] + "{not json\n" + lines[2])
+    r = run(*args, "--limit", "3", "--resume")
+    assert r.exit_code == 2 and f"{results}: line 2 is not a result row" in r.stderr, r.stderr
+    results.write_text(good)
+    r = run(*args, "--limit", "2", "--resume")
+    assert r.exit_code == 2 and "holds clip c2, which this run does not score" in r.stderr, r.stderr
+    assert results.read_text() == good
+    r = run(*args, "--limit", "3", "--resume", "--json")
+    assert r.exit_code == 0 and [c["clips"] for c in json.loads(r.stdout)["conditions"]] == [3]
 
 
 def run(*args):

@@ -254,7 +254,7 @@ def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
     with pytest.raises(UsageError, match="unknown train settings learning_rate"):
         TrainSetup.load(cfg)
     cfg.write_text('data = "x"\noutput_dir = "y"\naudio_rates = "4,x"\n')
-    with pytest.raises(UsageError, match="--audio-rates: expected comma-separated integers"):
+    with pytest.raises(UsageError, match="audio_rates = '4,x': expected a list of integers >= 1"):
         TrainSetup.load(cfg)
     cfg.write_text('data = "x"\n')
     with pytest.raises(UsageError, match="--output-dir is required"):
@@ -488,3 +488,107 @@ def test_a_killed_rank_is_resumed_by_rerunning_the_same_command(data, base, tmp_
     assert p.returncode == 0, p.stderr[-3000:]
     assert _state(run)["step"] == steps
     _assert_same_adapter(tmp_path / "ref", run, tol=1e-4)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from avsr_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('max_steps = "two"', "max_steps = 'two': expected an integer >= 0"),
+        ('lr = "fast"', "lr = 'fast': expected a number >= 0"),
+        ("batch_seconds = [1, 2]", "batch_seconds = [1, 2]: expected a number > 0"),
+        ("epochs = 1.5", "epochs = 1.5: expected an integer >= 1"),
+        ("max_batch = 0", "max_batch = 0: expected an integer >= 1"),
+        ("lr = -0.1", "lr = -0.1: expected a number >= 0"),
+        ("compile = 1", "compile = 1: expected true or false"),
+        ('audio_rates = [4, "x"]', "audio_rates = [4, 'x']: expected a list of integers >= 1"),
+        ("mode = 3", "mode = 3: expected a string"),
+        ("limit = 0", "limit = 0: expected an integer >= 1"),
+        ("detect_every = 2.5", "detect_every = 2.5: expected an integer >= 1"),
+        ("weight_decay = nan", "weight_decay = nan: expected a number >= 0"),
+        ('device = "gpu9"', "device = 'gpu9': expected auto, cpu, cuda, cuda:N or another torch device"),
+    ],
+)
+def test_train_config_values_are_checked_before_anything_loads(data, base, tmp_path, line, says):
+    """A wrong type, a fraction where an integer goes, or a value out of range in the TOML: one line naming
+    the file, the key and what it takes, exit 2, before any model loads or clip is encoded."""
+    cfg = tmp_path / "train.toml"
+    steps = "" if line.startswith("max_steps") else "max_steps = 1\n"  # should the value pass: a short run
+    cfg.write_text(f'data = "{data}"\nbase = "{base}"\n{steps}{line}\n')
+    out, cache = tmp_path / "ck", tmp_path / "cache"
+    r = _cli("train", cfg, "-o", out, "--feature-cache", cache)
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {cfg}: {says}"]
+    assert not out.exists() and not cache.exists()  # nothing loaded, nothing encoded
+
+
+def test_an_unreadable_training_state_stops_the_resume_before_encoding(data, base, tmp_path):
+    """A truncated train_state.pt (a full disk, a killed copy): one line that says so and names the ways out
+    (--no-resume; the last epoch adapter as a checkpoint to fine-tune), exit 2, before any clip is encoded.
+    Both ways out work."""
+    import shutil
+
+    out = tmp_path / "ck"
+    common = ["--data", data, "--base", base, "--max-batch", "2", "--audio-rates", "4", "-q"]
+    r = _cli("train", *common, "--max-steps", "2", "-o", out, "--feature-cache", tmp_path / "c1")
+    assert r.exit_code == 0, r.stderr
+    state = out / "train_state.pt"
+    good = state.read_bytes()
+    for broken in (good[: len(good) // 2], b"", b"not a zip archive at all"):
+        state.write_bytes(broken)
+        r = _cli("train", *common, "--max-steps", "4", "-o", out, "--feature-cache", tmp_path / "c2")
+        assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+        (message,) = r.stderr.strip().splitlines()
+        assert message.startswith(f"error: {state}: cannot resume: the training state is unreadable")
+        assert "--no-resume" in message and str(out / "epochs" / "epoch000.safetensors") in message
+        assert not (tmp_path / "c2").exists()  # stopped before encoding
+    # the way out the message names: the epoch adapter with the run's config as a checkpoint
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    shutil.copy(out / "train_config.json", kept / "config.json")
+    shutil.copy(out / "epochs" / "epoch000.safetensors", kept / "adapter.safetensors")
+    fine_tune = [*common[:2], *common[4:], "-c", kept, "--feature-cache", tmp_path / "c1"]
+    r = _cli("train", *fine_tune, "--max-steps", "1", "-o", tmp_path / "on")
+    assert r.exit_code == 0, r.stderr
+    again = ["--max-steps", "2", "-o", out, "--feature-cache", tmp_path / "c1", "--no-resume"]
+    r = _cli("train", *common, *again)
+    assert r.exit_code == 0, r.stderr
+    assert _state(out)["step"] == 2
+
+
+def test_a_save_that_fails_midway_keeps_the_previous_state(data, base, tmp_path):
+    """A full disk during a save (here a file-size limit the state exceeds, EFBIG): the run fails, and the
+    state saved before is still whole, so the same command resumes from it."""
+    import os
+    import resource
+    import signal
+
+    out, cache = tmp_path / "ck", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "avsr_cli", "train", "--data", data, "--base", base, "-o", out, "-q"]
+    cmd += ["--feature-cache", cache, "--max-batch", "2", "--audio-rates", "4", "--save-every", "1"]
+    p = subprocess.run([*map(str, cmd), "--max-steps", "2"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    before = (out / "train_state.pt").read_bytes()
+    limit = len(before) - 1  # the adapter, log and feature files stay below it; the next state does not
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as disk full
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    resume = [*map(str, cmd), "--max-steps", "4"]
+    p = subprocess.run(resume, capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    (message,) = p.stderr.strip().splitlines()
+    assert message.startswith(f"error: {out / 'train_state.pt'}: cannot save the training state"), message
+    assert (out / "train_state.pt").read_bytes() == before
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith(".")) == [], os.listdir(out)
+    p = subprocess.run(resume, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert _state(out)["step"] == 4

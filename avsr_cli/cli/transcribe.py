@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import select
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -58,6 +62,9 @@ from .progress import MediaProgress
 
 STDIN = "-"
 STDIN_STEM = "stdin"  # outputs of `-` are DIR/stdin.<ext>
+STDIN_NAME = "- (standard input)"  # how messages name `-` (never by its temporary copy)
+# Signals that end the command: their handlers raise, so the temporary copy of `-` is removed as on Ctrl-C.
+ENDING_SIGNALS = ("SIGTERM", "SIGHUP")
 
 
 class OutputFormat(str, enum.Enum):
@@ -85,7 +92,12 @@ OutputDirOpt = Annotated[
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that already exist.")]
 SkipExistingOpt = Annotated[
-    bool, typer.Option("--skip-existing", help="Skip inputs whose output files all exist (re-run a batch).")
+    bool,
+    typer.Option(
+        "--skip-existing",
+        help="Skip inputs whose output files all exist whole (re-run a batch): an empty output, or one that "
+        "does not parse, is made again.",
+    ),
 ]
 # Silero VAD settings, named as faster-whisper's vad_parameters (seconds here, not milliseconds).
 VadThresholdOpt = Annotated[
@@ -297,6 +309,7 @@ def run_command(
     cue_options=None,
 ) -> None:
     """Everything both commands do: check the request, plan the outputs, load the model, run the files."""
+    from ..storage import display_name
     from ..tasks.writers import check_output_dir, plan_outputs
 
     chosen = chosen_formats(formats, output_dir, len(files))
@@ -307,18 +320,19 @@ def run_command(
     config = checkpoint_config(checkpoint)
     check_modes(config, [] if options.mode == "auto" else [options.mode])  # before any model loads
     with stdin_as_file(files) as (paths, labels):
-        inputs = readable_inputs(paths)  # a typo costs no model load
+        inputs = readable_inputs(paths, labels)  # a typo costs no model load
         if output_dir is not None:
             stems = [(str(p), STDIN_STEM if str(p) in labels else None) for p in inputs.readable]
             todo = run_guarded(plan_outputs, stems, output_dir, chosen, existing)
-            for path, run in zip(list(inputs.readable), todo, strict=True):
-                if not run:
+            for path, planned in zip(list(inputs.readable), todo, strict=True):
+                name = STDIN_NAME if str(path) in labels else display_name(path)
+                if not planned.run:
                     inputs.readable.remove(path)
                     inputs.skipped += 1
-                    if verbose:
-                        stderr.print(
-                            f"skipped (outputs exist): {labels.get(str(path), path)}", soft_wrap=True
-                        )
+                    if not quiet:
+                        stderr.print(f"skipped (outputs exist): {name}", soft_wrap=True, markup=False)
+                elif planned.redo and not quiet:
+                    stderr.print(f"redoing {name}: {'; '.join(planned.redo)}", soft_wrap=True, markup=False)
             if not inputs.readable:
                 if not quiet:
                     stderr.print(f"nothing to do: the outputs of all {inputs.skipped} file(s) exist")
@@ -339,31 +353,101 @@ def run_command(
         )
 
 
+class _Ended(BaseException):
+    """A signal in ENDING_SIGNALS came: unwind (finally blocks run), then die of it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _unwound_on_ending_signals():
+    """While the block runs, SIGTERM and SIGHUP unwind it as Ctrl-C does (their default is to end the
+    process at once, leaving temporary files behind); the process then dies of the signal, as it would
+    have, so a shell or supervisor sees the same status."""
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield
+        return
+
+    def ended(signum, frame):
+        raise _Ended(signum)
+
+    numbers = [getattr(signal, name) for name in ENDING_SIGNALS if hasattr(signal, name)]
+    # only where the signal would end the process: one ignored (nohup) or handled by an embedder stays so
+    previous = {n: signal.signal(n, ended) for n in numbers if signal.getsignal(n) == signal.SIG_DFL}
+    try:
+        yield
+    except _Ended as exc:
+        for n, handler in previous.items():
+            signal.signal(n, handler)
+        signal.signal(exc.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), exc.signum)
+        raise
+    finally:
+        for n, handler in previous.items():
+            signal.signal(n, handler)
+
+
 @contextmanager
 def stdin_as_file(files: list[Path]):
     """`-` becomes a temporary copy of standard input (ffprobe and the decoders need to seek; ffmpeg
-    reading a pipe cannot); yields (paths, {temporary path: "-"})."""
+    reading a pipe cannot); yields (paths, {temporary path: "-"}). The copy is removed however the command
+    ends: done, failed, Ctrl-C, SIGTERM or SIGHUP."""
     if STDIN not in map(str, files):
         yield list(files), {}
         return
     if sys.stdin is None or sys.stdin.isatty():
         raise fail("- reads media from standard input, but standard input is a terminal")
-    folder = Path(tempfile.mkdtemp(prefix="avsr-stdin-"))
+    with _unwound_on_ending_signals():
+        folder = Path(tempfile.mkdtemp(prefix="avsr-stdin-"))
+        try:
+            spooled = folder / STDIN_STEM
+            with open(spooled, "wb") as out:
+                _copy_stdin(out)
+            if spooled.stat().st_size == 0:
+                raise fail(f"{STDIN_NAME}: no data was given")
+            yield [spooled if str(f) == STDIN else f for f in files], {str(spooled): STDIN}
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _copy_stdin(out) -> None:
+    """Standard input into `out`, waking at least twice a second: a signal that the kernel hands to another
+    thread (torch starts some) does not end a blocked read, so Ctrl-C or SIGTERM would wait for more input
+    that may never come; between reads, Python runs the handler."""
+    source = getattr(sys.stdin, "buffer", sys.stdin)
     try:
-        spooled = folder / STDIN_STEM
-        with open(spooled, "wb") as out:
-            shutil.copyfileobj(getattr(sys.stdin, "buffer", sys.stdin), out, 1 << 20)
-        if spooled.stat().st_size == 0:
-            raise fail("- (standard input): no data was given")
-        yield [spooled if str(f) == STDIN else f for f in files], {str(spooled): STDIN}
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        fd = source.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file descriptor (an embedding's stream)
+        shutil.copyfileobj(source, out, 1 << 20)
+        return
+    while True:
+        if not select.select([fd], [], [], 0.5)[0]:
+            continue  # nothing yet: back to select, after any signal handler has run
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return
+        out.write(chunk)
+
+
+def relabelled(text: str, labels: dict[str, str]) -> str:
+    """`text` with the temporary copy of `-` named as the user gave it: `- (standard input)`."""
+    for path in labels:
+        text = text.replace(path, STDIN_NAME)
+    return text
+
+
+def named(exc: AvsrError, labels: dict[str, str]) -> AvsrError:
+    """`exc`, its message `relabelled`."""
+    exc.args = (relabelled(str(exc), labels),)
+    return exc
 
 
 class Inputs:
     """The command's files: those that can be read, and how many could not (each reported once)."""
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], labels: dict[str, str] | None = None) -> None:
         from ..frontends.media import check_input
 
         self.given, self.readable, self.failed, self.skipped = len(files), [], 0, 0
@@ -372,14 +456,14 @@ class Inputs:
                 check_input(path)
             except AvsrError as exc:
                 self.failed += 1
-                report_error(exc)
+                report_error(named(exc, labels or {}))
                 continue
             self.readable.append(path)
 
 
-def readable_inputs(files: list[Path]) -> Inputs:
+def readable_inputs(files: list[Path], labels: dict[str, str] | None = None) -> Inputs:
     """Check every input before the model loads; if none can be read, stop here (exit 1)."""
-    inputs = Inputs(files)
+    inputs = Inputs(files, labels)
     if not inputs.readable:
         raise typer.Exit(EXIT_FAILED)
     return inputs
@@ -406,15 +490,17 @@ def run_files(
         for item in transcriber.transcribe_many(files, options, on_progress=advance):
             if isinstance(item, AvsrError):
                 failed += 1
-                report_error(item)
+                report_error(named(item, labels))
                 continue
             stem = None
             if item.path in labels:
                 stem, item.path = STDIN_STEM, labels[item.path]
             name = display_name(item.path)
             for message in item.warnings if not quiet else []:
+                message = relabelled(message, labels)
                 stderr.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True, markup=True)
-            for note in [] if quiet else [n for n in item.notes if n not in said]:
+            notes = [relabelled(n, labels) for n in item.notes]
+            for note in [] if quiet else [n for n in notes if n not in said]:
                 said.add(note)
                 stderr.print(f"note: {note}", soft_wrap=True, markup=False)
             if verbose and item.low_confidence:
@@ -428,6 +514,8 @@ def run_files(
                     written = write_result(item, output_dir, formats, cue_options, stem)
                 except AvsrError as exc:
                     failed += 1
+                    if stem is not None and str(exc).startswith(f"{STDIN}: "):  # named by item.path, "-"
+                        exc.args = (STDIN_NAME + str(exc)[len(STDIN) :],)
                     report_error(exc)
                     continue
                 advance.write("".join(f"{display_name(p)}\n" for p in written))

@@ -57,7 +57,7 @@ class MouthOptions:
     """
 
     backend: str = "dlib"
-    detect_every: int = 10
+    detect_every: int = field(default=10, metadata={"min": 1})
     max_size: int = 1280
     detect_size: int = 640
     auto_rotate: bool = True

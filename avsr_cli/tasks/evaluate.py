@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -94,9 +95,14 @@ class Report:
     options: dict
     seconds: float
     run: dict = field(default_factory=dict)  # run_info(): model, rates, avsr version, end time, workdir
+    # a shard's clips (ids, in order): merge_reports checks its results file against them
+    clip_ids: list[str] | None = None
 
     def to_dict(self) -> dict:
-        return rounded(_json_safe(asdict(self)))
+        d = asdict(self)
+        if d["clip_ids"] is None:
+            del d["clip_ids"]
+        return rounded(_json_safe(d))
 
 
 def snr_key(snr: float) -> str:
@@ -179,7 +185,7 @@ def _prepared(
 
 # -- the run ---------------------------------------------------------------------------------------------
 def read_results(path: Path) -> list[dict]:
-    """Rows of a results.jsonl; a torn last line (killed mid-write) is ignored."""
+    """Rows of a results.jsonl, leniently (lines that do not parse are left out); `load_results` checks."""
     rows = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -188,6 +194,51 @@ def read_results(path: Path) -> list[dict]:
             except ValueError:
                 continue
     return rows
+
+
+ROW_KEYS = ("mode", "snr", "id")  # what makes a line of a results file a row
+
+
+def load_results(path: Path, torn_tail: bool = False) -> tuple[list[dict], int]:
+    """The rows of a report folder's results file, checked, and the length in bytes of its whole lines.
+
+    The file must be a regular file of its own (a symbolic link, even one into the folder, would make a
+    report of another run's rows, or append to another file), UTF-8, every line a result row (mode, snr,
+    id). `torn_tail`: a last line without its newline (a kill mid-write) is left out rather than refused.
+    Raises UsageError naming the file and the problem."""
+    path = Path(path)
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(
+            f"{path}: is a symbolic link (to {os.readlink(path)}), not the report's own results file"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{path}: is not a regular file")
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text: not a results file") from None
+    lines = text.split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    rows = []
+    for number, line in enumerate([*lines, tail] if tail else lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ROW_KEYS):
+                raise ValueError(line)
+        except ValueError:
+            if torn_tail and number == len(lines) + 1:
+                break  # the torn last line: scored again
+            raise UsageError(f"{path}: line {number} is not a result row (the file is damaged)") from None
+        rows.append({**row, "occlusion": row.get("occlusion", "none")})
+    whole = len(data) - len(tail.encode("utf-8")) if len(rows) == len(lines) else len(data)
+    return rows, whole
 
 
 def evaluate(
@@ -220,15 +271,13 @@ def _evaluate(
     data = load_dataset(dataset, limit=options.limit)
     items = data.items if options.shard is None else data.items[options.shard[0] - 1 :: options.shard[1]]
     results_path = Path(report_dir) / report_name("results", "jsonl", options.shard) if report_dir else None
-    if results_path is not None:
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        if results_path.exists() and not options.resume:
+    rows = []
+    if results_path is not None and os.path.lexists(results_path):
+        if not options.resume:
             raise UsageError(
                 f"{results_path} exists: pass --resume to continue it, or choose another --report-dir"
             )
-    rows = read_results(results_path) if results_path is not None else []
-    for r in rows:
-        r.setdefault("occlusion", "none")
+        rows = _resumed_rows(results_path, [item.id for item in items])
     done = {(r["mode"], r["snr"], r["occlusion"], r["id"]) for r in rows}
     if options.transcribe.mouth_cache is None and any(m != "asr" for m in options.modes):
         from ..storage import cache_root
@@ -281,6 +330,8 @@ def _evaluate(
         seconds=time.perf_counter() - started,
         run=run_info(transcriber, options, report_dir),
     )
+    if options.shard is not None:
+        report.clip_ids = [item.id for item in items]
     if report_dir is not None:
         write_report(Path(report_dir), report, alignments, options.shard)
     return report
@@ -303,6 +354,30 @@ def run_info(transcriber: Transcriber, options: EvaluateOptions, report_dir: Pat
         if report_dir is not None
         else None,
     }
+
+
+def _resumed_rows(path: Path, ids: list[str]) -> list[dict]:
+    """The rows a resumed run keeps (`load_results`, the torn last line cut off so appends start on a line
+    of their own); rows of clips this run does not score, or scored twice, are a UsageError."""
+    rows, whole = load_results(path, torn_tail=True)
+    mine, seen = set(ids), set()
+    for row in rows:
+        key = (row["mode"], row["snr"], row["occlusion"], row["id"])
+        if row["id"] not in mine:
+            raise UsageError(
+                f"{path}: holds clip {row['id']}, which this run does not score (another dataset, --limit "
+                "or --shard?): resume with the options it was started with, or choose another --report-dir"
+            )
+        if key in seen:
+            raise UsageError(f"{path}: clip {row['id']} ({row['mode']}, SNR {row['snr']}) is scored twice")
+        seen.add(key)
+    with open(path, "rb+") as f:
+        f.truncate(whole)
+        if whole:
+            f.seek(whole - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")  # a last row without its newline: the next one starts a line of its own
+    return rows
 
 
 def report_name(stem: str, suffix: str, shard: tuple[int, int] | None) -> str:
@@ -403,7 +478,7 @@ def merge_reports(report_dirs: list[Path], out_dir: Path | None = None) -> Repor
                 raise UsageError(
                     f"shard {shard[0]}/{shard[1]} is both in {found[shard][0].parent} and {folder}"
                 )
-            found[shard] = (path, json.loads(path.read_text(encoding="utf-8")))
+            found[shard] = (path, _shard_summary(path, shard))
     if not found:
         raise UsageError(
             f"no shard summaries (summary.shard-I-of-N.json) in {', '.join(map(str, report_dirs))}"
@@ -428,15 +503,15 @@ def merge_reports(report_dirs: list[Path], out_dir: Path | None = None) -> Repor
             what = ", ".join(differs) or "dataset"
             raise UsageError(f"{path}: shard {i}/{n} was run with other {what} than shard 1/{n}")
     rows, seen = [], set()
-    for (i, _), (path, _) in sorted(found.items()):
-        for row in read_results(path.parent / report_name("results", "jsonl", (i, n))):
-            key = (row["mode"], row["snr"], row.get("occlusion", "none"), row["id"])
+    for (i, _), (path, summary) in sorted(found.items()):
+        for row in _shard_rows(path.parent, (i, n), summary):
+            key = (row["mode"], row["snr"], row["occlusion"], row["id"])
             if key in seen:
                 raise UsageError(
                     f"clip {row['id']} ({row['mode']}, SNR {row['snr']}) is scored in two shards"
                 )
             seen.add(key)
-            rows.append({**row, "occlusion": row.get("occlusion", "none")})
+            rows.append(row)
     options = {**first["options"], "shard": None}
     out = Path(out_dir) if out_dir is not None else Path(report_dirs[0])
     report, alignments = summarize(
@@ -470,6 +545,68 @@ def _merged_run(found: dict[tuple[int, int], tuple[Path, dict]], out: Path) -> d
         workdir = (folder / run["workdir"]).resolve()
         run["workdir"] = Path(os.path.relpath(workdir, Path(out).resolve())).as_posix()
     return run
+
+
+def _shard_summary(path: Path, shard: tuple[int, int]) -> dict:
+    """A shard's summary.json, read and checked for the fields a merge uses."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if not all(k in summary for k in ("conditions", "options", "dataset", "kind", "skipped", "seconds")):
+            raise ValueError("fields missing")
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"shard {shard[0]}/{shard[1]}: {path} cannot be read as a summary ({exc})") from None
+    return summary
+
+
+def _shard_rows(folder: Path, shard: tuple[int, int], summary: dict) -> list[dict]:
+    """A shard's rows, checked against its summary: a regular file of its own that parses whole
+    (`load_results`), with one row per clip and condition the summary counts, for the clips it lists
+    (older summaries list none: then the counts). UsageError naming the shard and what is wrong."""
+    name = f"shard {shard[0]}/{shard[1]}"
+    path = folder / report_name("results", "jsonl", shard)
+    rerun = f"rerun it: avsr evaluate ... --shard {shard[0]}/{shard[1]} --resume --report-dir {folder}"
+    if not os.path.lexists(path):
+        raise UsageError(f"{name}: {path} is missing: {rerun}")
+    try:
+        rows, _ = load_results(path)
+    except UsageError as exc:
+        raise UsageError(f"{name}: {exc}") from None
+    ids = summary.get("clip_ids")
+    by_condition: dict[tuple[str, str, str], list[str]] = {}
+    for row in rows:
+        by_condition.setdefault((row["mode"], row["snr"], row["occlusion"]), []).append(row["id"])
+    for c in summary["conditions"]:
+        key = (c["mode"], c["snr"], c.get("occlusion", "none"))
+        have = by_condition.pop(key, [])
+        what = f"{c['mode']}, SNR {c['snr']}" + (f", occlusion {key[2]}" if key[2] != "none" else "")
+        scored = set(have)
+        missing = [i for i in ids if i not in scored] if ids is not None else []
+        if missing or len(have) < c["clips"]:
+            listed = f" (clips {_some(missing)})" if missing else ""
+            lacking = len(missing) or c["clips"] - len(have)
+            raise UsageError(
+                f"{name}: {path} lacks {lacking} of the {c['clips']} rows of {what}{listed} that its "
+                f"summary counts: {rerun}"
+            )
+        listed_ids = set(ids or [])
+        extra = [i for i in have if i not in listed_ids] if ids is not None else []
+        if extra or len(have) != len(scored) or len(have) > c["clips"]:
+            listed = f" (clips {_some(extra)})" if extra else ""
+            raise UsageError(
+                f"{name}: {path} holds rows of {what} that its summary does not count{listed}: it is not "
+                f"this shard's results; {rerun}"
+            )
+    if by_condition:
+        mode, snr, occlusion = next(iter(by_condition))
+        raise UsageError(
+            f"{name}: {path} holds rows of {mode}, SNR {snr}, occlusion {occlusion}, a condition its summary "
+            f"does not have: it is not this shard's results; {rerun}"
+        )
+    return rows
+
+
+def _some(ids: list[str], shown: int = 5) -> str:
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _condition_keys(report: Report) -> list[tuple[str, str, str]]:

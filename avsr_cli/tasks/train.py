@@ -27,8 +27,10 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..checkpoints.bases import DEFAULT_VIDEO_RATE, base_config
-from ..errors import AvsrError, UsageError
+from ..errors import AvsrError, OutputError, UsageError
 from ..frontends.mouth import MouthOptions
 from ..modeling.config import ENCODER_WINDOWS, MODE_TO_TASK
 from ..modeling.llm import TrainingKernels
@@ -64,42 +66,46 @@ SUMMARY_FILE = "training.json"
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """What `train` does; defaults follow the reference recipe (module docstring)."""
+    """What `train` does; defaults follow the reference recipe (module docstring). Numeric fields carry
+    their range in metadata ("min": at least; "above": more than), which settings are checked against."""
 
     mode: str = "asr"  # asr | vsr | avsr, or a comma list trained together (Omni-AVSR multi-task)
-    epochs: int = 3
-    max_steps: int = 0  # optimizer steps; 0: run `epochs` epochs
-    lr: float | None = None  # None: REFERENCE_LR[mode]
-    weight_decay: float = 0.1
-    warmup_steps: int = 0
-    batch_seconds: float = 60.0  # padded encoder-input seconds per batch (frame budget)
-    max_batch: int = 16
-    grad_accum: int = 1
-    grad_clip: float = 10.0
+    epochs: int = field(default=3, metadata={"min": 1})
+    max_steps: int = field(default=0, metadata={"min": 0})  # optimizer steps; 0: run `epochs` epochs
+    lr: float | None = field(default=None, metadata={"min": 0})  # None: REFERENCE_LR[mode]
+    weight_decay: float = field(default=0.1, metadata={"min": 0})
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    # padded encoder-input seconds per batch (frame budget)
+    batch_seconds: float = field(default=60.0, metadata={"above": 0})
+    max_batch: int = field(default=16, metadata={"min": 1})
+    grad_accum: int = field(default=1, metadata={"min": 1})
+    grad_clip: float = field(default=10.0, metadata={"above": 0})
     precision: str = "auto"  # auto (bf16 autocast where GPU or CPU has bf16 kernels, else fp32) | fp32 | bf16
     compile: bool = False  # torch.compile the LLM's decoder body for the steps (a minute to compile first)
     # compression rates to train (matryoshka, one drawn per step and modality); None: the config's rates
-    audio_rates: list[int] | None = None
-    video_rates: list[int] | None = None
+    audio_rates: list[int] | None = field(default=None, metadata={"min": 1})
+    video_rates: list[int] | None = field(default=None, metadata={"min": 1})
     # several modes: the loss is sum(w_i * loss_i) / n_modes (Omni-AVSR modeling_OmniAVSR.py `matry_weights`,
     # lightning_OmniAVSR.py divides by 3; its README trains with 1, 1.5, 1 for asr, vsr, avsr); None: all 1
-    task_weights: list[float] | None = None
-    val_every: int = 0  # optimizer steps between validations; 0: at the end of each epoch
-    val_limit: int = 100  # validation clips decoded each time
-    average_last: int = 1  # average the adapters saved at the end of the last N epochs
+    task_weights: list[float] | None = field(default=None, metadata={"min": 0})
+    # optimizer steps between validations; 0: at the end of each epoch
+    val_every: int = field(default=0, metadata={"min": 0})
+    val_limit: int = field(default=100, metadata={"min": 1})  # validation clips decoded each time
+    # average the adapters saved at the end of the last N epochs
+    average_last: int = field(default=1, metadata={"min": 1})
     # "last": the last epoch(s) (averaged as above; the reference's way); "best": the epoch adapter with the
     # lowest validation WER at an epoch end (needs validation data and val_every 0)
     select: str = "last"
-    save_every: int = 100  # optimizer steps between resumable states
+    save_every: int = field(default=100, metadata={"min": 1})  # optimizer steps between resumable states
     seed: int = 0
     train_lora: bool = True
     # Our addition, not in the reference recipe: epochs of CTC pre-alignment of the projectors before the
     # LLM loss (see `ctc_prealign`); helps small LLMs, which otherwise take long to start reading the audio.
-    ctc_epochs: int = 0
-    ctc_lr: float = 2e-3
+    ctc_epochs: int = field(default=0, metadata={"min": 0})
+    ctc_lr: float = field(default=2e-3, metadata={"min": 0})
     # Our addition: weight of the same CTC loss kept on during the LLM stage, added to the LLM's
     # cross-entropy, so the projected tokens keep spelling the transcript while the LoRA learns to read them.
-    ctc_weight: float = 0.0
+    ctc_weight: float = field(default=0.0, metadata={"min": 0})
     # A fresh model's Whisper window (modeling.config.ENCODER_WINDOWS); None: the base's (padded-30s, as the
     # reference). A fine-tuned checkpoint keeps its own: its projector was trained on those frames.
     encoder_window: str | None = None
@@ -557,7 +563,13 @@ class Trainer:
         first = per_mode[self.modes[0]]
         return {**first, "modes": per_mode} if len(self.modes) > 1 else first
 
-    def run(self, resume: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    def run(
+        self,
+        resume: bool = True,
+        on_step: Callable[[dict], None] | None = None,
+        saved_state: dict | None = None,
+    ) -> TrainResult:
+        """Train (resuming from the state in the output folder, or `saved_state` read from it already)."""
         o, model = self.options, self.model
         started = time.monotonic()
         rng = random.Random(o.seed)
@@ -595,7 +607,7 @@ class Trainer:
                     model, frames, self.targets, rates, o, report, modality, self.world
                 )
         if resuming:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)  # never unpickles objects
+            state = saved_state if saved_state is not None else read_train_state(state_path)
             from ..checkpoints.loading import load_adapter_state
 
             saved = int(state["batches_per_step"]) if "batches_per_step" in state else None
@@ -749,7 +761,7 @@ class Trainer:
             return
         d = self._epochs_dir()
         d.mkdir(exist_ok=True)
-        with atomic_path(d / f"epoch{epoch:03d}.safetensors") as tmp:
+        with _saving(d / f"epoch{epoch:03d}.safetensors", "the epoch adapter") as tmp:
             save_file({k: v.float().cpu() for k, v in adapter_state(self.model).items()}, str(tmp))
 
     def _save_state(self, opt, sched, step, epoch, batch_pos, losses, validations, rng) -> None:
@@ -768,7 +780,7 @@ class Trainer:
             "rng": _rng_tensor(rng.getstate()),
             "torch_rng": torch.get_rng_state(),
         }
-        with atomic_path(self.out_dir / STATE_FILE) as tmp:
+        with _saving(self.out_dir / STATE_FILE, "the training state") as tmp:
             torch.save(state, tmp)
 
     def _finish(self, validations: list[dict]) -> tuple[Path, list[int]]:
@@ -788,6 +800,57 @@ class Trainer:
             avg = {k: sum(s[k].float() for s in states) / len(states) for k in states[0]}
             load_adapter_state(self.model, avg)
         return save_checkpoint(self.model, self.out_dir), [int(f.stem[len("epoch") :]) for f in files]
+
+
+@contextmanager
+def _saving(path: Path, what: str) -> Iterator[Path]:
+    """A temporary path to save `what` into, renamed over `path` once written and synced to disk, so the
+    previous file stays whole until the new one is; a failed write (a full disk) is an OutputError."""
+    from safetensors import SafetensorError
+
+    try:
+        with atomic_path(path, durable=True) as tmp:
+            yield tmp
+    except (OSError, RuntimeError, SafetensorError) as exc:  # torch.save: RuntimeError (iostream error)
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write failed: disk full?"
+        raise OutputError(
+            f"{path}: cannot save {what} ({detail}); the one saved before is kept: make room and run the "
+            "same command again to resume from it"
+        ) from exc
+
+
+STATE_KEYS = ("adapter", "optimizer", "scheduler", "step", "epoch", "batch_pos", "losses", "validations")
+STATE_KEYS += ("rng", "torch_rng")
+
+
+def read_train_state(path: Path) -> dict:
+    """The resumable state saved in a run's folder, read whole (torch.load with weights_only: tensors and
+    plain containers, nothing unpickled). A state that cannot be read (truncated by a full disk or a killed
+    copy, or not a state at all) is a UsageError naming the ways out: --no-resume, or the last epoch
+    adapter as the checkpoint to fine-tune on from."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        complete = isinstance(state, dict) and all(k in state for k in STATE_KEYS)
+    except Exception:  # torch raises RuntimeError, EOFError or UnpicklingError for a broken file
+        complete = False
+    if complete:
+        return state
+    empty = path.is_file() and path.stat().st_size == 0
+    out = path.parent
+    epochs = sorted((out / "epochs").glob("epoch*.safetensors")) if (out / "epochs").is_dir() else []
+    keep = (
+        f", or train on from the last epoch adapter {epochs[-1]} (copy it into a folder as "
+        f"adapter.safetensors with {out / 'train_config.json'} as config.json, and give that folder to "
+        "--checkpoint)"
+        if epochs and (out / "train_config.json").is_file()
+        else ""
+    )
+    what = "empty" if empty else "truncated or corrupt"
+    raise UsageError(
+        f"{path}: cannot resume: the training state is unreadable ({what}): start over with --no-resume "
+        f"(it removes the state and the epoch adapters){keep}"
+    )
 
 
 def _rng_tensor(state) -> torch.Tensor:
@@ -926,6 +989,8 @@ def train(
         val_set = load_dataset(val_data, options.val_limit) if val_data else None
         started_config = out / "train_config.json"
         resuming = resume and (out / STATE_FILE).exists() and started_config.exists()
+        # an unreadable state stops the run here, before the model loads and the clips are encoded
+        saved_state = read_train_state(out / STATE_FILE) if resuming else None
         if resuming:
             config = ModelConfig.load(started_config)  # the run being resumed decides the model
         elif init_checkpoint:
@@ -1009,7 +1074,7 @@ def train(
             raise AvsrError(f"{data}: no clip could be encoded ({tr.failed[0][0]}: {tr.failed[0][1]})")
         val_pairs = (val.frames, val.texts) if val else None
         trainer = Trainer(model, tr.frames, tr.texts, options, out, val_pairs, world)
-        result = trainer.run(resume, on_step)
+        result = trainer.run(resume, on_step, saved_state)
         if world:  # the others wait until rank 0 has written the checkpoint
             barrier(world)
         unusable = [(s.path, s.reason) for d in (train_set, val_set) if d is not None for s in d.skipped]
@@ -1066,8 +1131,6 @@ SETUP_KEYS = (
     "resume",
 )
 MOUTH_KEYS = {"face_backend": "backend", "detect_every": "detect_every"}  # flag -> MouthOptions field
-# "4,16" or [4, 16]
-LIST_KEYS = {"audio_rates": int, "video_rates": int, "task_weights": float, "lora_targets": str}
 
 
 @dataclass(frozen=True)
@@ -1088,7 +1151,7 @@ class TrainSetup:
     mouth: MouthOptions = field(default_factory=MouthOptions)
     mouth_cache: str | None = None
     device: str = "auto"
-    limit: int | None = None
+    limit: int | None = field(default=None, metadata={"min": 1})
     resume: bool = True
 
     @classmethod
@@ -1102,7 +1165,7 @@ class TrainSetup:
             if not settings.get(required):
                 flag = "--" + required.replace("_", "-")
                 raise UsageError(f"{flag} is required (as a flag or in the config file)")
-        values = {k: _as_list(k, v, LIST_KEYS[k]) if k in LIST_KEYS else v for k, v in settings.items()}
+        values = check_settings(settings, lambda key, value: f"{where}: {key} = {value!r}")
         try:
             mouth = MouthOptions(**{MOUTH_KEYS[k]: v for k, v in values.items() if k in MOUTH_KEYS})
             options = TrainOptions(**{k: v for k, v in values.items() if k in option_names})
@@ -1110,13 +1173,25 @@ class TrainSetup:
             raise UsageError(f"{where}: {exc}") from None
         options.check()  # a bad mode, task weights or precision fails before any loading
         own = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in values.items() if k in SETUP_KEYS}
+        if own.get("device", "auto") != "auto":
+            try:
+                torch.device(own["device"])
+            except RuntimeError:
+                raise UsageError(
+                    f"{where}: device = {own['device']!r}: expected auto, cpu, cuda, cuda:N or another torch "
+                    "device"
+                ) from None
         return cls(options=options, mouth=mouth, **own)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None) -> TrainSetup:
-        """Settings from a TOML file (if any), overridden by `overrides` (flags; None values ignored)."""
-        settings = _read_toml(path) if path else {}
-        settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        """Settings from a TOML file (if any), overridden by `overrides` (flags; None values ignored). Every
+        value is checked (type, range) before anything loads: an error names the file or flag and the key."""
+        settings = {}
+        if path:
+            settings = check_settings(_read_toml(path), lambda key, value: f"{path}: {key} = {value!r}")
+        flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+        settings.update(check_settings(flags, lambda key, value: f"--{key.replace('_', '-')} {value}"))
         return cls.from_settings(settings, str(path) if path else "train settings")
 
     def run(
@@ -1144,17 +1219,93 @@ class TrainSetup:
         )
 
 
-def _as_list(key: str, value: Any, kind: type) -> list | None:
-    """`audio_rates = "4,16"` (a flag) or `[4, 16]` (TOML) -> [4, 16]."""
-    if value is None or isinstance(value, list):
-        return value
-    try:
-        return [kind(v) for v in str(value).split(",") if v.strip()]
-    except ValueError:
-        what = "integers" if kind is int else "numbers"
-        raise UsageError(
-            f"--{key.replace('_', '-')}: expected comma-separated {what}, got '{value}'"
-        ) from None
+def setting_fields() -> dict[str, tuple[Any, Mapping]]:
+    """Each train setting's type and range (field metadata), read from the dataclasses that take it:
+    TrainOptions, TrainSetup (SETUP_KEYS) and MouthOptions (MOUTH_KEYS)."""
+    found: dict[str, tuple[Any, Mapping]] = {}
+    for cls, names in (
+        (TrainOptions, None),
+        (TrainSetup, dict(zip(SETUP_KEYS, SETUP_KEYS, strict=True))),
+        (MouthOptions, MOUTH_KEYS),
+    ):
+        hints = typing.get_type_hints(cls)
+        by_field = {f.name: f for f in fields(cls)}
+        for key, name in (names or {n: n for n in by_field}).items():
+            found[key] = (hints[name], by_field[name].metadata)
+    return found
+
+
+def check_settings(settings: Mapping[str, Any], label: Callable[[str, Any], str]) -> dict[str, Any]:
+    """`settings` with each known key's value checked against its field's type and range (`audio_rates`
+    may be "4,16", as the flag takes it): a UsageError `<label(key, value)>: expected <what it takes>`
+    otherwise. Unknown keys pass through (`TrainSetup.from_settings` names them)."""
+    known = setting_fields()
+    checked = dict(settings)
+    for key, value in settings.items():
+        if key not in known:
+            continue
+        kind, meta = known[key]
+        given, bare = value, _bare(kind)
+        if isinstance(value, str) and typing.get_origin(bare) is list:  # "4,16": the flag's spelling
+            (item,) = typing.get_args(bare)
+            value = [v.strip() for v in value.split(",") if v.strip()]
+            with suppress(ValueError):  # else left as text, which the check below refuses
+                value = [item(v) for v in value]
+        ok, value = _fits(value, kind, meta)
+        if not ok:
+            raise UsageError(f"{label(key, given)}: expected {_expected(kind, meta)}")
+        checked[key] = value
+    return checked
+
+
+def _bare(kind: Any) -> Any:
+    """`X` of `X | None`."""
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+    return kind
+
+
+def _fits(value: Any, kind: Any, meta: Mapping) -> tuple[bool, Any]:
+    """(whether `value` is of type `kind` within meta's range, the value as the field takes it)."""
+    if value is None and type(None) in typing.get_args(kind):
+        return True, None
+    kind = _bare(kind)
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            return False, value
+        items = [_fits(v, typing.get_args(kind)[0], meta) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if kind is bool:
+        return isinstance(value, bool), value
+    if kind is str:
+        return isinstance(value, str | os.PathLike), value
+    if kind in (int, float):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)) or not math.isfinite(value):
+            return False, value
+        low, above = meta.get("min"), meta.get("above")
+        within = (low is None or value >= low) and (above is None or value > above)
+        return within, kind(value)
+    return isinstance(value, kind), value
+
+
+def _expected(kind: Any, meta: Mapping) -> str:
+    """What a field takes, in words: "an integer >= 1", "a list of numbers >= 0", "true or false"."""
+    kind = _bare(kind)
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        words = {int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {words.get(item, item.__name__)}{_range(meta)}"
+    if kind is bool:
+        return "true or false"
+    words = {int: "an integer", float: "a number", str: "a string"}
+    return words.get(kind, kind.__name__) + (_range(meta) if kind in (int, float) else "")
+
+
+def _range(meta: Mapping) -> str:
+    if "above" in meta:
+        return f" > {meta['above']}"
+    return f" >= {meta['min']}" if "min" in meta else ""
 
 
 def _read_toml(path: str | os.PathLike) -> dict:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
@@ -123,13 +125,77 @@ def output_paths(
     return [Path(output_dir) / f"{stem}.{fmt}" for fmt in formats]
 
 
+_SRT_TIME = r"\d{2,}:\d{2}:\d{2},\d{3}"
+_SRT_CUE = re.compile(rf"\d+\n{_SRT_TIME} --> {_SRT_TIME}[^\n]*\n[^\n]+(\n[^\n]+)*")
+_VTT_TIME = r"(\d{2,}:)?\d{2}:\d{2}\.\d{3}"
+_VTT_CUE = re.compile(rf"([^\n]*\n)?{_VTT_TIME} --> {_VTT_TIME}[^\n]*\n[^\n]+(\n[^\n]+)*")
+_TSV_TIMES = re.compile(r"-?\d+\t-?\d+\t")
+
+
+def _parses(fmt: str, text: str) -> bool:
+    """Whether `text` is a whole output of `fmt` (json, srt, vtt, tsv): it parses, and the formats written
+    line by line end with their last newline, so a copy cut inside a cue or a row is caught."""
+    if fmt == "json":
+        try:
+            return isinstance(json.loads(text), dict)
+        except ValueError:
+            return False
+    if fmt == "txt":
+        return True
+    if not text.endswith("\n"):
+        return False
+    if fmt == "srt":
+        return all(_SRT_CUE.fullmatch(block) for block in text.strip("\n").split("\n\n"))
+    if fmt == "vtt":
+        head, *blocks = text.strip("\n").split("\n\n")
+        return (head == "WEBVTT" or head.startswith(("WEBVTT ", "WEBVTT\t", "WEBVTT\n"))) and all(
+            _VTT_CUE.fullmatch(b) or b.startswith(("NOTE", "STYLE", "REGION")) for b in blocks
+        )
+    if fmt == "tsv":
+        header, *rows = text.rstrip("\n").split("\n")
+        columns = header.count("\t")
+        return header.startswith("start\tend\ttext") and all(
+            _TSV_TIMES.match(row) and row.count("\t") == columns for row in rows
+        )
+    return True
+
+
+FORMAT_NAMES = {"json": "JSON", "srt": "SubRip (srt)", "vtt": "WebVTT", "tsv": "tab-separated values"}
+
+
+def incomplete_output(path: Path, fmt: str) -> str | None:
+    """Why the existing output `path` of format `fmt` cannot be kept as done (it is empty, not UTF-8 text,
+    or does not parse: a half-written copy), or None when it is whole."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not data:
+        return "is empty"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    return None if _parses(fmt, text) else f"does not parse as {FORMAT_NAMES.get(fmt, fmt)}"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What to do with one input of a batch: run it or not, and, when some of its outputs exist, why they
+    are made again ("DIR/a.json does not parse as JSON", "DIR/a.tsv is missing")."""
+
+    run: bool
+    redo: tuple[str, ...] = ()
+
+
 def plan_outputs(
     sources: list[tuple[str, str | None]], output_dir: Path, formats: list[str], existing: str = "error"
-) -> list[bool]:
+) -> list[Planned]:
     """Check a batch's outputs before any work: two inputs that would write the same file (`a.wav` and
     `a.m4a` both write `a.txt`) are a UsageError; so are outputs already there, unless `existing` is
-    "overwrite" or "skip" (an input is skipped when all its outputs exist). `sources` are (input, stem or
-    None). Returns, per input, whether to run it."""
+    "overwrite" or "skip". With "skip" an input is skipped when all its outputs exist whole: one that is
+    missing, empty or does not parse (`incomplete_output`) is made again. `sources` are (input, stem or
+    None). Returns, per input, what to do."""
     owners: dict[Path, str] = {}
     for source, stem in sources:
         for path in output_paths(source, output_dir, formats, stem):
@@ -148,7 +214,15 @@ def plan_outputs(
         there = [p for p in paths if os.path.exists(p)]
         if there and existing == "error":
             clashes += there
-        run.append(not (existing == "skip" and len(there) == len(paths)))  # a missing format is still made
+        if existing != "skip" or not there:
+            run.append(Planned(True))
+            continue
+        redo = []
+        for fmt, path in zip(formats, paths, strict=True):
+            why = incomplete_output(path, fmt) if path in there else "is missing"
+            if why is not None:
+                redo.append(f"{display_name(path)} {why}")
+        run.append(Planned(bool(redo), tuple(redo)))
     if clashes:
         more = f" and {len(clashes) - 1} more already exist" if len(clashes) > 1 else " already exists"
         raise UsageError(
