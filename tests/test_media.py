@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from avsr_cli.errors import MediaError
 from avsr_cli.frontends import media
-from avsr_cli.frontends.media import SAMPLE_RATE, load_audio, load_video, probe
+from avsr_cli.frontends.media import SAMPLE_RATE, iter_audio, load_audio, load_video, probe
 
 FFMPEG = media.find_ffmpeg()
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg binary (apt install ffmpeg)")
@@ -85,6 +86,48 @@ def test_load_audio_containers(files: Path, name: str) -> None:
     assert abs(peak_hz(audio) - AUDIO_CASES[name][0]) < 3
 
 
+@pytest.mark.parametrize("name", [*AUDIO_CASES, "noise.wav", "left.wav", "zero.wav"])
+def test_iter_audio_gives_load_audios_samples_block_by_block(files: Path, name: str) -> None:
+    whole = load_audio(files / name)
+    for size in (7, 1000, 1 << 16):
+        blocks = list(iter_audio(files / name, block_size=size))
+        assert all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+        assert all(len(b) == size for b in blocks[:-1]) and all(0 < len(b) <= size for b in blocks[-1:])
+        joined = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+        assert np.array_equal(joined, whole), (name, size)
+
+
+def test_iter_audio_stops_ffmpeg_when_closed_early(files: Path) -> None:
+    import os
+
+    def children() -> set[str]:
+        tasks = Path(f"/proc/{os.getpid()}/task")
+        return {pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()}
+
+    before = children()
+    blocks = iter_audio(files / "mp3.mp3", block_size=100)  # decoded by ffmpeg through a pipe
+    assert len(next(blocks)) == 100
+    assert children() - before  # ffmpeg runs
+    blocks.close()
+    assert children() == before
+
+
+def test_iter_audio_refuses_invalid_samples_as_load_audio_does(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    wave = np.full(40000, 0.25, np.float32)
+    wave[30000:30010] = np.nan
+    sf.write(tmp_path / "nan.wav", wave, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(MediaError) as whole:
+        load_audio(tmp_path / "nan.wav")
+    assert "(10 of 40000 are NaN or infinite)" in str(whole.value)
+    blocks = iter_audio(tmp_path / "nan.wav", block_size=10000)
+    assert [len(b) for b in itertools.islice(blocks, 3)] == [10000] * 3  # the blocks before the bad one
+    with pytest.raises(MediaError) as streamed:
+        next(blocks)
+    assert str(streamed.value) == str(whole.value)
+
+
 def test_stereo_downmix_is_channel_mean(files: Path) -> None:
     left = load_audio(files / "left.wav")  # 0.5 sine on the left, silence on the right
     assert np.abs(left).max() == pytest.approx(0.25, abs=0.01)  # ffmpeg's default would give 0.354
@@ -134,6 +177,9 @@ def test_bad_inputs(files: Path, name: str, problem: str) -> None:
     message = str(err.value)
     assert name in message and problem in message
     assert "\n" not in message and "Traceback" not in message
+    with pytest.raises(MediaError) as streamed:
+        list(iter_audio(files / name))
+    assert str(streamed.value) == message
 
 
 def test_a_fifo_is_refused_by_every_decoder_without_blocking(tmp_path: Path) -> None:

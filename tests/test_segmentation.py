@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from avsr_cli.frontends import segmentation as seg
 from avsr_cli.frontends.segmentation import (
     Chunk,
     ChunkOptions,
+    StreamSegmenter,
     VadOptions,
     chunk_regions,
     fixed_windows,
@@ -193,6 +195,124 @@ def test_probabilities_match_the_streaming_model(recording, monkeypatch) -> None
     np.testing.assert_allclose(batched, streaming, atol=1e-5)
 
 
+def stream(
+    audio: np.ndarray,
+    sizes: list[int],
+    vad: VadOptions = VadOptions(),
+    chunks: ChunkOptions = ChunkOptions(),
+    hold: float = seg.HOLD_SECONDS,
+) -> tuple[list[Chunk], list[np.ndarray], int, int]:
+    """StreamSegmenter over `audio` in blocks of `sizes` (cycled): its chunks, their samples as handed over
+    (audio[int(start * rate) : int(end * rate)], as the transcriber takes them), the most samples it kept
+    and the most it held in memory."""
+    segmenter = StreamSegmenter(vad, chunks, hold)
+    found, samples, kept, held = [], [], 0, 0
+
+    def take(new: list[Chunk]) -> None:
+        for c in new:
+            found.append(c)
+            samples.append(segmenter.audio[int(c.start * RATE) : int(c.end * RATE)])
+
+    i, k = 0, 0
+    while i < len(audio):
+        take(segmenter.push(audio[i : i + sizes[k % len(sizes)]]))
+        i += sizes[k % len(sizes)]
+        k += 1
+        kept = max(kept, len(segmenter.audio) - segmenter.audio.start)
+        held = max(held, segmenter.audio.held)
+    take(segmenter.finish())
+    return found, samples, kept, held
+
+
+def check_stream(audio: np.ndarray, sizes: list[int], vad=VadOptions(), chunks=ChunkOptions(), **kw) -> int:
+    """The streamed chunks and samples are the whole array's; returns the most samples kept."""
+    found, samples, kept, _ = stream(audio, sizes, vad, chunks, **kw)
+    assert found == segment_audio(audio, vad, chunks)
+    for c, wave in zip(found, samples, strict=True):
+        assert np.array_equal(wave, audio[int(c.start * RATE) : int(c.end * RATE)]), c
+    return kept
+
+
+def test_streamed_probabilities_are_the_whole_arrays_bit_for_bit(recording) -> None:
+    audio = recording.audio[: 40 * RATE + 77]
+    whole = speech_probabilities(audio)
+    for sizes in ([1000], [seg.VAD_BLOCK * seg.VAD_WINDOW], [1, 511, 513, 262_143, 70_000], [len(audio)]):
+        vad, got, i = seg._VadStream(), [], 0
+        for n in itertools.cycle(sizes):
+            if i >= len(audio):
+                break
+            got.append(vad.push(audio[i : i + n]))
+            i += n
+        got.append(vad.finish())
+        assert np.array_equal(np.concatenate(got), whole), sizes
+
+
+@pytest.mark.parametrize("max_chunk", [16.0, 6.0])
+def test_streamed_chunks_are_the_whole_arrays(recording, max_chunk: float) -> None:
+    """Fed in blocks of any size, the streaming segmenter finds exactly segment_audio's chunks, hands over
+    their samples, and keeps well under a minute of audio however long the recording."""
+    chunks = ChunkOptions(max_chunk=max_chunk)
+    assert len(segment_audio(recording.audio, chunks=chunks)) > 10
+    for sizes in ([65536], [1000, 3], [262_145, 9999], [len(recording.audio)]):
+        kept = check_stream(recording.audio, sizes, chunks=chunks)
+        if sizes[0] < 300_000:
+            assert kept < (max_chunk + 40) * RATE, (sizes, kept / RATE)
+
+
+def test_streamed_chunks_are_the_whole_arrays_for_any_options(recording) -> None:
+    """Random recordings (speech cut anywhere, silences, noise at many levels) under random VAD and chunk
+    options, streamed in random blocks, give segment_audio's chunks; a small `hold` moves what the segmenter
+    keeps beyond it to a temporary file, with the same chunks."""
+    rng = np.random.default_rng(1)
+    speech = recording.audio
+    for _ in range(40):
+        parts = []
+        for _ in range(int(rng.integers(3, 12))):
+            kind = rng.integers(3)
+            n = int(rng.uniform(0.05, 12 if kind == 0 else 4) * RATE)
+            if kind == 0:
+                start = int(rng.integers(0, len(speech) - n))
+                parts.append(speech[start : start + n])
+            elif kind == 1:
+                parts.append(np.zeros(n, np.float32))
+            else:
+                parts.append((rng.standard_normal(n) * 10 ** rng.uniform(-4, -0.5)).astype(np.float32))
+        audio = np.clip(np.concatenate(parts), -1, 1)
+        threshold = float(rng.uniform(0.2, 0.9))
+        vad = VadOptions(
+            threshold=threshold,
+            neg_threshold=None if rng.random() < 0.5 else float(rng.uniform(0, threshold)),
+            min_speech=float(rng.choice([0.0, rng.uniform(0, 1.5)])),
+            min_silence=float(rng.uniform(0.0, 2.0)),
+            speech_pad=float(rng.choice([0.0, rng.uniform(0, 0.8)])),
+        )
+        max_chunk = float(rng.uniform(1.0, 20.0))
+        min_chunk = float(rng.choice([0.0, rng.uniform(0.05, max_chunk)]))
+        # with min_chunk 0 a search window as long as max_chunk may cut at the piece's start, for ever
+        window = float(rng.uniform(0.2, 6 if min_chunk else 0.9 * max_chunk))
+        chunks = ChunkOptions(
+            max_chunk=max_chunk,
+            min_chunk=min_chunk,
+            merge_gap=float(rng.uniform(0, 3)),
+            split_window=window,
+            energy_frame=float(rng.uniform(0.005, 0.06)),
+            quiet_span=float(rng.uniform(0, 0.3)),
+        )
+        sizes = [int(x) for x in rng.integers(1, 200_000, size=5)]
+        hold = float(rng.choice([seg.HOLD_SECONDS, 3.0]))
+        check_stream(audio, sizes, vad, chunks, hold=hold)
+
+
+def test_audio_the_vad_cannot_decide_on_waits_in_a_file(recording) -> None:
+    """With a min_silence of 20 s, every pause keeps its speech undecided for 20 s; held in memory up to
+    `hold` (4 s here), the rest in a temporary file: the chunks do not change."""
+    vad = VadOptions(min_silence=20.0)
+    found, _, kept, held = stream(recording.audio, [16000], vad, hold=4.0)
+    assert found == segment_audio(recording.audio, vad)
+    assert kept > 20 * RATE and held <= 5 * RATE
+    check_stream(recording.audio, [16000], vad, hold=4.0)
+
+
 def test_vad_speed(recording) -> None:
     speech_probabilities(recording.audio[:RATE])  # the model is loaded once, not timed
     start = time.perf_counter()
@@ -324,3 +444,60 @@ def test_default_batch_is_16_decoder_rows_and_4_clips_at_least() -> None:
     assert clips(1, batch_size=3) == 3
     with pytest.raises(ValueError, match="batch_seconds"):
         TranscribeOptions(batch_seconds=0)
+
+
+def test_a_long_recording_is_transcribed_from_its_file_as_the_whole_array_is(
+    recording, tiny_ckpt, tmp_path, monkeypatch
+) -> None:
+    """Audio longer than a chunk is not held: `load_media` reads it once for its length and level, and the
+    transcription reads it again block by block, decoding chunks as they are found. Segments, text, times and
+    warnings are those of the whole array, also when the chunks reach the batches in several groups."""
+    from avsr_cli.modeling.decoding import DecodingOptions
+    from avsr_cli.tasks import transcribe
+    from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
+
+    t = Transcriber.from_checkpoint(tiny_ckpt, device="cpu")
+    path = tmp_path / "talk.flac"
+    sf.write(path, recording.audio, RATE, subtype="PCM_16")  # the recording's samples, exactly
+    greedy = DecodingOptions(num_beams=1, max_new_tokens=4)
+    default = transcribe.STREAM_GROUP_SECONDS
+    for options in (
+        TranscribeOptions(segmentation="vad", merge_gap=0.5, decoding=greedy),
+        TranscribeOptions(mode="asr", max_chunk=6.0, decoding=greedy),
+    ):
+        item = t.load_media(path, options)
+        assert item.audio is None and item.stream.samples == len(recording.audio)
+        whole = t.transcribe_audio(recording.audio, str(path), options)
+        for group in (default, 10.0):
+            monkeypatch.setattr(transcribe, "STREAM_GROUP_SECONDS", group)
+            done: list[float] = []
+            (streamed,) = t.transcribe_many([path], options, on_progress=done.append)
+            assert len(streamed.segments) > 5 and streamed.text == whole.text
+            if group == default:  # one group: the batches of the whole array
+                assert streamed.segments == whole.segments
+            else:  # other batches: the same text and times (scores may differ in the last float digits)
+                assert [(s.start, s.end, s.text) for s in streamed.segments] == [
+                    (s.start, s.end, s.text) for s in whole.segments
+                ]
+            assert (streamed.duration, streamed.warnings) == (whole.duration, whole.warnings)
+            assert sum(done) == pytest.approx(streamed.duration)  # progress covers the recording once
+
+
+def test_a_recording_that_changes_while_it_is_read_fails_whole(recording, tiny_ckpt, tmp_path) -> None:
+    """Read twice (scanned, then transcribed), a file that changed in between is an error: no partial
+    transcript."""
+    from avsr_cli.errors import MediaError
+    from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
+
+    t = Transcriber.from_checkpoint(tiny_ckpt, device="cpu")
+    path = tmp_path / "talk.wav"
+    sf.write(path, recording.audio, RATE, subtype="PCM_16")
+    options = TranscribeOptions(mode="asr")
+    item = t.load_media(path, options)
+    sf.write(path, recording.audio[: 60 * RATE], RATE, subtype="PCM_16")  # rewritten, shorter
+    (result,) = t.transcribe_loaded([item], options)
+    assert isinstance(result, MediaError)
+    assert (
+        str(result)
+        == f"{path}: the file changed while it was read ({len(recording.audio)} samples, then 960000)"
+    )

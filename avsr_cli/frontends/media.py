@@ -153,34 +153,54 @@ def _error(path: str | os.PathLike, url: str, stderr: bytes, kind: str | None = 
     return MediaError(f"{path}: cannot read media file" + (f" ({lines[-1]})" if lines else ""))
 
 
+def _decode_args(url: str, kind: str, output_args: list[str]) -> list[str]:
+    """ffmpeg's arguments to decode the first `kind` ("audio"/"video") stream of `url` to stdout."""
+    args = ["-nostdin", "-hide_banner", "-loglevel", "error", "-threads", str(cpu_threads())]
+    return [*args, "-i", url, "-map", f"0:{kind[0]}:0", *output_args, "-"]
+
+
 def _decode(path: str | os.PathLike, url: str, kind: str, output_args: list[str]) -> bytes:
     """Raw output of ffmpeg decoding the first `kind` ("audio"/"video") stream of `url` with `output_args`."""
-    args = [
-        "-nostdin",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-threads",
-        str(cpu_threads()),
-        "-i",
-        url,
-        "-map",
-        f"0:{kind[0]}:0",
-        *output_args,
-        "-",
-    ]
-    proc = _exec(find_ffmpeg(), args, path)
+    proc = _exec(find_ffmpeg(), _decode_args(url, kind, output_args), path)
     if proc.returncode != 0:
         raise _error(path, url, proc.stderr, kind)
     return proc.stdout
 
 
+def _audio_args(sample_rate: int) -> list[str]:
+    return ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(sample_rate)]
+
+
 def _decode_audio(path: str | os.PathLike, url: str, sample_rate: int) -> np.ndarray:
     """ffmpeg's float32 mono samples of the first audio stream at `sample_rate` (no checks, no clipping)."""
-    out = _decode(
-        path, url, "audio", ["-f", "f32le", "-ac", "1", "-rematrix_maxval", "1", "-ar", str(sample_rate)]
-    )
-    return np.frombuffer(out, np.float32)
+    return np.frombuffer(_decode(path, url, "audio", _audio_args(sample_rate)), np.float32)
+
+
+def _stream_audio(
+    path: str | os.PathLike, url: str, sample_rate: int, block_size: int
+) -> Iterator[np.ndarray]:
+    """`_decode_audio` through a pipe, `block_size` samples at a time (the last block shorter)."""
+    exe = find_ffmpeg()
+    if exe is None:
+        _exec(exe, [], path)  # raises the "ffmpeg not found" error
+    with tempfile.TemporaryFile() as err:
+        try:
+            args = [exe, *_decode_args(url, "audio", _audio_args(sample_rate))]
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        except OSError as e:
+            raise MediaError(f"{path}: cannot run {exe} ({e.strerror})") from None
+        try:
+            while buf := proc.stdout.read(4 * block_size):
+                yield np.frombuffer(buf, np.float32, len(buf) // 4)
+            proc.wait()
+        finally:
+            if proc.poll() is None:  # the consumer stopped early
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise _error(path, url, err.read(), "audio")
 
 
 # Sample formats whose float32 values libsndfile and ffmpeg compute alike: 16-bit PCM scaled by 1/32768,
@@ -207,8 +227,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     ``mean(dim=0)``); a zero-length stream gives an empty array.
     """
     url = _url(path)
-    info = _sound_file_info(path)
-    if info and info.channels == 1 and info.samplerate == sample_rate and info.subtype in _SAME_AS_FFMPEG:
+    if _in_process(path, sample_rate):
         import soundfile
 
         audio = soundfile.read(os.fsencode(path), dtype="float32", always_2d=False)[0]
@@ -216,10 +235,62 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         audio = _decode_audio(path, url, sample_rate)
     bad = int(np.count_nonzero(~np.isfinite(audio)))
     if bad:  # float WAV/FLAC can carry NaN or infinity; clipping would hide them as silence or full scale
-        raise MediaError(
-            f"{display_name(path)}: audio holds invalid samples ({bad} of {audio.size} are NaN or infinite)"
-        )
+        raise _invalid_samples(path, bad, audio.size)
     return np.clip(audio, -1.0, 1.0)
+
+
+AUDIO_BLOCK = 1 << 16  # samples per block of `iter_audio`: 4.1 s at 16 kHz, 256 KiB
+
+
+def iter_audio(
+    path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, block_size: int = AUDIO_BLOCK
+) -> Iterator[np.ndarray]:
+    """`load_audio` block by block: the same samples, `block_size` at a time (the last block shorter), read
+    through the same decoder, so that a recording of any length never sits in memory whole.
+
+    NaN or infinite samples raise `load_audio`'s error once the stream has been read to its end (it counts
+    them); the block that holds the first of them and all after it are not yielded.
+    """
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+    url = _url(path)
+    if _in_process(path, sample_rate):
+        blocks = _read_blocks(path, block_size)
+    else:
+        blocks = _stream_audio(path, url, sample_rate, block_size)
+    bad = total = 0
+    for block in blocks:
+        total += block.size
+        bad += int(np.count_nonzero(~np.isfinite(block)))
+        if not bad:
+            yield np.clip(block, -1.0, 1.0)
+    if bad:
+        raise _invalid_samples(path, bad, total)
+
+
+def _read_blocks(path: str | os.PathLike, block_size: int) -> Iterator[np.ndarray]:
+    import soundfile
+
+    with soundfile.SoundFile(os.fsencode(path)) as sound:
+        while len(block := sound.read(block_size, dtype="float32", always_2d=False)):
+            yield block
+
+
+def _in_process(path: str | os.PathLike, sample_rate: int) -> bool:
+    """Whether libsndfile reads `path` as mono `sample_rate` float32 with ffmpeg's samples."""
+    info = _sound_file_info(path)
+    return (
+        bool(info)
+        and info.channels == 1
+        and info.samplerate == sample_rate
+        and info.subtype in _SAME_AS_FFMPEG
+    )
+
+
+def _invalid_samples(path: str | os.PathLike, bad: int, total: int) -> MediaError:
+    return MediaError(
+        f"{display_name(path)}: audio holds invalid samples ({bad} of {total} are NaN or infinite)"
+    )
 
 
 def load_video(

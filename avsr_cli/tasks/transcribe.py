@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -250,9 +251,15 @@ class Transcriber:
     def load_media(self, path: str | Path, options: TranscribeOptions) -> MediaInput:
         """Decode what the file's mode (`options.mode`, or chosen by `mode_for`) needs."""
         mode, notes = ("asr", []) if options.mode == "asr" else self._choose_mode(path, options.mode)
-        item = load_media(path, mode, options)
+        item = load_media(path, mode, options, whole_seconds=self.whole_seconds(options))
         item.notes += notes
         return item
+
+    def whole_seconds(self, options: TranscribeOptions) -> float:
+        """The longest audio held whole (what is decoded as one chunk); longer audio is cut into chunks, and
+        read from its file block by block as they are found (`load_media`)."""
+        cfg = self.model.config
+        return max(options.max_chunk or cfg.chunk_seconds, cfg.max_audio_seconds)
 
     def transcribe_loaded(
         self,
@@ -273,17 +280,20 @@ class Transcriber:
         clips = options.clips_per_batch(self.model.config.decoding.num_beams)
         for item in items:
             job = self._prepare(item, options)
-            report(job.duration - sum(e - s for s, e in job.chunks))  # audio that needs no decoding
             queue.append(job)
-            # a long file's chunks join the queue shortest first: chunks of like length share a batch, which
-            # runs until its longest transcript ends (a 2-minute recording: 17.9 -> 16.8 s, the same text)
-            by_length = sorted(range(len(job.chunks)), key=lambda i: job.chunks[i][1] - job.chunks[i][0])
-            pending += [(job, i) for i in by_length]
-            # batches are capped even within one long file (21 chunks x 4 beams in one batch spent its time
-            # copying the KV cache: capped at 4 it ran 1.43x faster, same text)
-            while n := _full_batch(pending, clips, options.batch_seconds):
-                self._run_pieces(pending[:n], options, report)
-                pending = pending[n:]
+            for group in self._chunk_groups(job, options, report):
+                # a long file's chunks join the queue shortest first: chunks of like length share a batch,
+                # which runs until its longest transcript ends (a 2-minute recording: 17.9 -> 16.8 s, the
+                # same text)
+                by_length = sorted(group, key=lambda i: job.chunks[i][1] - job.chunks[i][0])
+                pending += [(job, i) for i in by_length]
+                # batches are capped even within one long file (21 chunks x 4 beams in one batch spent its
+                # time copying the KV cache: capped at 4 it ran 1.43x faster, same text)
+                while n := _full_batch(pending, clips, options.batch_seconds):
+                    self._run_pieces(pending[:n], options, report)
+                    pending = pending[n:]
+            if job.error is not None:  # a recording that failed part way: its chunks are not decoded
+                pending = [(j, i) for j, i in pending if j is not job]
             while queue and queue[0].done():
                 yield queue.pop(0).result(self.model.config.name, options)
         if pending:
@@ -291,10 +301,78 @@ class Transcriber:
         for job in queue:
             yield job.result(self.model.config.name, options)
 
+    def _chunk_groups(
+        self, job: _Job, options: TranscribeOptions, report: Callable[[float], None]
+    ) -> Iterator[list[int]]:
+        """The job's chunks (indices) in groups: all at once, or, for a recording read from its file, by
+        STREAM_GROUP_SECONDS of speech as they are found. Reports the audio that needs no decoding."""
+        if job.stream is None or not job.open:
+            report(job.duration - sum(e - s for s, e in job.chunks))
+            if job.chunks:
+                yield list(range(len(job.chunks)))
+            return
+        from ..frontends.media import iter_audio
+        from ..frontends.segmentation import ChunkOptions, StreamSegmenter
+
+        max_chunk = options.max_chunk or self.model.config.chunk_seconds
+        segmenter = StreamSegmenter(options.vad, ChunkOptions(max_chunk, merge_gap=options.merge_gap))
+        group: list[int] = []
+        done = seconds = 0.0  # media time reported; seconds of chunks in the group
+
+        def take(chunks) -> None:
+            nonlocal seconds
+            for c in chunks:
+                group.append(len(job.chunks))
+                job.waves[len(job.chunks)] = segmenter.audio[
+                    int(c.start * SAMPLE_RATE) : int(c.end * SAMPLE_RATE)
+                ]
+                job.chunks.append((c.start, c.end))
+                job.hypotheses.append(None)
+                seconds += c.duration
+
+        def flush(until: float) -> list[int]:
+            nonlocal done, seconds
+            report(until - done - seconds)  # the audio between the chunks
+            batch, done, seconds = group[:], until, 0.0
+            group.clear()
+            return batch
+
+        timings = job.timings
+        try:
+            with closing(iter_audio(job.stream.path)) as blocks:  # closed early: ffmpeg is stopped
+                while True:
+                    start = time.perf_counter()
+                    block = next(blocks, None)
+                    middle = time.perf_counter()
+                    take(segmenter.push(block) if block is not None else segmenter.finish())
+                    timings["demux"] += middle - start
+                    timings["segmentation"] = timings.get("segmentation", 0.0) + time.perf_counter() - middle
+                    if block is None:
+                        break
+                    if seconds >= STREAM_GROUP_SECONDS:
+                        yield flush(job.chunks[group[-1]][1])
+            if len(segmenter.audio) != job.stream.samples:
+                raise MediaError(
+                    f"{display_name(job.name)}: the file changed while it was read "
+                    f"({job.stream.samples} samples, then {len(segmenter.audio)})"
+                )
+        except AvsrError as exc:
+            job.error = exc
+            job.waves.clear()
+            return
+        finally:
+            job.open = False
+        if group:
+            yield flush(job.chunks[group[-1]][1])
+        report(job.duration - done - seconds)
+        if not job.chunks:
+            job.warnings.append(f"{job.name}: no speech found by voice activity detection")
+
     def _prepare(self, item: MediaInput, options: TranscribeOptions) -> _Job:
         if item.error is not None:
             return _Job(item.name, None, error=item.error)
         job = _Job(item.name, item.audio, video=item.video, mode=item.mode, timings={"demux": item.seconds})
+        job.stream = item.stream
         job.warnings += item.warnings
         job.notes += item.notes
         duration = job.duration
@@ -306,7 +384,7 @@ class Transcriber:
             )
             return job
         if item.mode == "asr":
-            level = rms_dbfs(item.audio)
+            level = item.stream.level if item.stream is not None else rms_dbfs(item.audio)
             if level < options.silence_dbfs:
                 job.warnings.append(f"{item.name}: no speech: audio is silent ({level:.0f} dBFS RMS)")
                 return job
@@ -318,6 +396,8 @@ class Transcriber:
             # No audio to find pauses in: fixed windows over the span where a face was found.
             start, end = item.face_span or (0.0, duration)
             job.chunks = [(c.start, c.end) for c in fixed_windows(start, end, max_chunk)]
+        elif long and job.stream is not None:
+            job.open = True  # cut into chunks as the file is read (`_chunk_groups`)
         elif long:
             from ..frontends.segmentation import ChunkOptions, segment_audio
 
@@ -339,6 +419,10 @@ class Transcriber:
                 f"accepts (long-form chunking is off); it would be silently truncated"
             )
         else:
+            if job.stream is not None:  # scanned as long, but one chunk with these options
+                from ..frontends.media import load_audio
+
+                job.audio, job.stream = load_audio(job.stream.path), None
             job.chunks = [(0.0, duration)]
         job.hypotheses = [None] * len(job.chunks)
         return job
@@ -366,10 +450,7 @@ class Transcriber:
         t0 = t_features = time.perf_counter()
         audio = video = None
         if mode in ("asr", "avsr"):
-            waves = [
-                job.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]
-                for (job, _), (s, e) in zip(pieces, spans, strict=True)
-            ]
+            waves = [job.samples(i) for job, i in pieces]
             feats = model.audio_frontend(waves)
             t_features = time.perf_counter()
             frames = model.audio_encoder(feats.input_features, feats.n_frames)
@@ -434,14 +515,20 @@ LONG_FORM_TOKENS_PER_SECOND = 8  # generous: fast English speech is ~3 words (~4
 
 
 def load_media(
-    path: str | Path, mode: str, options: TranscribeOptions, audio_path: str | Path | None = None
+    path: str | Path,
+    mode: str,
+    options: TranscribeOptions,
+    audio_path: str | Path | None = None,
+    whole_seconds: float = math.inf,
 ) -> MediaInput:
     """Decode what `mode` needs from `path`: 16 kHz audio (from `audio_path` when given) and/or the mouth
-    crops (face backend loaded once per process; crops cached in `options.mouth_cache` when set)."""
-    from ..frontends.media import load_audio
+    crops (face backend loaded once per process; crops cached in `options.mouth_cache` when set).
 
+    Mode asr: audio longer than `whole_seconds` is not kept: it is read through once for its length and
+    level (`AudioStream`), then again block by block when transcribed, so memory does not grow with it.
+    """
     if mode == "asr":
-        return MediaInput(str(path), load_audio(audio_path or path), mode="asr")
+        return _audio_input(str(path), audio_path or path, whole_seconds)
     from ..frontends.mouth import MouthOptions, aligned_audio, cached_mouth_frames, shared_backend
 
     mouth = MouthOptions(backend=options.face_backend, detect_every=options.detect_every)
@@ -455,9 +542,42 @@ def load_media(
     return MediaInput(str(path), audio, crops, mode, face_span=span, warnings=list(warnings))
 
 
+STREAM_GROUP_SECONDS = 300.0  # a long recording's chunks join the batches by groups of this much speech
+
+
+def _audio_input(name: str, path: str | Path, whole_seconds: float) -> MediaInput:
+    """The audio of `path`: whole when it lasts `whole_seconds` or less, else its `AudioStream`."""
+    from ..frontends.media import iter_audio
+
+    blocks: list[np.ndarray] | None = []
+    samples, squares = 0, 0.0
+    for block in iter_audio(path):
+        samples += len(block)
+        squares += float(np.square(block, dtype=np.float64).sum())
+        if blocks is not None:
+            blocks.append(block)
+            if samples > whole_seconds * SAMPLE_RATE:
+                blocks = None  # too long to hold: read again when transcribed
+    if blocks is not None:
+        return MediaInput(name, np.concatenate(blocks) if blocks else np.zeros(0, np.float32), mode="asr")
+    rms = math.sqrt(squares / samples)
+    level = 20 * math.log10(rms) if rms > 0 else float("-inf")
+    return MediaInput(name, mode="asr", stream=AudioStream(Path(path), samples, level))
+
+
+@dataclass(frozen=True)
+class AudioStream:
+    """A recording too long to hold: read block by block from `path` when transcribed."""
+
+    path: Path
+    samples: int  # 16 kHz mono samples, counted when it was scanned
+    level: float  # RMS in dBFS
+
+
 @dataclass
 class MediaInput:
-    """A decoded input: 16 kHz audio and/or 25 fps mouth crops for `mode`, or the error loading raised."""
+    """A decoded input: 16 kHz audio and/or 25 fps mouth crops for `mode`, or the error loading raised.
+    A long audio-only input has `stream` instead of `audio` (`load_media`)."""
 
     name: str
     audio: np.ndarray | None = None
@@ -468,6 +588,7 @@ class MediaInput:
     face_span: tuple[float, float] | None = None  # seconds: first to last frame with a face found
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # information, not a problem (see Result.notes)
+    stream: AudioStream | None = None
 
 
 @dataclass
@@ -484,15 +605,27 @@ class _Job:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    stream: AudioStream | None = None  # audio read from its file as it is cut into chunks
+    open: bool = False  # more chunks of the stream may come
+    waves: dict[int, np.ndarray] = field(default_factory=dict)  # stream: samples of chunks not yet decoded
 
     @property
     def duration(self) -> float:
         if self.video is not None:
             return len(self.video) / VIDEO_FPS
+        if self.stream is not None:
+            return self.stream.samples / SAMPLE_RATE
         return len(self.audio) / SAMPLE_RATE if self.audio is not None else 0.0
 
+    def samples(self, i: int) -> np.ndarray:
+        """The audio of chunk i (a streamed chunk's samples are handed over once)."""
+        if self.stream is not None:
+            return self.waves.pop(i)
+        s, e = self.chunks[i]
+        return self.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]
+
     def done(self) -> bool:
-        return self.error is not None or all(h is not None for h in self.hypotheses)
+        return self.error is not None or (not self.open and all(h is not None for h in self.hypotheses))
 
     def result(self, model_name: str, options: TranscribeOptions) -> Result | AvsrError:
         if self.error is not None:
