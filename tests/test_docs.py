@@ -378,3 +378,18 @@ def test_lab_notebook_patterns_flag_the_notebook_and_pass_the_manual():
         assert not lab_words(line, prose_file=True), line
     code = '@pytest.fixture(scope="session")\ndef clips():\n    """Built once per session."""\n'
     assert not lab_words(python_prose(code), prose_file=False)
+
+
+def test_version_is_the_latest_release_in_the_changelog():
+    """`avsr --version` prints the newest released version the CHANGELOG describes."""
+    import subprocess
+    import sys
+
+    releases = re.findall(
+        r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", (ROOT / "CHANGELOG.md").read_text(), re.M
+    )
+    assert releases, "no released version in CHANGELOG.md"
+    r = subprocess.run(
+        [sys.executable, "-m", "avsr_cli", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and r.stdout.split()[-1] == releases[0], (r.stdout, releases[0])
