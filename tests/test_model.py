@@ -420,6 +420,10 @@ def test_resize_reads_the_embeddings_without_touching_their_memory_map(tmp_path,
     assert (emb.data_ptr() == head.data_ptr()) == tied
     if not tied:
         assert torch.equal(head[:vocab], saved["lm_head.weight"])
+    for added in (emb[vocab:], head[vocab:]):  # N(0, initializer_range), as transformers' resize draws them
+        assert abs(float(added.mean())) < 0.003 and 0.018 < float(added.std()) < 0.022
+    assert model.config.vocab_size == vocab + 5
+    assert model(torch.tensor([[vocab + 4]])).logits.shape[-1] == vocab + 5
 
 
 def test_read_tensor_unmapped_reads_what_safetensors_reads(tmp_path):
@@ -435,3 +439,54 @@ def test_read_tensor_unmapped_reads_what_safetensors_reads(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[:-8])
     with pytest.raises(CheckpointError, match="truncated"):
         read_tensor_unmapped([tmp_path / "cut.safetensors"], "c")
+
+
+PEAK_DURING_LOAD = """
+import sys
+from pathlib import Path
+
+import torch
+import transformers.models.llama.modeling_llama  # imported before the measure: it is not the loading
+from transformers import AutoModelForCausalLM
+
+from avsr_cli.modeling.llm import load_llm
+
+def status(key):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key + ":")).split()[1]) * 1024
+
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident size restarts from the current one
+model = load_llm(Path(sys.argv[1]), None, torch.float32, n_tokens=int(sys.argv[2]))
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_resizing_the_embeddings_allocates_each_matrix_once(tmp_path, tied):
+    """Loading an LLM and growing its vocabulary holds, at its peak, about the new embedding matrices (one if
+    tied, two if not): no copy of the old ones, no throw-away random matrix beside them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab, hidden = 64000, 256
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    matrix = (vocab + 5) * hidden * 4
+    r = subprocess.run(
+        [sys.executable, "-c", PEAK_DURING_LOAD, str(tmp_path), str(vocab + 5)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    growth = int(r.stdout.split()[-1])
+    matrices = 1 if tied else 2
+    assert growth < (matrices + 0.5) * matrix, f"peak grew {growth / matrix:.2f} embedding matrices"

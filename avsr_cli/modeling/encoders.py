@@ -34,26 +34,33 @@ def read_safetensors(paths: list[Path], prefixes: tuple[str, ...] = ("",)) -> di
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def read_tensor_unmapped(paths: list[Path], name: str) -> torch.Tensor | None:
-    """Tensor `name` of safetensors files read with plain file reads, or None where absent.
+def read_tensor_unmapped(
+    paths: list[Path], name: str, out: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """Tensor `name` of safetensors files read with plain file reads, or None where absent (or, with `out`,
+    where its shape or dtype differ from `out`'s). With `out` (contiguous, on the CPU), read into it.
 
     safetensors' own readers memory-map the file, and every page they touch stays in the process's resident
     set while any tensor of that file lives. Read this way, the pages stay in the page cache only; used for a
-    matrix that is copied once and dropped (the embedding before its resize)."""
+    matrix read once into a larger one (the embedding, into its resized matrix)."""
     for path in paths:
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
             info = json.loads(f.read(size)).get(name)
             if info is None:
                 continue
-            if info["dtype"] not in SAFETENSORS_DTYPES:
+            dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                return None
+            if out is None:
+                out = torch.empty(info["shape"], dtype=dtype)
+            elif out.dtype != dtype or list(out.shape) != list(info["shape"]):
                 return None
             start, end = info["data_offsets"]
-            raw = torch.empty(end - start, dtype=torch.uint8)
             f.seek(8 + size + start)
-            if f.readinto(raw.numpy()) != end - start:
+            if f.readinto(out.view(-1).view(torch.uint8).numpy()) != end - start:
                 raise CheckpointError(f"{path}: tensor {name} is truncated")
-            return raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+            return out
     return None
 
 

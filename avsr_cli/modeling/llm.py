@@ -100,30 +100,9 @@ def load_llm(
     if dtype in (torch.bfloat16, torch.float16):
         round_rotary_buffers(model, dtype)
     if n_tokens is not None:
-        _unmap_embeddings(model, [weights] if weights is not None else safetensors_files(model_dir))
-        resize_for_tokenizer(model, n_tokens)
+        files = [weights] if weights is not None else safetensors_files(model_dir)
+        resize_for_tokenizer(model, n_tokens, files)
     return model.eval()
-
-
-def _unmap_embeddings(model: nn.Module, files: list[Path]) -> None:
-    """Give the embedding matrices that the resize will copy and drop their own memory, read from `files`.
-
-    from_pretrained leaves the weights memory-mapped; the resize would touch every page of the old matrix,
-    and those pages would stay resident beside the new one (SmolLM2-135M: 113 MB, 9 % of a transcription's
-    peak)."""
-    targets = [model.get_input_embeddings().weight]
-    head = model.get_output_embeddings()
-    if head is not None and head.weight is not targets[0]:
-        targets.append(head.weight)
-    names: dict[int, list[str]] = {}  # a tied matrix has several names; the file stores one of them
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    for param in targets:
-        for name in names.get(id(param), []):
-            copy = read_tensor_unmapped(files, name)
-            if copy is not None and copy.shape == param.shape and copy.dtype == param.dtype:
-                param.data = copy
-                break
 
 
 def round_rotary_buffers(model: nn.Module, dtype: torch.dtype) -> None:
@@ -142,11 +121,55 @@ def round_rotary_buffers(model: nn.Module, dtype: torch.dtype) -> None:
                 setattr(module, name, buffer.to(dtype))
 
 
-def resize_for_tokenizer(model: nn.Module, n_tokens: int) -> None:
-    """Resize embeddings to len(tokenizer), as the reference does after adding its tokens."""
-    if model.get_input_embeddings().weight.shape[0] != n_tokens:
+def resize_for_tokenizer(model: nn.Module, n_tokens: int, files: list[Path] = ()) -> None:
+    """Resize embeddings to len(tokenizer), as the reference does after adding its tokens
+    (`resize_token_embeddings(mean_resizing=False)`: old rows kept, new rows from N(0, initializer_range)).
+
+    Grown here rather than by transformers, which fills each new matrix randomly twice and, for tied weights,
+    builds a throw-away output matrix as well (SmolLM2-135M: two extra 113 MB matrices at the load's peak);
+    here each matrix is allocated once and the old rows are read into it straight from `files` (the weights
+    from_pretrained memory-mapped: read through the map, those pages would stay resident beside the copy)."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    old = emb.weight.shape[0]
+    tied = head is not None and head.weight is emb.weight
+    simple = isinstance(emb, nn.Embedding) and (
+        head is None or tied or (isinstance(head, nn.Linear) and head.bias is None)
+    )
+    if old == n_tokens:
+        pass
+    elif not simple or n_tokens < old:
         model.resize_token_embeddings(n_tokens, mean_resizing=False)
+    else:
+        text_config = model.config.get_text_config()
+        std = getattr(text_config, "initializer_range", 0.02)
+        names: dict[int, list[str]] = {}  # a tied matrix has several names; the file stores one of them
+        for name, param in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+        modules = [emb] if head is None or tied else [emb, head]
+        for module in modules:
+            grown = _grown(module.weight, n_tokens, files, names.get(id(module.weight), []), std)
+            module.weight = nn.Parameter(grown, requires_grad=False)
+        emb.num_embeddings = n_tokens
+        if head is not None:
+            head.out_features = n_tokens
+        text_config.vocab_size = model.vocab_size = n_tokens
+        model.tie_weights()
     model.requires_grad_(False)
+
+
+def _grown(
+    weight: torch.Tensor, n_rows: int, files: list[Path], names: list[str], std: float
+) -> torch.Tensor:
+    """`weight` with rows added up to `n_rows`, drawn from N(0, std); the old rows read from `files` where
+    they hold them (not through their memory map), else copied."""
+    new = torch.empty((n_rows, weight.shape[1]), dtype=weight.dtype, device=weight.device)
+    kept = new[: weight.shape[0]]
+    on_cpu = weight.device.type == "cpu"
+    if not (on_cpu and any(read_tensor_unmapped(files, n, kept) is not None for n in names)):
+        kept.copy_(weight.detach())
+    with torch.no_grad():
+        new[weight.shape[0] :].normal_(mean=0.0, std=std)
+    return new
 
 
 def added_rows(model: nn.Module, ids: list[int]) -> dict[str, torch.Tensor]:
