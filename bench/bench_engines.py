@@ -233,7 +233,7 @@ def summarize(results: dict, loaded: dict, data: dict) -> str:
             med["real"].get("avsr"),
         ),
         (
-            "short clips: avsr / transformers Whisper (#14 goal <= 1.0)",
+            "short clips: avsr / transformers Whisper (goal <= 1.0)",
             med["short"].get("avsr"),
             med["short"].get(tf),
         ),
