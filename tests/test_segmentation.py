@@ -393,9 +393,9 @@ def test_long_form_chunks_are_decoded_in_batches_of_at_most_batch_size_and_batch
     batches: list[list[float]] = []
     decode = t.model.decode
 
-    def counting(mode, audio, video, options):
+    def counting(mode, audio, video, options, **kwargs):
         batches.append([len(f) / 50 for f in audio.frames])  # Whisper frames: 50 a second
-        return decode(mode, audio, video, options)
+        return decode(mode, audio, video, options, **kwargs)
 
     t.model.decode = counting
     path = tmp_path / "talk.wav"
