@@ -5,6 +5,7 @@
     python scripts/corpus_v2/diagnose.py grid      [--per-cell 40]        # 1: voice x text, avsr vs Whisper
     python scripts/corpus_v2/diagnose.py features  --split train --window trimmed [--limit N]
     python scripts/corpus_v2/diagnose.py probe     --variant mlp4 [--window trimmed] [--epochs 8]  # 2, 3
+    python scripts/corpus_v2/diagnose.py drift     [--clips 30]           # 3: window -> frames moved
     python scripts/corpus_v2/diagnose.py report    [--md docs/model-diagnostics.md]
 
 Every step writes `<step>.json` under --work (default ~/.cache/avsr/corpus/v2/diagnostics); `report` gathers
@@ -14,8 +15,8 @@ them into one JSON beside a Markdown table. The corpus slice comes from build.py
 - prior: mean NLL per token (transcript tokens + EOS) of held-out and training sentences under the
   checkpoint's LLM, with the LoRA on and off; "prompted" is the sequence avsr trains on with an empty audio
   block (BOS, <audio></audio>, the prompt, the text), "plain" is BOS + text.
-- census: Whisper base (4 beams, as ship_eval.py) per training clip, by voice family, noise SNR band, codec
-  and reverb; the share of clips it gets more than half wrong.
+- census: Whisper base (--beams, default 4 as ship_eval.py) per training clip, by voice family, noise SNR
+  band, codec and reverb; the share of clips it gets more than half wrong.
 - grid: {training voice, held-out voice} x {held-out sentences of the training sources (val), held-out
   source (fortunes)}, clean clips, the checkpoint (its decoding defaults, greedy) beside Whisper base.
 - features/probe: a character CTC probe (a-z, space, apostrophe, blank) on the frozen Whisper encoder's
@@ -24,6 +25,9 @@ them into one JSON beside a Markdown table. The corpus slice comes from build.py
   576, the shipped projector's shape, then a linear read-out of 4 character slots per token), `mlp2` (the
   same at stack 2, 2 slots), `tf2` (stack 2 -> 256, 2 transformer encoder layers, 2 slots). Trained on
   `train`, the epoch with the best `val` WER kept, scored (greedy CTC) on `test-heldout-source`.
+  `--match-window W` trains only on the training clips whose features window W has (a matched comparison of
+  windows when W was cached for a subset). drift: mean cosine similarity of the kept frames under the trimmed
+  and 10 s windows to the same frames under Whisper's 30 s window.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import time
 from argparse import Namespace
@@ -93,7 +98,9 @@ def cmd_prior(args) -> None:
     rows = sentences(args.corpus)
     sets = {
         "fortunes (held-out source)": ordered([r for r in rows if r["split"] == "test"], "test"),
-        "val (held-out sentences, training sources)": ordered([r for r in rows if r["split"] == "val"], "val"),
+        "val (held-out sentences, training sources)": ordered(
+            [r for r in rows if r["split"] == "val"], "val"
+        ),
         "train (training sentences)": ordered([r for r in rows if r["split"] == "train"], "prior"),
     }
     ids = model.ids
@@ -140,7 +147,11 @@ def cmd_prior(args) -> None:
                     }
                 )
                 print(json.dumps({k: v for k, v in out[-1].items() if k != "by_source"}), flush=True)
-    save(args.work, "prior", {"checkpoint": str(args.checkpoint), "rows": out, "seconds": round(time.time() - t0)})
+    save(
+        args.work,
+        "prior",
+        {"checkpoint": str(args.checkpoint), "rows": out, "seconds": round(time.time() - t0)},
+    )
 
 
 # ---------------------------------------------------------------- 4: label-noise census
@@ -159,7 +170,7 @@ def snr_band(aug: dict) -> str:
     s = aug["snr_db"]
     for lo in (20, 10, 5, 0):
         if s >= lo:
-            return f"{lo}-{ {20: 30, 10: 20, 5: 10, 0: 5}[lo]} dB"
+            return f"{lo}-{ {20: 30, 10: 20, 5: 10, 0: 5}[lo] } dB"
     return "< 0 dB"
 
 
@@ -173,10 +184,26 @@ def cmd_census(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     manifest = work / f"train-{len(picked)}.jsonl"
     manifest.write_text(
-        "".join(json.dumps({"path": r["path"], "transcript": r["text"], "id": r["id"]}) + "\n" for r in picked)
+        "".join(
+            json.dumps({"path": r["path"], "transcript": r["text"], "id": r["id"]}) + "\n" for r in picked
+        )
     )
     t0 = time.time()
-    results = {r["id"]: r for r in SE.whisper(manifest, work, f"census-{len(picked)}", None)}
+    name = f"census-{len(picked)}-beams{args.beams}"
+    if args.beams == 4:  # ship_eval.py's setting
+        results = {r["id"]: r for r in SE.whisper(manifest, work, name, None)}
+    else:
+        out = work / f"whisper-{name}.jsonl"
+        if not out.exists():
+            cmd = [
+                sys.executable,
+                str(ROOT / "bench/whisper_baseline.py"),
+                str(manifest),
+                "--results",
+                str(out),
+            ]
+            subprocess.run([*cmd, "--beams", str(args.beams)], check=True, stdout=subprocess.DEVNULL)
+        results = {json.loads(x)["id"]: json.loads(x) for x in out.read_text().splitlines()}
     seconds = time.time() - t0
     clips = []
     for r in picked:
@@ -215,6 +242,7 @@ def cmd_census(args) -> None:
 
     data = {
         "clips": len(clips),
+        "whisper_beams": args.beams,
         "whisper_wer": wer_of([(c["ref"], c["hyp"]) for c in clips]),
         "over_50": round(100 * sum(c["wer"] > 50 for c in clips) / len(clips), 1),
         "over_100": round(100 * sum(c["wer"] >= 100 for c in clips) / len(clips), 1),
@@ -246,7 +274,9 @@ def grid_jobs(args) -> dict[str, list[dict]]:
             jobs = []
             for r in picked:
                 if voice_kind == "heldout":
-                    voice = B.TEST_VOICES[B.rng_for(args.seed, "testvoice", r["id"]).integers(len(B.TEST_VOICES))]
+                    voice = B.TEST_VOICES[
+                        B.rng_for(args.seed, "testvoice", r["id"]).integers(len(B.TEST_VOICES))
+                    ]
                 else:
                     rng = B.rng_for(args.seed, "gridvoice", r["id"])
                     voice, _ = B.resolve(B.draw_voice(rng, pool), rng)
@@ -303,7 +333,11 @@ def cmd_grid(args) -> None:
                 row["by_voice"][v] = {"clips": len(a), "avsr": wer_of(a), "whisper": wer_of(w)}
         table.append(row)
         print(json.dumps(row), flush=True)
-    save(args.work, "grid", {"checkpoint": str(args.checkpoint), "rows": table, "build_seconds": round(build_seconds)})
+    save(
+        args.work,
+        "grid",
+        {"checkpoint": str(args.checkpoint), "rows": table, "build_seconds": round(build_seconds)},
+    )
 
 
 # ---------------------------------------------------------------- 2, 3: CTC probe
@@ -331,13 +365,15 @@ def cmd_features(args) -> None:
     """Encoder frames of a split's clips, float16, one array + an index (cut to the clip's frames as avsr)."""
     import torch
 
-    from avsr_cli.frontends.features import WhisperFrontEnd, encoder_frames
+    from avsr_cli.frontends.features import WhisperFrontEnd
 
     torch.set_num_threads(1)
     enc, extractor = encoder(args.checkpoint)
     rows = split_rows(args.corpus, args.split)
     if args.limit:
-        rows = sorted(random.Random(args.seed).sample(rows, min(args.limit, len(rows))), key=lambda r: r["id"])
+        rows = sorted(
+            random.Random(args.seed).sample(rows, min(args.limit, len(rows))), key=lambda r: r["id"]
+        )
     window = args.window
     frontend = WhisperFrontEnd(extractor, "padded-30s" if window == "padded-30s" else "trimmed", 4)
     pad_to = {"padded-10s": 500}.get(window)
@@ -419,7 +455,9 @@ def probe_model(variant: str):
         def forward(self, x, valid=None):
             h = self.inp(x)
             pos = torch.arange(h.shape[1], device=h.device)[:, None]
-            div = torch.exp(torch.arange(0, h.shape[2], 2, device=h.device) * (-math.log(10000.0) / h.shape[2]))
+            div = torch.exp(
+                torch.arange(0, h.shape[2], 2, device=h.device) * (-math.log(10000.0) / h.shape[2])
+            )
             pe = torch.zeros(h.shape[1], h.shape[2], device=h.device)
             pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
             h = self.enc(h + pe, src_key_padding_mask=None if valid is None else ~valid)
@@ -455,6 +493,11 @@ def cmd_probe(args) -> None:
     torch.manual_seed(args.seed)
     _, train = load_features(args, "train", args.window)
     train_index = json.loads((feature_dir(args, "train", args.window) / "index.json").read_text())["clips"]
+    if args.match_window:  # only the training clips the other window has (a matched comparison)
+        other = json.loads((feature_dir(args, "train", args.match_window) / "index.json").read_text())
+        keep = {c["id"] for c in other["clips"]}
+        picked = [i for i, c in enumerate(train_index) if c["id"] in keep]
+        train, train_index = [train[i] for i in picked], [train_index[i] for i in picked]
     labels = [text_to_labels(c["text"]) for c in train_index]
     evals = {}
     for split in ("val", "test-heldout-source"):
@@ -488,7 +531,11 @@ def cmd_probe(args) -> None:
                 pairs.append((c["text"], hyp))
                 per_voice.setdefault(c["voice"], []).append((c["text"], hyp))
         model.train()
-        return wer_of(pairs), {v: {"clips": len(p), "wer": wer_of(p)} for v, p in sorted(per_voice.items())}, pairs
+        return (
+            wer_of(pairs),
+            {v: {"clips": len(p), "wer": wer_of(p)} for v, p in sorted(per_voice.items())},
+            pairs,
+        )
 
     # batches of similar length (fewer padded frames)
     order = sorted(range(len(train)), key=lambda i: train[i].shape[0])
@@ -517,16 +564,24 @@ def cmd_probe(args) -> None:
             sched.step()
             losses.append(loss.item())
         val_wer, _, _ = evaluate("val")
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 3), "val_wer": val_wer, "seconds": round(time.time() - t0)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": round(float(np.mean(losses)), 3),
+                "val_wer": val_wer,
+                "seconds": round(time.time() - t0),
+            }
+        )
         print(json.dumps(history[-1]), flush=True)
         if best is None or val_wer <= best[0]:
             best = (val_wer, {k: v.clone() for k, v in model.state_dict().items()}, epoch + 1)
     model.load_state_dict(best[1])
     test_wer, by_voice, pairs = evaluate("test-heldout-source")
-    name = f"probe-{args.variant}-{args.window}"
+    name = f"probe-{args.variant}-{args.window}" + (f"-as-{args.match_window}" if args.match_window else "")
     data = {
         "variant": args.variant,
         "window": args.window,
+        "matched_to": args.match_window,
         "train_clips": len(train),
         "val_clips": len(evals["val"][0]),
         "test_clips": len(evals["test-heldout-source"][0]),
@@ -542,18 +597,63 @@ def cmd_probe(args) -> None:
     save(args.work, name, data)
 
 
+def cmd_drift(args) -> None:
+    """How far the trimmed and 10 s windows move the encoder's frames from Whisper's 30 s window: per clip,
+    the mean cosine similarity of each kept frame to the same frame under padded-30s."""
+    import torch
+
+    from avsr_cli.frontends.features import WhisperFrontEnd, normalize_waveform
+
+    torch.set_num_threads(1)
+    enc, extractor = encoder(args.checkpoint)
+    rows = split_rows(args.corpus, "test-heldout-source")[: args.clips]
+    trimmed = WhisperFrontEnd(extractor, "trimmed", 4)
+    padded = WhisperFrontEnd(extractor, "padded-30s", 4)
+    sims: dict[str, list[float]] = {"trimmed": [], "padded-10s": []}
+    t0 = time.time()
+    for r in rows:
+        wave = B.read(Path(r["path"]))
+        ref = padded([wave])
+        n = ref.n_frames[0]
+        full = enc(ref.input_features, [n])[0]
+        t = trimmed([wave])
+        frames10 = max(-(-n // 4) * 4, 500)
+        x10 = extractor(
+            normalize_waveform(wave),
+            sampling_rate=16000,
+            return_tensors="pt",
+            padding="max_length",
+            max_length=2 * frames10 * 160,
+        ).input_features[0]
+        for name, x in (("trimmed", t.input_features), ("padded-10s", [x10])):
+            h = enc(x, [n])[0]
+            sims[name].append(float(torch.nn.functional.cosine_similarity(h, full, dim=-1).mean()))
+    data = {
+        "clips": len(rows),
+        "reference": "padded-30s",
+        "mean_cosine": {k: round(float(np.mean(v)), 4) for k, v in sims.items()},
+        "min_cosine": {k: round(float(np.min(v)), 4) for k, v in sims.items()},
+        "seconds": round(time.time() - t0),
+    }
+    save(args.work, "drift", data)
+
+
 # ---------------------------------------------------------------- report
 
 
 def cmd_report(args) -> None:
     w = args.work
     load = lambda n: json.loads((w / f"{n}.json").read_text()) if (w / f"{n}.json").exists() else None  # noqa: E731
-    data = {n: load(n) for n in ("prior", "census", "grid")}
+    data = {n: load(n) for n in ("prior", "census", "grid", "drift")}
     data["probes"] = [json.loads(p.read_text()) for p in sorted(w.glob("probe-*.json"))]
     args.json.write_text(json.dumps(data, indent=1) + "\n")
     md = [args.header.read_text().rstrip() + "\n"] if args.header and args.header.exists() else []
     if data["grid"]:
-        md += ["## Voice x text (clean clips, WER %)\n", "| voice | text | clips | avsr-tiny-en | Whisper base |", "|---|---|---|---|---|"]
+        md += [
+            "## Voice x text (clean clips, WER %)\n",
+            "| voice | text | clips | avsr-tiny-en | Whisper base |",
+            "|---|---|---|---|---|",
+        ]
         for r in data["grid"]["rows"]:
             voice, _, text = r["cell"].partition("-voice-")
             md.append(f"| {voice} | {text} | {r['clips']} | {r['avsr']} | {r['whisper']} |")
@@ -563,23 +663,42 @@ def cmd_report(args) -> None:
     if data["probes"]:
         md += [
             "## CTC probe on the frozen encoder (no LLM; WER %)\n",
-            "| variant | window | params | train clips | best epoch | val WER (clips) | held-out WER (clips) | hibari heart | slt hts |",
+            "| variant | window | params | train clips | best epoch | val WER (clips) "
+            "| held-out WER (clips) | hibari heart | slt hts |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for p in data["probes"]:
             bv = p["test_by_voice"]
             h = bv.get("hibari:heart", {}).get("wer", "")
             s = bv.get("festival:cmu_us_slt_arctic_hts", {}).get("wer", "")
-            md.append(
-                f"| {p['variant']} | {p['window']} | {p['params'] / 1e6:.2f} M | {p['train_clips']} | {p['best_epoch']}/{len(p['history'])} "
-                f"| {p['val_wer']} ({p['val_clips']}) | {p['test_wer']} ({p['test_clips']}) | {h} | {s} |"
-            )
+            cells = [
+                p["variant"],
+                p["window"],
+                f"{p['params'] / 1e6:.2f} M",
+                p["train_clips"],
+                f"{p['best_epoch']}/{len(p['history'])}",
+                f"{p['val_wer']} ({p['val_clips']})",
+                f"{p['test_wer']} ({p['test_clips']})",
+                h,
+                s,
+            ]
+            md.append("| " + " | ".join(map(str, cells)) + " |")
+        md.append("")
+    if data.get("drift"):
+        d = data["drift"]
+        md += [
+            f"## Encoder frames by window ({d['clips']} held-out clips)\n",
+            "| window | mean cosine to padded-30s frames | lowest clip |",
+            "|---|---|---|",
+        ]
+        md += [f"| {k} | {v} | {d['min_cosine'][k]} |" for k, v in d["mean_cosine"].items()]
         md.append("")
     if data["census"]:
         c = data["census"]
         md += [
             "## Whisper base on training clips (label-noise census)\n",
-            f"{c['clips']} training clips: Whisper base WER {c['whisper_wer']} %, {c['over_50']} % of clips above 50 % WER, "
+            f"{c['clips']} training clips, Whisper base with {c['whisper_beams']} beam(s): WER "
+            f"{c['whisper_wer']} %, {c['over_50']} % of clips above 50 % WER, "
             f"{c['over_100']} % at 100 % or more, {c['exact']} % exact.\n",
         ]
         for key in ("engine", "family", "snr", "noise", "codec", "reverb"):
@@ -596,10 +715,11 @@ def cmd_report(args) -> None:
         for r in rows:
             if not r["lora"]:
                 continue
-            base = next(x for x in rows if x["set"] == r["set"] and x["format"] == r["format"] and not x["lora"])
-            md.append(
-                f"| {r['set']} | {r['sentences']} | {r['tokens']} | {r['format']} | {base['nll_per_token']} | {r['nll_per_token']} |"
+            base = next(
+                x for x in rows if x["set"] == r["set"] and x["format"] == r["format"] and not x["lora"]
             )
+            cells = [r["set"], r["sentences"], r["tokens"], r["format"], base["nll_per_token"]]
+            md.append("| " + " | ".join(map(str, [*cells, r["nll_per_token"]])) + " |")
         md.append("")
     if args.footer and args.footer.exists():
         md.append(args.footer.read_text().rstrip() + "\n")
@@ -609,17 +729,19 @@ def cmd_report(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prior", "census", "grid", "features", "probe", "report"])
+    ap.add_argument("step", choices=["prior", "census", "grid", "features", "probe", "drift", "report"])
     ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--work", type=Path, default=CORPUS / "diagnostics")
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "avsr-tiny-en")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sentences", type=int, default=200, help="prior: sentences per set")
-    ap.add_argument("--clips", type=int, default=600, help="census: training clips drawn")
+    ap.add_argument("--clips", type=int, default=600, help="census: training clips drawn; drift: test clips")
+    ap.add_argument("--beams", type=int, default=4, help="census: Whisper base's beams (ship_eval.py: 4)")
     ap.add_argument("--per-cell", type=int, default=40, help="grid: clips per cell")
     ap.add_argument("--split", default="train", help="features: the split")
     ap.add_argument("--window", default="trimmed", choices=["trimmed", "padded-30s", "padded-10s"])
     ap.add_argument("--limit", type=int, help="features: this many clips of the split, drawn with --seed")
+    ap.add_argument("--match-window", help="probe: train only on the clips this window's features have")
     ap.add_argument("--variant", default="mlp4", choices=["mlp4", "mlp2", "tf2"])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=16)
@@ -636,6 +758,7 @@ def main() -> None:
         "grid": cmd_grid,
         "features": cmd_features,
         "probe": cmd_probe,
+        "drift": cmd_drift,
         "report": cmd_report,
     }[args.step](args)
 
