@@ -76,6 +76,12 @@ def wer_of(pairs: list[tuple[str, str]]) -> float:
     return round(100 * score(pairs).wer, 1) if pairs else float("nan")
 
 
+def cer_of(pairs: list[tuple[str, str]]) -> float:
+    from avsr_cli.tasks.scoring import score
+
+    return round(100 * score(pairs).cer, 1) if pairs else float("nan")
+
+
 def sentences(corpus: Path) -> list[dict]:
     return B.read_sentences(corpus / "text" / "sentences.tsv")
 
@@ -533,7 +539,7 @@ def cmd_probe(args) -> None:
         model.train()
         return (
             wer_of(pairs),
-            {v: {"clips": len(p), "wer": wer_of(p)} for v, p in sorted(per_voice.items())},
+            {v: {"clips": len(p), "wer": wer_of(p), "cer": cer_of(p)} for v, p in sorted(per_voice.items())},
             pairs,
         )
 
@@ -589,11 +595,19 @@ def cmd_probe(args) -> None:
         "best_epoch": best[2],
         "val_wer": best[0],
         "test_wer": test_wer,
+        "test_cer": cer_of(pairs),
         "test_by_voice": by_voice,
         "history": history,
         "seconds": round(time.time() - t0),
         "examples": pairs[:5],
     }
+    clips = evals["test-heldout-source"][0]
+    (args.work / f"{name}.hyps.jsonl").write_text(
+        "".join(
+            json.dumps({"id": c["id"], "ref": r, "hyp": h}) + "\n"
+            for c, (r, h) in zip(clips, pairs, strict=True)
+        )
+    )
     save(args.work, name, data)
 
 
@@ -641,31 +655,44 @@ def cmd_drift(args) -> None:
 # ---------------------------------------------------------------- report
 
 
+def grid_cer(folder: Path, cell: str) -> dict:
+    """CER of a grid cell's results (the avsr report and Whisper's cached lines)."""
+    ours = [json.loads(x) for x in (folder / f"avsr-{cell}" / "results.jsonl").read_text().splitlines()]
+    theirs = [json.loads(x) for x in (folder / f"whisper-{cell}.jsonl").read_text().splitlines()]
+    return {
+        "avsr_cer": cer_of([(r["ref"], r["hyp"]) for r in ours]),
+        "whisper_cer": cer_of([(r["reference"], r["hypothesis"]) for r in theirs]),
+    }
+
+
 def cmd_report(args) -> None:
     w = args.work
     load = lambda n: json.loads((w / f"{n}.json").read_text()) if (w / f"{n}.json").exists() else None  # noqa: E731
     data = {n: load(n) for n in ("prior", "census", "grid", "drift")}
     data["probes"] = [json.loads(p.read_text()) for p in sorted(w.glob("probe-*.json"))]
-    args.json.write_text(json.dumps(data, indent=1) + "\n")
     md = [args.header.read_text().rstrip() + "\n"] if args.header and args.header.exists() else []
     if data["grid"]:
         md += [
             "## Voice x text (clean clips, WER %)\n",
-            "| voice | text | clips | avsr-tiny-en | Whisper base |",
-            "|---|---|---|---|---|",
+            "| voice | text | clips | avsr-tiny-en | Whisper base | avsr-tiny-en CER | Whisper base CER |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in data["grid"]["rows"]:
             voice, _, text = r["cell"].partition("-voice-")
-            md.append(f"| {voice} | {text} | {r['clips']} | {r['avsr']} | {r['whisper']} |")
+            r.update(grid_cer(w / "grid", r["cell"]))
+            md.append(
+                f"| {voice} | {text} | {r['clips']} | {r['avsr']} | {r['whisper']} "
+                f"| {r['avsr_cer']} | {r['whisper_cer']} |"
+            )
             for v, s in r["by_voice"].items():
-                md.append(f"| {voice}: {v} | {text} | {s['clips']} | {s['avsr']} | {s['whisper']} |")
+                md.append(f"| {voice}: {v} | {text} | {s['clips']} | {s['avsr']} | {s['whisper']} | | |")
         md.append("")
     if data["probes"]:
         md += [
             "## CTC probe on the frozen encoder (no LLM; WER %)\n",
             "| variant | window | params | train clips | best epoch | val WER (clips) "
-            "| held-out WER (clips) | hibari heart | slt hts |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| held-out WER (clips) | held-out CER | hibari heart | slt hts |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in data["probes"]:
             bv = p["test_by_voice"]
@@ -679,6 +706,7 @@ def cmd_report(args) -> None:
                 f"{p['best_epoch']}/{len(p['history'])}",
                 f"{p['val_wer']} ({p['val_clips']})",
                 f"{p['test_wer']} ({p['test_clips']})",
+                p.get("test_cer", ""),
                 h,
                 s,
             ]
@@ -721,6 +749,7 @@ def cmd_report(args) -> None:
             cells = [r["set"], r["sentences"], r["tokens"], r["format"], base["nll_per_token"]]
             md.append("| " + " | ".join(map(str, [*cells, r["nll_per_token"]])) + " |")
         md.append("")
+    args.json.write_text(json.dumps(data, indent=1) + "\n")
     if args.footer and args.footer.exists():
         md.append(args.footer.read_text().rstrip() + "\n")
     args.md.write_text("\n".join(md))
