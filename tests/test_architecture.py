@@ -170,6 +170,7 @@ def test_evaluate_flags_match_evaluate_options():
     for plural in ("modes", "snrs", "levels"):
         fields.pop(plural)
     cli_only = RUN_FLAGS | {"dataset", "report_dir", "json_out", "clean"}  # --no-clean drops snr inf
+    cli_only.add("report_embed_audio")  # an option of the report page (PageOptions), not of the scoring
     library_only = {"min_duration", "silence_dbfs", "segmentation", "max_chunk", "merge_gap"}
     library_only |= {k for k in fields if k.startswith("vad_")}  # clips are decoded whole: no VAD
     library_only.add("logprob_threshold")  # scores are WER against references, not confidence flags

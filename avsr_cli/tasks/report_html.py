@@ -12,7 +12,7 @@ from html import escape
 from importlib.resources import files
 
 from ..version import __version__
-from .report import Clip, Run, condition_key, condition_label, finite
+from .report_data import Clip, Run, condition_key, condition_label, finite
 from .report_plots import Bar, Point, Series, error_makeup, wer_vs_level, wer_vs_snr
 
 
