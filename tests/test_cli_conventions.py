@@ -207,8 +207,18 @@ def test_a_signal_while_reading_stdin_removes_its_spooled_copy(tiny_ckpt, media,
     data = (media / "hello.m4a").read_bytes() * (3 * 2**20 // (media / "hello.m4a").stat().st_size)
     env = {**os.environ, "AVSR_CHECKPOINT": "", "TMPDIR": str(temp)}
     command = [sys.executable, "-m", "avsr_cli", "transcribe", "-", "-c", str(tiny_ckpt)]
+
+    def as_at_a_terminal() -> None:  # a job started in the background, or under nohup, inherits them ignored
+        for name in ("SIGINT", "SIGHUP", "SIGTERM"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
     proc = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=as_at_a_terminal,
     )
     try:
         proc.stdin.write(data)
