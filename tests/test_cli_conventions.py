@@ -195,12 +195,23 @@ def test_stdin(tiny_ckpt, media, tmp_path):
     assert r.returncode == 2 and b"no data" in r.stderr
 
 
+def wait_for_copy(proc: subprocess.Popen, temp, size: int, timeout: float = 120) -> None:
+    """Until `avsr transcribe -` (proc, its TMPDIR `temp`) has copied `size` bytes of standard input."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while sum(f.stat().st_size for f in temp.glob("avsr-stdin-*/*")) < size:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}: {proc.stderr.read().decode()}")
+        assert time.monotonic() < deadline, f"standard input not copied in {timeout} s"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
 def test_a_signal_while_reading_stdin_removes_its_spooled_copy(tiny_ckpt, media, tmp_path, sig):
     """`avsr transcribe -` copies standard input to a temporary file; killed by SIGTERM or SIGHUP (a closed
     terminal) as by Ctrl-C, it removes the copy (and then dies of the signal, as it would have)."""
     import signal
-    import time
 
     temp = tmp_path / "temp"
     temp.mkdir()
@@ -223,10 +234,7 @@ def test_a_signal_while_reading_stdin_removes_its_spooled_copy(tiny_ckpt, media,
     try:
         proc.stdin.write(data)
         proc.stdin.flush()  # and the pipe stays open: the command is still reading when the signal comes
-        deadline = time.monotonic() + 120
-        while sum(f.stat().st_size for f in temp.glob("avsr-stdin-*/*")) < 2**20:  # copied in 1 MiB reads
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.05)
+        wait_for_copy(proc, temp, 2**20)
         proc.send_signal(getattr(signal, sig))
         proc.wait(timeout=60)
     finally:
@@ -259,10 +267,7 @@ def test_under_nohup_a_hangup_while_reading_stdin_is_still_ignored(tiny_ckpt, me
     try:
         proc.stdin.write(data)
         proc.stdin.flush()
-        deadline = time.monotonic() + 120
-        while sum(f.stat().st_size for f in temp.glob("avsr-stdin-*/*")) < len(data):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.05)
+        wait_for_copy(proc, temp, len(data))
         proc.send_signal(signal.SIGHUP)
         time.sleep(1)
         assert proc.poll() is None
