@@ -180,18 +180,32 @@ def _stream_audio(
     path: str | os.PathLike, url: str, sample_rate: int, block_size: int
 ) -> Iterator[np.ndarray]:
     """`_decode_audio` through a pipe, `block_size` samples at a time (the last block shorter)."""
+    args = _decode_args(url, "audio", _audio_args(sample_rate))
+    for buf in _pipe_reads(path, url, "audio", args, 4 * block_size):
+        yield np.frombuffer(buf, np.float32, len(buf) // 4)
+
+
+def _pipe_reads(
+    path: str | os.PathLike, url: str, kind: str, args: list[str], nbytes: int, whole: bool = False
+) -> Iterator[bytes]:
+    """ffmpeg `args` run with its output through a pipe, read `nbytes` at a time (`whole`: full reads only,
+    a shorter tail is dropped); ffmpeg is killed when the consumer stops early, and its failure is raised as
+    `path`'s media error once the output has been read."""
     exe = find_ffmpeg()
     if exe is None:
         _exec(exe, [], path)  # raises the "ffmpeg not found" error
     with tempfile.TemporaryFile() as err:
         try:
-            args = [exe, *_decode_args(url, "audio", _audio_args(sample_rate))]
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            pipe = subprocess.PIPE
+            proc = subprocess.Popen([exe, *args], stdin=subprocess.DEVNULL, stdout=pipe, stderr=err)
         except OSError as e:
             raise MediaError(f"{path}: cannot run {exe} ({e.strerror})") from None
+        _widen_pipe(proc.stdout, nbytes)
         try:
-            while buf := proc.stdout.read(4 * block_size):
-                yield np.frombuffer(buf, np.float32, len(buf) // 4)
+            while buf := proc.stdout.read(nbytes):
+                if whole and len(buf) < nbytes:
+                    break
+                yield buf
             proc.wait()
         finally:
             if proc.poll() is None:  # the consumer stopped early
@@ -200,7 +214,7 @@ def _stream_audio(
             proc.stdout.close()
         if proc.returncode != 0:
             err.seek(0)
-            raise _error(path, url, err.read(), "audio")
+            raise _error(path, url, err.read(), kind)
 
 
 # Sample formats whose float32 values libsndfile and ffmpeg compute alike: 16-bit PCM scaled by 1/32768,
@@ -507,28 +521,11 @@ def _iter_video_ffmpeg(
     path: str | os.PathLike, url: str, fps: float, size: tuple[int, int]
 ) -> Iterator[np.ndarray]:
     height, width = size
-    exe = find_ffmpeg()
-    if exe is None:
-        _exec(exe, [], path)  # raises the "ffmpeg not found" error
     args = ["-nostdin", "-hide_banner", "-loglevel", "error", "-threads", str(cpu_threads())]
     args += ["-i", url, "-map", "0:v:0"]
     args += ["-vf", f"fps={fps},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    nbytes = height * width * 3
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([exe, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        _widen_pipe(proc.stdout, nbytes)
-        try:
-            while len(buf := proc.stdout.read(nbytes)) == nbytes:
-                yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-            proc.wait()
-        finally:
-            if proc.poll() is None:  # the consumer stopped early
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-        if proc.returncode != 0:
-            err.seek(0)
-            raise _error(path, url, err.read(), "video")
+    for buf in _pipe_reads(path, url, "video", args, height * width * 3, whole=True):
+        yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
 
 
 def _widen_pipe(pipe, frame_bytes: int) -> None:
