@@ -251,7 +251,7 @@ DeviceOpt = Annotated[
 ]
 DtypeOpt = Annotated[
     Literal["auto", "float32", "bfloat16", "float16"],
-    typer.Option(help="Weights and compute type: auto is bfloat16 on a GPU that has it, else float32."),
+    typer.Option(help="Precision of weights and compute (auto: bfloat16 on a GPU that has it, else fp32)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[
