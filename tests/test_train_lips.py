@@ -167,7 +167,7 @@ def test_cli_trains_vsr_and_rejects_bad_lip_options(clips, av_base, tmp_path):
     r = CliRunner().invoke(app, [str(a) for a in [*args, "--mode", "vsr", "--face-backend", "nope"]])
     assert r.exit_code == 2 and "Invalid value for '--face-backend'" in r.output and "'nope'" in r.output
     r = CliRunner().invoke(app, [str(a) for a in [*args, "--mode", "vsr", "--task-weights", "1,x"]])
-    assert r.exit_code == 2 and "--task-weights: expected comma-separated numbers" in r.output
+    assert r.exit_code == 2 and "--task-weights 1,x: expected a list of numbers" in r.output
     r = CliRunner().invoke(app, [str(a) for a in [*args, "--mode", "vsr"]])
     assert r.exit_code == 0, r.output
     assert "trained 2 steps" in r.output
