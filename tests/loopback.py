@@ -285,3 +285,16 @@ class FakeHub:
             status=404,
             headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
         )
+
+
+def pip_env(index_url: str, find_links: str) -> dict[str, str]:
+    """Environment under which pip reads packages only from `index_url` (a loopback index) and the folder
+    `find_links` (the machine's own find-links and extra indexes overridden), with no cache and no retries."""
+    return {
+        "PIP_INDEX_URL": index_url,
+        "PIP_EXTRA_INDEX_URL": index_url,
+        "PIP_FIND_LINKS": find_links,
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "5",
+    }

