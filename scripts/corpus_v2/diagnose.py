@@ -49,9 +49,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-import ship_eval as SE  # noqa: E402
-
 import build as B  # noqa: E402
+import ship_eval as SE  # noqa: E402
 
 CORPUS = B.CACHE
 CHARS = " 'abcdefghijklmnopqrstuvwxyz"  # index + 1; 0 is the CTC blank
