@@ -4,6 +4,9 @@ umask's permissions), atomic cache folders, and safe joins of untrusted names un
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -12,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import IO
 
@@ -49,16 +53,41 @@ def side_packages_dir() -> Path:
     return Path(os.environ.get("AVSR_PACKAGES") or Path(sys.prefix) / "share" / "avsr" / "packages")
 
 
-def find_package(module: str):
-    """`importlib.util.find_spec(module)` (the module is not imported), searching side_packages_dir() too:
-    it is appended to sys.path once, after the environment's own packages, which keep precedence."""
-    import importlib.util
+def _side_spec(module: str) -> ModuleSpec | None:
+    side = side_packages_dir()
+    return importlib.machinery.PathFinder.find_spec(module, [str(side)]) if side.is_dir() else None
 
-    side = str(side_packages_dir())
-    if side not in sys.path and os.path.isdir(side):
-        sys.path.append(side)
-        importlib.invalidate_caches()
-    return importlib.util.find_spec(module)
+
+def package_spec(module: str) -> ModuleSpec | None:
+    """The spec of top-level package `module`, found without importing it and without changing sys.path:
+    the environment's own packages first (they keep precedence), then side_packages_dir()."""
+    return importlib.util.find_spec(module) or _side_spec(module)
+
+
+def package_version(dist: str) -> str | None:
+    """The version of distribution `dist`: installed in the environment (which keeps precedence), else in
+    side_packages_dir(); None when neither has its metadata. sys.path is not changed."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    side = side_packages_dir()
+    found = importlib.metadata.distributions(name=dist, path=[str(side)]) if side.is_dir() else ()
+    return next((d.version for d in found), None)
+
+
+def find_package(module: str) -> ModuleSpec | None:
+    """package_spec(module), made importable: a package found only in side_packages_dir() gets that folder
+    appended to sys.path, after the environment's own packages, which keep precedence. The append stays
+    because callers import what this finds: the face backends (frontends/face.py) import mediapipe and
+    face-alignment from there, whose pins clash with the environment's. Mere lookups use package_spec."""
+    spec = importlib.util.find_spec(module)
+    if spec is None and (spec := _side_spec(module)) is not None:
+        side = str(side_packages_dir())
+        if side not in sys.path:
+            sys.path.append(side)
+            importlib.invalidate_caches()
+    return spec
 
 
 def display_name(path: str | os.PathLike) -> str:

