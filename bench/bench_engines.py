@@ -77,7 +77,7 @@ def ct2_whisper_base(tmp: Path) -> Path:
 
 def padded_copy(tmp: Path) -> Path:
     """avsr-tiny-en with the reference's padded-30s encoder window (what `trimmed` saves)."""
-    from avsr_cli.checkpoints.download import find_checkpoint
+    from avsr_cli.checkpoints.locate import find_checkpoint
 
     src, dst = find_checkpoint("avsr-tiny-en"), tmp / "avsr-tiny-en-padded"
     dst.mkdir()

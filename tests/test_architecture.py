@@ -125,7 +125,7 @@ def _transcribe_fields() -> dict[str, str]:
 # Options a command has that are not settings of the library call (where the model comes from, the output,
 # the terminal), and library fields that are deliberately not flags, each with its reason.
 RUN_FLAGS = {"checkpoint", "device", "dtype", "quiet", "verbose", "threads", "files", "output_dir"}
-RUN_FLAGS |= {"language"}  # checked against the model's card before it loads (download.check_language)
+RUN_FLAGS |= {"language"}  # checked against the model's card before it loads (locate.check_language)
 OUTPUT_FLAGS = {"output_format", "overwrite", "skip_existing"}  # how results are written, not what they are
 LIBRARY_ONLY = {
     "vad_neg_threshold": "silero's hysteresis, threshold - 0.15 unless a caller sets it",

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from loopback import FakeHub, FileHost, Server, sha256
 
-from avsr_cli.checkpoints import download
-from avsr_cli.checkpoints.download import DownloadOptions, download_model, part_present
+from avsr_cli.checkpoints import download, http, locate
+from avsr_cli.checkpoints.download import DownloadOptions, download_model
+from avsr_cli.checkpoints.locate import part_present
 from avsr_cli.checkpoints.zoo import get_card
 from avsr_cli.errors import DownloadError
 
@@ -158,9 +159,7 @@ class _Usage:
 def test_disk_full_is_reported_before_writing(host, monkeypatch):
     server, _, home = host
     card(home, "full", url_part(f"{server.url}/files/model.pth"))
-    monkeypatch.setattr(
-        download.shutil, "disk_usage", lambda _: os.statvfs_result((0,) * 10) and _Usage(1000)
-    )
+    monkeypatch.setattr(http.shutil, "disk_usage", lambda _: os.statvfs_result((0,) * 10) and _Usage(1000))
     with pytest.raises(DownloadError, match=r"not enough disk space in .*: needs 300.0 kB more, 1.0 kB free"):
         download_model("full")
     assert downloads("full") == []
@@ -179,7 +178,7 @@ def test_disk_filling_up_midway_keeps_the_partial_file(host, monkeypatch):
             return super().write(data)
 
     with monkeypatch.context() as patch:
-        patch.setattr(download, "open", FullDisk, raising=False)  # shadows the builtin in download.py
+        patch.setattr(http, "open", FullDisk, raising=False)  # shadows the builtin in http.py
         with pytest.raises(DownloadError, match="disk full in .* the partial file is kept: free some space"):
             download_model("fills")
     partial = download.default_root() / "fills" / "downloads" / "model.pth.part"
@@ -217,7 +216,7 @@ def test_custom_dir_is_found_by_name(host, tmp_path):
     card(home, "elsewhere", url_part(f"{server.url}/files/model.pth"))
     result = download_model("elsewhere", DownloadOptions(dir=tmp_path / "big-disk"))
     assert result.parts[0].path.is_relative_to(tmp_path / "big-disk")
-    assert download.model_dir("elsewhere") == tmp_path / "big-disk" / "elsewhere"
+    assert locate.model_dir("elsewhere") == tmp_path / "big-disk" / "elsewhere"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -630,7 +629,7 @@ def test_stream_without_a_size_stops_at_the_cap(host, monkeypatch):
     _, _, home = host
     endless = Endless()
     server = Server(endless)
-    monkeypatch.setattr(download, "MAX_PART_BYTES", 1_000_000, raising=False)
+    monkeypatch.setattr(http, "MAX_PART_BYTES", 1_000_000, raising=False)
     try:
         card(home, "capped", url_part(f"{server.url}/model.pth", data=None))
         with pytest.raises(DownloadError, match=r"part 'weights' of capped: .* more than 1000000 bytes"):
@@ -644,7 +643,7 @@ def test_stream_without_a_size_stops_at_the_cap(host, monkeypatch):
 
 def test_announced_length_over_the_cap_is_refused_before_reading(host, monkeypatch):
     server, app, home = host
-    monkeypatch.setattr(download, "MAX_PART_BYTES", 100_000, raising=False)
+    monkeypatch.setattr(http, "MAX_PART_BYTES", 100_000, raising=False)
     card(home, "announced", url_part(f"{server.url}/files/model.pth", data=None))
     with pytest.raises(DownloadError, match=r"offers 300000 bytes, more than .* 100000 bytes"):
         download_model("announced")

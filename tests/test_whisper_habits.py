@@ -17,7 +17,7 @@ from terminal import ANSI, run_in_pty, visible_lines
 from tiny import ffmpeg
 from typer.testing import CliRunner
 
-from avsr_cli.checkpoints.download import find_checkpoint
+from avsr_cli.checkpoints.locate import find_checkpoint
 from avsr_cli.checkpoints.zoo import load_zoo
 from avsr_cli.cli import app
 from avsr_cli.tasks.scoring import score

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avsr_cli.checkpoints import zoo
-from avsr_cli.checkpoints.download import find_checkpoint
+from avsr_cli.checkpoints.locate import find_checkpoint
 from avsr_cli.cli import app
 from avsr_cli.errors import CheckpointError
 from avsr_cli.storage import find_package

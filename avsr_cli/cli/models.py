@@ -75,7 +75,8 @@ def download_checkpoint(
     threads: ThreadsOpt = None,
 ) -> None:
     """Fetch a known model's parts (Hub, URL, Google Drive), verify, convert; print where they are."""
-    from ..checkpoints.download import DownloadOptions, download_model, zoo_status
+    from ..checkpoints.download import DownloadOptions, download_model
+    from ..checkpoints.locate import zoo_status
 
     setup_command(quiet, verbose, threads)
     if list_models:
@@ -94,7 +95,7 @@ def download_checkpoint(
 
 def print_download(result, verbose: bool = False) -> None:
     """Where each part is and its licence (stderr)."""
-    from ..checkpoints.download import human_size
+    from ..checkpoints.http import human_size
 
     stderr.print(f"{result.name} ({result.model_dir})", soft_wrap=True, markup=False)
     for p in result.parts:

@@ -994,7 +994,7 @@ def train(
         if resuming:
             config = ModelConfig.load(started_config)  # the run being resumed decides the model
         elif init_checkpoint:
-            from ..checkpoints.download import find_checkpoint
+            from ..checkpoints.locate import find_checkpoint
 
             ckpt_dir = find_checkpoint(init_checkpoint)
             config = absolute_sources(ModelConfig.load(ckpt_dir / "config.json"), ckpt_dir)

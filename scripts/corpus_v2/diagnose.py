@@ -352,7 +352,7 @@ def cmd_grid(args) -> None:
 def encoder(checkpoint: Path):
     from transformers import WhisperFeatureExtractor
 
-    from avsr_cli.checkpoints.download import find_checkpoint
+    from avsr_cli.checkpoints.locate import find_checkpoint
     from avsr_cli.checkpoints.sources import resolve_source
     from avsr_cli.modeling.config import ModelConfig
     from avsr_cli.modeling.encoders import WhisperAudioEncoder
