@@ -35,6 +35,7 @@ from ..modeling.config import (
 )
 from ..modeling.llm import load_tokenizer
 from ..storage import atomic_dir
+from .avhubert_fairseq import avhubert_state_from_fairseq, infer_config, save_avhubert
 from .sources import DESCRIPTION_FILES, resolve_source
 
 LORA_KEY = re.compile(
@@ -207,88 +208,34 @@ def copy_description(model_dir: Path, dest: Path) -> str:
 
 def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen: bool = True) -> Path:
     """Write an avsr checkpoint directory from a reference state dict (see module docstring)."""
+    # lazy: transformers takes seconds to import; reading an ImportSpec needs none of it
     from transformers import AutoConfig
 
     state = load_state_dict(pth)
-    adapter: dict[str, torch.Tensor] = {}
     audio_proj, layernorm = _projector_state(state, "audio_proj", spec.audio_rates, "audio")
     video_proj, video_layernorm = _projector_state(state, "video_proj", spec.video_rates, "video")
     if not audio_proj and not video_proj:
         raise CheckpointError(f"{pth}: no audio_proj or video_proj weights: not a reference AVSR checkpoint")
-    adapter.update(audio_proj)
-    adapter.update(video_proj)
-    layernorm = bool(layernorm or video_layernorm)
     lora, variant, tasks = _lora_state(state)
-    adapter.update(lora)
+    adapter: dict[str, torch.Tensor] = {**audio_proj, **video_proj, **lora}
     modes = spec.modes or _modes(bool(audio_proj), bool(video_proj), tasks)
 
     llm_dir = resolve_source(spec.llm_source, weights=not keep_frozen)
     llm_cfg = AutoConfig.from_pretrained(llm_dir)
-    hidden = llm_cfg.hidden_size
-    down = next((v for k, v in lora.items() if k.endswith("q_proj.lora_A")), None)
-    lora_cfg = None
-    if down is not None:
-        lora_cfg = LoraConfig.from_reference(
-            hidden,
-            spec.lora_rank,
-            spec.lora_alpha,
-            variant=variant,
-            tasks=tasks or ["audio", "video", "audiovisual"],
-        )
-        if lora_cfg.r != down.shape[0]:
-            raise CheckpointError(
-                f"LoRA down-projection has {down.shape[0]} rows but hidden {hidden} / rank "
-                f"{spec.lora_rank} gives r={lora_cfg.r}: check lora_rank in the spec"
-            )
-
-    # Rows of the added tokens: ids come from the tokenizer with the reference's tokens added.
-    tokenizer, base_size = load_tokenizer(llm_dir, REFERENCE_SPECIAL_TOKENS)
-    embed = state.get("llm.model.embed_tokens.weight")
-    if embed is None:
-        raise CheckpointError(f"{pth}: no llm.model.embed_tokens.weight: not a full reference state dict")
-    added = sorted(
-        i for i in tokenizer.convert_tokens_to_ids(list(REFERENCE_SPECIAL_TOKENS.values())) if i >= base_size
-    )
-    if embed.shape[0] != len(tokenizer):
-        raise CheckpointError(
-            f"{pth}: embedding has {embed.shape[0]} rows, tokenizer with added tokens has "
-            f"{len(tokenizer)}: wrong llm_source?"
-        )
-    adapter["llm.added_embed_rows"] = embed[added].float()
-    head = state.get("llm.lm_head.weight")
-    tied = getattr(llm_cfg, "tie_word_embeddings", False)
-    if head is not None and not tied:
-        adapter["llm.added_lm_head_rows"] = head[added].float()
+    lora_cfg = _lora_config(lora, variant, tasks, llm_cfg.hidden_size, spec)
+    adapter.update(_added_token_rows(state, pth, llm_dir, llm_cfg))
 
     enc_dim, intermediate = None, 2048
     if audio_proj:
-        first = state[next(k for k in state if k.startswith("audio_proj") and k.endswith("0.weight"))]
-        enc_dim = first.shape[1] // (spec.audio_rates[0] if spec.compression_mode == "stack" else 1)
-        intermediate = first.shape[0]
-    video_encoder, video_state = None, None
+        enc_dim, intermediate = _projector_widths(
+            state, "audio_proj", spec.audio_rates, spec.compression_mode
+        )
+    video_encoder, video_state, video_cfg = None, None, None
     if video_proj:
-        first = state[next(k for k in state if k.startswith("video_proj") and k.endswith("0.weight"))]
-        intermediate = first.shape[0]
-        video_dim = first.shape[1] // (spec.video_rates[0] if spec.compression_mode == "stack" else 1)
-        if any(k.startswith("video_encoder.") for k in state):
-            from .avhubert_fairseq import avhubert_state_from_fairseq, infer_config
-
-            # Llama-AVSR trains with the video encoder in train mode, so its BatchNorm statistics differ from
-            # the original large_vox_iter5.pt: the encoder must come from this .pth.
-            video_state = avhubert_state_from_fairseq(state, "video_encoder.")
-            video_cfg = infer_config(video_state)
-            video_encoder = EncoderConfig(kind="avhubert", source="video_encoder", dim=video_cfg.dim)
-        elif spec.video_encoder_source:
-            video_encoder = EncoderConfig(kind="avhubert", source=spec.video_encoder_source, dim=video_dim)
-        else:
-            raise CheckpointError(
-                f"{pth}: has video_proj but no video_encoder.* weights: give video_encoder_source in the spec"
-            )
-        if video_encoder.dim != video_dim:
-            raise CheckpointError(
-                f"{pth}: video_proj expects {video_dim}-wide frames, "
-                f"the video encoder gives {video_encoder.dim}"
-            )
+        video_dim, intermediate = _projector_widths(
+            state, "video_proj", spec.video_rates, spec.compression_mode
+        )
+        video_encoder, video_state, video_cfg = _video_encoder(state, spec, pth, video_dim)
     config = ModelConfig(
         name=spec.name,
         modes=modes,
@@ -297,12 +244,17 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
         else None,
         video_encoder=video_encoder,
         llm=LLMConfig(
-            source=spec.llm_source, hidden_size=hidden, eos_token=spec.eos_token, use_bos=spec.use_bos
+            source=spec.llm_source,
+            hidden_size=llm_cfg.hidden_size,
+            eos_token=spec.eos_token,
+            use_bos=spec.use_bos,
         ),
         compression=CompressionConfig(
             mode=spec.compression_mode, audio_rates=list(spec.audio_rates), video_rates=list(spec.video_rates)
         ),
-        projector=ProjectorConfig(intermediate_size=intermediate, layernorm=layernorm),
+        projector=ProjectorConfig(
+            intermediate_size=intermediate, layernorm=bool(layernorm or video_layernorm)
+        ),
         lora=lora_cfg,
         prompts=dict(REFERENCE_PROMPTS),
         decoding=DecodingDefaults(**spec.decoding),
@@ -315,34 +267,9 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
         raise CheckpointError(f"{output_dir} already exists; remove it or choose another directory")
     with atomic_dir(output_dir, on_exists="error") as tmp:
         if video_state is not None:
-            from .avhubert_fairseq import save_avhubert
-
             save_avhubert(tmp / "video_encoder", video_cfg, video_state, source=Path(pth).name)
         if keep_frozen:
-            enc = {
-                k[len("audio_encoder.") :]: v.contiguous()
-                for k, v in state.items()
-                if k.startswith("audio_encoder.")
-            }
-            if enc and config.audio_encoder is not None:
-                save_file(enc, str(tmp / "audio_encoder.safetensors"))
-                config.audio_encoder.weights = "audio_encoder.safetensors"
-                enc_dir = resolve_source(spec.audio_encoder_source, weights=False)
-                config.audio_encoder.source = copy_description(enc_dir, tmp / "audio_encoder")
-            vocab = llm_cfg.vocab_size
-            llm = {}
-            for key, value in state.items():
-                if not key.startswith("llm.") or LORA_KEY.match(key):
-                    continue
-                name = key[len("llm.") :]
-                if name in ("model.embed_tokens.weight", "lm_head.weight"):
-                    if tied and name == "lm_head.weight":
-                        continue
-                    value = value[:vocab]  # the added rows live in the adapter
-                llm[name] = value.contiguous()
-            save_file(llm, str(tmp / "llm.safetensors"))
-            config.llm.weights = "llm.safetensors"
-            config.llm.source = copy_description(llm_dir, tmp / "llm")
+            _copy_frozen(state, config, spec, llm_dir, llm_cfg, tmp)
         save_file(
             {k: v.contiguous() for k, v in adapter.items()},
             str(tmp / "adapter.safetensors"),
@@ -350,3 +277,107 @@ def import_reference(pth: Path, output_dir: Path, spec: ImportSpec, keep_frozen:
         )
         config.save(tmp / "config.json")
     return output_dir
+
+
+def _lora_config(
+    lora: dict[str, torch.Tensor], variant: str, tasks: list[str], hidden: int, spec: ImportSpec
+) -> LoraConfig | None:
+    """The LoRA config from the spec's reduction factor and alpha, checked against the stored rank."""
+    down = next((v for k, v in lora.items() if k.endswith("q_proj.lora_A")), None)
+    if down is None:
+        return None
+    lora_cfg = LoraConfig.from_reference(
+        hidden,
+        spec.lora_rank,
+        spec.lora_alpha,
+        variant=variant,
+        tasks=tasks or ["audio", "video", "audiovisual"],
+    )
+    if lora_cfg.r != down.shape[0]:
+        raise CheckpointError(
+            f"LoRA down-projection has {down.shape[0]} rows but hidden {hidden} / rank "
+            f"{spec.lora_rank} gives r={lora_cfg.r}: check lora_rank in the spec"
+        )
+    return lora_cfg
+
+
+def _added_token_rows(state: dict[str, torch.Tensor], pth: Path, llm_dir: Path, llm_cfg) -> dict:
+    """The embedding (and untied output) rows of the reference's added tokens, whose ids come from the
+    tokenizer with those tokens added."""
+    tokenizer, base_size = load_tokenizer(llm_dir, REFERENCE_SPECIAL_TOKENS)
+    embed = state.get("llm.model.embed_tokens.weight")
+    if embed is None:
+        raise CheckpointError(f"{pth}: no llm.model.embed_tokens.weight: not a full reference state dict")
+    added = sorted(
+        i for i in tokenizer.convert_tokens_to_ids(list(REFERENCE_SPECIAL_TOKENS.values())) if i >= base_size
+    )
+    if embed.shape[0] != len(tokenizer):
+        raise CheckpointError(
+            f"{pth}: embedding has {embed.shape[0]} rows, tokenizer with added tokens has "
+            f"{len(tokenizer)}: wrong llm_source?"
+        )
+    rows = {"llm.added_embed_rows": embed[added].float()}
+    head = state.get("llm.lm_head.weight")
+    if head is not None and not getattr(llm_cfg, "tie_word_embeddings", False):
+        rows["llm.added_lm_head_rows"] = head[added].float()
+    return rows
+
+
+def _projector_widths(
+    state: dict[str, torch.Tensor], prefix: str, rates: list[int], compression_mode: str
+) -> tuple[int, int]:
+    """(encoder width, intermediate width) read from the first layer of a projector."""
+    first = state[next(k for k in state if k.startswith(prefix) and k.endswith("0.weight"))]
+    return first.shape[1] // (rates[0] if compression_mode == "stack" else 1), first.shape[0]
+
+
+def _video_encoder(state: dict[str, torch.Tensor], spec: ImportSpec, pth: Path, video_dim: int):
+    """(EncoderConfig, AV-HuBERT state or None, its config or None) of the video encoder that feeds
+    `video_dim`-wide frames to the projector: the one stored in the .pth, else the spec's."""
+    video_state, video_cfg = None, None
+    if any(k.startswith("video_encoder.") for k in state):
+        # Llama-AVSR trains with the video encoder in train mode, so its BatchNorm statistics differ from
+        # the original large_vox_iter5.pt: the encoder must come from this .pth.
+        video_state = avhubert_state_from_fairseq(state, "video_encoder.")
+        video_cfg = infer_config(video_state)
+        video_encoder = EncoderConfig(kind="avhubert", source="video_encoder", dim=video_cfg.dim)
+    elif spec.video_encoder_source:
+        video_encoder = EncoderConfig(kind="avhubert", source=spec.video_encoder_source, dim=video_dim)
+    else:
+        raise CheckpointError(
+            f"{pth}: has video_proj but no video_encoder.* weights: give video_encoder_source in the spec"
+        )
+    if video_encoder.dim != video_dim:
+        raise CheckpointError(
+            f"{pth}: video_proj expects {video_dim}-wide frames, the video encoder gives {video_encoder.dim}"
+        )
+    return video_encoder, video_state, video_cfg
+
+
+def _copy_frozen(
+    state: dict[str, torch.Tensor], config: ModelConfig, spec: ImportSpec, llm_dir: Path, llm_cfg, tmp: Path
+) -> None:
+    """Save the frozen audio encoder and LLM of the .pth (with their configs and tokenizer) into the
+    checkpoint folder `tmp`, and point `config` at them."""
+    enc = {
+        k[len("audio_encoder.") :]: v.contiguous() for k, v in state.items() if k.startswith("audio_encoder.")
+    }
+    if enc and config.audio_encoder is not None:
+        save_file(enc, str(tmp / "audio_encoder.safetensors"))
+        config.audio_encoder.weights = "audio_encoder.safetensors"
+        enc_dir = resolve_source(spec.audio_encoder_source, weights=False)
+        config.audio_encoder.source = copy_description(enc_dir, tmp / "audio_encoder")
+    vocab, tied = llm_cfg.vocab_size, getattr(llm_cfg, "tie_word_embeddings", False)
+    llm = {}
+    for key, value in state.items():
+        if not key.startswith("llm.") or LORA_KEY.match(key):
+            continue
+        name = key[len("llm.") :]
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            if tied and name == "lm_head.weight":
+                continue
+            value = value[:vocab]  # the added rows live in the adapter
+        llm[name] = value.contiguous()
+    save_file(llm, str(tmp / "llm.safetensors"))
+    config.llm.weights = "llm.safetensors"
+    config.llm.source = copy_description(llm_dir, tmp / "llm")
