@@ -31,17 +31,12 @@ from typer.testing import CliRunner
 from avsr_cli.cli import app
 from avsr_cli.errors import CheckpointError, MediaError
 from avsr_cli.frontends.assets import MEAN_FACE, asset_path, load_mean_face
-from avsr_cli.frontends.media import load_video, probe
-from avsr_cli.frontends.mouth import (
-    MouthOptions,
-    aligned_audio,
-    contact_sheet,
-    crop_mouth_file,
-    mouth_frames,
-    smooth_landmarks,
-)
+from avsr_cli.frontends.media import aligned_audio, probe
+from avsr_cli.frontends.mouth import MouthOptions, mouth_frames, smooth_landmarks
+from avsr_cli.frontends.video import load_video
 from avsr_cli.modeling.avhubert import video_model_input
 from avsr_cli.storage import find_package
+from avsr_cli.tasks.crop_mouth import contact_sheet, crop_mouth_file
 
 SHARED_MEAN_FACE = Path(__file__).resolve().parents[2] / "shared" / "assets" / "20words_mean_face.npy"
 
@@ -107,7 +102,7 @@ def test_talking_still_face_with_tts(tmp_path, options, backend, artifacts):
     the true mouth centre and show the opening, frame by frame, and the audio stays aligned."""
     from speech import available_voices, speech
 
-    from avsr_cli.frontends.face import make_backend
+    from avsr_cli.frontends.face_backends import make_backend
 
     image = astronaut()
     if image is None:
