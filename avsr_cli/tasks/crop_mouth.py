@@ -94,7 +94,12 @@ def crop_mouth_files(
 
 
 def _crop_each(
-    files, output_dir, options, backend, debug_overlay, gray
+    files: Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    options: MouthOptions,
+    backend: Backend,
+    debug_overlay: bool,
+    gray: bool,
 ) -> Iterator[CropResult | CropFailure]:
     for path in files:
         try:
