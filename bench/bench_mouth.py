@@ -62,12 +62,12 @@ class AvHubertDlib:
     name = "av_hubert dlib"
 
     def __init__(self) -> None:
-        from avsr_cli.frontends.face import DlibBackend
+        from avsr_cli.frontends.face_backends import DlibBackend
 
         self.inner = DlibBackend()
 
     def detect(self, frame):
-        from avsr_cli.frontends.face import Detection, to_gray
+        from avsr_cli.frontends.face_backends import Detection, to_gray
 
         rects = self.inner.detector(to_gray(frame), 1)
         boxes = [np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], float) for r in rects]
@@ -79,7 +79,7 @@ class AvHubertDlib:
 
 def fan_backend(tmp: Path):
     from avsr_cli.errors import CheckpointError
-    from avsr_cli.frontends.face import make_backend
+    from avsr_cli.frontends.face_backends import make_backend
 
     try:
         return make_backend("face-alignment", download=False), "real weights"
@@ -111,8 +111,9 @@ def decoder(name: str | None):
 def decode_only(clip: Path) -> dict:
     """One decoding pass alone (what every row below pays too; a second only when a lost face overflows the
     stream buffer)."""
-    from avsr_cli.frontends.media import iter_video, probe
+    from avsr_cli.frontends.media import probe
     from avsr_cli.frontends.mouth import processing_size
+    from avsr_cli.frontends.video import iter_video
 
     info = probe(clip)
     size = processing_size(info.height, info.width, 1280)
@@ -125,7 +126,7 @@ def decode_only(clip: Path) -> dict:
 
 def warm_up(backend, clip: Path) -> None:
     """One detection and fit before timing (face-alignment compiles numba code on first use)."""
-    from avsr_cli.frontends.media import load_video
+    from avsr_cli.frontends.video import load_video
 
     frame = load_video(clip, max_frames=1)[0]
     for d in backend.detect(frame)[:1]:
@@ -164,8 +165,9 @@ def drift(clip: Path, backend) -> dict:
     import numpy as np
 
     from avsr_cli.frontends.face import landmark_gap, track
-    from avsr_cli.frontends.media import iter_video, probe
+    from avsr_cli.frontends.media import probe
     from avsr_cli.frontends.mouth import processing_size, smooth_landmarks
+    from avsr_cli.frontends.video import iter_video
 
     info = probe(clip)
     size = processing_size(info.height, info.width, 1280)
@@ -188,7 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from avsr_cli.frontends.face import make_backend
+    from avsr_cli.frontends.face_backends import make_backend
 
     mean_face = str(SHARED / "20words_mean_face.npy")
     rows = []
@@ -223,7 +225,7 @@ def main() -> None:
         drifts = [
             {"clip": clip, **drift(clips[clip], dlib)} for clip in ("lrs3 224x224", "720p", "720p panning")
         ]
-    from avsr_cli.frontends.media import video_decoder
+    from avsr_cli.frontends.video import video_decoder
 
     print(f"mouth crops, {torch.get_num_threads()} CPU threads (decode + detect + landmarks + align + crop), "
           f"decoded by {video_decoder()} unless a row says otherwise")  # fmt: skip

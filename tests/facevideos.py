@@ -23,7 +23,7 @@ def dlib_backend():
         pytest.skip(
             "dlib backend absent: pip install dlib-bin; pip install --no-deps face-recognition-models"
         )
-    from avsr_cli.frontends.face import make_backend
+    from avsr_cli.frontends.face_backends import make_backend
 
     return make_backend("dlib")
 

@@ -411,7 +411,7 @@ def test_threads_option_sizes_torch_ffmpeg_and_the_vad(tiny_ckpt, media):
     code = (
         "import sys\n"
         "from avsr_cli.cli import app\n"
-        "from avsr_cli.frontends import media, segmentation\n"
+        "from avsr_cli.frontends import media, vad\n"
         "calls = []\n"
         "real = media._decode_args\n"  # every ffmpeg decode, whole or streamed, builds its arguments here
         "media._decode_args = lambda *a: calls.append(real(*a)) or calls[-1]\n"
@@ -419,7 +419,7 @@ def test_threads_option_sizes_torch_ffmpeg_and_the_vad(tiny_ckpt, media):
         "    app(sys.argv[1:])\n"
         "except SystemExit as exc:\n"
         "    assert not exc.code, exc.code\n"
-        "session, _ = segmentation._session()\n"
+        "session, _ = vad._session()\n"
         "opts = session.get_session_options()\n"
         "ffmpeg_threads = {a[a.index('-threads') + 1] for a in calls if '-threads' in a}\n"
         "import torch\n"  # loaded by the run, after --threads was read

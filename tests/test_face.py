@@ -10,17 +10,9 @@ import pytest
 from facevideos import black_gap, noise, two_faces
 
 from avsr_cli.errors import CheckpointError, UsageError
-from avsr_cli.frontends.face import (
-    MEDIAPIPE_68,
-    FaceTracker,
-    _anchor,
-    fan_weights,
-    interpolate_landmarks,
-    landmark_gap,
-    make_backend,
-    track,
-)
-from avsr_cli.frontends.media import iter_video, load_video
+from avsr_cli.frontends.face import FaceTracker, _anchor, interpolate_landmarks, landmark_gap, track
+from avsr_cli.frontends.face_backends import MEDIAPIPE_68, fan_weights, make_backend
+from avsr_cli.frontends.video import iter_video, load_video
 from avsr_cli.storage import find_package
 
 STABLE = [28, 33, 36, 39, 42, 45, 48, 54]

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from avsr_cli.errors import MediaError
-from avsr_cli.frontends import media
-from avsr_cli.frontends.media import SAMPLE_RATE, iter_audio, load_audio, load_video, probe
+from avsr_cli.frontends import media, video
+from avsr_cli.frontends.media import SAMPLE_RATE, iter_audio, load_audio, probe
+from avsr_cli.frontends.video import load_video
 
 FFMPEG = media.find_ffmpeg()
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg binary (apt install ffmpeg)")
@@ -341,18 +342,18 @@ def test_in_process_video_decoding_gives_the_ffmpeg_commands_frames(
     clip = _decoder_case(case, lrs3_clip, carphone_clip, tmp_path / "clip.mp4")
     size = (100, 90) if case == "scaled" else None  # a bicubic scale into rgb24 in both
     command_runs = []
-    through_command = media._iter_video_ffmpeg
+    through_command = video._iter_video_ffmpeg
 
     def spy(*args):
         command_runs.append(args)
         return through_command(*args)
 
-    monkeypatch.setattr(media, "_iter_video_ffmpeg", spy)
+    monkeypatch.setattr(video, "_iter_video_ffmpeg", spy)
 
     def frames(decoder: str) -> np.ndarray:
         monkeypatch.setenv("AVSR_VIDEO_DECODER", decoder)
-        assert media.video_decoder() == decoder
-        return np.stack(list(media.iter_video(clip, size=size)))
+        assert video.video_decoder() == decoder
+        return np.stack(list(video.iter_video(clip, size=size)))
 
     in_process = frames("pyav")
     assert len(command_runs) == (1 if case == "turned 90 (metadata)" else 0)
@@ -374,12 +375,12 @@ def test_in_process_video_decoding_gives_the_ffmpeg_commands_frames(
 
 def test_video_decoder_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AVSR_VIDEO_DECODER", "ffmpeg")
-    assert media.video_decoder() == "ffmpeg"
+    assert video.video_decoder() == "ffmpeg"
     monkeypatch.setenv("AVSR_VIDEO_DECODER", "gstreamer")
     with pytest.raises(MediaError, match="AVSR_VIDEO_DECODER='gstreamer': choose pyav or ffmpeg"):
-        media.video_decoder()
+        video.video_decoder()
     monkeypatch.delenv("AVSR_VIDEO_DECODER")
     import avsr_cli.storage
 
     monkeypatch.setattr(avsr_cli.storage, "find_package", lambda name: None)  # PyAV not installed
-    assert media.video_decoder() == "ffmpeg"
+    assert video.video_decoder() == "ffmpeg"

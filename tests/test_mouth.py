@@ -29,19 +29,20 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from avsr_cli.cli import app
-from avsr_cli.errors import CheckpointError, MediaError
+from avsr_cli.errors import CheckpointError, MediaError, UsageError
 from avsr_cli.frontends.assets import MEAN_FACE, asset_path, load_mean_face
-from avsr_cli.frontends.media import load_video, probe
-from avsr_cli.frontends.mouth import (
-    MouthOptions,
-    aligned_audio,
-    contact_sheet,
-    crop_mouth_file,
-    mouth_frames,
-    smooth_landmarks,
-)
+from avsr_cli.frontends.media import aligned_audio, probe
+from avsr_cli.frontends.mouth import MouthOptions, mouth_frames, smooth_landmarks
+from avsr_cli.frontends.video import load_video
 from avsr_cli.modeling.avhubert import video_model_input
 from avsr_cli.storage import find_package
+from avsr_cli.tasks.crop_mouth import (
+    CropFailure,
+    CropResult,
+    contact_sheet,
+    crop_mouth_file,
+    crop_mouth_files,
+)
 
 SHARED_MEAN_FACE = Path(__file__).resolve().parents[2] / "shared" / "assets" / "20words_mean_face.npy"
 
@@ -107,7 +108,7 @@ def test_talking_still_face_with_tts(tmp_path, options, backend, artifacts):
     the true mouth centre and show the opening, frame by frame, and the audio stays aligned."""
     from speech import available_voices, speech
 
-    from avsr_cli.frontends.face import make_backend
+    from avsr_cli.frontends.face_backends import make_backend
 
     image = astronaut()
     if image is None:
@@ -375,6 +376,20 @@ def test_crop_mouth_command(lrs3_clip, mean_face, backend, tmp_path, monkeypatch
     overlay = probe(out / "lrs3_example_overlay.mp4")
     assert (overlay.width, overlay.height, overlay.n_frames) == (224, 224, 155)
     assert oct((out / "lrs3_example_mouth.mp4").stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_crop_mouth_files_checks_first_then_reports_each_file(lrs3_clip, tmp_path, options):
+    """The library call behind `avsr crop-mouth`: an unusable output folder is refused by the call itself,
+    before any file is read; then one result per file, in order, a failed file not stopping the batch."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UsageError, match="output directory is not writable"):
+        crop_mouth_files([lrs3_clip], blocker / "out", options)  # not iterated: raised by the call
+    out = tmp_path / "out"
+    results = list(crop_mouth_files([tmp_path / "missing.mp4", lrs3_clip], out, options))
+    assert [type(r) for r in results] == [CropFailure, CropResult]
+    assert results[0].path == tmp_path / "missing.mp4" and "no such file" in str(results[0].error)
+    assert results[1].video == out / "lrs3_example_mouth.mp4" and probe(results[1].video).n_frames == 155
 
 
 def test_crop_mouth_bad_backend_does_nothing(lrs3_clip, tmp_path):

@@ -13,18 +13,10 @@ import pytest
 import soundfile as sf
 from speech import available_voices, make_clip
 
-from avsr_cli.frontends import segmentation as seg
-from avsr_cli.frontends.segmentation import (
-    Chunk,
-    ChunkOptions,
-    StreamSegmenter,
-    VadOptions,
-    chunk_regions,
-    fixed_windows,
-    segment_audio,
-    speech_probabilities,
-    speech_regions,
-)
+from avsr_cli.frontends import vad as silero
+from avsr_cli.frontends.segmentation import Chunk, ChunkOptions, chunk_regions, fixed_windows, segment_audio
+from avsr_cli.frontends.stream_segmenter import HOLD_SECONDS, StreamSegmenter
+from avsr_cli.frontends.vad import VadOptions, speech_probabilities, speech_regions
 
 RATE = 16000
 
@@ -183,13 +175,13 @@ def test_probabilities_match_the_streaming_model(recording, monkeypatch) -> None
     """The batched sequence model gives the streaming model's probabilities (the fallback path)."""
     import onnxruntime as ort
 
-    path = seg.vad_model_path(seg.STREAMING_MODEL)
+    path = silero.vad_model_path(silero.STREAMING_MODEL)
     if not path.is_file():
         pytest.skip("this silero-vad has no streaming ONNX model")
     audio = recording.audio[: 20 * RATE + 123]
     batched = speech_probabilities(audio)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    monkeypatch.setattr(seg, "_session", lambda: (session, False))
+    monkeypatch.setattr(silero, "_session", lambda: (session, False))
     streaming = speech_probabilities(audio)
     assert batched.shape == streaming.shape == (-(-len(audio) // 512),)
     np.testing.assert_allclose(batched, streaming, atol=1e-5)
@@ -200,7 +192,7 @@ def stream(
     sizes: list[int],
     vad: VadOptions = VadOptions(),
     chunks: ChunkOptions = ChunkOptions(),
-    hold: float = seg.HOLD_SECONDS,
+    hold: float = HOLD_SECONDS,
 ) -> tuple[list[Chunk], list[np.ndarray], int, int]:
     """StreamSegmenter over `audio` in blocks of `sizes` (cycled): its chunks, their samples as handed over
     (audio[int(start * rate) : int(end * rate)], as the transcriber takes them), the most samples it kept
@@ -236,8 +228,13 @@ def check_stream(audio: np.ndarray, sizes: list[int], vad=VadOptions(), chunks=C
 def test_streamed_probabilities_are_the_whole_arrays_bit_for_bit(recording) -> None:
     audio = recording.audio[: 40 * RATE + 77]
     whole = speech_probabilities(audio)
-    for sizes in ([1000], [seg.VAD_BLOCK * seg.VAD_WINDOW], [1, 511, 513, 262_143, 70_000], [len(audio)]):
-        vad, got, i = seg._VadStream(), [], 0
+    for sizes in (
+        [1000],
+        [silero.VAD_BLOCK * silero.VAD_WINDOW],
+        [1, 511, 513, 262_143, 70_000],
+        [len(audio)],
+    ):
+        vad, got, i = silero._VadStream(), [], 0
         for n in itertools.cycle(sizes):
             if i >= len(audio):
                 break
@@ -299,7 +296,7 @@ def test_streamed_chunks_are_the_whole_arrays_for_any_options(recording) -> None
             quiet_span=float(rng.uniform(0, 0.3)),
         )
         sizes = [int(x) for x in rng.integers(1, 200_000, size=5)]
-        hold = float(rng.choice([seg.HOLD_SECONDS, 3.0]))
+        hold = float(rng.choice([HOLD_SECONDS, 3.0]))
         check_stream(audio, sizes, vad, chunks, hold=hold)
 
 

@@ -191,7 +191,7 @@ def test_choices_show_in_help(command):
 
 def test_choice_lists_are_the_librarys():
     from avsr_cli.checkpoints.loading import DTYPES
-    from avsr_cli.frontends.face import BACKENDS
+    from avsr_cli.frontends.face_backends import BACKENDS
     from avsr_cli.modeling.config import ENCODER_WINDOWS
     from avsr_cli.tasks.scoring import NORMALIZER_NAMES
     from avsr_cli.tasks.train import PRECISIONS

@@ -280,7 +280,7 @@ def lips_only(text: str) -> str:
     return "vsr/avsr: " + text[0].lower() + text[1:]
 
 
-FaceBackend = Literal["dlib", "face-alignment", "mediapipe"]  # frontends.face.BACKENDS
+FaceBackend = Literal["dlib", "face-alignment", "mediapipe"]  # frontends.face_backends.BACKENDS
 FACE_BACKEND_HELP = "Face landmarks by dlib (offline), face-alignment (FAN, needs its weights) or mediapipe."
 FaceBackendOpt = Annotated[FaceBackend, typer.Option(help=lips_only(FACE_BACKEND_HELP))]
 DETECT_EVERY_HELP = "Run the face detector every N frames, track the face in between (1: every frame)."
@@ -305,7 +305,7 @@ def transcribe_options(flags: dict[str, Any], **fixed: Any):
     names = {f.name for f in dataclasses.fields(TranscribeOptions)} - {"decoding", "vad"}
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if k in names}
     if "vad_threshold" in values:  # --vad-threshold etc. are the VadOptions fields, prefixed
-        from ..frontends.segmentation import VadOptions
+        from ..frontends.vad import VadOptions
 
         vad_names = {f.name for f in dataclasses.fields(VadOptions)}
         chosen["vad"] = run_guarded(

@@ -5,7 +5,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import AvsrError
 from .app import (
     DETECT_EVERY_HELP,
     EXIT_FAILED,
@@ -60,31 +59,26 @@ def crop_mouth(
     ] = None,
 ) -> None:
     """Cut 96x96 mouth clips (RGB, 25 fps) and 16 kHz audio from videos, as lip-reading models see them."""
-    from ..frontends.assets import load_mean_face
-    from ..frontends.face import make_backend
-    from ..frontends.mouth import MouthOptions, crop_mouth_file
-    from ..tasks.writers import check_output_dir
+    # lazy: keeps `avsr --help` free of numpy, PIL and the frontends
+    from ..frontends.mouth import MouthOptions
+    from ..tasks.crop_mouth import CropFailure, crop_mouth_files
 
     setup_command(quiet, verbose, threads)
-    run_guarded(check_output_dir, output_dir)
     options = run_guarded(MouthOptions, backend=face_backend, detect_every=detect_every)
-    run_guarded(load_mean_face)  # downloaded once; nothing can be cropped without it
-    backend = run_guarded(make_backend, face_backend)
+    results = run_guarded(crop_mouth_files, files, output_dir, options, debug_overlay, gray)
     failed = 0
-    for path in files:
-        try:
-            result = crop_mouth_file(path, output_dir, options, backend, debug_overlay, gray)
-        except AvsrError as exc:
+    for result in results:
+        if isinstance(result, CropFailure):
             failed += 1
-            report_error(exc)
+            report_error(result.error)
             continue
         info = result.info
         if not quiet:
             for warning in info.warnings:
-                stderr.print(f"[yellow]warning:[/yellow] {path}: {warning}", soft_wrap=True)
+                stderr.print(f"[yellow]warning:[/yellow] {info.path}: {warning}", soft_wrap=True)
         if verbose:
             stderr.print(
-                f"{path}: {info.n_frames} frames, landmarks on {100 * info.hit_rate:.0f}%, "
+                f"{info.path}: {info.n_frames} frames, landmarks on {100 * info.hit_rate:.0f}%, "
                 f"{info.detections} detector runs",
                 soft_wrap=True,
             )

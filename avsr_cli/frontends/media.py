@@ -1,4 +1,6 @@
-"""Media stage: any container ffmpeg reads (wav, flac, mp3, m4a, mp4, mkv, webm...) -> numpy arrays.
+"""Media stage: what a media file holds (`probe`) and its audio as numpy arrays, from any container ffmpeg
+reads (wav, flac, mp3, m4a, mp4, mkv, webm...); its video is read by video.py, through the same ffmpeg pipe
+reader (`pipe_reads`).
 
 Decoding runs the ffmpeg binary (the one on PATH, else imageio-ffmpeg's), as openai/whisper's audio.py does.
 Paths reach ffmpeg as absolute ``file:`` URLs, so names such as ``-clip.wav`` or ``a:b.mp4`` are safe.
@@ -9,7 +11,6 @@ Every failure is a one-line `MediaError` naming the file and the problem.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -19,14 +20,19 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: pipes keep their default size
+    fcntl = None
+
 import numpy as np
+import soundfile
 
 from ..errors import MediaError
 from ..runtime import cpu_threads
-from ..storage import display_name
+from ..storage import atomic_path, display_name
 
 # Llama-AVSR / auto_avsr preprocessing: 16 kHz mono audio, 25 fps video, i.e. 640 audio samples per frame.
 SAMPLE_RATE = 16000
@@ -110,7 +116,7 @@ def find_ffmpeg() -> str | None:
     if exe:
         return exe
     try:
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # lazy: only when ffmpeg is not on PATH (and it may be absent)
 
         return imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError):
@@ -122,7 +128,7 @@ def find_ffprobe() -> str | None:
     return shutil.which("ffprobe")
 
 
-def _url(path: str | os.PathLike) -> str:
+def input_url(path: str | os.PathLike) -> str:
     """Check that `path` is a readable non-empty regular file (`check_input`: every decode and probe goes
     through here, so no command can hang on a FIFO) and return it as an ffmpeg-safe ``file:`` URL."""
     if check_input(path).st_size == 0:
@@ -181,11 +187,11 @@ def _stream_audio(
 ) -> Iterator[np.ndarray]:
     """`_decode_audio` through a pipe, `block_size` samples at a time (the last block shorter)."""
     args = _decode_args(url, "audio", _audio_args(sample_rate))
-    for buf in _pipe_reads(path, url, "audio", args, 4 * block_size):
+    for buf in pipe_reads(path, url, "audio", args, 4 * block_size):
         yield np.frombuffer(buf, np.float32, len(buf) // 4)
 
 
-def _pipe_reads(
+def pipe_reads(
     path: str | os.PathLike, url: str, kind: str, args: list[str], nbytes: int, whole: bool = False
 ) -> Iterator[bytes]:
     """ffmpeg `args` run with its output through a pipe, read `nbytes` at a time (`whole`: full reads only,
@@ -217,6 +223,17 @@ def _pipe_reads(
             raise _error(path, url, err.read(), kind)
 
 
+def _widen_pipe(pipe, frame_bytes: int) -> None:
+    """Let ffmpeg write a whole frame ahead (Linux pipes hold 64 KiB by default; up to pipe-max-size, 1 MiB
+    unless raised): it decodes the next frame while we work on this one (crops of a 224x224 video: 1.1x)."""
+    size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if size is not None:
+        try:
+            fcntl.fcntl(pipe.fileno(), size, min(frame_bytes, 1 << 20))
+        except OSError:  # above this user's pipe-max-size: keep the default
+            pass
+
+
 # Sample formats whose float32 values libsndfile and ffmpeg compute alike: 16-bit PCM scaled by 1/32768,
 # float32 copied (tests/test_media.py compares the two bit for bit).
 _SAME_AS_FFMPEG = {"PCM_16", "FLOAT"}
@@ -224,8 +241,6 @@ _SAME_AS_FFMPEG = {"PCM_16", "FLOAT"}
 
 def _sound_file_info(path: str | os.PathLike):
     """soundfile's header info when `path` is a WAV or FLAC file libsndfile reads, else None."""
-    import soundfile
-
     try:
         info = soundfile.info(os.fsencode(path))  # bytes: any file name, UTF-8 or not
     except (RuntimeError, OSError, TypeError, ValueError):  # soundfile.LibsndfileError is a RuntimeError
@@ -240,10 +255,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     Channels are averaged (``rematrix_maxval=1`` makes ffmpeg's stereo downmix the plain mean, as auto_avsr's
     ``mean(dim=0)``); a zero-length stream gives an empty array.
     """
-    url = _url(path)
+    url = input_url(path)
     if _in_process(path, sample_rate):
-        import soundfile
-
         audio = soundfile.read(os.fsencode(path), dtype="float32", always_2d=False)[0]
     else:
         audio = _decode_audio(path, url, sample_rate)
@@ -267,7 +280,7 @@ def iter_audio(
     """
     if block_size < 1:
         raise ValueError("block_size must be >= 1")
-    url = _url(path)
+    url = input_url(path)
     if _in_process(path, sample_rate):
         blocks = _read_blocks(path, block_size)
     else:
@@ -283,8 +296,6 @@ def iter_audio(
 
 
 def _read_blocks(path: str | os.PathLike, block_size: int) -> Iterator[np.ndarray]:
-    import soundfile
-
     with soundfile.SoundFile(os.fsencode(path)) as sound:
         while len(block := sound.read(block_size, dtype="float32", always_2d=False)):
             yield block
@@ -307,246 +318,27 @@ def _invalid_samples(path: str | os.PathLike, bad: int, total: int) -> MediaErro
     )
 
 
-def load_video(
-    path: str | os.PathLike,
-    fps: float = VIDEO_FPS,
-    size: tuple[int, int] | None = None,
-    max_frames: int | None = None,
-) -> np.ndarray:
-    """Decode the first video stream of `path` as uint8 RGB frames (T, H, W, 3) at a constant `fps`.
-
-    size: (height, width) to resize to; None keeps the displayed size. max_frames: stop after that many.
-    """
-    info = probe(path)
-    height, width = size or (info.height or 0, info.width or 0)
-    frames = list(itertools.islice(iter_video(path, fps, size, info), max_frames))
-    return np.stack(frames) if frames else np.zeros((0, height, width, 3), np.uint8)
+def aligned_audio(path: str | os.PathLike, n_frames: int) -> np.ndarray | None:
+    """16 kHz mono audio cut or zero-padded to 640 samples per video frame (Llama-AVSR av_dataset.py
+    cut_or_pad to len(video) * 640); None when the file has no audio stream."""
+    if not probe(path).has_audio:
+        return None
+    audio = load_audio(path)[: n_frames * SAMPLES_PER_FRAME]
+    return np.pad(audio, (0, n_frames * SAMPLES_PER_FRAME - len(audio)))
 
 
-def iter_video(
-    path: str | os.PathLike,
-    fps: float = VIDEO_FPS,
-    size: tuple[int, int] | None = None,
-    info: MediaInfo | None = None,
-) -> Iterator[np.ndarray]:
-    """Stream the first video stream of `path` as read-only uint8 RGB frames (H, W, 3) at a constant `fps`.
-
-    As `load_video`, one frame at a time (long or large videos never sit in memory whole); size: (height,
-    width) to resize to, None keeps the displayed size. Frame-rate conversion (ffmpeg's fps filter) turns
-    variable-frame-rate input into constant `fps`. info: `probe(path)`, when the caller has it (an ffprobe
-    run costs 70 ms).
-    """
-    info = probe(path) if info is None else info
-    if not info.has_video:
-        raise MediaError(f"{path}: has no video stream")
-    height, width = size or (info.height, info.width)
-    url = _url(path)
-    frames = _iter_video_pyav(path, url, fps, (height, width)) if video_decoder() == "pyav" else None
-    yield from frames if frames is not None else _iter_video_ffmpeg(path, url, fps, (height, width))
-
-
-def video_decoder() -> str:
-    """How `iter_video` decodes: "pyav" (in-process, when PyAV is installed) or "ffmpeg" (the binary, through
-    a pipe); AVSR_VIDEO_DECODER chooses. The frames are the same (tests/test_media.py; a stream cut by an edit
-    list can end one frame apart); in-process decoding skips a subprocess and a 2.7 MB pipe copy per 720p
-    frame (mouth crops at 720p: 1.1-1.3x)."""
-    from ..storage import find_package
-
-    chosen = os.environ.get("AVSR_VIDEO_DECODER", "").strip().lower()
-    if chosen not in ("", "pyav", "ffmpeg"):
-        raise MediaError(f"AVSR_VIDEO_DECODER={chosen!r}: choose pyav or ffmpeg")
-    if chosen == "ffmpeg" or find_package("av") is None:
-        return "ffmpeg"
-    return "pyav"
-
-
-# The display matrix of an upright video (AV_PKT_DATA_DISPLAYMATRIX: 16.16 fixed point, 2.30 in the corner).
-_UPRIGHT = np.array([1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30], "<i4").tobytes()
-
-
-def _iter_video_pyav(
-    path: str | os.PathLike, url: str, fps: float, size: tuple[int, int]
-) -> Iterator[np.ndarray] | None:
-    """`iter_video` in-process through PyAV, with the filters the ffmpeg command runs (fps, then a bicubic
-    scale into rgb24, on timestamps counted from the file's start as the command counts them); None when the
-    video carries a rotation or flip (the command's autorotate filters are not rebuilt here)."""
-    import av
-
-    height, width = size
-    try:
-        container = av.open(url)  # the file: URL (`_url`): names such as a:b.mp4 are not protocols
-    except av.FFmpegError as e:
-        raise _av_error(path, e) from None
-    try:
-        if not container.streams.video:
-            raise MediaError(f"{display_name(path)}: has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame and slice threads, as the command's -threads
-        stream.codec_context.thread_count = cpu_threads()
-        decoded = _decoded_frames(container, stream, path)
-        first = next(decoded, None)
-        if first is None:
-            container.close()
-            return iter(())
-        if any(sd.type.name == "DISPLAYMATRIX" and bytes(sd) != _UPRIGHT for sd in first.side_data):
-            container.close()
-            return None
-    except BaseException:
-        container.close()
-        raise
-    return _filtered(container, stream, first, decoded, fps, width, height, path)
-
-
-def _decoded_frames(container, stream, path) -> Iterator:
-    """Decoded frames, timestamps shifted as ffmpeg's command shifts them (minus the file's start time);
-    packets the decoder rejects are skipped, as the command skips them."""
-    import av
-
-    offset = _start_offset(container, stream)
-    try:
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.InvalidDataError:
-                continue
-            for frame in frames:
-                if frame.pts is not None:
-                    frame.pts -= offset
-                yield frame
-    except av.FFmpegError as e:
-        raise _av_error(path, e) from None
-
-
-def _filtered(container, stream, first, decoded, fps, width, height, path) -> Iterator[np.ndarray]:
-    """The frames through fps -> scale -> rgb24, as many as ffmpeg's command writes: its constant-rate output
-    counts from the file's start (a video that starts late opens with copies of its first frame) and ends as
-    `_output_frames` says."""
-    import av
-
-    with container:
-        graph = av.filter.Graph()
-        graph.threads = cpu_threads()
-        chain = [
-            graph.add_buffer(template=stream),
-            graph.add("fps", str(fps)),
-            # flags=bicubic: what ffmpeg's command gives the filters it builds (its default sws_flags)
-            graph.add("scale", f"{width}:{height}:flags=bicubic"),
-            graph.add("format", "rgb24"),
-            graph.add("buffersink"),
-        ]
-        for a, b in zip(chain, chain[1:], strict=False):
-            a.link_to(b)
-        graph.configure()
-
-        def drain() -> Iterator[np.ndarray]:
-            while True:
-                try:
-                    out = graph.pull()
-                except (av.BlockingIOError, av.EOFError):
-                    return
-                array = out.to_ndarray()
-                array.flags.writeable = False  # as the pipe's frames; a frame may be yielded twice
-                yield array
-
-        count, last, end = 0, None, None
-        lead = _frames_before(first.pts, stream.time_base, fps)
-        step = _frame_step(stream)
-        try:
-            for frame in itertools.chain([first], decoded):
-                graph.push(frame)
-                if frame.pts is not None:
-                    end = frame.pts + step
-                for last in drain():
-                    for _ in range(1 + lead if count == 0 else 1):
-                        count += 1
-                        yield last
-            graph.push(None)  # end of stream: the fps filter emits what it still holds
-            total = _output_frames(container, stream, end, fps)
-            for last in drain():
-                if total is not None and count >= total:
-                    break
-                count += 1
-                yield last
-        except av.FFmpegError as e:
-            raise _av_error(path, e) from None
-        for _ in range(total - count if total is not None and last is not None else 0):
-            yield last
-
-
-def _frame_step(stream) -> int:
-    """One frame at the codec's frame rate, in the stream's time base (0 when no rate is known)."""
-    rate = stream.codec_context.framerate or stream.guessed_rate or stream.base_rate
-    return round(1 / (Fraction(rate) * Fraction(stream.time_base))) if rate else 0
-
-
-def _output_frames(container, stream, end: int | None, fps: float) -> int | None:
-    """How many frames ffmpeg's command writes: up to the end of the stream, the later of its last frame plus
-    one frame at the codec's rate and the end the container gives the stream, counted from the file's start
-    (measured against ffmpeg 5.1's command on variable-rate, late-starting and edited streams)."""
-    if stream.duration is not None and stream.start_time is not None:
-        listed = stream.start_time + stream.duration - _start_offset(container, stream)
-        end = listed if end is None else max(end, listed)
-    return None if end is None else _frames_before(end, stream.time_base, fps)
-
-
-def _frames_before(pts: int | None, time_base, fps: float) -> int:
-    """Output frames of a constant `fps` before time `pts` (ffmpeg's fps filter rounds to the nearest frame,
-    halves away from zero)."""
-    if pts is None or pts <= 0:
-        return 0
-    t = Fraction(pts) * Fraction(time_base) * Fraction(fps).limit_denominator(1001)
-    return int(t.numerator * 2 + t.denominator) // (2 * t.denominator)
-
-
-def _start_offset(container, stream) -> int:
-    """Where ffmpeg's command starts counting the stream's timestamps, in the stream's time base: the file's
-    start time; for formats with timestamp discontinuities (MPEG-TS/PS), the start of the streams it decodes
-    when that is later (fftools/ffmpeg.c, "Correcting starttime based on the enabled streams")."""
-    start = Fraction(container.start_time, 1_000_000) if container.start_time is not None else Fraction(0)
-    if container.format.flags & _AVFMT_TS_DISCONT and stream.start_time is not None:
-        start = max(start, stream.start_time * Fraction(stream.time_base))
-    return round(start / Fraction(stream.time_base))
-
-
-_AVFMT_TS_DISCONT = 0x0200  # libavformat/avformat.h
-
-
-def _av_error(path: str | os.PathLike, error) -> MediaError:
-    """MediaError from a PyAV error, worded as `_error` words the command's."""
-    detail = getattr(error, "strerror", None) or str(error)
-    return MediaError(f"{display_name(path)}: cannot read media file ({detail})")
-
-
-def _iter_video_ffmpeg(
-    path: str | os.PathLike, url: str, fps: float, size: tuple[int, int]
-) -> Iterator[np.ndarray]:
-    height, width = size
-    args = ["-nostdin", "-hide_banner", "-loglevel", "error", "-threads", str(cpu_threads())]
-    args += ["-i", url, "-map", "0:v:0"]
-    args += ["-vf", f"fps={fps},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    for buf in _pipe_reads(path, url, "video", args, height * width * 3, whole=True):
-        yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-
-
-def _widen_pipe(pipe, frame_bytes: int) -> None:
-    """Let ffmpeg write a whole frame ahead (Linux pipes hold 64 KiB by default; up to pipe-max-size, 1 MiB
-    unless raised): it decodes the next frame while we work on this one (crops of a 224x224 video: 1.1x)."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system
-        return
-    size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if size is not None:
-        try:
-            fcntl.fcntl(pipe.fileno(), size, min(frame_bytes, 1 << 20))
-        except OSError:  # above this user's pipe-max-size: keep the default
-            pass
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 16000) -> Path:
+    """Write mono float audio as 16-bit PCM WAV, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        soundfile.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
+    return path
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Read the streams of `path`: a WAV or FLAC header in-process, anything else with ffprobe, or by parsing
     ``ffmpeg -i`` when ffprobe is absent."""
-    url = _url(path)
+    url = input_url(path)
     sound = _sound_file_info(path)
     ffprobe = None if sound is not None else find_ffprobe()
     if sound is not None:

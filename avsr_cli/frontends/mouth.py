@@ -11,9 +11,9 @@ transform of auto_avsr's datamodule/transforms.py (`VideoTransform("test")`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import subprocess
-import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -25,9 +25,12 @@ import numpy as np
 
 from ..errors import MediaError
 from ..runtime import cpu_threads, helper_thread
-from ..storage import atomic_open, atomic_path
-from .face import BACKENDS, Backend, FaceTracker, detect_faces, interpolate_landmarks, make_backend, to_gray
-from .media import SAMPLES_PER_FRAME, VIDEO_FPS, MediaInfo, find_ffmpeg, iter_video, load_audio, probe
+from ..storage import atomic_open
+from .assets import load_mean_face
+from .face import FaceTracker, detect_faces, interpolate_landmarks
+from .face_backends import BACKENDS, Backend, make_backend
+from .media import VIDEO_FPS, MediaInfo, probe
+from .video import VideoWriter, iter_video
 
 # auto_avsr preparation/detectors/retinaface/video_process.py (VideoProcess and its affine_transform):
 STABLE_POINTS = (28, 33, 36, 39, 42, 45, 48, 54)  # nose ridge and base, eye corners, mouth corners
@@ -140,7 +143,7 @@ def smooth_landmarks(landmarks: np.ndarray, window: int = WINDOW) -> np.ndarray:
 def align_transform(points: np.ndarray, mean_face: np.ndarray) -> np.ndarray:
     """2x3 similarity transform taking the stable points onto the mean face's (cv2 LMEDS fit, as auto_avsr's
     estimate_affine_transform; the mean face's frame is the target frame, so no offset is added)."""
-    import cv2
+    import cv2  # lazy: OpenCV is in the video extra, and costs 0.3 s to import
 
     src = points[list(STABLE_POINTS)].astype(np.float64)
     dst = mean_face[list(STABLE_POINTS)].astype(np.float64)
@@ -155,7 +158,7 @@ def align_transform(points: np.ndarray, mean_face: np.ndarray) -> np.ndarray:
 def crop_mouth(frame: np.ndarray, m: np.ndarray, mouth_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Warp a frame (RGB or grey) into the aligned 256x256 face (bilinear, black border) and cut the 96x96
     square centred on the mean of the transformed mouth points; returns (crop, centre)."""
-    import cv2
+    import cv2  # lazy: OpenCV is in the video extra, as in align_transform
 
     aligned = cv2.warpAffine(frame, m, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
@@ -308,8 +311,6 @@ def mouth_frames(
     also write the frames with landmarks and crop square drawn there (mp4). Raises MediaError (one line naming
     the file) when the video cannot be read or shows no face.
     """
-    from .assets import load_mean_face
-
     mean_face = load_mean_face(options.mean_face)
     backend = backend or make_backend(options.backend)
     info = probe(video_path)
@@ -357,20 +358,26 @@ def mouth_frames(
     finally:
         if stream is not None and stream.writer is not None:
             stream.writer.abort()
+    timings = {"track+crop": tracked - began, "second pass": time.perf_counter() - tracked}
+    return _results(video_path, stream, size, rotation, backend.name, timings)
+
+
+def _results(video_path, stream: _CropStream, size, rotation: int, backend: str, timings: dict):
+    """`mouth_frames`' crops and `MouthInfo` from a finished crop stream, with its warnings."""
     face = stream.tracker.result()
     n = len(stream.crops)
     result = MouthInfo(
         path=Path(video_path),
         frame_size=size if rotation in (0, 180) else size[::-1],
         rotation=rotation,
-        backend=backend.name,
+        backend=backend,
         found=face.found[:n],
         landmarks=np.array(stream.filled[:n]).reshape(n, 68, 2),
         transforms=np.array(stream.transforms).reshape(n, 2, 3),
         centres=np.array(stream.centres).reshape(n, 2),
         detections=face.detections,
         max_faces=face.max_faces,
-        timings={"track+crop": tracked - began, "second pass": time.perf_counter() - tracked},
+        timings=timings,
     )
     if face.max_faces > 1:
         result.warnings.append(
@@ -385,7 +392,7 @@ def mouth_frames(
 
 def _overlay(frame, points, found, m, centre) -> np.ndarray:
     """The frame with its landmarks (green: fitted, orange: interpolated) and the crop square (red)."""
-    import cv2
+    import cv2  # lazy: OpenCV is in the video extra, as in align_transform
 
     image = np.ascontiguousarray(frame).copy()
     colour = (0, 255, 0) if found else (255, 160, 0)
@@ -398,141 +405,6 @@ def _overlay(frame, points, found, m, centre) -> np.ndarray:
     corners = square @ inv[:, :2].T + inv[:, 2]
     cv2.polylines(image, [np.round(corners).astype(np.int32)], True, (255, 0, 0), radius)
     return image
-
-
-def aligned_audio(path: str | os.PathLike, n_frames: int) -> np.ndarray | None:
-    """16 kHz mono audio cut or zero-padded to 640 samples per video frame (Llama-AVSR av_dataset.py
-    cut_or_pad to len(video) * 640); None when the file has no audio stream."""
-    if not probe(path).has_audio:
-        return None
-    audio = load_audio(path)[: n_frames * SAMPLES_PER_FRAME]
-    return np.pad(audio, (0, n_frames * SAMPLES_PER_FRAME - len(audio)))
-
-
-class VideoWriter:
-    """Frames piped to ffmpeg (H.264, yuv420p, 25 fps) into a temporary file renamed to `path` by `close`;
-    `abort` (after close, a no-op) removes it, so no partial file is ever left under `path`."""
-
-    def __init__(self, path: str | os.PathLike, width: int, height: int, pix_fmt: str = "gray") -> None:
-        self.path = Path(path)
-        exe = find_ffmpeg()
-        if exe is None:
-            raise MediaError(f"{path}: cannot encode, ffmpeg not found")
-        self._output = atomic_path(self.path, ".part")  # committed by close, discarded by abort
-        self.tmp = self._output.__enter__()
-        self.err = tempfile.TemporaryFile()
-        args = [exe, "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", pix_fmt,
-                "-s", f"{width}x{height}", "-r", str(VIDEO_FPS), "-i", "-",
-                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
-                "-crf", "17", "-pix_fmt", "yuv420p", "-f", "mp4", self.tmp]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self.err)
-        self.done = False
-
-    def write(self, frame: np.ndarray) -> None:
-        try:
-            self.proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
-        except BrokenPipeError:
-            self._fail()
-
-    def _fail(self) -> None:
-        self.proc.wait()
-        self.err.seek(0)
-        lines = self.err.read().decode(errors="replace").strip().splitlines()
-        raise MediaError(f"{self.path}: cannot write video" + (f" ({lines[-1]})" if lines else ""))
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        if self.proc.wait() != 0:
-            self._fail()
-        self._output.__exit__(None, None, None)
-        self.done = True
-        self.err.close()
-
-    def abort(self) -> None:
-        if self.done:
-            return
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        aborted = MediaError(f"{self.path}: not written")
-        self._output.__exit__(MediaError, aborted, None)  # removes the temporary file
-        self.err.close()
-        self.done = True
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray) -> Path:
-    """Write (T, H, W) grey or (T, H, W, 3) RGB uint8 frames as an H.264 mp4 at 25 fps, atomically."""
-    frames = np.asarray(frames, np.uint8)
-    writer = VideoWriter(path, frames.shape[2], frames.shape[1], "rgb24" if frames.ndim == 4 else "gray")
-    try:
-        for frame in frames:
-            writer.write(frame)
-        writer.close()
-    finally:
-        writer.abort()
-    return Path(path)
-
-
-def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 16000) -> Path:
-    """Write mono float audio as 16-bit PCM WAV, atomically."""
-    import soundfile as sf
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
-    return path
-
-
-def contact_sheet(crops: np.ndarray, columns: int = 10, count: int = 40) -> np.ndarray:
-    """A grid image of `count` crops evenly spread over the clip, for a look at the crops."""
-    index = np.linspace(0, len(crops) - 1, min(count, len(crops))).round().astype(int)
-    tiles = list(crops[index]) + [np.zeros_like(crops[0])] * (-len(index) % columns)
-    rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
-    return np.vstack(rows)
-
-
-@dataclass
-class CropResult:
-    video: Path
-    wav: Path | None
-    overlay: Path | None
-    sheet: Path | None
-    info: MouthInfo
-
-
-def crop_mouth_file(
-    video_path: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    options: MouthOptions = MouthOptions(),
-    backend: Backend | None = None,
-    debug_overlay: bool = False,
-    gray: bool = False,
-) -> CropResult:
-    """Write <stem>_mouth.mp4 (96x96 RGB, as auto_avsr saves them; grey with `gray`, 25 fps) and <stem>.wav
-    (16 kHz mono, 640 samples a frame) into `output_dir`; with debug_overlay also <stem>_overlay.mp4
-    (landmarks and crop square on the frames) and <stem>_crops.png (a contact sheet). Every file is written
-    atomically."""
-    from PIL import Image
-
-    out, stem = Path(output_dir), Path(video_path).stem
-    overlay = out / f"{stem}_overlay.mp4" if debug_overlay else None
-    crops, info = mouth_frames(video_path, options, backend, overlay)
-    if gray:
-        crops = np.stack([to_gray(c) for c in crops]) if len(crops) else crops[..., 0]
-    video = write_video(out / f"{stem}_mouth.mp4", crops)
-    audio = aligned_audio(video_path, len(crops))
-    wav = write_wav(out / f"{stem}.wav", audio) if audio is not None else None
-    if audio is None:
-        info.warnings.append("no audio stream: no .wav written")
-    sheet = None
-    if debug_overlay:
-        sheet = out / f"{stem}_crops.png"
-        with atomic_path(sheet) as tmp:
-            Image.fromarray(contact_sheet(crops)).save(tmp, format="PNG")
-    return CropResult(video, wav, overlay, sheet, info)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -556,9 +428,6 @@ def cached_mouth_frames(
     The key covers the file (absolute path, size, mtime) and every option that changes the crops, so models
     and modes share crops and a changed file or option is cropped again. Files are `.npz` (no pickle).
     """
-    import hashlib
-    import json
-
     if cache_dir is None:
         crops, info = mouth_frames(video_path, options, backend)
         return crops, info.found, info.warnings

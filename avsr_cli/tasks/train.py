@@ -230,7 +230,7 @@ class FeatureCache:
         return out
 
     def _item(self, item: Item, modalities: Sequence[str]) -> dict[str, torch.Tensor]:
-        from ..frontends.mouth import aligned_audio
+        from ..frontends.media import aligned_audio
 
         frames: dict[str, torch.Tensor] = {}
         if "video" in modalities:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AvsrError, MediaError
-from ..frontends.face import BACKENDS
+from ..frontends.face_backends import BACKENDS
 from ..frontends.features import SAMPLE_RATE
 from ..frontends.media import VIDEO_FPS
-from ..frontends.segmentation import VadOptions
+from ..frontends.vad import VadOptions
 from ..modeling.config import MODES
 from ..modeling.decoding import DecodingOptions
 from ..modeling.model import AVSRModel, Hypothesis, ModalityInputs
@@ -312,7 +312,8 @@ class Transcriber:
                 yield list(range(len(job.chunks)))
             return
         from ..frontends.media import iter_audio
-        from ..frontends.segmentation import ChunkOptions, StreamSegmenter
+        from ..frontends.segmentation import ChunkOptions
+        from ..frontends.stream_segmenter import StreamSegmenter
 
         max_chunk = options.max_chunk or self.model.config.chunk_seconds
         segmenter = StreamSegmenter(options.vad, ChunkOptions(max_chunk, merge_gap=options.merge_gap))
@@ -529,7 +530,8 @@ def load_media(
     """
     if mode == "asr":
         return _audio_input(str(path), audio_path or path, whole_seconds)
-    from ..frontends.mouth import MouthOptions, aligned_audio, cached_mouth_frames, shared_backend
+    from ..frontends.media import aligned_audio
+    from ..frontends.mouth import MouthOptions, cached_mouth_frames, shared_backend
 
     mouth = MouthOptions(backend=options.face_backend, detect_every=options.detect_every)
     backend = shared_backend(options.face_backend)
