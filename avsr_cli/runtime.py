@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 _chosen: int | None = None
 
@@ -62,6 +63,8 @@ def set_cpu_threads(threads: int | None = None) -> int:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(_chosen)
         return _chosen
+    # lazy: torch is loaded by now (checked above); at the top it would load before OMP_NUM_THREADS is set,
+    # and in every command, those that never need torch included
     import torch
 
     torch.set_num_threads(_chosen)
@@ -74,7 +77,7 @@ def set_cpu_threads(threads: int | None = None) -> int:
 
 def cuda_device_for(local_rank: int) -> str:
     """The device of a torchrun rank with --device auto: its own GPU when there are GPUs, else the CPU."""
-    import torch
+    import torch  # lazy: as in set_cpu_threads, torch loads only after the thread count is set
 
     return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
 
@@ -85,8 +88,6 @@ _helpers: dict = {}
 def helper_thread(name: str):
     """A one-thread executor for side work beside the main thread (mouth crops, face detection ahead), made
     once per process and name. Use it only when cpu_threads() > 1: it is a thread more on the cores."""
-    from concurrent.futures import ThreadPoolExecutor
-
     if name not in _helpers:
         _helpers[name] = ThreadPoolExecutor(1, thread_name_prefix=f"avsr-{name}")
     return _helpers[name]

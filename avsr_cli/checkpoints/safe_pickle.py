@@ -16,6 +16,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 
 from ..errors import CheckpointError
@@ -84,8 +85,6 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         if module == "numpy.dtypes" and name.endswith("DType"):  # numpy >= 1.25 pickles dtypes by class
-            import numpy
-
             cls = getattr(importlib.import_module(module), name, None)
             if isinstance(cls, type) and issubclass(cls, numpy.dtype):
                 return cls

@@ -350,8 +350,6 @@ def video_model_input(crops: np.ndarray):
     datamodule/transforms.py VideoTransform("test"): x / 255, the centre 88x88, grey in float (GRAY_WEIGHTS),
     normalised with mean 0.421 and std 0.165. Takes (T, 96, 96, 3) RGB crops (as the released data were
     saved) or (T, 96, 96) grey ones (already grey: used as they are), uint8."""
-    import torch
-
     x = torch.as_tensor(np.asarray(crops)).float() / 255.0
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
         raise ValueError(f"mouth crops must be (T, H, W, 3) or (T, H, W), got {tuple(x.shape)}")

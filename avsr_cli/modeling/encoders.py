@@ -92,6 +92,8 @@ class WhisperAudioEncoder(nn.Module):
 
     @classmethod
     def from_dir(cls, model_dir: Path, weights: Path | None = None) -> WhisperAudioEncoder:
+        # lazy: transformers takes a second or more to import; read_safetensors and the AV-HuBERT side of
+        # this module (conversion, video encoding) do not need it
         from transformers import WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 

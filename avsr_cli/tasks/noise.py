@@ -29,8 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
-from ..frontends.media import SAMPLE_RATE
+from ..errors import MediaError
+from ..frontends.media import SAMPLE_RATE, load_audio
 
 # ---------------------------------------------------------------------------------------------------- audio
 
@@ -129,9 +131,6 @@ def babble_noise(
 
 def load_noise(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """A noise recording as float32 mono at `sample_rate` (any format ffmpeg reads); MediaError if silent."""
-    from ..errors import MediaError
-    from ..frontends.media import load_audio
-
     noise = load_audio(path, sample_rate)
     if not np.any(noise):
         raise MediaError(f"{path}: the noise recording is empty or silent")
@@ -289,10 +288,6 @@ def _rectangle(frames: np.ndarray, fraction: float, rng: np.random.Generator) ->
 
 
 def _jpeg(frames: np.ndarray, quality: int) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("the jpeg occlusion needs Pillow: pip install pillow") from None
     out = np.empty_like(frames)
     for i, frame in enumerate(frames):
         buffer = io.BytesIO()

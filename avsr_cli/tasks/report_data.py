@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import soundfile as sf
+
 from ..errors import UsageError
 from .datasets import Item
 from .evaluate import CLEAN, EvaluateOptions, prepare_item, read_results
@@ -230,8 +232,6 @@ def check_comparable(runs: list[Run]) -> None:
 def audio_excerpt(run: Run, clip: Clip, seconds: float) -> str | None:
     """A data: URI of the clip's first `seconds` of audio as its condition heard it (noise mixed in at the
     condition's SNR, seeded as the run did); None when the media or the noise file cannot be read."""
-    import soundfile as sf
-
     options = run.summary["options"]
     noise = options.get("noise", "babble")
     noise = noise if noise in ("white", "babble") else str(run.paths.resolve(noise))

@@ -10,6 +10,7 @@ import json
 import math
 from html import escape
 from importlib.resources import files
+from pathlib import Path
 
 from ..version import __version__
 from .report_data import Clip, Run, condition_key, condition_label, finite
@@ -367,8 +368,6 @@ def _footer() -> str:
 
 def run_page(run: Run, worst: list[Clip], sources: list[str]) -> str:
     """The page of one run."""
-    from pathlib import Path
-
     model = run.info.get("model", "a model")
     dataset = Path(run.summary["dataset"]).name
     title = f"avsr evaluation: {model} on {dataset}"
@@ -435,8 +434,6 @@ def _comparison_table(runs: list[Run]) -> str:
 
 def comparison_page(runs: list[Run]) -> str:
     """One page for several runs of the same clips: facts side by side, WER per condition, shared plots."""
-    from pathlib import Path
-
     dataset = Path(runs[0].summary["dataset"]).name
     title = f"avsr evaluation: {len(runs)} runs on {dataset}"
     nav = _nav(

@@ -13,6 +13,10 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+# matplotlib is slow to import, but only the report imports this module and every page has plots
+import matplotlib
+from matplotlib.figure import Figure
+
 SVG_NS = "http://www.w3.org/2000/svg"
 # Okabe-Ito colours (told apart with colour blindness); the page's CSS marks S/D/I with the same three.
 ERROR_COLOURS = {"S": "#e69f00", "D": "#d55e00", "I": "#0072b2"}
@@ -49,17 +53,12 @@ class Bar:
 
 
 def _figure(width: float, height: float):
-    # Imported here: matplotlib takes a second to import and only the report needs it (`avsr --help` and
-    # every other command stay fast). Figure() draws with the Agg/SVG backends, never a GUI, no pyplot state.
-    from matplotlib.figure import Figure
-
+    # Figure() draws with the Agg/SVG backends, never a GUI, and keeps no pyplot state.
     return Figure(figsize=(width, height), layout="constrained")
 
 
 def _svg(fig, salt: str, titles: dict[str, str]) -> str:
     """The figure as an inline <svg> element (no XML prolog), a <title> added to each id in `titles`."""
-    import matplotlib
-
     buf = io.StringIO()
     rc = {"svg.hashsalt": f"avsr-{salt}", "svg.fonttype": "none", "svg.id": f"svg-{salt}"}
     with matplotlib.rc_context(rc):

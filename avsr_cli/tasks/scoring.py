@@ -24,6 +24,8 @@ from pathlib import Path
 
 import jiwer
 
+from ..storage import cache_root
+
 
 @dataclass(frozen=True)
 class Normalizer:
@@ -71,8 +73,6 @@ def whisper_spelling_files() -> list[Path]:
     Whisper tokenizer folders on the Hub carry it (transformers' WhisperTokenizer loads it as
     ``normalizer_file``); we look in the avsr cache and the Hugging Face hub cache, and download nothing.
     """
-    from ..storage import cache_root
-
     hub = Path(
         os.environ.get("HF_HUB_CACHE")
         or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
@@ -91,6 +91,8 @@ def whisper_normalizer(spelling_file: str | os.PathLike | None = None) -> Normal
     spelling_file: Whisper's `normalizer.json` (British->American spellings); None searches
     `whisper_spelling_files()` and, when none is found, runs with an empty map (said in the description).
     """
+    # lazy: transformers takes a second or more to import and only this normaliser needs it (scoring with
+    # the plain one, the report and the tests of the scorer stay light)
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
     if spelling_file is None:
