@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+OPTIONAL = ("mode_losses", "ctc_loss", "val")  # StepInfo fields a log record leaves out when None
+
 
 @dataclass(frozen=True)
 class StepInfo:
@@ -25,9 +27,6 @@ class StepInfo:
         """The step as a log record: the fields, those that do not apply (None) left out."""
         record = {f.name: getattr(self, f.name) for f in fields(self)}
         return {k: v for k, v in record.items() if v is not None or k not in OPTIONAL}
-
-
-OPTIONAL = ("mode_losses", "ctc_loss", "val")
 
 
 @dataclass(frozen=True)
