@@ -22,8 +22,9 @@ _API = {
     "DecodingOptions": "avsr_cli.modeling.decoding",
     "evaluate": "avsr_cli.tasks.evaluate",
     "EvaluateOptions": "avsr_cli.tasks.evaluate",
-    "train": "avsr_cli.tasks.train",
-    "TrainOptions": "avsr_cli.tasks.train",
+    "train": "avsr_cli.tasks.training.run",
+    "TrainOptions": "avsr_cli.tasks.training.options",
+    "TrainSetup": "avsr_cli.tasks.training.options",
     "download_model": "avsr_cli.checkpoints.download",
     "DownloadOptions": "avsr_cli.checkpoints.download",
     "load_checkpoint": "avsr_cli.checkpoints.loading",
@@ -35,6 +36,7 @@ __all__ = [
     "Result",
     "Segment",
     "TrainOptions",
+    "TrainSetup",
     "TranscribeOptions",
     "Transcriber",
     "__version__",
@@ -49,7 +51,8 @@ if TYPE_CHECKING:
     from .checkpoints.loading import load_checkpoint
     from .modeling.decoding import DecodingOptions
     from .tasks.evaluate import EvaluateOptions, evaluate
-    from .tasks.train import TrainOptions, train
+    from .tasks.training.options import TrainOptions, TrainSetup
+    from .tasks.training.run import train
     from .tasks.transcribe import Result, Segment, TranscribeOptions, Transcriber
 
 

@@ -103,7 +103,7 @@ def main() -> None:
 
     from avsr_cli.checkpoints.bases import offline_base_config
     from avsr_cli.tasks.evaluate import EvaluateOptions, evaluate
-    from avsr_cli.tasks.train import TrainOptions
+    from avsr_cli.tasks.training.options import TrainOptions
     from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
     from avsr_cli.tasks.writers import to_srt
 

@@ -13,7 +13,9 @@ from avsr_cli.frontends.media import load_audio
 from avsr_cli.modeling.model import AVSRModel
 from avsr_cli.tasks.datasets import Item
 from avsr_cli.tasks.evaluate import EvaluateOptions, prepare_item
-from avsr_cli.tasks.train import TrainOptions, encode_audio, fit
+from avsr_cli.tasks.training.features import encode_audio
+from avsr_cli.tasks.training.options import TrainOptions
+from avsr_cli.tasks.training.trainer import Trainer
 
 
 def train_checkpoint(
@@ -23,7 +25,7 @@ def train_checkpoint(
     torch.manual_seed(options.seed)
     model = build_model(config)
     frames = encode_audio(model, [load_audio(p) for p in audio_paths])
-    result = fit(model, frames, texts, options, Path(out_dir), resume=False)
+    result = Trainer(model, frames, texts, options, Path(out_dir)).run(resume=False)
     return model, result.losses
 
 

@@ -178,7 +178,7 @@ def test_evaluate_flags_match_evaluate_options():
 
 
 def test_train_flags_match_train_setup():
-    from avsr_cli.tasks.train import MOUTH_KEYS, TrainSetup
+    from avsr_cli.tasks.training.options import MOUTH_KEYS, TrainSetup
 
     fields = _fields(TrainSetup)
     for flag, field in MOUTH_KEYS.items():

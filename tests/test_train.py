@@ -18,7 +18,9 @@ from tiny import tiny_config
 from avsr_cli.errors import UsageError
 from avsr_cli.modeling.config import CompressionConfig
 from avsr_cli.tasks.datasets import load_dataset
-from avsr_cli.tasks.train import TrainOptions, TrainSetup, length_batches, train
+from avsr_cli.tasks.training.options import TrainOptions, TrainSetup
+from avsr_cli.tasks.training.run import train
+from avsr_cli.tasks.training.steps import length_batches
 
 TEXTS = ["one two", "three four five", "six", "seven eight", "nine ten eleven twelve", "zero"]
 
@@ -69,7 +71,7 @@ def test_loss_falls_and_the_checkpoint_loads(data, base, tmp_path):
     from avsr_cli.tasks.transcribe import Transcriber
 
     options = TrainOptions(max_steps=60, lr=1e-2, max_batch=6, audio_rates=[4])
-    result = train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
+    result = train(TrainSetup(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache"))
     assert result.steps == 60 and not result.failed
     assert np.mean(result.losses[-5:]) < 0.9 * np.mean(result.losses[:5]), result.losses[::10]
     t = Transcriber.from_checkpoint(tmp_path / "ck")
@@ -80,18 +82,21 @@ def test_loss_falls_and_the_checkpoint_loads(data, base, tmp_path):
 def test_interrupted_run_resumes_to_the_same_weights(data, base, tmp_path):
     options = TrainOptions(epochs=4, lr=5e-3, max_batch=2, save_every=3, seed=3)
     cache = tmp_path / "cache"
-    full = train(data, tmp_path / "full", options, base=base, feature_cache=cache)
+    full = train(TrainSetup(data, tmp_path / "full", options, base=base, feature_cache=cache))
 
     class Killed(Exception):
         pass
 
     def kill_at_step_7(info):
-        if info["step"] == 7:
+        if info.step == 7:
             raise Killed
 
     with pytest.raises(Killed):
-        train(data, tmp_path / "cut", options, base=base, feature_cache=cache, on_step=kill_at_step_7)
-    resumed = train(data, tmp_path / "cut", options, base=base, feature_cache=cache)
+        train(
+            TrainSetup(data, tmp_path / "cut", options, base=base, feature_cache=cache),
+            on_step=kill_at_step_7,
+        )
+    resumed = train(TrainSetup(data, tmp_path / "cut", options, base=base, feature_cache=cache))
     assert resumed.resumed_from == 6  # the last state saved before the interruption (every 3 steps)
     assert resumed.steps == full.steps == 12
     assert resumed.losses == pytest.approx(full.losses, rel=1e-5)
@@ -104,10 +109,10 @@ def test_interrupted_run_resumes_to_the_same_weights(data, base, tmp_path):
 def test_feature_cache_is_reused_and_invalidated(data, base, tmp_path):
     cache = tmp_path / "cache"
     options = TrainOptions(max_steps=1, audio_rates=[4])
-    train(data, tmp_path / "a", options, base=base, feature_cache=cache)
+    train(TrainSetup(data, tmp_path / "a", options, base=base, feature_cache=cache))
     files = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert len(files) == len(TEXTS)
-    train(data, tmp_path / "b", options, base=base, feature_cache=cache, resume=False)
+    train(TrainSetup(data, tmp_path / "b", options, base=base, feature_cache=cache, resume=False))
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == files
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -115,13 +120,13 @@ def test_feature_cache_is_reused_and_invalidated(data, base, tmp_path):
         (copy / p.name).write_bytes(p.read_bytes())
     audio, sr = sf.read(copy / "c0.wav")
     sf.write(copy / "c0.wav", audio[: len(audio) // 2], sr)  # a changed file is encoded again
-    train(copy, tmp_path / "c", options, base=base, feature_cache=cache)
+    train(TrainSetup(copy, tmp_path / "c", options, base=base, feature_cache=cache))
     assert len(list(cache.iterdir())) == 2 * len(TEXTS)
 
 
 def test_checkpoint_is_the_average_of_the_last_epochs(data, base, tmp_path):
     options = TrainOptions(epochs=3, lr=5e-3, max_batch=3, average_last=2)
-    train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
+    train(TrainSetup(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache"))
     epochs = [load_file(str(p)) for p in sorted((tmp_path / "ck" / "epochs").glob("epoch*.safetensors"))]
     assert len(epochs) == 3
     final = _adapter(tmp_path / "ck")
@@ -137,7 +142,7 @@ def test_multi_rate_training_trains_every_rate(data, base, tmp_path):
     from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
 
     options = TrainOptions(max_steps=12, lr=1e-2, max_batch=6)  # rates: the base's 2 and 4
-    train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
+    train(TrainSetup(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache"))
     log = [json.loads(line) for line in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
     assert {r for row in log for r in row["rates"]} == {2, 4}  # one rate drawn per step (Omni-AVSR)
     t = Transcriber.from_checkpoint(tmp_path / "ck")
@@ -148,7 +153,9 @@ def test_multi_rate_training_trains_every_rate(data, base, tmp_path):
 
 def test_validation_reports_wer(data, base, tmp_path):
     options = TrainOptions(epochs=2, max_batch=3, val_limit=2)
-    result = train(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c")
+    result = train(
+        TrainSetup(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c")
+    )
     assert [v["epoch"] for v in result.validations] == [0, 1]
     assert all(v["clips"] == 2 and v["wer"] >= 0 for v in result.validations)
 
@@ -174,7 +181,7 @@ def test_steps_attend_eagerly_in_bf16_and_validation_decodes_as_transcribe_does(
     )
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", spy("sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"]))
     options = TrainOptions(epochs=1, max_batch=3, val_limit=2, precision="bf16")
-    train(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c")
+    train(TrainSetup(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c"))
     eager = {call[1:] for call in calls if call[0] == "eager"}
     sdpa = {call[1:] for call in calls if call[0] == "sdpa"}
     # every training step's forward, and only those, with the frozen weights cast once for bf16
@@ -188,7 +195,7 @@ def test_select_best_takes_the_epoch_with_the_lowest_validation_wer(data, base, 
 
     options = TrainOptions(epochs=3, max_batch=3, val_limit=2, lr=5e-3)
     ck = tmp_path / "ck"
-    train(data, ck, options, base=base, val_data=data, feature_cache=tmp_path / "c")
+    train(TrainSetup(data, ck, options, base=base, val_data=data, feature_cache=tmp_path / "c"))
     epochs = sorted((ck / "epochs").glob("epoch*.safetensors"))
     assert _adapter(ck).keys() == load_file(str(epochs[2])).keys()
     for k, v in _adapter(ck).items():
@@ -202,14 +209,14 @@ def test_select_best_takes_the_epoch_with_the_lowest_validation_wer(data, base, 
     state["validations"] = json.dumps(validations)
     torch.save(state, ck / "train_state.pt")
     best = TrainOptions(epochs=3, max_batch=3, val_limit=2, lr=5e-3, select="best")
-    result = train(data, ck, best, base=base, val_data=data, feature_cache=tmp_path / "c")
+    result = train(TrainSetup(data, ck, best, base=base, val_data=data, feature_cache=tmp_path / "c"))
     assert result.resumed_from == result.steps and result.selected == [0]  # nothing left to train
     first = load_file(str(epochs[0]))
     for k, v in _adapter(ck).items():
         torch.testing.assert_close(v, first[k])
     assert not torch.equal(first[k], load_file(str(epochs[2]))[k])
     with pytest.raises(UsageError, match="needs validation data"):
-        train(data, tmp_path / "x", TrainOptions(select="best"), base=base)
+        train(TrainSetup(data, tmp_path / "x", TrainOptions(select="best"), base=base))
 
 
 def test_a_run_stopped_inside_its_epoch_validates_it(data, base, tmp_path):
@@ -217,8 +224,10 @@ def test_a_run_stopped_inside_its_epoch_validates_it(data, base, tmp_path):
     (so select "best" has it to choose); only the val_limit clips validation decodes are encoded."""
     encoded = []
     options = TrainOptions(max_steps=2, max_batch=2, val_limit=2, select="best")
-    result = train(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c",
-                   on_encode=lambda done, total: encoded.append(total))  # fmt: skip
+    result = train(
+        TrainSetup(data, tmp_path / "ck", options, base=base, val_data=data, feature_cache=tmp_path / "c"),
+        on_encode=lambda done, total: encoded.append(total),
+    )
     assert result.steps == 2 and result.selected == [0]
     assert [(v["step"], v["epoch"], v["clips"]) for v in result.validations] == [(2, 0, 2)]
     assert encoded[-1] == len(load_dataset(data).items) + 2
@@ -229,26 +238,34 @@ def test_base_from_parts_reads_the_widths_from_their_configs(data, tiny_dirs, tm
 
     whisper_dir, llm_dir = tiny_dirs
     base = f"audio={whisper_dir},llm={llm_dir}"
-    result = train(data, tmp_path / "ck", TrainOptions(max_steps=2), base=base, feature_cache=tmp_path / "c")
+    result = train(
+        TrainSetup(data, tmp_path / "ck", TrainOptions(max_steps=2), base=base, feature_cache=tmp_path / "c")
+    )
     assert result.steps == 2
     config = ModelConfig.load(tmp_path / "ck" / "config.json")
     assert (config.audio_encoder.dim, config.llm.hidden_size) == (32, 64)  # the tiny models' widths
     assert config.compression.audio_rates == [3] and config.lora.r == 2  # Llama-AVSR: K=3, r = 64/32
     assert config.video_encoder is None and config.modes == ["asr"]
     with pytest.raises(UsageError, match="unknown part vision"):
-        train(data, tmp_path / "x", TrainOptions(), base=f"vision={whisper_dir},llm={llm_dir}")
+        train(TrainSetup(data, tmp_path / "x", TrainOptions(), base=f"vision={whisper_dir},llm={llm_dir}"))
     with pytest.raises(UsageError, match="no d_model: not a Whisper model"):
-        train(data, tmp_path / "x", TrainOptions(), base=f"audio={llm_dir},llm={llm_dir}")
+        train(TrainSetup(data, tmp_path / "x", TrainOptions(), base=f"audio={llm_dir},llm={llm_dir}"))
 
 
 def test_bad_settings_are_clear_errors(data, base, tiny_ckpt, tmp_path):
     with pytest.raises(UsageError, match="unknown base 'nope'"):
-        train(data, tmp_path / "x", TrainOptions(), base="nope")
+        train(TrainSetup(data, tmp_path / "x", TrainOptions(), base="nope"))
     with pytest.raises(UsageError, match="rates \\[8\\] not among the model's audio rates \\[4\\]"):
         options = TrainOptions(audio_rates=[8], max_steps=1)  # fine-tuning keeps the checkpoint's projectors
-        train(data, tmp_path / "x", options, init_checkpoint=str(tiny_ckpt), feature_cache=tmp_path / "c")
+        train(
+            TrainSetup(data, tmp_path / "x", options, checkpoint=str(tiny_ckpt), feature_cache=tmp_path / "c")
+        )
     with pytest.raises(UsageError, match="video encoder"):
-        train(data, tmp_path / "x", TrainOptions(mode="vsr", max_steps=1), base=base, feature_cache=tmp_path)
+        train(
+            TrainSetup(
+                data, tmp_path / "x", TrainOptions(mode="vsr", max_steps=1), base=base, feature_cache=tmp_path
+            )
+        )
     cfg = tmp_path / "t.toml"
     cfg.write_text('data = "x"\nlearning_rate = 1\n')
     with pytest.raises(UsageError, match="unknown train settings learning_rate"):
@@ -276,7 +293,7 @@ def test_fine_tuning_may_add_lora_modules_which_start_at_zero(data, tiny_ckpt, t
     cache = tmp_path / "cache"
     # lr 0: one step leaves every weight as it was, so the checkpoint is the start of a widened run
     still = TrainOptions(max_steps=1, lr=0.0, audio_rates=[4], lora_targets=widened)
-    train(data, tmp_path / "still", still, init_checkpoint=str(tiny_ckpt), feature_cache=cache)
+    train(TrainSetup(data, tmp_path / "still", still, checkpoint=str(tiny_ckpt), feature_cache=cache))
     old, new = _adapter(tiny_ckpt), _adapter(tmp_path / "still")
     assert all(torch.equal(old[k], new[k]) for k in old)
     added = sorted(k for k in new if k not in old)
@@ -287,14 +304,14 @@ def test_fine_tuning_may_add_lora_modules_which_start_at_zero(data, tiny_ckpt, t
     assert Transcriber.from_checkpoint(tmp_path / "still").transcribe(data / "c0.wav").text == before
 
     moving = TrainOptions(max_steps=3, lr=1e-2, audio_rates=[4], lora_targets=widened)
-    train(data, tmp_path / "moving", moving, init_checkpoint=str(tiny_ckpt), feature_cache=cache)
+    train(TrainSetup(data, tmp_path / "moving", moving, checkpoint=str(tiny_ckpt), feature_cache=cache))
     trained = _adapter(tmp_path / "moving")
     assert all(trained[k].any() for k in added if k.endswith("lora_B"))
     assert json.loads((tmp_path / "moving" / "config.json").read_text())["lora"]["target_modules"] == widened
 
     with pytest.raises(UsageError, match="checkpoint's LoRA is on q_proj, v_proj"):
         dropped = TrainOptions(max_steps=1, audio_rates=[4], lora_targets=["o_proj"])
-        train(data, tmp_path / "x", dropped, init_checkpoint=str(tiny_ckpt), feature_cache=cache)
+        train(TrainSetup(data, tmp_path / "x", dropped, checkpoint=str(tiny_ckpt), feature_cache=cache))
 
 
 def test_auxiliary_ctc_trains_the_projector_alongside_the_llm_loss(data, base, tmp_path):
@@ -302,7 +319,9 @@ def test_auxiliary_ctc_trains_the_projector_alongside_the_llm_loss(data, base, t
     runs = {}
     for weight in (0.0, 1.0):
         options = TrainOptions(max_steps=30, lr=1e-2, max_batch=6, audio_rates=[4], ctc_weight=weight)
-        runs[weight] = train(data, tmp_path / f"w{weight}", options, base=base, feature_cache=cache)
+        runs[weight] = train(
+            TrainSetup(data, tmp_path / f"w{weight}", options, base=base, feature_cache=cache)
+        )
     log = [json.loads(line) for line in (tmp_path / "w1.0" / "train_log.jsonl").read_text().splitlines()]
     ctc = [entry["ctc_loss"] for entry in log]
     assert len(ctc) == 30 and np.mean(ctc[-5:]) < 0.8 * np.mean(ctc[:5]), ctc[::5]
@@ -359,21 +378,30 @@ def test_cli_with_config_file_and_flag_override(data, base, tmp_path):
 def test_bf16_autocast_trains_and_saves_float32(data, base, tmp_path):
     """`--precision bf16` (the reference's GPU setting) runs under CPU autocast too; weights stay float32."""
     options = TrainOptions(max_steps=30, lr=1e-2, max_batch=6, audio_rates=[4], precision="bf16")
-    result = train(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache")
+    result = train(TrainSetup(data, tmp_path / "ck", options, base=base, feature_cache=tmp_path / "cache"))
     assert np.mean(result.losses[-5:]) < 0.9 * np.mean(result.losses[:5]), result.losses[::5]
     assert all(v.dtype == torch.float32 for v in _adapter(tmp_path / "ck").values())
     assert result.precision == "bf16"
     # auto: bf16 where oneDNN has bf16 kernels (an AVX512-BF16 CPU: 1.43x a step), fp32 elsewhere
-    auto = train(data, tmp_path / "auto", TrainOptions(max_steps=1, audio_rates=[4]), base=base,
-                 feature_cache=tmp_path / "cache")  # fmt: skip
+    auto = train(
+        TrainSetup(
+            data,
+            tmp_path / "auto",
+            TrainOptions(max_steps=1, audio_rates=[4]),
+            base=base,
+            feature_cache=tmp_path / "cache",
+        )
+    )
     assert auto.precision == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
     with pytest.raises(UsageError, match="unknown precision 'fp8'"):
         train(
-            data,
-            tmp_path / "x",
-            TrainOptions(max_steps=1, precision="fp8"),
-            base=base,
-            feature_cache=tmp_path,
+            TrainSetup(
+                data,
+                tmp_path / "x",
+                TrainOptions(max_steps=1, precision="fp8"),
+                base=base,
+                feature_cache=tmp_path,
+            )
         )
 
 

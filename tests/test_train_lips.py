@@ -17,7 +17,8 @@ from tiny import ffmpeg, tiny_config
 
 from avsr_cli.errors import UsageError
 from avsr_cli.modeling.config import CompressionConfig, ModelConfig
-from avsr_cli.tasks.train import TrainOptions, train
+from avsr_cli.tasks.training.options import TrainOptions, TrainSetup
+from avsr_cli.tasks.training.run import train
 from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
 
 TEXTS = ["alpha one", "bravo two two", "charlie"]
@@ -64,7 +65,14 @@ def test_vsr_training_learns_the_clips_and_caches_crops_and_frames(clips, av_bas
     options = TrainOptions(mode="vsr", max_steps=150, lr=1e-2, max_batch=3, video_rates=[2])
     cache = tmp_path / "features"
     result = train(
-        clips, tmp_path / "ck", options, base=str(base), video_encoder=str(avhubert_pt), feature_cache=cache
+        TrainSetup(
+            clips,
+            tmp_path / "ck",
+            options,
+            base=str(base),
+            video_encoder=str(avhubert_pt),
+            feature_cache=cache,
+        )
     )
     assert result.steps == 150 and not result.failed
     assert np.mean(result.losses[-5:]) < 0.2 * np.mean(result.losses[:5]), result.losses[::5]
@@ -93,13 +101,15 @@ def test_multitask_training_trains_every_mode_from_one_batch(clips, av_base, tmp
     )
     cache = tmp_path / "features"
     result = train(
-        clips,
-        tmp_path / "mt",
-        options,
-        base=str(base),
-        video_encoder=str(avhubert_pt),
-        feature_cache=cache,
-        val_data=clips,
+        TrainSetup(
+            clips,
+            tmp_path / "mt",
+            options,
+            base=str(base),
+            video_encoder=str(avhubert_pt),
+            feature_cache=cache,
+            val_data=clips,
+        )
     )
     log = _log(tmp_path / "mt")
     assert all(set(row["mode_losses"]) == {"asr", "vsr", "avsr"} for row in log)
@@ -128,13 +138,15 @@ def test_fine_tuning_a_self_contained_checkpoint_elsewhere(clips, av_base, tmp_p
     options = TrainOptions(mode="avsr", max_steps=4, lr=1e-2, max_batch=3, video_rates=[2])
     cache = tmp_path / "features"
     first = tmp_path / "first"
-    train(clips, first, options, base=str(base), video_encoder=str(avhubert_pt), feature_cache=cache)
+    train(
+        TrainSetup(clips, first, options, base=str(base), video_encoder=str(avhubert_pt), feature_cache=cache)
+    )
     config = ModelConfig.load(first / "config.json")
     shutil.copytree(config.video_encoder.source, first / "avhubert")
     config.video_encoder.source = "avhubert"  # relative to the checkpoint folder
     config.save(first / "config.json")
     tuned = tmp_path / "runs" / "tuned"
-    result = train(clips, tuned, options, init_checkpoint=str(first), feature_cache=cache)
+    result = train(TrainSetup(clips, tuned, options, checkpoint=str(first), feature_cache=cache))
     assert result.steps == 4
     assert ModelConfig.load(tuned / "config.json").video_encoder.source == str((first / "avhubert").resolve())
     t = Transcriber.from_checkpoint(tuned)
@@ -144,11 +156,15 @@ def test_fine_tuning_a_self_contained_checkpoint_elsewhere(clips, av_base, tmp_p
 def test_lip_training_errors_are_clear(clips, av_base, tmp_path):
     base, _ = av_base
     with pytest.raises(UsageError, match="needs a video encoder.*--video-encoder"):
-        train(clips, tmp_path / "x", TrainOptions(mode="vsr", max_steps=1), base=str(base))
+        train(TrainSetup(clips, tmp_path / "x", TrainOptions(mode="vsr", max_steps=1), base=str(base)))
     with pytest.raises(UsageError, match="unknown mode 'asr,lips'"):
-        train(clips, tmp_path / "x", TrainOptions(mode="asr,lips"), base=str(base))
+        train(TrainSetup(clips, tmp_path / "x", TrainOptions(mode="asr,lips"), base=str(base)))
     with pytest.raises(UsageError, match="2 task weights for 3 modes"):
-        train(clips, tmp_path / "x", TrainOptions(mode="asr,vsr,avsr", task_weights=[1, 2]), base=str(base))
+        train(
+            TrainSetup(
+                clips, tmp_path / "x", TrainOptions(mode="asr,vsr,avsr", task_weights=[1, 2]), base=str(base)
+            )
+        )
 
 
 def test_cli_trains_vsr_and_rejects_bad_lip_options(clips, av_base, tmp_path):

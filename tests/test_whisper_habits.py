@@ -194,7 +194,7 @@ def test_choice_lists_are_the_librarys():
     from avsr_cli.frontends.face_backends import BACKENDS
     from avsr_cli.modeling.config import ENCODER_WINDOWS
     from avsr_cli.tasks.scoring import NORMALIZER_NAMES
-    from avsr_cli.tasks.train import PRECISIONS
+    from avsr_cli.tasks.training.options import PRECISIONS
 
     params = {(name, p.name): p for name, p in command_params()}
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 
+from ..tasks.training.reports import CTCStepInfo, StepInfo
 from .app import stderr
 
 
@@ -106,25 +107,21 @@ class TrainProgress:
             stderr.print(f"encoder features: {done}/{total} clips")
             self.next_encode = done + max(1, total // 10)
 
-    def step(self, info: dict) -> None:
+    def step(self, info: StepInfo | CTCStepInfo) -> None:
         if self.quiet:
             return
-        if "ctc_step" in info:  # CTC pre-alignment of the projectors
-            if self.verbose or info["ctc_step"] % 50 == 0:
-                stderr.print(
-                    f"ctc pre-alignment ({info.get('modality', 'audio')}) step {info['ctc_step']} "
-                    f"epoch {info['epoch']} loss {info['loss']:.3f}"
-                )
+        if isinstance(info, CTCStepInfo):  # CTC pre-alignment of the projectors
+            if self.verbose or info.step % 50 == 0:
+                where = f"ctc pre-alignment ({info.modality}) step {info.step} epoch {info.epoch}"
+                stderr.print(f"{where} loss {info.loss:.3f}")
             return
         if self.started is None:
-            self.started = (time.monotonic(), info["step"] - 1)
-        text = f"step {info['step']}/{info['total']} epoch {info['epoch']} loss {info['loss']:.3f}"
-        if "val" in info and "wer" in info["val"]:
-            per_mode = info["val"].get("modes", {})
-            wers = (
-                ", ".join(f"{m} {v['wer']:.1%}" for m, v in per_mode.items()) or f"{info['val']['wer']:.1%}"
-            )
-            stderr.print(f"validation at step {info['step']}: WER {wers}")
+            self.started = (time.monotonic(), info.step - 1)
+        text = f"step {info.step}/{info.total} epoch {info.epoch} loss {info.loss:.3f}"
+        if info.val is not None and "wer" in info.val:
+            per_mode = info.val.get("modes", {})
+            wers = ", ".join(f"{m} {v['wer']:.1%}" for m, v in per_mode.items()) or f"{info.val['wer']:.1%}"
+            stderr.print(f"validation at step {info.step}: WER {wers}")
         if self.live:
             if self.progress is None:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -137,18 +134,18 @@ class TrainProgress:
                     redirect_stdout=False,  # stdout stays stdout (rich would print it on stderr, re-wrapped)
                 )
                 self.progress.start()
-                self.task = self.progress.add_task(text, total=info["total"])
-            self.progress.update(self.task, completed=info["step"], description=text)
-        elif self.verbose or info["step"] % max(1, info["total"] // 20) == 0 or info["step"] == info["total"]:
+                self.task = self.progress.add_task(text, total=info.total)
+            self.progress.update(self.task, completed=info.step, description=text)
+        elif self.verbose or info.step % max(1, info.total // 20) == 0 or info.step == info.total:
             stderr.print(text + self._eta(info))
 
-    def _eta(self, info: dict) -> str:
+    def _eta(self, info: StepInfo) -> str:
         """', ETA 12:34' from the pace of the steps run so far in this process."""
         t0, s0 = self.started
-        done = info["step"] - s0
-        if done <= 0 or info["step"] >= info["total"]:
+        done = info.step - s0
+        if done <= 0 or info.step >= info.total:
             return ""
-        left = (time.monotonic() - t0) / done * (info["total"] - info["step"])
+        left = (time.monotonic() - t0) / done * (info.total - info.step)
         return f", ETA {int(left // 60)}:{int(left % 60):02d}"
 
     def close(self) -> None:

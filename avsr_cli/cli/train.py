@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Optional
 import click
 import typer
 
+from ..tasks.distributed import launch_local, launched_world
 from .app import (
     CHECKPOINT_FLAGS,
     FACE_BACKEND_HELP,
@@ -187,8 +188,9 @@ def train(
     """Train projectors + LoRA (frozen encoders and LLM) into an avsr checkpoint; resumable after a kill."""
     if nproc and nproc > 1:
         raise typer.Exit(_under_torchrun(ctx, nproc))
-    from ..tasks.distributed import launched_world
-    from ..tasks.train import TrainSetup
+    # lazy: keeps --help free of torch
+    from ..tasks.training.options import TrainSetup
+    from ..tasks.training.run import train as run_training
 
     world = run_guarded(launched_world)
     secondary = world is not None and not world.main
@@ -201,7 +203,7 @@ def train(
     }
     setup = run_guarded(TrainSetup.load, config, flags)
     report = TrainProgress(quiet, verbose)
-    result = run_guarded(setup.run, on_encode=report.encoded, on_step=report.step)
+    result = run_guarded(run_training, setup, on_encode=report.encoded, on_step=report.step)
     report.close()
     for clip, reason in result.failed if not quiet else []:
         stderr.print(f"[yellow]skipped:[/yellow] {clip}: {reason}", soft_wrap=True)
@@ -225,8 +227,6 @@ def train(
 def _under_torchrun(ctx: typer.Context, nproc: int) -> int:
     """Run this same command (its given flags, --nproc left out) in `nproc` processes, as `torchrun
     --standalone --nproc-per-node N -m avsr_cli train ...` would; returns the exit status."""
-    from ..tasks.distributed import launch_local, launched_world
-
     if run_guarded(launched_world) is not None:
         raise fail("--nproc starts torchrun itself: under torchrun, leave it out")
     args: list[str] = ["--debug"] if STATE.get("debug") else []

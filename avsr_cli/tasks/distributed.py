@@ -1,15 +1,21 @@
 """Runs launched by torchrun (or `accelerate launch`, Slurm `srun torchrun`): rank, world size, a barrier.
 
 torch.distributed is the engine (no scheduler of our own): torchrun sets RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR and MASTER_PORT; we join the process group with NCCL on GPUs and gloo on CPUs.
+MASTER_ADDR and MASTER_PORT; we join the process group with NCCL on GPUs and gloo on CPUs. The gradient
+collectives of data-parallel training are `avsr_cli.tasks.training.distributed`.
+
+torch is imported inside the functions: the CLI asks `launched_world()` before it sizes the thread pools,
+which torch reads once, when it is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import json
+import logging
 import os
+import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -48,7 +54,7 @@ def launched_world() -> World | None:
 
 def join(world: World) -> None:
     """Join the process group (once): NCCL when CUDA is there, else gloo."""
-    import torch
+    import torch  # lazy: see the module docstring
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -61,7 +67,7 @@ def join(world: World) -> None:
 
 def barrier(world: World) -> None:
     """Wait for every rank. With gloo, a rank that died or hangs is named (monitored_barrier)."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: see the module docstring
 
     if dist.get_backend() == "gloo":
         dist.monitored_barrier(timeout=BARRIER_TIMEOUT)
@@ -70,74 +76,10 @@ def barrier(world: World) -> None:
 
 
 def leave() -> None:
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: see the module docstring
 
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _device():
-    """Where collective tensors live: NCCL moves only CUDA tensors, gloo CPU ones."""
-    import torch
-    import torch.distributed as dist
-
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-
-
-def broadcast_parameters(params: Sequence) -> None:
-    """Give every rank rank 0's values of `params` (what DDP does when it wraps a model)."""
-    import torch
-    import torch.distributed as dist
-
-    if not params:
-        return
-    flat = torch.cat([p.detach().reshape(-1).float() for p in params]).to(_device())
-    dist.broadcast(flat, src=0)
-    with torch.no_grad():
-        offset = 0
-        for p in params:
-            p.copy_(flat[offset : offset + p.numel()].view_as(p).to(p.device, p.dtype))
-            offset += p.numel()
-
-
-def sum_gradients(params: Sequence, numbers: Sequence[float]) -> list[float]:
-    """Sum the gradients of `params` over all ranks in one all_reduce (as DDP's reducer does once per
-    optimizer step under no_sync), and `numbers` (losses to log) in another; returns the summed numbers.
-    A parameter no rank gave a gradient keeps none, as in one process (AdamW then skips it: no decay, no
-    moment update); one only some ranks used gets the others' zeros."""
-    import torch
-    import torch.distributed as dist
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads]).to(_device())
-    dist.all_reduce(flat)
-    used = [float(p.grad is not None) for p in params]
-    summed = torch.tensor([*numbers, *used], dtype=torch.float64, device=_device())
-    dist.all_reduce(summed)
-    offset = 0
-    for p, anyone in zip(params, summed[len(numbers) :].tolist(), strict=True):
-        grad = flat[offset : offset + p.numel()].view_as(p).to(p.device, p.dtype)
-        p.grad = grad if anyone else None
-        offset += p.numel()
-    return summed[: len(numbers)].tolist()
-
-
-def gather_texts(texts: list[str]) -> list[list[str]]:
-    """Every rank's `texts`, in rank order (JSON over a byte tensor: no pickle between processes)."""
-    import torch
-    import torch.distributed as dist
-
-    data = torch.tensor(list(json.dumps(texts).encode()), dtype=torch.uint8, device=_device())
-    size = torch.tensor([data.numel()], device=_device())
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.uint8, device=_device())
-    padded[: data.numel()] = data
-    parts = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    texts_of = [bytes(part[: int(n.item())].tolist()).decode() for part, n in zip(parts, sizes, strict=True)]
-    return [json.loads(t) for t in texts_of]
 
 
 @contextlib.contextmanager
@@ -148,7 +90,7 @@ def distributed_run() -> Iterator[World | None]:
     if world is None:
         yield None
         return
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: see the module docstring
 
     join(world)
     try:
@@ -168,11 +110,7 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m avsr_cli ARGV` in `nproc` processes on this machine, as `torchrun --standalone
     --nproc-per-node N` does (torch's elastic launcher, no restarts). Returns 0, or the exit status of a rank
     that failed on its own (it printed its error); a rank killed by a signal is an AvsrError naming it."""
-    import logging
-    import sys
-    import uuid
-
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # lazy: module docstring
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its report is ours below
