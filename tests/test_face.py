@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import facevideos
 import numpy as np
 import pytest
-from facevideos import black_gap, noise, two_faces
 
 from avsr_cli.errors import CheckpointError, UsageError
 from avsr_cli.frontends.face import (
@@ -22,6 +20,8 @@ from avsr_cli.frontends.face import (
 )
 from avsr_cli.frontends.media import iter_video, load_video
 from avsr_cli.storage import find_package
+from tests.support import facevideos
+from tests.support.facevideos import black_gap, noise, two_faces
 
 STABLE = [28, 33, 36, 39, 42, 45, 48, 54]
 needs_mediapipe = pytest.mark.skipif(
