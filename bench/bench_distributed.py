@@ -7,7 +7,7 @@ load, decoding, the merge), median of `--rounds` interleaved rounds:
   2 ranks, 1 thread each        torchrun --standalone --nproc-per-node 2 -m avsr_cli evaluate ...
 Both summaries must agree (the ranks' shards merged give the unsharded WER).
 
-    python bench/bench_distributed.py [--rounds 2] [--json out.json]
+    python -m bench.bench_distributed [--rounds 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,14 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench_longform import SENTENCES  # noqa: E402  (the six TTS sentences the benchmarks share)
+from bench.bench_longform import SENTENCES  # the six TTS sentences the benchmarks share
 
 
 def make_data(folder: Path) -> Path:
-    from tests.speech import available_voices, synthesize
+    from tests.support.speech import available_voices, synthesize
 
     folder.mkdir()
     voices = available_voices()[:4]

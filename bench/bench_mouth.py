@@ -10,7 +10,7 @@ its landmarks are not. "ffmpeg pipe" rows decode with the ffmpeg binary through 
 PyAV's in-process decoding, avsr's default). The dlib rows detecting every 10 frames are the median of 5
 passes; the others one pass. A second table gives the landmark drift of tracking (`drift`).
 
-    python bench/bench_mouth.py [--json bench/out/mouth.json] [--fan-frames 10]
+    python -m bench.bench_mouth [--json bench/out/mouth.json] [--fan-frames 10]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "assets"
-sys.path.insert(0, str(ROOT))
 
 
 ROUNDS = 5  # timed passes of the headline rows (dlib, detect every 10; either decoder)

@@ -6,7 +6,7 @@ Both systems run in their own subprocess (so each peak RSS is its own), on the s
 The LLM is forced to decode exactly N tokens, so "decode per token" is comparable across runs; the
 projector and LoRA weights are untrained (timing does not depend on their values).
 
-    python bench/bench_transcribe.py [--tokens 32] [--repeats 3] [--json out.json]
+    python -m bench.bench_transcribe [--tokens 32] [--repeats 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ SENTENCES = [
 
 
 def make_clip(path: Path) -> Path:
-    sys.path.insert(0, str(ROOT))
-    from tests.speech import make_clip as compose
+    from tests.support.speech import make_clip as compose
 
     compose([(0.3, SENTENCES[0]), (0.4, SENTENCES[1]), (0.4, SENTENCES[2])], path)
     return path
@@ -134,9 +133,9 @@ def main() -> None:
         clip = make_clip(Path(tmp) / "clip10s.wav")
         results = {}
         for system in ("avsr", "whisper"):
-            cmd = [sys.executable, __file__, "--child", system, "--clip", str(clip)]
+            cmd = [sys.executable, "-m", "bench.bench_transcribe", "--child", system, "--clip", str(clip)]
             cmd += ["--tokens", str(args.tokens), "--repeats", str(args.repeats)]
-            p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            p = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
             results[system] = json.loads(p.stdout.strip().splitlines()[-1])
         import soundfile as sf
 

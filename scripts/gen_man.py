@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Generate roff man pages for the `avsr` CLI from its live Typer command tree.
 
-    python scripts/gen_man.py                  # (re)write man/avsr.1 and man/avsr-<command>.1
-    python scripts/gen_man.py --check          # exit 1, listing stale/missing/extra pages, if man/ is stale
-    python scripts/gen_man.py --out-dir DIR    # another directory
+    python -m scripts.gen_man                  # (re)write man/avsr.1 and man/avsr-<command>.1
+    python -m scripts.gen_man --check          # exit 1, listing stale/missing/extra pages, if man/ is stale
+    python -m scripts.gen_man --out-dir DIR    # another directory
 
 Pages come from the raw help strings (never from Rich-rendered help, so nothing depends on the terminal)
 and carry the package version but no date, so the output is deterministic.
@@ -20,14 +20,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+from avsr_cli import __version__
+from avsr_cli.cli import app
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import typer  # noqa: E402
-from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption  # noqa: E402
-
-from avsr_cli import __version__  # noqa: E402
-from avsr_cli.cli import app  # noqa: E402
 
 Command = TyperCommand | TyperGroup
 Param = TyperOption | TyperArgument
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"man pages in {out} are not up to date:",
                 *problems,
-                "regenerate them with: python scripts/gen_man.py",
+                "regenerate them with: python -m scripts.gen_man",
                 sep="\n",
                 file=sys.stderr,
             )

@@ -1,6 +1,6 @@
 """GPU check (`make gpu-check`): needs a CUDA device; run it on a machine with one. Tests never need a GPU.
 
-1. A tiny random model (tests/tiny.py) transcribes the same clip on CPU float32, CUDA float32 and CUDA
+1. A tiny random model (tests/support/tiny.py) transcribes the same clip on CPU float32, CUDA float32 and CUDA
    bfloat16: CUDA float32 must give CPU's token ids; bfloat16 is reported (it may differ: other numerics).
 2. The built-in model (avsr-tiny-en) on examples/heldout.wav on CUDA: its text and the speed.
 3. `--device auto` picks CUDA, and `--dtype auto` bfloat16 where the GPU supports it (float16 otherwise).
@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def main() -> int:
@@ -24,11 +23,10 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA device here (run it on a machine with a GPU)")
         return 2
-    from tiny import make_llm, make_whisper, tiny_config
-
     from avsr_cli.checkpoints.loading import build_model, resolve_device, resolve_dtype, save_checkpoint
     from avsr_cli.frontends.media import load_audio
     from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
+    from tests.support.tiny import make_llm, make_whisper, tiny_config
 
     failures = []
     print(f"device: {torch.cuda.get_device_name(0)}, bf16 supported: {torch.cuda.is_bf16_supported()}")

@@ -8,7 +8,7 @@ of the page (the run, the table, the plots, the first worst clips) is saved as a
 Needs the built-in model and offline voices (make install), Chromium and chromedriver (apt-get install -y
 chromium chromium-driver) and selenium. About 5 minutes on 2 CPU cores.
 
-    python scripts/report_screenshot.py [--out docs/img/report.png] [--work DIR]
+    python -m scripts.report_screenshot [--out docs/img/report.png] [--work DIR]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ WIDTH = 1200
 
 def make_dataset(folder: Path) -> None:
     """One WAV and one transcript per sentence."""
-    from tests.speech import available_voices, synthesize
+    from tests.support.speech import available_voices, synthesize
 
     voices = available_voices()
     voice = "hibari:heart" if "hibari:heart" in voices else None
@@ -65,7 +65,7 @@ def screenshot(page: Path, out: Path, profile: Path) -> None:
     """The page at WIDTH css pixels, from its top to the end of the second worst clip (or the plots)."""
     from PIL import Image
 
-    from tests.browser import chrome
+    from tests.support.browser import chrome
 
     driver = chrome(profile, WIDTH, 1000)
     try:
@@ -94,7 +94,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "report.png")
     parser.add_argument("--work", type=Path, help="keep the dataset and report here (default: a temp dir)")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))  # tests.speech and tests.browser, as bench/ imports them
     with tempfile.TemporaryDirectory() as tmp:
         work = (args.work or Path(tmp)).absolute()
         if not (work / "data").is_dir():

@@ -5,17 +5,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import SHARED
+
 # As the avsr entry point does (cli/app.py): passive OpenMP waits, so in-process tests do not spin.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """(whisper_dir, llm_dir) of tiny random models, built once per session."""
-    from tiny import make_llm, make_whisper
+    from tests.support.tiny import make_llm, make_whisper
 
     base = tmp_path_factory.mktemp("tiny")
     return make_whisper(base / "whisper"), make_llm(base / "llm")
@@ -41,9 +40,10 @@ def lrs3_clip(tmp_path_factory) -> Path:
 
 def lrs3_standin(dst: Path) -> Path:
     import numpy as np
-    from facevideos import astronaut, dlib_backend, talking_still
     from PIL import Image
-    from speech import available_voices, speech
+
+    from tests.support.facevideos import astronaut, dlib_backend, talking_still
+    from tests.support.speech import available_voices, speech
 
     photo = astronaut()
     if photo is None or not available_voices():
@@ -69,9 +69,9 @@ def lrs3_standin(dst: Path) -> Path:
 def tiny_ckpt(tiny_dirs, tmp_path_factory):
     """An avsr checkpoint of the tiny random model (untrained projector and LoRA)."""
     import torch
-    from tiny import tiny_config
 
     from avsr_cli.checkpoints.loading import build_model, save_checkpoint
+    from tests.support.tiny import tiny_config
 
     torch.manual_seed(0)
     return save_checkpoint(build_model(tiny_config(*tiny_dirs)), tmp_path_factory.mktemp("ck") / "tiny")
@@ -102,12 +102,12 @@ def carphone_clip() -> Path:
 def av_ckpt(tiny_dirs, tmp_path_factory):
     """A tiny asr/vsr/avsr checkpoint: tiny Whisper + tiny AV-HuBERT (converted from the fairseq layout)."""
     import torch
-    from test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
-    from tiny import tiny_config
 
     from avsr_cli.checkpoints.avhubert_fairseq import convert_fairseq_avhubert
     from avsr_cli.checkpoints.loading import build_model, save_checkpoint
     from avsr_cli.modeling.config import CompressionConfig, EncoderConfig
+    from tests.support.tiny import tiny_config
+    from tests.test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
 
     d = tmp_path_factory.mktemp("av")
     torch.save(fairseq_checkpoint(fairseq_state(), model_cfg()), d / "avhubert.pt")

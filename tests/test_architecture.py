@@ -1,8 +1,10 @@
 """The package's shape (docs/architecture.md): five layers with imports only downward, no cycles, a lazy
-public API, `avsr --help` without torch, and each command's flags mapped one-to-one onto its options."""
+public API, `avsr --help` without torch, each command's flags mapped one-to-one onto its options, modules and
+functions of a readable size, and no edits of sys.path."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import shutil
@@ -217,3 +219,176 @@ def test_crop_mouth_flags_match_mouth_options():
         {"files", "output_dir", "debug_overlay", "gray", "quiet", "verbose", "threads"},
         library_only,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sizes: a module holds one job (at most MODULE_LINES lines), a function fits a screen or two (at most
+# FUNCTION_LINES). A Typer command's parameter list is its option declarations: only its body counts.
+# ---------------------------------------------------------------------------------------------------------
+
+MODULE_LINES = 500
+FUNCTION_LINES = 80
+TYPER_PARAMS = {"Option", "Argument"}  # typer.Option(...) / typer.Argument(...) in a parameter
+
+
+def _python_files(*folders: str) -> list[Path]:
+    return sorted(f for folder in folders for f in (ROOT / folder).rglob("*.py") if ".deps" not in f.parts)
+
+
+def _typer_param(node: ast.AST) -> bool:
+    """Whether an annotation or default declares a Typer option or argument."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            func = sub.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in TYPER_PARAMS:
+                return True
+    return False
+
+
+def _is_typer_command(fn: ast.FunctionDef, registered: set[tuple[str, int]], path: str) -> bool:
+    """Registered on the app (found by where its code starts), decorated with `.command(...)` /
+    `.callback(...)`, or with a parameter that declares a Typer option or argument."""
+    first = min([fn.lineno, *(d.lineno for d in fn.decorator_list)])
+    if (path, first) in registered or (path, fn.lineno) in registered:
+        return True
+    for deco in fn.decorator_list:
+        call = deco.func if isinstance(deco, ast.Call) else deco
+        if isinstance(call, ast.Attribute) and call.attr in ("command", "callback"):
+            return True
+    args = fn.args
+    params = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+    annotations = [a.annotation for a in params if a is not None and a.annotation is not None]
+    return any(_typer_param(n) for n in [*annotations, *args.defaults, *filter(None, args.kw_defaults)])
+
+
+def _registered_commands() -> set[tuple[str, int]]:
+    """(file, first line) of every callback the avsr app runs: its commands, its callback, its groups'."""
+    found, apps = set(), [app]
+    while apps:
+        current = apps.pop()
+        infos = [*current.registered_commands, current.registered_callback]
+        apps += [g.typer_instance for g in current.registered_groups]
+        for info in infos:
+            if info is not None and info.callback is not None:
+                code = inspect.unwrap(info.callback).__code__
+                found.add((str(Path(code.co_filename).resolve()), code.co_firstlineno))
+    return found
+
+
+def function_sizes(path: Path, source: str, registered: set[tuple[str, int]] = frozenset()):
+    """(name, first line, lines counted) of every function and method in `source`, nested ones included."""
+    key = str(path.resolve())
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            start = node.body[0].lineno if _is_typer_command(node, registered, key) else node.lineno
+            yield node.name, node.lineno, node.end_lineno - start + 1
+
+
+def test_no_module_over_the_size_limit():
+    long = []
+    for path in _python_files("avsr_cli"):
+        lines = len(path.read_text().splitlines())
+        if lines > MODULE_LINES:
+            long.append(f"{path.relative_to(ROOT)}: {lines} lines")
+    assert not long, f"modules over {MODULE_LINES} lines (split them by job):\n" + "\n".join(long)
+
+
+def test_no_function_over_the_size_limit():
+    registered, long = _registered_commands(), []
+    for path in _python_files("avsr_cli"):
+        for name, line, size in function_sizes(path, path.read_text(), registered):
+            if size > FUNCTION_LINES:
+                long.append(f"{path.relative_to(ROOT)}:{line} {name}: {size} lines")
+    assert not long, f"functions over {FUNCTION_LINES} lines:\n" + "\n".join(sorted(long))
+
+
+def test_function_sizes_count_a_typer_commands_body_only(tmp_path):
+    options = "".join(f"    o{i}: Annotated[int, typer.Option(help='x')] = 0,\n" for i in range(90))
+    plain = "".join(f"    o{i}: int = 0,\n" for i in range(90))
+    body = "".join(f"    x = {i}\n" for i in range(10))
+    source = f"def command(\n{options}):\n{body}\ndef plain(\n{plain}):\n{body}"
+    source += f"@app.command()\ndef decorated(\n{plain}):\n{body}"
+    sizes = {name: size for name, _, size in function_sizes(tmp_path / "m.py", source)}
+    assert sizes == {"command": 10, "plain": 102, "decorated": 10}
+    registered = "def cmd(\n" + "".join(f"    o{i}: Opt = 0,\n" for i in range(90)) + f"):\n{body}"
+    (path := tmp_path / "r.py").write_text(registered)
+    assert [s for *_, s in function_sizes(path, registered)] == [102]
+    assert [s for *_, s in function_sizes(path, registered, {(str(path.resolve()), 1)})] == [10]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Imports resolve from packages (tests.support, bench, recipes.avsr_tiny_en, scripts run with `python -m`
+# from the repository root), never by editing sys.path.
+# ---------------------------------------------------------------------------------------------------------
+
+SYS_PATH_ALLOWED = {
+    # find_package: the packages `make install` puts beside the environment (pip --target: the PyPI model
+    # wheels, mediapipe, face-alignment) import from there, after the environment's own.
+    "avsr_cli/storage.py",
+}
+MUTATORS = {"insert", "append", "extend", "remove", "pop", "clear"}
+
+
+def _is_sys_path(node: ast.AST) -> bool:
+    if isinstance(node, ast.Subscript):
+        node = node.value
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "path"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "sys"
+    )
+
+
+def sys_path_edits(source: str) -> list[int]:
+    """Lines of `source` that change the import path: sys.path methods, assignments, site.addsitedir."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        if any(_is_sys_path(t) for t in targets):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            func = node.func
+            if (func.attr in MUTATORS and _is_sys_path(func.value)) or (
+                func.attr == "addsitedir" and getattr(func.value, "id", None) == "site"
+            ):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
+            if any(alias.name == "path" for alias in node.names):
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_no_sys_path_edits():
+    found, seen = [], set()
+    for path in _python_files("avsr_cli", "tests", "bench", "recipes", "scripts"):
+        name = path.relative_to(ROOT).as_posix()
+        lines = sys_path_edits(path.read_text())
+        if lines and name in SYS_PATH_ALLOWED:
+            seen.add(name)
+        elif lines:
+            found += [f"{name}:{line}" for line in lines]
+    assert not found, "sys.path edited (import from the package instead):\n" + "\n".join(found)
+    assert seen == SYS_PATH_ALLOWED, f"allowed but no longer needed: {sorted(SYS_PATH_ALLOWED - seen)}"
+
+
+def test_sys_path_edits_are_found():
+    source = textwrap.dedent("""
+        import site, sys
+        from sys import path
+        sys.path.insert(0, "x")
+        sys.path[:0] = ["x"]
+        sys.path += ["x"]
+        sys.path = ["x"]
+        site.addsitedir("x")
+        if "x" not in sys.path:
+            print(sys.path.index("x"), list(sys.path))
+    """)
+    assert sys_path_edits(source) == [3, 4, 5, 6, 7, 8]

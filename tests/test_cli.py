@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from tiny import ffmpeg
 from typer.testing import CliRunner
 
 from avsr_cli import __version__
 from avsr_cli.cli import app
+from tests.support.tiny import ffmpeg
 
 runner = CliRunner()
 

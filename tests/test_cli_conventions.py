@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from tiny import ffmpeg
 from typer.testing import CliRunner
 
 from avsr_cli.cli import app
+from tests.support.tiny import ffmpeg
 
 runner = CliRunner()
 
@@ -453,7 +453,8 @@ def test_mediapipe_native_logs_stay_off_the_terminal(lrs3_clip, tmp_path):
 
 def test_export_subtitles_prints_srt_to_stdout_without_output_dir(tiny_ckpt, tmp_path):
     import srt
-    from speech import synthesize
+
+    from tests.support.speech import synthesize
 
     clip = synthesize("the quick brown fox jumps over the lazy dog", tmp_path / "fox.wav")
     r = run("export-subtitles", clip, "-c", tiny_ckpt, "--max-new-tokens", "4")

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import ffmpeg
+
+from tests.support.tiny import ffmpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 12 << 30  # address space of a CLI run: a config that still allocates fails, not the machine

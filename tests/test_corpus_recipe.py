@@ -1,4 +1,4 @@
-"""scripts/corpus_v2/manifest.py: the training manifest `avsr train --data` reads, from the built corpus."""
+"""The recipe's manifest.py: the training manifest `avsr train --data` reads, from the built corpus."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts/corpus_v2/manifest.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def corpus(root: Path) -> Path:
@@ -24,8 +24,8 @@ def corpus(root: Path) -> Path:
 
 
 def run(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(SCRIPT), str(out), "--corpus", str(root), *args]
-    return subprocess.run(command, capture_output=True, text=True)
+    command = [sys.executable, "-m", "recipes.avsr_tiny_en.manifest", str(out), "--corpus", str(root), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
 
 
 def manifest(root: Path, out: Path, *args: str) -> list[dict]:

@@ -1,6 +1,6 @@
 """The built-in offline model (avsr-tiny-en): `avsr transcribe` with no --checkpoint uses it, on clips of a
-source and a voice it never trained on (scripts/corpus_v2: the fortunes collection and hibari `heart` are held
-out)."""
+source and a voice it never trained on (recipes/avsr_tiny_en: the fortunes collection and hibari `heart` are
+held out)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from speech import available_voices, synthesize
 
 from avsr_cli.tasks.scoring import score
+from tests.support.speech import available_voices, synthesize
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

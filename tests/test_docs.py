@@ -333,8 +333,8 @@ def notebook_sources() -> list[Path]:
         *(ROOT / "models").glob("*.toml"),
         *(ROOT / "models").glob("*/*.json"),
     ]
-    files += [*(ROOT / "scripts").rglob("*.md"), *(ROOT / "man").glob("*.1")]
-    for folder in ("avsr_cli", "tests", "bench", "scripts"):
+    files += [*(ROOT / "recipes").rglob("*.md"), *(ROOT / "man").glob("*.1")]
+    for folder in ("avsr_cli", "tests", "bench", "scripts", "recipes"):
         files += (ROOT / folder).rglob("*.py")
     return sorted({f for f in files if f.exists() and f != Path(__file__).resolve()})
 

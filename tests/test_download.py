@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from loopback import FakeHub, FileHost, Server, sha256
 
 from avsr_cli.checkpoints import download, http, locate
 from avsr_cli.checkpoints.download import DownloadOptions, download_model
 from avsr_cli.checkpoints.locate import part_present
 from avsr_cli.checkpoints.zoo import get_card
 from avsr_cli.errors import DownloadError
+from tests.support.loopback import FakeHub, FileHost, Server, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOB = os.urandom(300_000)  # a "checkpoint file"
@@ -228,8 +228,9 @@ def test_custom_dir_is_found_by_name(host, tmp_path):
 def world(tmp_path_factory, tiny_dirs, tiny_ckpt):
     """Servers with the tiny model's parts, user cards for them, and the environment of the CLI runs."""
     import torch
-    from test_importer import reference_state
-    from tiny import ffmpeg
+
+    from tests.support.tiny import ffmpeg
+    from tests.test_importer import reference_state
 
     base = tmp_path_factory.mktemp("world")
     home, hf_home = base / "home" / "models", base / "hf"
@@ -521,10 +522,10 @@ def test_offline_round_trip(world):
 def test_fairseq_avhubert_part_is_converted(host):
     """A fairseq AV-HuBERT `.pt` (as large_vox_iter5.pt) fetched and converted by the `avhubert-fairseq`
     converter of avsr_cli/avhubert.py (restricted unpickler) into a loadable encoder directory."""
-    fake = pytest.importorskip("test_avhubert")
     import torch
 
     from avsr_cli.modeling.avhubert import AVHubertVideoEncoder
+    from tests import test_avhubert as fake
 
     server, app, home = host
     buf = io.BytesIO()

@@ -12,10 +12,10 @@ import time
 
 import pytest
 import torch
-from speech import available_voices, make_clip, synthesize
 
 from avsr_cli.frontends.media import load_audio
 from avsr_cli.tasks.evaluate import read_results
+from tests.support.speech import available_voices, make_clip, synthesize
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_config
 from transformers import WhisperFeatureExtractor
 
 from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
@@ -16,6 +15,7 @@ from avsr_cli.errors import CheckpointError
 from avsr_cli.frontends.features import WhisperFrontEnd, encoder_frames
 from avsr_cli.modeling.config import EncoderConfig, ModelConfig
 from avsr_cli.modeling.encoders import WhisperAudioEncoder
+from tests.support.tiny import tiny_config
 
 
 @pytest.fixture(scope="module")

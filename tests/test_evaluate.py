@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from speech import synthesize
-from tiny import ffmpeg
 from typer.testing import CliRunner
 
 from avsr_cli.cli import app
 from avsr_cli.tasks.evaluate import CLEAN, EvaluateOptions, evaluate, read_results
 from avsr_cli.tasks.transcribe import Transcriber
+from tests.support.speech import synthesize
+from tests.support.tiny import ffmpeg
 
 SENTENCES = ["the cat sat on the mat", "open the door please", "seven green apples", "it is raining again"]
 runner = CliRunner()

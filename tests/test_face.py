@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import facevideos
 import numpy as np
 import pytest
-from facevideos import black_gap, noise, two_faces
 
 from avsr_cli.errors import CheckpointError, UsageError
 from avsr_cli.frontends.face import FaceTracker, _anchor, interpolate_landmarks, landmark_gap, track
 from avsr_cli.frontends.face_backends import MEDIAPIPE_68, fan_weights, make_backend
 from avsr_cli.frontends.video import iter_video, load_video
 from avsr_cli.storage import find_package
+from tests.support import facevideos
+from tests.support.facevideos import black_gap, noise, two_faces
 
 STABLE = [28, 33, 36, 39, 42, 45, 48, 54]
 needs_mediapipe = pytest.mark.skipif(

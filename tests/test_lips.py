@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from facevideos import noise
-from tiny import ffmpeg
 from typer.testing import CliRunner
 
 from avsr_cli.cli import app
 from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
+from tests.support.facevideos import noise
+from tests.support.tiny import ffmpeg
 
 
 @pytest.fixture(autouse=True)

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from speech import available_voices, make_clip
 from typer.testing import CliRunner
 
 from avsr_cli.cli.app import app
 from avsr_cli.frontends.media import find_ffmpeg, load_audio
+from tests.support.speech import available_voices, make_clip
 
 FFMPEG = find_ffmpeg()
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg binary (apt install ffmpeg)")
@@ -57,8 +57,8 @@ def test_peak_memory_does_not_grow_with_the_recordings_length(tiny_ckpt, tmp_pat
 def talk(tmp_path_factory) -> Path:
     """About 45 s of speech with pauses (longer than the 30 s held whole, so it is streamed)."""
     if not available_voices():
-        pytest.skip("no offline TTS voice (see tests/speech.py)")
-    from test_segmentation import TALK
+        pytest.skip("no offline TTS voice (see tests/support/speech.py)")
+    from tests.test_segmentation import TALK
 
     path = tmp_path_factory.mktemp("long") / "talk.wav"
     make_clip(TALK[:9], path, tail=0.5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -15,25 +14,14 @@ import typer
 
 from avsr_cli import __version__
 from avsr_cli.cli import app
+from scripts import gen_man
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "gen_man.py"
 MAN_DIR = ROOT / "man"
 HAS_MAN = shutil.which("man") is not None and shutil.which("groff") is not None
 needs_man = pytest.mark.skipif(
     not HAS_MAN, reason="man/groff not installed (apt-get install -y man-db groff-base)"
 )
-
-
-def load_gen_man():
-    spec = importlib.util.spec_from_file_location("gen_man", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen_man = load_gen_man()
 
 
 def command_pages(cmd, prefix: str = "avsr") -> set[str]:
@@ -47,7 +35,7 @@ def command_pages(cmd, prefix: str = "avsr") -> set[str]:
 
 def run_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, "-m", "scripts.gen_man", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
@@ -74,7 +62,7 @@ def test_one_page_per_command():
     expected = command_pages(typer.main.get_command(app))
     assert {"avsr.1", "avsr-transcribe.1", "avsr-import-checkpoint.1"} <= expected
     assert set(gen_man.render_pages()) == expected
-    assert {p.name for p in MAN_DIR.glob("avsr*.1")} == expected, "run: python scripts/gen_man.py"
+    assert {p.name for p in MAN_DIR.glob("avsr*.1")} == expected, "run: python -m scripts.gen_man"
 
 
 @pytest.mark.parametrize("columns", ["20", "300"])
@@ -185,7 +173,7 @@ def test_roff_escaping(tmp_path):
 
 
 def test_every_page_has_examples_and_environment_and_word_placeholders():
-    render_pages = load_gen_man().render_pages
+    render_pages = gen_man.render_pages
     for name, text in render_pages().items():
         assert "\n.SH EXAMPLES\n" in text and "\n.SH ENVIRONMENT\n" in text, name
         for var in (

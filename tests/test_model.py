@@ -9,8 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
-from tiny import make_llm, tiny_config
 
 from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
 from avsr_cli.errors import CheckpointError
@@ -21,6 +19,8 @@ from avsr_cli.modeling.encoders import read_tensor_unmapped
 from avsr_cli.modeling.llm import load_llm
 from avsr_cli.modeling.model import IGNORE_INDEX, ModalityInputs
 from avsr_cli.modeling.projector import compress
+from tests.support.paths import ROOT
+from tests.support.tiny import make_llm, tiny_config
 
 
 def waves(seconds=(1.0, 2.3, 0.6), seed=0):
@@ -305,9 +305,8 @@ def _rotary(model):
 
 
 def test_bf16_rounds_rotary_frequencies_and_fp32_stays_exact(tiny_dirs):
-    from tiny import tiny_config
-
     from avsr_cli.checkpoints.loading import build_model
+    from tests.support.tiny import tiny_config
 
     exact = [m.inv_freq.clone() for m in _rotary(build_model(tiny_config(*tiny_dirs)))]
     assert exact and all(f.dtype == torch.float32 for f in exact)

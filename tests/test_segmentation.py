@@ -11,12 +11,12 @@ from itertools import pairwise
 import numpy as np
 import pytest
 import soundfile as sf
-from speech import available_voices, make_clip
 
 from avsr_cli.frontends import vad as silero
 from avsr_cli.frontends.segmentation import Chunk, ChunkOptions, chunk_regions, fixed_windows, segment_audio
 from avsr_cli.frontends.stream_segmenter import HOLD_SECONDS, StreamSegmenter
 from avsr_cli.frontends.vad import VadOptions, speech_probabilities, speech_regions
+from tests.support.speech import available_voices, make_clip
 
 RATE = 16000
 
@@ -77,7 +77,7 @@ class Recording:
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory) -> Recording:
     if not available_voices():
-        pytest.skip("no offline TTS voice (see tests/speech.py)")
+        pytest.skip("no offline TTS voice (see tests/support/speech.py)")
     rng = random.Random(0)
     stretch = [(2.5 if i == 0 else rng.uniform(0.15, 0.3), s + ".") for i, s in enumerate(STRETCH)]
     items = TALK + stretch

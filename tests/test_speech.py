@@ -1,4 +1,4 @@
-"""tests/speech.py: offline TTS gives plausible, deterministic 16 kHz speech with every installed engine."""
+"""Offline TTS (tests/support/speech.py): plausible, deterministic 16 kHz speech from every engine here."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-try:
-    from tests.speech import available_voices, make_clip, synthesize
-except ImportError:  # tests/ itself on sys.path
-    from speech import available_voices, make_clip, synthesize
+from tests.support.speech import available_voices, make_clip, synthesize
 
 VOICES = available_voices()
-pytestmark = pytest.mark.skipif(not VOICES, reason="no offline TTS voice installed (see tests/speech.py)")
+pytestmark = pytest.mark.skipif(
+    not VOICES, reason="no offline TTS voice installed (see tests/support/speech.py)"
+)
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Please call Stella and ask her to bring these things.",

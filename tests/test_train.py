@@ -13,7 +13,6 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file
-from tiny import tiny_config
 
 from avsr_cli.errors import UsageError
 from avsr_cli.modeling.config import CompressionConfig
@@ -21,6 +20,7 @@ from avsr_cli.tasks.datasets import load_dataset
 from avsr_cli.tasks.training.options import TrainOptions, TrainSetup
 from avsr_cli.tasks.training.run import train
 from avsr_cli.tasks.training.steps import length_batches
+from tests.support.tiny import tiny_config
 
 TEXTS = ["one two", "three four five", "six", "seven eight", "nine ten eleven twelve", "zero"]
 
@@ -39,7 +39,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base(tiny_dirs, tmp_path_factory):
     """A tiny base whose LLM can fit six transcripts in a few dozen steps (rates 2 and 4)."""
-    from tiny import make_llm
+    from tests.support.tiny import make_llm
 
     d = tmp_path_factory.mktemp("base")
     path = d / "tiny.json"

@@ -12,14 +12,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
-from tiny import ffmpeg, tiny_config
 
 from avsr_cli.errors import UsageError
 from avsr_cli.modeling.config import CompressionConfig, ModelConfig
 from avsr_cli.tasks.training.options import TrainOptions, TrainSetup
 from avsr_cli.tasks.training.run import train
 from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
+from tests.support.tiny import ffmpeg, tiny_config
+from tests.test_avhubert import fairseq_checkpoint, fairseq_state, model_cfg
 
 TEXTS = ["alpha one", "bravo two two", "charlie"]
 
@@ -46,7 +46,7 @@ def clips(lrs3_clip, tmp_path_factory):
 @pytest.fixture(scope="module")
 def av_base(tiny_dirs, tmp_path_factory):
     """(config .json of a tiny base with an LLM that fits a few transcripts fast, fairseq AV-HuBERT .pt)."""
-    from tiny import make_llm
+    from tests.support.tiny import make_llm
 
     d = tmp_path_factory.mktemp("avbase")
     cfg = tiny_config(tiny_dirs[0], make_llm(d / "llm", init_range=0.5))
@@ -168,10 +168,10 @@ def test_lip_training_errors_are_clear(clips, av_base, tmp_path):
 
 
 def test_cli_trains_vsr_and_rejects_bad_lip_options(clips, av_base, tmp_path):
-    from facevideos import noise
     from typer.testing import CliRunner
 
     from avsr_cli.cli import app
+    from tests.support.facevideos import noise
 
     base, avhubert_pt = av_base
     data = tmp_path / "data"

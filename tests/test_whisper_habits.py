@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import typer
-from terminal import ANSI, run_in_pty, visible_lines
-from tiny import ffmpeg
 from typer.testing import CliRunner
 
 from avsr_cli.checkpoints.locate import find_checkpoint
 from avsr_cli.checkpoints.zoo import load_zoo
 from avsr_cli.cli import app
 from avsr_cli.tasks.scoring import score
+from tests.support.terminal import ANSI, run_in_pty, visible_lines
+from tests.support.tiny import ffmpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "examples" / "heldout.wav"  # a sentence of 76 characters, 5 s, for the built-in model

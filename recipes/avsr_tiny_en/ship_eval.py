@@ -1,6 +1,6 @@
 """Score a candidate default model on the held-out sets, beside Whisper base's own decoder.
 
-    python scripts/corpus_v2/ship_eval.py CHECKPOINT OUT_DIR [--threads 1] [--limit 100] [--dtype float32]
+    python -m recipes.avsr_tiny_en.ship_eval CHECKPOINT OUT_DIR [--threads 1] [--limit 100] [--dtype float32]
 
 Sets (LRS normaliser; avsr at the checkpoint's decoding defaults, Whisper base with 4 beams):
 - held-out source (fortunes), held-out voices (hibari heart, festival slt hts): the first LIMIT clips, clean,
@@ -53,13 +53,14 @@ def whisper(dataset: Path, out: Path, name: str, limit: int | None) -> list[dict
     if not results.exists():
         cmd = [
             sys.executable,
-            str(ROOT / "bench/whisper_baseline.py"),
+            "-m",
+            "bench.whisper_baseline",
             str(dataset),
             "--results",
             str(results),
         ]
         subprocess.run(
-            cmd + (["--limit", str(limit)] if limit else []), check=True, stdout=subprocess.DEVNULL
+            cmd + (["--limit", str(limit)] if limit else []), check=True, stdout=subprocess.DEVNULL, cwd=ROOT
         )
     return [json.loads(line) for line in results.read_text().splitlines()]
 

@@ -1,7 +1,7 @@
 """A training manifest for `avsr train --data` from the built corpus: clips of one or more splits.
 
-    python scripts/corpus_v2/manifest.py OUT.jsonl [--ids models/avsr-tiny-en/training-clips.txt.gz]
-    python scripts/corpus_v2/manifest.py OUT.jsonl --split train:4000 --split train-kokoro
+    python -m recipes.avsr_tiny_en.manifest OUT.jsonl [--ids models/avsr-tiny-en/training-clips.txt.gz]
+    python -m recipes.avsr_tiny_en.manifest OUT.jsonl --split train:4000 --split train-kokoro
 
 `--split NAME[:N]` (repeatable; default `train`) reads ~/.cache/avsr/corpus/v2/NAME/manifest.jsonl (build.py),
 all of its clips or N drawn with `--seed`. `--ids` takes one clip id a line (gzip or plain), looked up in the

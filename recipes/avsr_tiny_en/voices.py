@@ -26,9 +26,9 @@ Voice names are "engine:name". Engines (apt packages in APT_PACKAGES, pip packag
 duration stretch, espeak words per minute, piper/hibari length); pitch (espeak 0-99, flite F0 mean in Hz);
 noise/noise_w are piper's noise_scale/noise_w_scale (random, unseeded inside the model, when > 0).
 
-    python scripts/corpus_v2/voices.py              # inventory: which voices work here
-    python scripts/corpus_v2/voices.py --bench 5    # seconds per sentence for each voice (run at nice 19)
-    python scripts/corpus_v2/voices.py --say "Hello there." --voice flite:awb out.wav
+    python -m recipes.avsr_tiny_en.voices              # inventory: which voices work here
+    python -m recipes.avsr_tiny_en.voices --bench 5    # seconds per sentence for each voice (run at nice 19)
+    python -m recipes.avsr_tiny_en.voices --say "Hello there." --voice flite:awb out.wav
 """
 
 from __future__ import annotations

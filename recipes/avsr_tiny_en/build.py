@@ -30,7 +30,7 @@ Augmentation (train and val), each step drawn independently per clip:
                   telephone (sox: 8 kHz, 300-3400 Hz band, mu-law half the time), back to 16 kHz
     gain          peak at -15..-1 dBFS
 
-    python scripts/corpus_v2/build.py [--out DIR] [--limit N] [--jobs 1] [--seed 0] [--mbrola]
+    python -m recipes.avsr_tiny_en.build [--out DIR] [--limit N] [--jobs 1] [--seed 0] [--mbrola]
         [--kokoro-share P] [--only SPLIT ...]
 """
 
@@ -51,9 +51,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import voices as V  # noqa: E402
+from . import voices as V
 
 SR = V.SAMPLE_RATE
 CACHE = Path.home() / ".cache" / "avsr" / "corpus" / "v2"
@@ -541,7 +539,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if not args.text.exists():
-        raise SystemExit(f"{args.text} missing: run scripts/corpus_v2/text.py first")
+        raise SystemExit(f"{args.text} missing: run `python -m recipes.avsr_tiny_en.text` first")
     rows = read_sentences(args.text)
     stages = plan(rows, args.out, args)
     print("plan: " + ", ".join(f"{k} {len(v)}" for k, v in stages.items()), file=sys.stderr, flush=True)
@@ -551,7 +549,7 @@ def main() -> None:
         )
         if missing:
             raise SystemExit(
-                f"voices not installed: {', '.join(missing)} (see scripts/corpus_v2/APT_PACKAGES)"
+                f"voices not installed: {', '.join(missing)} (see recipes/avsr_tiny_en/APT_PACKAGES)"
             )
         write_manifests(args.out, stages, args, args.text)
         for name in [s for s in STAGES if not args.only or s in args.only]:  # in build order, however given

@@ -26,7 +26,7 @@ Output under OUT (default ~/.cache/avsr/corpus/v2/text/):
     sources.json      per source: package, version, files, licence, sha256 of each file, sentence counts
     dropped.tsv       a sample of rejected candidates with the reason (for review)
 
-    python scripts/corpus_v2/text.py [--out DIR] [--seed 0]
+    python -m recipes.avsr_tiny_en.text [--out DIR] [--seed 0]
 """
 
 from __future__ import annotations
@@ -44,9 +44,7 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from normalize import normalize_block  # noqa: E402
+from .normalize import normalize_block
 
 CACHE = Path.home() / ".cache" / "avsr" / "corpus" / "v2"
 MIN_WORDS, MAX_WORDS = 3, 30

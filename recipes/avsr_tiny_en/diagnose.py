@@ -1,12 +1,12 @@
 """Diagnostics of a v2 checkpoint (default the shipped avsr-tiny-en) on a built slice of the corpus.
 
-    python scripts/corpus_v2/diagnose.py prior     [--sentences 200]      # 5: text prior, with/without LoRA
-    python scripts/corpus_v2/diagnose.py census    [--clips 600]          # 4: Whisper base on training clips
-    python scripts/corpus_v2/diagnose.py grid      [--per-cell 40]        # 1: voice x text, avsr vs Whisper
-    python scripts/corpus_v2/diagnose.py features  --split train --window trimmed [--limit N]
-    python scripts/corpus_v2/diagnose.py probe     --variant mlp4 [--window trimmed] [--epochs 8]  # 2, 3
-    python scripts/corpus_v2/diagnose.py drift     [--clips 30]           # 3: window -> frames moved
-    python scripts/corpus_v2/diagnose.py report    [--md docs/model-diagnostics.md]
+    python -m recipes.avsr_tiny_en.diagnose prior    [--sentences 200]   # 5: text prior, with/without LoRA
+    python -m recipes.avsr_tiny_en.diagnose census   [--clips 600]       # 4: Whisper base on training clips
+    python -m recipes.avsr_tiny_en.diagnose grid     [--per-cell 40]     # 1: voice x text, avsr vs Whisper
+    python -m recipes.avsr_tiny_en.diagnose features --split train --window trimmed [--limit N]
+    python -m recipes.avsr_tiny_en.diagnose probe    --variant mlp4 [--window trimmed] [--epochs 8]  # 2, 3
+    python -m recipes.avsr_tiny_en.diagnose drift    [--clips 30]        # 3: window -> frames moved
+    python -m recipes.avsr_tiny_en.diagnose report   [--md docs/model-diagnostics.md]
 
 Every step writes `<step>.json` under --work (default ~/.cache/avsr/corpus/v2/diagnostics); `report` gathers
 them into one JSON beside a Markdown table. The corpus slice comes from build.py (splits `train`, `val`,
@@ -45,12 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
+from . import build as B
+from . import ship_eval as SE
 
-import build as B  # noqa: E402
-import ship_eval as SE  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CORPUS = B.CACHE
 CHARS = " 'abcdefghijklmnopqrstuvwxyz"  # index + 1; 0 is the CTC blank
@@ -203,12 +201,15 @@ def cmd_census(args) -> None:
         if not out.exists():
             cmd = [
                 sys.executable,
-                str(ROOT / "bench/whisper_baseline.py"),
+                "-m",
+                "bench.whisper_baseline",
                 str(manifest),
                 "--results",
                 str(out),
             ]
-            subprocess.run([*cmd, "--beams", str(args.beams)], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [*cmd, "--beams", str(args.beams)], check=True, stdout=subprocess.DEVNULL, cwd=ROOT
+            )
         results = {json.loads(x)["id"]: json.loads(x) for x in out.read_text().splitlines()}
     seconds = time.time() - t0
     clips = []

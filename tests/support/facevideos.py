@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from tiny import ffmpeg
 
 from avsr_cli.frontends.media import SAMPLE_RATE, SAMPLES_PER_FRAME, find_ffmpeg
+from tests.support.tiny import ffmpeg
 
 
 def dlib_backend():

@@ -1,11 +1,11 @@
 """Turn a running `avsr train`'s resumable state into the shipped default model (models/avsr-tiny-en).
 
-    python scripts/corpus_v2/ship_snapshot.py [RUN_DIR] [--out models/avsr-tiny-en] [--data CLIPS.jsonl]
+    python -m recipes.avsr_tiny_en.ship_snapshot [RUN_DIR] [--out models/avsr-tiny-en] [--data CLIPS.jsonl]
         [--command "avsr train ..."] [--parent MODEL_DIR]
 
 Writes config.json (the run's, named avsr-tiny-en, greedy), adapter.safetensors (the state's adapter in
 float32), training.json (step, options, validations, loss) and training-clips.txt.gz (the ids of the clips the
-run trained on, from --data; scripts/corpus_v2/manifest.py turns them back into a manifest). --parent: the
+run trained on, from --data; recipes/avsr_tiny_en/manifest.py turns them back into a manifest). --parent: the
 shipped model a fine-tune started from (`avsr train --checkpoint`): its training.json is kept under "parent"
 and its training-clips.txt.gz (the first stage's clips) is left as it is; training.json counts this stage's.
 The state is our own file: loaded with weights_only=True, never unpickled as objects.
