@@ -23,6 +23,7 @@ from ..modeling.llm import (
     load_lora_state,
     load_tokenizer,
     lora_state,
+    merge_lora_weights,
     set_added_rows,
     token_ids,
 )
@@ -73,9 +74,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def build_model(
-    config: ModelConfig, base_dir: Path | None = None, dtype: torch.dtype = torch.float32
+    config: ModelConfig,
+    base_dir: Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    merge_lora: bool = False,
 ) -> AVSRModel:
-    """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised."""
+    """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised.
+
+    `merge_lora` (inference only): a single LoRA adapter is not wrapped in peft but folded into the LLM's
+    weights when the adapter is loaded (`load_adapter_state`); one adapter per task keeps peft."""
     audio_encoder = frontend = None
     if config.audio_encoder is not None:
         enc_cfg = config.audio_encoder
@@ -104,10 +111,12 @@ def build_model(
             f"LLM {config.llm.source} has hidden size {llm.config.hidden_size}, "
             f"config says {config.llm.hidden_size}"
         )
-    if config.lora is not None:
+    merged = merge_lora and config.lora is not None and len(config.lora.adapter_names()) == 1
+    if config.lora is not None and not merged:
         llm = apply_lora(llm, config.lora)
     ids = token_ids(tokenizer, config.llm, config.special_tokens, base_size)
-    model = AVSRModel(config, llm, tokenizer, ids, audio_encoder=audio_encoder, video_encoder=video_encoder)
+    encoders = {"audio_encoder": audio_encoder, "video_encoder": video_encoder}
+    model = AVSRModel(config, llm, tokenizer, ids, **encoders, lora_merged=merged)
     model.audio_frontend = frontend
     model.projectors.to(dtype)
     return model.eval()
@@ -115,6 +124,8 @@ def build_model(
 
 def adapter_state(model: AVSRModel) -> dict[str, torch.Tensor]:
     """The trained parts in the avsr layout: projectors, LoRA, added-token rows."""
+    if model.config.lora is not None and model.lora_merged:
+        raise ValueError("the LoRA of this model is merged into its LLM: it cannot be saved as an adapter")
     state = {
         f"projectors.{k.replace('by_rate.', '')}": v.detach().clone()
         for k, v in model.projectors.state_dict().items()
@@ -220,7 +231,9 @@ def load_adapter_state(
         raise CheckpointError(
             f"projector weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    if model.config.lora is not None:
+    if model.config.lora is not None and model.lora_merged:
+        merge_lora_weights(model.llm, state, model.config.lora)
+    elif model.config.lora is not None:
         load_lora_state(model.llm, state, new_lora_modules)
     set_added_rows(model.llm, model.ids.added, state)
 
@@ -247,15 +260,20 @@ INT8_REFUSED = (
 )
 
 
-def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str = "auto") -> AVSRModel:
-    """Load a ready-to-use AVSRModel from an avsr checkpoint directory (or a known model name)."""
+def load_checkpoint(
+    name_or_path: str | Path, device: str = "auto", dtype: str = "auto", merge_lora: bool = False
+) -> AVSRModel:
+    """Load a ready-to-use AVSRModel from an avsr checkpoint directory (or a known model name).
+
+    `merge_lora`: for inference, fold a single LoRA adapter into the LLM's weights without peft (the model
+    can then decode but not train or be saved); checkpoints with one adapter per task keep peft."""
     if dtype == "int8":
         raise CheckpointError(INT8_REFUSED)
     ckpt_dir = find_checkpoint(str(name_or_path))
     config = ModelConfig.load(ckpt_dir / CONFIG_FILE)
     check_config_fits_adapter(config, ckpt_dir)  # before the encoders, the LLM or a projector is allocated
     dev = resolve_device(device)
-    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev))
+    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora=merge_lora)
     try:
         load_adapter_state(model, read_adapter(ckpt_dir))
     except CheckpointError as exc:

@@ -40,7 +40,9 @@ class AVSRModel(nn.Module):
         ids: TokenIds,
         audio_encoder: nn.Module | None = None,
         video_encoder: nn.Module | None = None,
+        lora_merged: bool = False,
     ) -> None:
+        """`lora_merged`: `llm` is a plain LLM into whose weights the LoRA is (or will be) folded."""
         super().__init__()
         self.config = config
         self.llm = llm
@@ -62,7 +64,7 @@ class AVSRModel(nn.Module):
                 )
         self._prompt_cache: dict[str, list[int]] = {}
         self._active: list[str] | None = None
-        self._merged = False  # merge_lora() folded the adapter into the LLM's weights
+        self.lora_merged = lora_merged  # LoRA folded into the LLM (merge_lora(), or at load)
 
     # -- input construction -------------------------------------------------------------------------
     def prompt_ids(self, mode: str) -> list[int]:
@@ -133,17 +135,17 @@ class AVSRModel(nn.Module):
     def merge_lora(self) -> None:
         """Fold a single LoRA adapter into the LLM's weights (W + scale * B A, peft's merge_and_unload), for
         inference: one matrix product per layer instead of three. Task-specific adapters cannot be merged."""
-        if self.config.lora is None or self._merged:
+        if self.config.lora is None or self.lora_merged:
             return
         names = self.config.lora.adapter_names()
         if len(names) != 1:
             raise ValueError(f"{len(names)} LoRA adapters (one per task) cannot be merged into one LLM")
         self.llm = self.llm.merge_and_unload()
-        self._merged = True
+        self.lora_merged = True
 
     def _activate(self, mode: str) -> None:
         """Switch the LLM's LoRA to the adapters of `mode` (shared and/or the task's)."""
-        if self.config.lora is not None and not self._merged:
+        if self.config.lora is not None and not self.lora_merged:
             names = self.config.lora.active_adapters(mode)
             if names != self._active:
                 set_active_adapters(self.llm, names)
