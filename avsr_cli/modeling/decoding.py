@@ -37,7 +37,7 @@ class DecodingOptions:
 
 def generation_config(options: DecodingOptions, defaults: DecodingDefaults, ids):
     """A complete GenerationConfig, so nothing leaks in from the LLM's own generation_config.json."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # lazy: the CLI imports this module for DecodingOptions
 
     sample = options.strategy == "reference"
     num_beams = options.num_beams or defaults.num_beams

@@ -38,7 +38,7 @@ def load_tokenizer(model_dir: Path, special_tokens: dict[str, str]):
     Reference: Llama-AVSR models/lightning.py `add_special_tokens({"pad_token": "<pad>",
     "additional_special_tokens": ["<audio>", "</audio>", "<video>", "</video>"]})`.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes seconds to import; only loads need it
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base_size = len(tokenizer)
@@ -83,7 +83,7 @@ def load_llm(
 ) -> nn.Module:
     """A causal LM from a Hugging Face directory, optionally with its weights replaced from `weights`, its
     embeddings resized to `n_tokens` (len(tokenizer) after avsr's tokens) when given."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # lazy: seconds to import; only loads need it
 
     if weights is None:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -199,6 +199,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
     v, bias-free, no dropout, added before RoPE. peft computes lora_B(lora_A(x)) * lora_alpha/r on the
     projection output, which is the same function with lora_A = down, lora_B = up.
     """
+    # lazy: peft (~230 modules) is imported only by models that keep their LoRA unmerged
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -221,7 +222,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
 
 def lora_modules(model: nn.Module):
     """(short name, peft LoRA layer) pairs, short name like `layers.3.self_attn.q_proj`."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: only unmerged LoRA models import peft
 
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
