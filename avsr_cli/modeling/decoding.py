@@ -37,7 +37,7 @@ class DecodingOptions:
 
 def generation_config(options: DecodingOptions, defaults: DecodingDefaults, ids):
     """A complete GenerationConfig, so nothing leaks in from the LLM's own generation_config.json."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # lazy: the CLI imports this module for DecodingOptions
 
     sample = options.strategy == "reference"
     num_beams = options.num_beams or defaults.num_beams
@@ -54,33 +54,9 @@ def generation_config(options: DecodingOptions, defaults: DecodingDefaults, ids)
         bos_token_id=ids.bos,
         pad_token_id=ids.pad,
         use_cache=True,
-        # For avg_logprob. generate keeps every step's full-vocabulary scores (batch x beams x 49k floats a
-        # token: 380 MB for 8 long-form chunks), so greedy decoding records its token's log-probability
-        # on the way instead (GreedyLogprobs).
-        output_scores=sample or num_beams > 1,
+        output_scores=True,  # for avg_logprob (greedy search runs in greedy.py, one float a token)
         return_dict_in_generate=True,
     )
-
-
-class GreedyLogprobs:
-    """A logits processor that records, step by step, the log-softmax of the token greedy search picked.
-
-    Greedy search picks the arg-max of the processed scores, and no processor follows the ones passed to
-    generate() unless sampling, so this equals compute_transition_scores(normalize_logits=True) on
-    `output_scores`, at one float per row and step."""
-
-    def __init__(self) -> None:
-        self.steps: list = []
-
-    def __call__(self, input_ids, scores):
-        self.steps.append(scores.float().log_softmax(-1).amax(-1))
-        return scores
-
-    def scores(self):
-        """(batch, generated tokens) log-probabilities."""
-        import torch
-
-        return torch.stack(self.steps, dim=1)
 
 
 class StepCounter:

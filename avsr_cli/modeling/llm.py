@@ -1,4 +1,5 @@
-"""The decoder LLM: tokenizer with the reference's special tokens, resized embeddings, and LoRA via peft."""
+"""The decoder LLM: tokenizer with the reference's special tokens, resized embeddings, and LoRA (peft, or
+merged into the weights for inference)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def load_tokenizer(model_dir: Path, special_tokens: dict[str, str]):
     Reference: Llama-AVSR models/lightning.py `add_special_tokens({"pad_token": "<pad>",
     "additional_special_tokens": ["<audio>", "</audio>", "<video>", "</video>"]})`.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes seconds to import; only loads need it
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base_size = len(tokenizer)
@@ -82,7 +83,7 @@ def load_llm(
 ) -> nn.Module:
     """A causal LM from a Hugging Face directory, optionally with its weights replaced from `weights`, its
     embeddings resized to `n_tokens` (len(tokenizer) after avsr's tokens) when given."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # lazy: seconds to import; only loads need it
 
     if weights is None:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -198,6 +199,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
     v, bias-free, no dropout, added before RoPE. peft computes lora_B(lora_A(x)) * lora_alpha/r on the
     projection output, which is the same function with lora_A = down, lora_B = up.
     """
+    # lazy: peft (~230 modules) is imported only by models that keep their LoRA unmerged
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -220,7 +222,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
 
 def lora_modules(model: nn.Module):
     """(short name, peft LoRA layer) pairs, short name like `layers.3.self_attn.q_proj`."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: only unmerged LoRA models import peft
 
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
@@ -259,6 +261,35 @@ def load_lora_state(
                             f"{key}: shape {tuple(state[key].shape)} != {tuple(target.shape)}"
                         )
                     target.copy_(state[key])
+    extra = [k for k in state if k.startswith("llm.lora.") and k not in expected]
+    if extra:
+        raise CheckpointError(f"adapter has LoRA weights the config does not declare: {extra[0]}")
+
+
+def merge_lora_weights(model: nn.Module, state: dict[str, torch.Tensor], lora: LoraConfig) -> None:
+    """Fold the one LoRA adapter in `state` into the plain LLM's target projections: W += (B @ A) * alpha / r,
+    what peft's merge_and_unload computes (adapter in float32, added in place), without peft: wrapping
+    the model and importing peft cost more than decoding a short clip. Every adapter weight must be there."""
+    names = lora.adapter_names()
+    if len(names) != 1:
+        raise ValueError(f"{len(names)} LoRA adapters (one per task) cannot be merged into one LLM")
+    prefix, scale, expected = f"llm.lora.{names[0]}.", lora.alpha / lora.r, set()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not (isinstance(module, nn.Linear) and "layers." in name):
+                continue
+            if name.rsplit(".", 1)[-1] not in lora.target_modules:
+                continue
+            weight, key = module.weight, prefix + name[name.index("layers.") :]
+            shapes = {".lora_A": (lora.r, weight.shape[1]), ".lora_B": (weight.shape[0], lora.r)}
+            for part, shape in shapes.items():
+                expected.add(key + part)
+                if key + part not in state:
+                    raise CheckpointError(f"adapter weights lack {key + part}")
+                if tuple(state[key + part].shape) != shape:
+                    raise CheckpointError(f"{key + part}: shape {tuple(state[key + part].shape)} != {shape}")
+            down, up = state[key + ".lora_A"].float(), state[key + ".lora_B"].float()
+            weight += ((up @ down) * scale).to(weight.device)
     extra = [k for k in state if k.startswith("llm.lora.") and k not in expected]
     if extra:
         raise CheckpointError(f"adapter has LoRA weights the config does not declare: {extra[0]}")

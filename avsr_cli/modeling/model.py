@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .decoding import DecodingOptions, GreedyLogprobs, StepCounter, generation_config
+from .decoding import DecodingOptions, StepCounter, generation_config
+from .greedy import greedy_decode
 from .llm import TokenIds, set_active_adapters
 from .projector import ModalityProjector
 
@@ -40,7 +41,9 @@ class AVSRModel(nn.Module):
         ids: TokenIds,
         audio_encoder: nn.Module | None = None,
         video_encoder: nn.Module | None = None,
+        lora_merged: bool = False,
     ) -> None:
+        """`lora_merged`: `llm` is a plain LLM into whose weights the LoRA is (or will be) folded."""
         super().__init__()
         self.config = config
         self.llm = llm
@@ -62,7 +65,7 @@ class AVSRModel(nn.Module):
                 )
         self._prompt_cache: dict[str, list[int]] = {}
         self._active: list[str] | None = None
-        self._merged = False  # merge_lora() folded the adapter into the LLM's weights
+        self.lora_merged = lora_merged  # LoRA folded into the LLM (merge_lora(), or at load)
 
     # -- input construction -------------------------------------------------------------------------
     def prompt_ids(self, mode: str) -> list[int]:
@@ -133,17 +136,17 @@ class AVSRModel(nn.Module):
     def merge_lora(self) -> None:
         """Fold a single LoRA adapter into the LLM's weights (W + scale * B A, peft's merge_and_unload), for
         inference: one matrix product per layer instead of three. Task-specific adapters cannot be merged."""
-        if self.config.lora is None or self._merged:
+        if self.config.lora is None or self.lora_merged:
             return
         names = self.config.lora.adapter_names()
         if len(names) != 1:
             raise ValueError(f"{len(names)} LoRA adapters (one per task) cannot be merged into one LLM")
         self.llm = self.llm.merge_and_unload()
-        self._merged = True
+        self.lora_merged = True
 
     def _activate(self, mode: str) -> None:
         """Switch the LLM's LoRA to the adapters of `mode` (shared and/or the task's)."""
-        if self.config.lora is not None and not self._merged:
+        if self.config.lora is not None and not self.lora_merged:
             names = self.config.lora.active_adapters(mode)
             if names != self._active:
                 set_active_adapters(self.llm, names)
@@ -186,44 +189,50 @@ class AVSRModel(nn.Module):
         options: DecodingOptions,
         on_step: Callable[[int], None] | None = None,
     ) -> list[Hypothesis]:
-        """Transcripts for a batch of clips with their mean token log-probability (the scores generate()
-        already computes: asking for them changes no token); `on_step(n)` is told each token step."""
+        """Transcripts for a batch of clips with their mean token log-probability (the scores the search
+        computes anyway: asking for them changes no token); `on_step(n)` is told each token step."""
         self._activate(mode)
         seqs, labels = self.sequences(mode, audio, video)
         embeds, mask, _ = self._pad_left(seqs, labels)
         gen = generation_config(options, self.config.decoding, self.ids)
+        if gen.num_beams == 1 and not gen.do_sample:  # generate()'s greedy search, without its set-up
+            eos, pad = self.ids.eos, self.ids.pad
+            sequences, steps = greedy_decode(self.llm, embeds, mask, eos, pad, gen.max_new_tokens, on_step)
+        else:
+            sequences, steps = self._search(embeds, mask, gen, options.seed, on_step)
+        # Reference: batch_decode(skip_special_tokens=True, clean_up_tokenization_spaces=False), nothing else.
+        texts = self.tokenizer.batch_decode(
+            sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return [
+            Hypothesis(text.strip(), _mean_logprob(ids, row, self.ids.eos))
+            for text, ids, row in zip(texts, sequences, steps, strict=True)
+        ]
+
+    def _search(
+        self, embeds: torch.Tensor, mask: torch.Tensor, gen, seed: int, on_step: Callable[[int], None] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, per-token scores) of generate()'s beam search or sampling, sampling seeded by `seed`."""
         generator_state = None
         if gen.do_sample:
             generator_state = torch.random.get_rng_state()
-            torch.manual_seed(options.seed)
-        greedy = None if gen.output_scores else GreedyLogprobs()
-        processors = [p for p in (StepCounter(on_step) if on_step else None, greedy) if p is not None]
+            torch.manual_seed(seed)
         try:
             out = self.llm.generate(
                 inputs_embeds=embeds,
                 attention_mask=mask,
                 generation_config=gen,
-                logits_processor=processors or None,
+                logits_processor=[StepCounter(on_step)] if on_step else None,
             )
         finally:
             if generator_state is not None:
                 torch.random.set_rng_state(generator_state)
-        # Reference: batch_decode(skip_special_tokens=True, clean_up_tokenization_spaces=False), nothing else.
-        texts = self.tokenizer.batch_decode(
-            out.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        beams = gen.num_beams > 1
+        # Beam search scores are log-softmax already; sampling scores are (processed) logits.
+        steps = self.llm.compute_transition_scores(
+            out.sequences, out.scores, out.beam_indices if beams else None, normalize_logits=not beams
         )
-        if greedy is not None:
-            steps = greedy.scores()
-        else:
-            beams = gen.num_beams > 1
-            # Beam search scores are log-softmax already; sampling scores are (processed) logits.
-            steps = self.llm.compute_transition_scores(
-                out.sequences, out.scores, out.beam_indices if beams else None, normalize_logits=not beams
-            )
-        return [
-            Hypothesis(text.strip(), _mean_logprob(ids, row, self.ids.eos))
-            for text, ids, row in zip(texts, out.sequences, steps, strict=True)
-        ]
+        return out.sequences, steps
 
 
 @dataclass

@@ -1,0 +1,77 @@
+"""avsr's greedy loop over the KV cache against transformers' generate() on tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_config
+
+from avsr_cli.checkpoints.loading import build_model
+from avsr_cli.modeling.decoding import DecodingOptions, generation_config
+from avsr_cli.modeling.greedy import greedy_decode
+from avsr_cli.modeling.model import ModalityInputs
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module", params=["peft", "merged"])
+def model(request, tiny_dirs):
+    torch.manual_seed(7)
+    m = build_model(tiny_config(*tiny_dirs))
+    lora = [p for name, p in m.llm.named_parameters() if "lora_" in name]
+    for p in [*lora, *m.projectors.parameters()]:
+        torch.nn.init.normal_(p, std=0.3)
+    if request.param == "merged":
+        m.merge_lora()
+    return m
+
+
+def inputs(m, seconds):
+    rng = np.random.RandomState(3)
+    audio = [(0.1 * rng.randn(int(s * 16000))).astype(np.float32) for s in seconds]
+    feats = m.audio_frontend(audio)
+    frames = m.audio_encoder(feats.input_features, feats.n_frames)
+    seqs, labels = m.sequences("asr", ModalityInputs(frames, 4), None)
+    embeds, mask, _ = m._pad_left(seqs, labels)
+    return ModalityInputs(frames, 4), embeds, mask
+
+
+def generated(m, embeds, mask):
+    """transformers' greedy search: tokens and the log-probability of each chosen token."""
+    gen = generation_config(DecodingOptions(num_beams=1, max_new_tokens=MAX_NEW), m.config.decoding, m.ids)
+    with torch.no_grad():
+        out = m.llm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gen)
+    return out.sequences, m.llm.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+
+
+def until_eos(ids, eos):
+    ends = (ids == eos).nonzero()
+    return int(ends[0, 0]) + 1 if len(ends) else len(ids)
+
+
+@pytest.mark.parametrize("seconds", [(1.3,), (1.0, 2.3, 0.6)], ids=["batch1", "batch3-left-padded"])
+def test_greedy_loop_equals_generate(model, seconds):
+    audio, embeds, mask = inputs(model, seconds)
+    free, _ = generated(model, embeds, mask)
+    eos_before = model.ids.eos
+    # An end token the model does emit: row 0 ends at its third token, the other rows later or never.
+    model.ids.eos = int(free[0, 2])
+    try:
+        ids, scores = generated(model, embeds, mask)
+        steps: list[int] = []
+        ours, our_scores = greedy_decode(
+            model.llm, embeds, mask, model.ids.eos, model.ids.pad, MAX_NEW, on_step=steps.append
+        )
+        hyps = model.decode("asr", audio, None, DecodingOptions(num_beams=1, max_new_tokens=MAX_NEW))
+    finally:
+        model.ids.eos = eos_before
+    assert until_eos(ids[0], int(free[0, 2])) <= 3
+    assert torch.equal(ours, ids)
+    assert steps == list(range(1, ids.shape[1] + 1))
+    if len(seconds) > 1:
+        assert (ids == model.ids.pad).any()  # a row that ended early was padded while the others went on
+    for row, (want, got) in enumerate(zip(scores, our_scores, strict=True)):
+        n = until_eos(ids[row], int(free[0, 2]))
+        torch.testing.assert_close(got[:n], want[:n], rtol=1e-5, atol=1e-6)
+        assert hyps[row].avg_logprob == pytest.approx(float(want[:n].mean()), rel=1e-5, abs=1e-6)
