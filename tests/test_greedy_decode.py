@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_config
 
 from avsr_cli.checkpoints.loading import build_model
 from avsr_cli.modeling.decoding import DecodingOptions, generation_config
 from avsr_cli.modeling.greedy import greedy_decode
 from avsr_cli.modeling.model import ModalityInputs
+from tests.support.tiny import tiny_config
 
 MAX_NEW = 12
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tiny import tiny_config
 
 from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
 from avsr_cli.errors import CheckpointError
 from avsr_cli.modeling.config import LoraConfig
+from tests.support.tiny import tiny_config
 
 
 @pytest.fixture(scope="module")
