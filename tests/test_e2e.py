@@ -15,7 +15,7 @@ import torch
 from speech import available_voices, make_clip, synthesize
 
 from avsr_cli.frontends.media import load_audio
-from avsr_cli.tasks.evaluate import read_results
+from avsr_cli.tasks.evaluate_results import read_results
 
 pytestmark = pytest.mark.slow
 

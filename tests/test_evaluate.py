@@ -10,7 +10,9 @@ from tiny import ffmpeg
 from typer.testing import CliRunner
 
 from avsr_cli.cli import app
-from avsr_cli.tasks.evaluate import CLEAN, EvaluateOptions, evaluate, read_results
+from avsr_cli.tasks.evaluate import evaluate
+from avsr_cli.tasks.evaluate_options import CLEAN, EvaluateOptions
+from avsr_cli.tasks.evaluate_results import read_results
 from avsr_cli.tasks.transcribe import Transcriber
 
 SENTENCES = ["the cat sat on the mat", "open the door please", "seven green apples", "it is raining again"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import time
 
 from .app import stderr
@@ -75,8 +76,6 @@ class MediaProgress:
 
     def write(self, text: str) -> None:
         """Results on stdout: on a terminal the bars are taken down while they are written."""
-        import sys
-
         live = self.progress is not None and sys.stdout.isatty()
         if live:
             self.progress.stop()

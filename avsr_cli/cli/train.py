@@ -7,20 +7,16 @@ from typing import Annotated, Literal, Optional
 import click
 import typer
 
-from .app import (
+from .app import STATE, fail, run_guarded, setup_command, stderr
+from .options import (
     CHECKPOINT_FLAGS,
     FACE_BACKEND_HELP,
-    STATE,
     DeviceOpt,
     FaceBackend,
     QuietOpt,
     ThreadsOpt,
     VerboseOpt,
-    fail,
     lips_only,
-    run_guarded,
-    setup_command,
-    stderr,
 )
 from .progress import TrainProgress
 

@@ -20,7 +20,9 @@ from urllib.parse import quote
 
 from ..errors import UsageError
 from .datasets import Item
-from .evaluate import CLEAN, EvaluateOptions, prepare_item, read_results
+from .evaluate import prepare_item
+from .evaluate_options import CLEAN, EvaluateOptions
+from .evaluate_results import read_results
 from .scoring import get_normalizer, score
 
 PAGE = "report.html"

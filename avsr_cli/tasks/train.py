@@ -53,7 +53,7 @@ from ..modeling.model import AVSRModel, ModalityInputs
 from ..storage import atomic_path, atomic_write_text, cache_root
 from .datasets import Dataset, Item
 from .distributed import World, distributed_run
-from .transcribe import rounded
+from .transcript import rounded
 
 REFERENCE_LR = {"asr": 1e-3, "avsr": 1e-3, "vsr": 5e-4}  # Llama-AVSR README training commands
 PRECISIONS = ("auto", "fp32", "bf16")
