@@ -13,6 +13,7 @@ from .options import (
     FACE_BACKEND_HELP,
     DeviceOpt,
     FaceBackend,
+    MouthCacheOpt,
     QuietOpt,
     ThreadsOpt,
     VerboseOpt,
@@ -159,9 +160,7 @@ def train(
         Optional[int],
         typer.Option(min=1, help="vsr/avsr: run the face detector every N frames (default 10)."),
     ] = None,
-    mouth_cache: Annotated[
-        Optional[Path], typer.Option(help="Where mouth crops are cached (default: avsr cache/mouth).")
-    ] = None,
+    mouth_cache: MouthCacheOpt = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Train on the first N clips only.")] = None,
     resume: Annotated[
         bool, typer.Option(help="Resume from the state in --output-dir if there is one.")
