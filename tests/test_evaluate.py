@@ -8,7 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from avsr_cli.cli import app
-from avsr_cli.tasks.evaluate import CLEAN, EvaluateOptions, evaluate, read_results
+from avsr_cli.tasks.evaluate import evaluate
+from avsr_cli.tasks.evaluate_options import CLEAN, EvaluateOptions
+from avsr_cli.tasks.evaluate_results import read_results
 from avsr_cli.tasks.transcribe import Transcriber
 from tests.support.speech import synthesize
 from tests.support.tiny import ffmpeg

@@ -450,14 +450,14 @@ def test_a_long_recording_is_transcribed_from_its_file_as_the_whole_array_is(
     transcription reads it again block by block, decoding chunks as they are found. Segments, text, times and
     warnings are those of the whole array, also when the chunks reach the batches in several groups."""
     from avsr_cli.modeling.decoding import DecodingOptions
-    from avsr_cli.tasks import transcribe
+    from avsr_cli.tasks import batching
     from avsr_cli.tasks.transcribe import TranscribeOptions, Transcriber
 
     t = Transcriber.from_checkpoint(tiny_ckpt, device="cpu")
     path = tmp_path / "talk.flac"
     sf.write(path, recording.audio, RATE, subtype="PCM_16")  # the recording's samples, exactly
     greedy = DecodingOptions(num_beams=1, max_new_tokens=4)
-    default = transcribe.STREAM_GROUP_SECONDS
+    default = batching.STREAM_GROUP_SECONDS
     for options in (
         TranscribeOptions(segmentation="vad", merge_gap=0.5, decoding=greedy),
         TranscribeOptions(mode="asr", max_chunk=6.0, decoding=greedy),
@@ -466,7 +466,7 @@ def test_a_long_recording_is_transcribed_from_its_file_as_the_whole_array_is(
         assert item.audio is None and item.stream.samples == len(recording.audio)
         whole = t.transcribe_audio(recording.audio, str(path), options)
         for group in (default, 10.0):
-            monkeypatch.setattr(transcribe, "STREAM_GROUP_SECONDS", group)
+            monkeypatch.setattr(batching, "STREAM_GROUP_SECONDS", group)
             done: list[float] = []
             (streamed,) = t.transcribe_many([path], options, on_progress=done.append)
             assert len(streamed.segments) > 5 and streamed.text == whole.text

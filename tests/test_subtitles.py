@@ -11,7 +11,7 @@ import webvtt
 
 from avsr_cli.modeling.decoding import drop_repeated_phrases
 from avsr_cli.tasks.subtitles import CueOptions, clean_segments, make_cues, split_segment
-from avsr_cli.tasks.transcribe import Segment
+from avsr_cli.tasks.transcript import Segment
 from avsr_cli.tasks.writers import srt_text, vtt_text
 
 LONG = (

@@ -7,7 +7,7 @@ import pytest
 
 from avsr_cli.errors import AvsrError
 from avsr_cli.storage import atomic_write_text
-from avsr_cli.tasks.transcribe import Result, Segment
+from avsr_cli.tasks.transcript import Result, Segment
 from avsr_cli.tasks.writers import (
     WRITERS,
     check_output_dir,

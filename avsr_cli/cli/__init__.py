@@ -1,6 +1,7 @@
 """The `avsr` command: one module per command group, each a thin layer over one library call.
 
-Command modules import the library inside their functions: `avsr --help` must not pay for torch.
+Heavy library imports (numpy, torch, http) stay inside the command functions, each marked `# lazy:`:
+`avsr --help` must not pay for them.
 """
 
 from . import crop_mouth, evaluate, models, train, transcribe

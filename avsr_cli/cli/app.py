@@ -1,15 +1,13 @@
-"""The `avsr` command: a thin Typer layer over the library (human output on stderr, data on stdout/files)."""
+"""The `avsr` Typer app and the conventions every command keeps: word placeholders in --help, library
+errors as one line and an exit code, log lines on stderr (human output on stderr, data on stdout or files)."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, get_args
+from typing import Annotated, Optional, get_args
 
 import typer
 from rich.console import Console
@@ -17,6 +15,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ..errors import AvsrError
+from ..runtime import set_cpu_threads
 from ..version import __version__
 
 # Placeholders in --help and the man pages: words a person reads (FILE, N), not Python types (<path>, <int>).
@@ -88,23 +87,6 @@ EXIT_FAILED = 1  # some inputs failed
 EXIT_USAGE = 2  # bad options, unknown checkpoint, unwritable output: nothing was done
 
 
-class Mode(str, enum.Enum):
-    asr = "asr"
-    vsr = "vsr"
-    avsr = "avsr"
-
-
-class Segmentation(str, enum.Enum):
-    auto = "auto"
-    vad = "vad"
-    off = "off"
-
-
-class Decoding(str, enum.Enum):
-    beam = "beam"
-    reference = "reference"
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"avsr {__version__}")
@@ -121,8 +103,6 @@ class _ConsoleHandler(logging.Handler):
 def setup_command(quiet: bool, verbose: bool, threads: int | None = None) -> None:
     """What every command does first: -q (errors only) and -v (more detail) exclude each other and set how
     much the library's log lines say; --threads (or AVSR_THREADS) sizes the CPU thread pools."""
-    from ..runtime import set_cpu_threads
-
     if quiet and verbose:
         raise fail("--quiet and --verbose exclude each other")
     run_guarded(set_cpu_threads, threads)
@@ -179,204 +159,6 @@ def guarded():
         if STATE["debug"]:
             raise
         raise fail(str(exc), EXIT_USAGE) from None
-
-
-# Options shared by the commands that run a model.
-CHECKPOINT_FLAGS = ("--checkpoint", "--model", "-c")  # --model: the name openai-whisper users know
-CheckpointOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        *CHECKPOINT_FLAGS,
-        help="Checkpoint directory, model name or size (tiny = avsr-tiny-en); download-checkpoint --list.",
-        envvar="AVSR_CHECKPOINT",
-    ),
-]
-LanguageOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        metavar="LANG",
-        help="Language of the speech, a code or a name (en, English); one the model does not transcribe is "
-        "refused, naming those it does. Default: the model's.",
-        show_default=False,
-    ),
-]
-NumBeamsOpt = Annotated[Optional[int], typer.Option(min=1, help="Beams (default: the checkpoint's).")]
-MaxNewTokensOpt = Annotated[
-    Optional[int], typer.Option(min=1, help="Most tokens to generate (default: the checkpoint's).")
-]
-DecodingOpt = Annotated[
-    Decoding,
-    typer.Option(
-        help="beam: deterministic beam search; reference: the reference's beam sampling "
-        "(temperature 0.6, top-p 0.9), seeded."
-    ),
-]
-LengthPenaltyOpt = Annotated[
-    float, typer.Option(help="Beam search: exponent of the length normalisation (>1 favours longer text).")
-]
-MergeGapOpt = Annotated[
-    float,
-    typer.Option(
-        min=0.0,
-        help="Speech regions closer than this (s) share a chunk; smaller: finer timing, less context.",
-    ),
-]
-SeedOpt = Annotated[int, typer.Option(help="Seed for --decoding reference (and noise in evaluate).")]
-AudioRateOpt = Annotated[
-    Optional[int], typer.Option(help="Audio compression rate (one the checkpoint was trained with).")
-]
-BatchSizeOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        min=1,
-        help="Most clips (or chunks) decoded together (default: 16 decoder rows, clips x beams, 4 clips at "
-        "least).",
-        show_default=False,
-    ),
-]
-BatchSecondsOpt = Annotated[
-    float, typer.Option(min=0.1, help="Most seconds of media decoded together (memory grows with it).")
-]
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def _device(value: str) -> str:
-    if not DEVICE_RE.match(value):
-        raise typer.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N (N: a GPU number).")
-    return value
-
-
-DeviceOpt = Annotated[
-    str, typer.Option(metavar="<auto|cpu|cuda|cuda:N>", callback=_device, help="Where the model runs.")
-]
-DtypeOpt = Annotated[
-    Literal["auto", "float32", "bfloat16", "float16"],
-    typer.Option(help="Precision of weights and compute (auto: bfloat16 on a GPU that has it, else fp32)."),
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
-VerboseOpt = Annotated[
-    bool, typer.Option("--verbose", "-v", help="More detail on stderr (per file or step).")
-]
-ThreadsOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        min=1,
-        envvar="AVSR_THREADS",
-        help="CPU threads for torch and ffmpeg (default: the physical cores; the VAD always uses one).",
-        show_default=False,
-    ),
-]
-ModeOpt = Annotated[
-    Optional[Mode],
-    typer.Option(
-        help="asr: audio; vsr: lips; avsr: both. Default: per file, the richest mode the checkpoint has "
-        "and the file's streams allow (avsr, else asr, else vsr)."
-    ),
-]
-
-
-def lips_only(text: str) -> str:
-    """The help of an option used only when reading lips, on a command that may not read them."""
-    return "vsr/avsr: " + text[0].lower() + text[1:]
-
-
-FaceBackend = Literal["dlib", "face-alignment", "mediapipe"]  # frontends.face_backends.BACKENDS
-FACE_BACKEND_HELP = "Face landmarks by dlib (offline), face-alignment (FAN, needs its weights) or mediapipe."
-FaceBackendOpt = Annotated[FaceBackend, typer.Option(help=lips_only(FACE_BACKEND_HELP))]
-DETECT_EVERY_HELP = "Run the face detector every N frames, track the face in between (1: every frame)."
-DetectEveryOpt = Annotated[int, typer.Option(min=1, help=lips_only(DETECT_EVERY_HELP))]
-
-
-def transcribe_options(flags: dict[str, Any], **fixed: Any):
-    """The TranscribeOptions of transcribe, export-subtitles and evaluate from the command's flags
-    (`ctx.params`): the decoding flags become its DecodingOptions (None: the checkpoint's defaults), every
-    flag named like one of its fields maps onto that field, and `fixed` sets what the command decides."""
-    from ..modeling.decoding import DecodingOptions
-    from ..tasks.transcribe import TranscribeOptions
-
-    values = {k: v.value if isinstance(v, enum.Enum) else v for k, v in flags.items()}
-    strategy = DecodingOptions(
-        strategy=values["decoding"],
-        num_beams=values["num_beams"],
-        max_new_tokens=values["max_new_tokens"],
-        seed=values["seed"],
-        length_penalty=values["length_penalty"],
-    )
-    names = {f.name for f in dataclasses.fields(TranscribeOptions)} - {"decoding", "vad"}
-    chosen = {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if k in names}
-    if "vad_threshold" in values:  # --vad-threshold etc. are the VadOptions fields, prefixed
-        from ..frontends.vad import VadOptions
-
-        vad_names = {f.name for f in dataclasses.fields(VadOptions)}
-        chosen["vad"] = run_guarded(
-            VadOptions, **{k[4:]: v for k, v in values.items() if k.startswith("vad_") and k[4:] in vad_names}
-        )
-    return run_guarded(TranscribeOptions, decoding=strategy, **{**chosen, **fixed})
-
-
-def checkpoint_config(checkpoint: str | None):
-    """The ModelConfig of --checkpoint (or the built-in model), read without loading any weights."""
-    from ..checkpoints.locate import find_checkpoint
-    from ..modeling.config import CONFIG_FILE, ModelConfig
-
-    if checkpoint is None:
-        from ..checkpoints.loading import default_checkpoint
-
-        path = run_guarded(default_checkpoint)
-    else:
-        path = run_guarded(find_checkpoint, checkpoint)
-    return run_guarded(ModelConfig.load, path / CONFIG_FILE)
-
-
-def check_modes(config, modes: list[str]) -> None:
-    """Before any model loads: a mode the checkpoint lacks is a usage error that names the zoo models that
-    have it, with their download size and what they need to run."""
-    from ..checkpoints.locate import zoo_status
-
-    lacking = [m for m in modes if m not in config.modes]
-    if not lacking:
-        return
-    offers = [
-        f"{r.name} ({r.download_size}, {r.memory})"
-        for r in zoo_status()
-        if r.kind == "checkpoint" and all(m in r.modes for m in lacking)
-    ]
-    where = f"; models that do: {', '.join(offers)} (avsr download-checkpoint NAME)" if offers else ""
-    raise fail(
-        f"checkpoint '{config.name}' reads only {', '.join(config.modes)}, not {', '.join(lacking)}{where}"
-    )
-
-
-def check_language(language: str | None, checkpoint: str | None) -> None:
-    """Before any model loads: --language must be one the checkpoint (the built-in model without one)
-    transcribes, by its model card."""
-    if language is None:
-        return
-    from ..checkpoints.locate import check_language as check
-
-    checkpoint_config(checkpoint)  # an unknown or broken checkpoint says so first
-    if checkpoint is None:
-        from ..checkpoints.loading import DEFAULT_MODEL
-
-        checkpoint = DEFAULT_MODEL
-    run_guarded(check, language, checkpoint)
-
-
-def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool, verbose: bool = False):
-    """The model of --checkpoint, loaded once (errors become one-line messages)."""
-    from ..tasks.transcribe import Transcriber
-
-    if checkpoint is None:
-        from ..checkpoints.loading import DEFAULT_MODEL, default_checkpoint
-
-        checkpoint = str(run_guarded(default_checkpoint))
-        if not quiet and stderr.is_terminal:
-            stderr.print(
-                f"[dim]model: built-in {DEFAULT_MODEL} (English, audio only; --model picks another)[/dim]"
-            )
-    elif verbose:
-        stderr.print(f"loading checkpoint {escape(checkpoint)} ...")
-    return run_guarded(Transcriber.from_checkpoint, checkpoint, device=device, dtype=dtype)
 
 
 def entrypoint() -> None:

@@ -5,18 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import (
-    DETECT_EVERY_HELP,
-    EXIT_FAILED,
-    FACE_BACKEND_HELP,
-    FaceBackend,
-    QuietOpt,
-    VerboseOpt,
-    report_error,
-    run_guarded,
-    setup_command,
-    stderr,
-)
+from .app import EXIT_FAILED, report_error, run_guarded, setup_command, stderr
+from .options import DETECT_EVERY_HELP, FACE_BACKEND_HELP, FaceBackend, QuietOpt, VerboseOpt
 
 
 def crop_mouth(

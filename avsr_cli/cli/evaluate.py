@@ -1,16 +1,21 @@
+"""`avsr evaluate` (WER/CER of a dataset, under torchrun too), `evaluate-merge` (join its shards) and
+`evaluate-report` (its report page): the table or summary.json on stdout."""
+
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
-from .app import (
-    EXIT_FAILED,
+from .app import EXIT_FAILED, fail, run_guarded, setup_command, stderr
+from .loading import check_language, check_modes, checkpoint_config, load_transcriber, transcribe_options
+from .options import (
     AudioRateOpt,
     BatchSecondsOpt,
     BatchSizeOpt,
@@ -20,45 +25,27 @@ from .app import (
     DetectEveryOpt,
     DeviceOpt,
     DtypeOpt,
+    EmbedAudioOpt,
     FaceBackendOpt,
     LanguageOpt,
     LengthPenaltyOpt,
     MaxNewTokensOpt,
     Mode,
+    MouthCacheOpt,
     NumBeamsOpt,
     QuietOpt,
+    ReportJsonOpt,
     SeedOpt,
     ThreadsOpt,
     VerboseOpt,
-    check_language,
-    check_modes,
-    checkpoint_config,
-    fail,
-    guarded,
-    load_transcriber,
-    run_guarded,
-    setup_command,
-    stderr,
-    transcribe_options,
+    VideoRateOpt,
 )
 from .progress import MediaProgress
-
-ReportJsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print summary.json to stdout instead of the table.")
-]
-EmbedAudioOpt = Annotated[
-    bool,
-    typer.Option(
-        "--report-embed-audio",
-        help="In report.html, embed the first seconds of each worst clip's audio as the model heard it "
-        "(noise mixed in), so the page plays them after being moved; default: link the media.",
-    ),
-]
 
 
 def parse_snrs(values: list[str], clean: bool) -> tuple[float, ...]:
     """`--snr 10,5 --snr -5` -> (inf, 10, 5, -5): the clean condition first unless --no-clean."""
-    from ..tasks.evaluate import CLEAN
+    from ..tasks.evaluate_options import CLEAN  # lazy: numpy, which --help never needs
 
     snrs = [CLEAN] if clean else []
     for value in values:
@@ -147,7 +134,7 @@ def evaluate(
     seed: SeedOpt = 0,
     length_penalty: LengthPenaltyOpt = 1.0,
     audio_rate: AudioRateOpt = None,
-    video_rate: Annotated[Optional[int], typer.Option(help="Video compression rate.")] = None,
+    video_rate: VideoRateOpt = None,
     occlusion: Annotated[
         Optional[str],
         typer.Option(
@@ -160,9 +147,7 @@ def evaluate(
     ] = [],  # noqa: B006
     face_backend: FaceBackendOpt = "dlib",
     detect_every: DetectEveryOpt = 10,
-    mouth_cache: Annotated[
-        Optional[Path], typer.Option(help="Where mouth crops are cached (default: avsr cache/mouth).")
-    ] = None,
+    mouth_cache: MouthCacheOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     json_out: ReportJsonOpt = False,
@@ -171,9 +156,10 @@ def evaluate(
     threads: ThreadsOpt = None,
 ) -> None:
     """Transcribe a dataset and report WER/CER (corpus level) per mode and SNR: the table on stdout."""
-    setup_command(quiet, verbose, threads)
-    from ..tasks.evaluate import EvaluateOptions
-    from ..tasks.evaluate import evaluate as run_evaluation
+    setup_command(quiet, verbose, threads)  # first: the thread count is set before torch loads
+    # lazy: the scoring pulls numpy, torch and jiwer, which --help never needs
+    from ..tasks.evaluate_distributed import evaluate_rank, plan_rank
+    from ..tasks.evaluate_options import EvaluateOptions
     from ..tasks.scoring import get_normalizer
 
     run_guarded(get_normalizer, normalizer)
@@ -191,52 +177,27 @@ def evaluate(
         shard=parse_shard(shard),
         transcribe=transcribe_options(ctx.params, mode="auto"),  # each condition sets its mode
     )
-    from ..tasks.distributed import launched_world
-
-    world, final_dir = run_guarded(launched_world), report_dir
-    if world is not None:  # under torchrun: rank r scores shard r+1 of N into DIR/rank-r; rank 0 merges
-        if options.shard is not None:
-            raise fail("--shard is chosen by the rank under torchrun: give one or the other")
-        if report_dir is None:
-            raise fail("under torchrun, evaluate needs --report-dir (each rank writes its shard there)")
-        options = replace(options, shard=(world.rank + 1, world.size))
-        report_dir = report_dir / f"rank-{world.rank}"
-        if device == "auto":
-            from ..runtime import cuda_device_for
-
-            device = cuda_device_for(world.local_rank)
-    if report_dir is not None:
-        from ..tasks.writers import check_output_dir
-
-        run_guarded(check_output_dir, report_dir)
+    run = run_guarded(plan_rank, options, report_dir, device)  # under torchrun: this rank's shard
     config = checkpoint_config(checkpoint)
     check_modes(config, list(options.modes))  # before any model loads
     check_language(language, checkpoint)
-    from ..tasks.distributed import barrier, distributed_run
+    progress = MediaProgress(None, quiet, "scoring")
 
-    with guarded(), distributed_run() as joined:
-        transcriber = load_transcriber(checkpoint, device, dtype, quiet, verbose)
-        with MediaProgress(None, quiet, "scoring") as advance:
+    def on_clip(mode: str, snr: str, row: dict) -> None:
+        if row.get("error"):
+            stderr.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True, markup=True)
+        elif verbose:
+            stderr.print(f"{mode} {snr} {row['id']}: {row['hyp']}", soft_wrap=True, markup=False)
+        progress()
 
-            def on_clip(mode: str, snr: str, row: dict) -> None:
-                if row.get("error"):
-                    stderr.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True, markup=True)
-                elif verbose:
-                    stderr.print(f"{mode} {snr} {row['id']}: {row['hyp']}", soft_wrap=True, markup=False)
-                advance()
+    def load(device: str):
+        return load_transcriber(checkpoint, device, dtype, quiet, verbose)
 
-            report = run_guarded(run_evaluation, transcriber, dataset, options, report_dir, on_clip)
-        if joined is not None:
-            barrier(joined)
-            if not joined.main:
-                return
-            from ..tasks.evaluate import merge_reports
-
-            report = run_guarded(
-                merge_reports, [final_dir / f"rank-{r}" for r in range(joined.size)], final_dir
-            )
-    if final_dir is not None and (options.shard is None or joined is not None):  # shards: at the merge
-        write_page(final_dir, report_embed_audio)
+    report = run_guarded(evaluate_rank, run, load, dataset, on_clip, progress)
+    if report is None:  # a rank other than 0: rank 0 reports for all
+        return
+    if run.writes_page:
+        write_page(report_dir, report_embed_audio)
     show_report(report, json_out, quiet)
     if report.conditions and all(c.failed == c.clips for c in report.conditions):
         raise typer.Exit(EXIT_FAILED)
@@ -244,6 +205,7 @@ def evaluate(
 
 def write_page(folder: Path, embed_audio: bool) -> None:
     """report.html in a report folder (from its summary.json and results.jsonl)."""
+    # lazy: the page's plots and scores need numpy, torch and jiwer, which --help never needs
     from ..tasks.report import PageOptions
     from ..tasks.report import write_page as write
 
@@ -272,9 +234,6 @@ def print_skipped(report) -> None:
 
 def print_report(report) -> None:
     """The summary table: it is the result, so it goes to stdout (`> wer.txt` keeps it)."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{report.dataset} ({report.kind}), normaliser {report.normalizer}")
     video = any(c.occlusion != "none" for c in report.conditions)
     columns = ("mode", "SNR dB", *(["occlusion"] if video else []), "clips", "failed", "WER %", "CER %")
@@ -325,7 +284,7 @@ def evaluate_merge(
     threads: ThreadsOpt = None,
 ) -> None:
     """Join the shards of a sharded `avsr evaluate` into the report one unsharded run writes."""
-    from ..tasks.evaluate import merge_reports
+    from ..tasks.evaluate_merge import merge_reports  # lazy: numpy and jiwer, which --help never needs
 
     setup_command(quiet, verbose, threads)
     report = run_guarded(merge_reports, report_dirs, output_dir)
@@ -365,6 +324,7 @@ def evaluate_report(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write report.html again in each DIR, or with -o one page that compares the DIRs; print the pages."""
+    # lazy: the page's plots and scores need numpy, torch and jiwer, which --help never needs
     from ..tasks.report import PageOptions, write_comparison
     from ..tasks.report import write_page as write
 

@@ -1,12 +1,19 @@
+"""`avsr download-checkpoint` and `avsr import-checkpoint`: models of the zoo fetched, reference checkpoints
+converted; where they are on stdout."""
+
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-from .app import QuietOpt, ThreadsOpt, VerboseOpt, fail, run_guarded, setup_command, stderr
+from .app import fail, run_guarded, setup_command, stderr
+from .options import QuietOpt, ThreadsOpt, VerboseOpt
 from .progress import ByteProgress
 
 
@@ -32,7 +39,7 @@ def import_checkpoint(
     threads: ThreadsOpt = None,
 ) -> None:
     """Convert a reference .pth checkpoint (never unpickled: weights only) into an avsr checkpoint."""
-    from ..checkpoints.importer import ImportSpec, import_reference
+    from ..checkpoints.importer import ImportSpec, import_reference  # lazy: torch, which --help never needs
 
     setup_command(quiet, verbose, threads)
     spec = run_guarded(ImportSpec.load, config)
@@ -75,6 +82,7 @@ def download_checkpoint(
     threads: ThreadsOpt = None,
 ) -> None:
     """Fetch a known model's parts (Hub, URL, Google Drive), verify, convert; print where they are."""
+    # lazy: http and ssl, which --help never needs
     from ..checkpoints.download import DownloadOptions, download_model
     from ..checkpoints.locate import zoo_status
 
@@ -95,7 +103,7 @@ def download_checkpoint(
 
 def print_download(result, verbose: bool = False) -> None:
     """Where each part is and its licence (stderr)."""
-    from ..checkpoints.http import human_size
+    from ..checkpoints.http import human_size  # lazy: http and ssl, which --help never needs
 
     stderr.print(f"{result.name} ({result.model_dir})", soft_wrap=True, markup=False)
     for p in result.parts:
@@ -113,8 +121,6 @@ def print_download(result, verbose: bool = False) -> None:
 def print_zoo(rows) -> None:
     """The zoo (stdout: it is what was asked for): on a terminal, a model a line (its name never wrapped)
     with its details under it; else one tab-separated line per model under a header line, for grep and cut."""
-    import sys
-
     columns = (
         "name",
         "kind",
@@ -147,9 +153,6 @@ def print_zoo(rows) -> None:
         ]
         sys.stdout.write("".join("\t".join(row) + "\n" for row in [columns, *cells]))
         return
-    from rich.table import Table
-    from rich.text import Text
-
     out = Console(highlight=False)
     for kind, title in (
         ("checkpoint", "Checkpoints (avsr transcribe --model NAME)"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import time
 
 from ..tasks.training.reports import CTCStepInfo, StepInfo
@@ -76,8 +77,6 @@ class MediaProgress:
 
     def write(self, text: str) -> None:
         """Results on stdout: on a terminal the bars are taken down while they are written."""
-        import sys
-
         live = self.progress is not None and sys.stdout.isatty()
         if live:
             self.progress.stop()

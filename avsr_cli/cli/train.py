@@ -8,20 +8,17 @@ import click
 import typer
 
 from ..tasks.distributed import launch_local, launched_world
-from .app import (
+from .app import STATE, fail, run_guarded, setup_command, stderr
+from .options import (
     CHECKPOINT_FLAGS,
     FACE_BACKEND_HELP,
-    STATE,
     DeviceOpt,
     FaceBackend,
+    MouthCacheOpt,
     QuietOpt,
     ThreadsOpt,
     VerboseOpt,
-    fail,
     lips_only,
-    run_guarded,
-    setup_command,
-    stderr,
 )
 from .progress import TrainProgress
 
@@ -164,9 +161,7 @@ def train(
         Optional[int],
         typer.Option(min=1, help="vsr/avsr: run the face detector every N frames (default 10)."),
     ] = None,
-    mouth_cache: Annotated[
-        Optional[Path], typer.Option(help="Where mouth crops are cached (default: avsr cache/mouth).")
-    ] = None,
+    mouth_cache: MouthCacheOpt = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Train on the first N clips only.")] = None,
     resume: Annotated[
         bool, typer.Option(help="Resume from the state in --output-dir if there is one.")

@@ -8,24 +8,17 @@ model loads: two inputs that would write the same file, or files already there (
 
 from __future__ import annotations
 
-import enum
 import json
-import os
-import select
-import shutil
-import signal
-import sys
-import tempfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import AvsrError
-from .app import (
-    EXIT_FAILED,
+from ..storage import display_name
+from .app import EXIT_FAILED, fail, report_error, run_guarded, setup_command, stderr
+from .loading import check_language, check_modes, checkpoint_config, load_transcriber, transcribe_options
+from .options import (
     AudioRateOpt,
     BatchSecondsOpt,
     BatchSizeOpt,
@@ -36,86 +29,31 @@ from .app import (
     DeviceOpt,
     DtypeOpt,
     FaceBackendOpt,
+    FormatsOpt,
     LanguageOpt,
     LengthPenaltyOpt,
+    LogprobThresholdOpt,
     MaxNewTokensOpt,
     MergeGapOpt,
     ModeOpt,
     NumBeamsOpt,
+    OutputDirOpt,
+    OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     SeedOpt,
     Segmentation,
+    SkipExistingOpt,
     ThreadsOpt,
+    VadMinSilenceOpt,
+    VadMinSpeechOpt,
+    VadSpeechPadOpt,
+    VadThresholdOpt,
     VerboseOpt,
-    check_language,
-    check_modes,
-    checkpoint_config,
-    fail,
-    load_transcriber,
-    report_error,
-    run_guarded,
-    setup_command,
-    stderr,
-    transcribe_options,
+    VideoRateOpt,
 )
 from .progress import MediaProgress
-
-STDIN = "-"
-STDIN_STEM = "stdin"  # outputs of `-` are DIR/stdin.<ext>
-STDIN_NAME = "- (standard input)"  # how messages name `-` (never by its temporary copy)
-# Signals that end the command: their handlers raise, so the temporary copy of `-` is removed as on Ctrl-C.
-ENDING_SIGNALS = ("SIGTERM", "SIGHUP")
-
-
-class OutputFormat(str, enum.Enum):
-    txt = "txt"
-    json = "json"
-    srt = "srt"
-    vtt = "vtt"
-    tsv = "tsv"
-    all = "all"
-
-
-FORMAT_HELP = (
-    "txt, json, srt, vtt, tsv, or all; repeat for several (they need --output-dir). json and tsv carry each "
-    "segment's avg_logprob and low_confidence."
-)
-FormatsOpt = Annotated[list[OutputFormat], typer.Option("--output-format", "-f", help=FORMAT_HELP)]
-OutputDirOpt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--output-dir",
-        "-o",
-        metavar="DIR",
-        help="Write DIR/<stem>.<ext> per format and list the files on stdout (default: print to stdout).",
-    ),
-]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that already exist.")]
-SkipExistingOpt = Annotated[
-    bool,
-    typer.Option(
-        "--skip-existing",
-        help="Skip inputs whose output files all exist whole (re-run a batch): an empty output, or one that "
-        "does not parse, is made again.",
-    ),
-]
-# Silero VAD settings, named as faster-whisper's vad_parameters (seconds here, not milliseconds).
-VadThresholdOpt = Annotated[
-    float, typer.Option(min=0.01, max=0.99, help="VAD: speech probability that starts a speech region.")
-]
-VadMinSilenceOpt = Annotated[float, typer.Option(min=0.0, help="VAD: silence (s) that ends a speech region.")]
-VadSpeechPadOpt = Annotated[
-    float, typer.Option(min=0.0, help="VAD: padding (s) added to each side of speech.")
-]
-VadMinSpeechOpt = Annotated[float, typer.Option(min=0.0, help="VAD: shorter speech regions (s) are dropped.")]
-LogprobThresholdOpt = Annotated[
-    float,
-    typer.Option(
-        help="Segments whose mean token log-probability is below this are flagged low_confidence "
-        "(faster-whisper's log_prob_threshold)."
-    ),
-]
-VideoRateOpt = Annotated[Optional[int], typer.Option(help="Video compression rate.")]
+from .stdin import STDIN, STDIN_NAME, STDIN_STEM, named, relabelled, stdin_as_file
 
 
 def transcribe(
@@ -244,7 +182,7 @@ def export_subtitles(
     threads: ThreadsOpt = None,
 ) -> None:
     """Subtitle long recordings: speech chunks from voice activity detection, readable timed cues."""
-    from ..tasks.subtitles import CueOptions
+    from ..tasks.subtitles import CueOptions  # lazy: numpy, which --help never needs
 
     setup_command(quiet, verbose, threads)
     check_language(language, checkpoint)
@@ -281,7 +219,7 @@ def existing_policy(overwrite: bool, skip_existing: bool) -> str:
 
 def chosen_formats(values: list[OutputFormat], output_dir: Path | None, n_files: int) -> list[str]:
     """The -f values, `all` expanded; without -o only one format, and subtitles or tsv of one file."""
-    from ..tasks.writers import FORMATS
+    from ..tasks.writers import FORMATS  # lazy: numpy, which --help never needs
 
     formats = list(
         dict.fromkeys(f for v in values for f in (FORMATS if v is OutputFormat.all else [v.value]))
@@ -309,8 +247,7 @@ def run_command(
     cue_options=None,
 ) -> None:
     """Everything both commands do: check the request, plan the outputs, load the model, run the files."""
-    from ..storage import display_name
-    from ..tasks.writers import check_output_dir, plan_outputs
+    from ..tasks.writers import check_output_dir, plan_outputs  # lazy: numpy, which --help never needs
 
     chosen = chosen_formats(formats, output_dir, len(files))
     if output_dir is not None:
@@ -353,102 +290,11 @@ def run_command(
         )
 
 
-class _Ended(BaseException):
-    """A signal in ENDING_SIGNALS came: unwind (finally blocks run), then die of it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextmanager
-def _unwound_on_ending_signals():
-    """While the block runs, SIGTERM and SIGHUP unwind it as Ctrl-C does (their default is to end the
-    process at once, leaving temporary files behind); the process then dies of the signal, as it would
-    have, so a shell or supervisor sees the same status."""
-    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
-        yield
-        return
-
-    def ended(signum, frame):
-        raise _Ended(signum)
-
-    numbers = [getattr(signal, name) for name in ENDING_SIGNALS if hasattr(signal, name)]
-    # only where the signal would end the process: one ignored (nohup) or handled by an embedder stays so
-    previous = {n: signal.signal(n, ended) for n in numbers if signal.getsignal(n) == signal.SIG_DFL}
-    try:
-        yield
-    except _Ended as exc:
-        for n, handler in previous.items():
-            signal.signal(n, handler)
-        signal.signal(exc.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), exc.signum)
-        raise
-    finally:
-        for n, handler in previous.items():
-            signal.signal(n, handler)
-
-
-@contextmanager
-def stdin_as_file(files: list[Path]):
-    """`-` becomes a temporary copy of standard input (ffprobe and the decoders need to seek; ffmpeg
-    reading a pipe cannot); yields (paths, {temporary path: "-"}). The copy is removed however the command
-    ends: done, failed, Ctrl-C, SIGTERM or SIGHUP."""
-    if STDIN not in map(str, files):
-        yield list(files), {}
-        return
-    if sys.stdin is None or sys.stdin.isatty():
-        raise fail("- reads media from standard input, but standard input is a terminal")
-    with _unwound_on_ending_signals():
-        folder = Path(tempfile.mkdtemp(prefix="avsr-stdin-"))
-        try:
-            spooled = folder / STDIN_STEM
-            with open(spooled, "wb") as out:
-                _copy_stdin(out)
-            if spooled.stat().st_size == 0:
-                raise fail(f"{STDIN_NAME}: no data was given")
-            yield [spooled if str(f) == STDIN else f for f in files], {str(spooled): STDIN}
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _copy_stdin(out) -> None:
-    """Standard input into `out`, waking at least twice a second: a signal that the kernel hands to another
-    thread (torch starts some) does not end a blocked read, so Ctrl-C or SIGTERM would wait for more input
-    that may never come; between reads, Python runs the handler."""
-    source = getattr(sys.stdin, "buffer", sys.stdin)
-    try:
-        fd = source.fileno()
-    except (AttributeError, OSError, ValueError):  # not a file descriptor (an embedding's stream)
-        shutil.copyfileobj(source, out, 1 << 20)
-        return
-    while True:
-        if not select.select([fd], [], [], 0.5)[0]:
-            continue  # nothing yet: back to select, after any signal handler has run
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return
-        out.write(chunk)
-
-
-def relabelled(text: str, labels: dict[str, str]) -> str:
-    """`text` with the temporary copy of `-` named as the user gave it: `- (standard input)`."""
-    for path in labels:
-        text = text.replace(path, STDIN_NAME)
-    return text
-
-
-def named(exc: AvsrError, labels: dict[str, str]) -> AvsrError:
-    """`exc`, its message `relabelled`."""
-    exc.args = (relabelled(str(exc), labels),)
-    return exc
-
-
 class Inputs:
     """The command's files: those that can be read, and how many could not (each reported once)."""
 
     def __init__(self, files: list[Path], labels: dict[str, str] | None = None) -> None:
-        from ..frontends.media import check_input
+        from ..frontends.media import check_input  # lazy: numpy, which --help never needs
 
         self.given, self.readable, self.failed, self.skipped = len(files), [], 0, 0
         for path in files:
@@ -474,8 +320,8 @@ def run_files(
 ) -> None:
     """Transcribe the inputs with one loaded model: outputs per file; a file that fails (to decode, to
     transcribe, to be written) is reported in one line and the others go on; exit 1 if any failed."""
+    # lazy: numpy, which --help never needs
     from ..frontends.media import probe
-    from ..storage import display_name
     from ..tasks.writers import write_result
 
     run_guarded(transcriber.check_options, options)
@@ -533,7 +379,7 @@ def run_files(
 def _stdout_text(result, fmt: str, cue_options, name: str | None) -> str:
     """One result as printed: json as one line per file (JSON Lines); txt lines prefixed by the file's name
     when several files share stdout, as grep does."""
-    from ..tasks.writers import WRITERS
+    from ..tasks.writers import WRITERS  # lazy: numpy, which --help never needs
 
     if fmt == "json":
         return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"

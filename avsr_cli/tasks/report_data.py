@@ -22,7 +22,9 @@ import soundfile as sf
 
 from ..errors import UsageError
 from .datasets import Item
-from .evaluate import CLEAN, EvaluateOptions, prepare_item, read_results
+from .evaluate import prepare_item
+from .evaluate_options import CLEAN, EvaluateOptions
+from .evaluate_results import read_results
 from .scoring import get_normalizer, score
 
 PAGE = "report.html"

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..modeling.decoding import drop_repeated_phrases
-from .transcribe import Segment
+from .transcript import Segment
 
 CONJUNCTIONS = frozenset(
     "and but or nor so yet because that which who whom whose when while where if unless until although "

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import OutputError, UsageError
 from ..storage import atomic_write_text, display_name
 from .subtitles import CueOptions, clean_segments, make_cues
-from .transcribe import Result, Segment
+from .transcript import Result, Segment
 
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 
