@@ -23,7 +23,7 @@ from ...modeling.model import AVSRModel, ModalityInputs
 from ...storage import atomic_write_text
 from ..distributed import World
 from ..scoring import score
-from ..transcribe import rounded
+from ..transcript import rounded
 from .ctc import CTCClasses, ctc_prealign
 from .distributed import broadcast_parameters, gather_texts, sum_gradients
 from .options import MODE_MODALITIES, TrainOptions
