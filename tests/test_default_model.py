@@ -96,3 +96,23 @@ def test_first_run_converts_the_models_with_plain_log_lines(tmp_path):
     assert "%|" not in p.stderr and "it/s" not in p.stderr
     reference = (ROOT / "examples" / "heldout.txt").read_text().strip()
     assert score([(reference, p.stdout.strip())]).wer <= 0.2, p.stdout
+
+
+def test_the_built_in_model_decodes_merged_without_peft():
+    """By name as without one, the built-in model folds its LoRA into the LLM: peft is never imported."""
+    script = (
+        "import json, sys\n"
+        "from avsr_cli.tasks.transcribe import Transcriber\n"
+        "t = Transcriber.from_checkpoint(sys.argv[2])\n"
+        "r = t.transcribe(sys.argv[1])\n"
+        "print(json.dumps({'text': r.text, 'merged': t.model.lora_merged, 'peft': 'peft' in sys.modules}))\n"
+    )
+    clip = ROOT / "examples" / "heldout.wav"
+    reference = (ROOT / "examples" / "heldout.txt").read_text().strip()
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(clip), "avsr-tiny-en"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["merged"] is True and out["peft"] is False
+    assert score([(reference, out["text"])]).wer <= 0.2, out["text"]

@@ -15,6 +15,7 @@ import torch
 from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
 from avsr_cli.errors import CheckpointError
 from avsr_cli.modeling.config import LoraConfig
+from avsr_cli.tasks.transcribe import Transcriber
 from tests.support.tiny import tiny_config
 
 
@@ -68,6 +69,11 @@ def test_merge_names_a_missing_adapter_weight(trained_ckpt, tmp_path):
 def test_task_adapters_keep_peft(tiny_dirs):
     config = tiny_config(*tiny_dirs, lora=LoraConfig(r=4, alpha=8.0, variant="shared+task"))
     model = build_model(config, merge_lora=True)
+    assert not model.lora_merged and any("lora_" in n for n, _ in model.llm.named_parameters())
+
+
+def test_other_checkpoints_keep_the_unmerged_path(trained_ckpt):
+    model = Transcriber.from_checkpoint(trained_ckpt, device="cpu", dtype="float32").model
     assert not model.lora_merged and any("lora_" in n for n, _ in model.llm.named_parameters())
 
 
