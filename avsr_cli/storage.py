@@ -170,7 +170,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 def exclusive_lock(folder: Path, user: str) -> Iterator[None]:
     """Hold `folder`'s lock (`.avsr.lock`, filelock) while the block runs; if another process holds it,
     raise UsageError saying who (pid, host, since when) instead of waiting."""
-    from filelock import FileLock, Timeout
+    from filelock import FileLock, Timeout  # lazy: 70 ms (asyncio) that --help and most commands never need
 
     folder = Path(folder)
     owner = folder / ".avsr.lock.owner"

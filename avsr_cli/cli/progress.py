@@ -3,6 +3,16 @@ from __future__ import annotations
 import sys
 import time
 
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Column
+
 from ..tasks.training.reports import CTCStepInfo, StepInfo
 from .app import stderr
 
@@ -26,8 +36,6 @@ class MediaProgress:
     def __enter__(self) -> MediaProgress:
         if not self.enabled:
             return self
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-        from rich.table import Column
 
         self.progress = Progress(
             # file names are text, never Rich markup
@@ -123,8 +131,6 @@ class TrainProgress:
             stderr.print(f"validation at step {info.step}: WER {wers}")
         if self.live:
             if self.progress is None:
-                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
                 self.progress = Progress(
                     TextColumn("{task.description}"),
                     BarColumn(),
@@ -159,15 +165,6 @@ class ByteProgress:
     def __init__(self, quiet: bool) -> None:
         self.progress = None
         if not quiet and stderr.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
             self.progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -64,7 +64,7 @@ def vad_model_path(name: str = SEQUENCE_MODEL) -> Path:
 def _session():
     """(onnxruntime session, batched?) for the sequence model, else the streaming one; loaded once."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: only files long enough to need the VAD load it
     except ImportError:
         raise UsageError("voice activity detection needs onnxruntime: pip install onnxruntime") from None
     options = ort.SessionOptions()
