@@ -95,6 +95,26 @@ def test_sequence_layout_and_labels(model):
     assert model.tokenizer.decode(prompt) == "Transcribe speech to text."
 
 
+def test_initial_prompt_goes_after_bos_before_the_media_of_every_clip(model):
+    frames = frames_of(model, waves((1.0, 0.6)))
+    audio = ModalityInputs(frames, 4)
+    plain, _ = model.sequences("asr", audio, None)
+    glossary = "Maria, Glasgow"
+    seqs, labels = model.sequences("asr", audio, None, context=glossary)
+    emb = model.llm.get_input_embeddings().weight
+    framed = model.tokenizer(f"Context: {glossary}\n", add_special_tokens=False).input_ids
+    for before, after, label in zip(plain, seqs, labels, strict=True):
+        assert after.shape[0] == before.shape[0] + len(framed)
+        assert torch.equal(after[0], emb[model.ids.bos])
+        assert torch.equal(after[1 : 1 + len(framed)], torch.stack([emb[t] for t in framed]))
+        assert torch.equal(after[1 + len(framed) :], before[1:])  # <audio> A.. </audio> PROMPT: unchanged
+        assert label.eq(IGNORE_INDEX).all()
+    # no prompt, or a blank one, leaves every clip's input as the reference builds it
+    for nothing in (None, "", "  \n"):
+        same, _ = model.sequences("asr", audio, None, context=nothing)
+        assert all(torch.equal(a, b) for a, b in zip(same, plain, strict=True))
+
+
 def test_batch_equals_one_by_one(model):
     audio = waves()
     frames = frames_of(model, audio)

@@ -133,6 +133,35 @@ def test_a_checkpoint_without_a_card_is_taken_as_english_and_says_so(wav, tiny_c
     assert r.exit_code == 2 and "en (English), fr (French)" in r.stderr
 
 
+# --- --initial-prompt ---
+
+
+def test_initial_prompt_reaches_the_model_and_a_long_one_is_refused(wav, tiny_ckpt):
+    def transcribe(*extra):
+        r = run("transcribe", wav, "-c", tiny_ckpt, "-f", "json", "--max-new-tokens", "4", "-q", *extra)
+        assert r.exit_code == 0, r.stderr
+        return json.loads(r.stdout)
+
+    plain, blank = transcribe(), transcribe("--initial-prompt", " ")
+    prompted = transcribe("--initial-prompt", "hello world, Glasgow")
+    assert prompted["options"]["initial_prompt"] == "hello world, Glasgow"
+    # the random model's scores change with what precedes the instruction; a blank prompt changes nothing
+    assert prompted["avg_logprob"] != plain["avg_logprob"]
+    assert (blank["text"], blank["avg_logprob"]) == (plain["text"], plain["avg_logprob"])
+    glossary = "the quick brown fox jumps over a lazy dog " * 40  # 360 words: over 224 tokens in any BPE
+    for command in ("transcribe", "export-subtitles"):
+        r = cli(command, wav, "-c", tiny_ckpt, "-q", "--initial-prompt", glossary)
+        assert r.returncode == 2 and r.stdout == "", (command, r.stdout)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "initial prompt is" in lines[0] and "224" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("command", ["transcribe", "export-subtitles"])
+def test_initial_prompt_shows_in_help(command):
+    text = run(command, "--help", env={"COLUMNS": "200"}).stdout
+    assert re.search(r"--initial-prompt\s+TEXT\s+Text given to the model with every chunk", text), text
+
+
 # --- progress and what a terminal shows ---
 
 

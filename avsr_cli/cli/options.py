@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from ..modeling.config import MAX_CONTEXT_TOKENS
+
 
 class Mode(str, enum.Enum):
     asr = "asr"
@@ -183,6 +185,15 @@ LogprobThresholdOpt = Annotated[
     typer.Option(
         help="Segments whose mean token log-probability is below this are flagged low_confidence "
         "(faster-whisper's log_prob_threshold)."
+    ),
+]
+InitialPromptOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        metavar="TEXT",
+        help="Text given to the model with every chunk: names, jargon, spellings (whisper's initial prompt; "
+        "an LLM decoder has no windows that carry earlier text, so every chunk gets the same prompt). "
+        f"At most {MAX_CONTEXT_TOKENS} tokens.",
     ),
 ]
 VideoRateOpt = Annotated[Optional[int], typer.Option(help="Video compression rate.")]

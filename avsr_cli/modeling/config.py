@@ -35,6 +35,10 @@ REFERENCE_PROMPTS = {
     "avsr": "Transcribe speech and video to text.",
 }
 
+# An initial prompt (`avsr transcribe --initial-prompt`, model.py) is capped as Whisper caps its own: 224
+# tokens (half its text context), counted in the LLM's tokens of the user's text alone.
+MAX_CONTEXT_TOKENS = 224
+
 # Special tokens: Llama-AVSR models/lightning.py adds
 # {"pad_token": "<pad>", "additional_special_tokens": ["<audio>", "</audio>", "<video>", "</video>"]}
 # in this order, then resizes the LLM embeddings to len(tokenizer).

@@ -3,6 +3,8 @@
 Input sequence, as Llama-AVSR models/modeling_AVSRLLM.py `prepare_inputs` builds it (and Omni-AVSR alike):
     [BOS] <audio> A_1..A_n </audio> <video> V_1..V_m </video> PROMPT  -> generate
 Training appends the transcript tokens + EOS, with labels -100 everywhere before the transcript.
+An initial prompt (names, jargon: `--initial-prompt`) is text the reference never trained with: it
+goes in as CONTEXT_TEMPLATE at CONTEXT_PLACEMENT (chosen by recipes/avsr_tiny_en/names_ab.py).
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from ..errors import UsageError
+from .config import MAX_CONTEXT_TOKENS, ModelConfig
 from .decoding import DecodingOptions, StepCounter, generation_config
 from .greedy import greedy_decode
 from .llm import TokenIds, set_active_adapters
 from .projector import ModalityProjector
 
 IGNORE_INDEX = -100
+
+CONTEXT_TEMPLATE = "Context: {text}\n"
+# Where the framed prompt goes: after BOS before the media, just before the instruction, or just after it.
+# Before the media disturbs the built-in model least and kept the most names (docs/usage.md); after the
+# instruction it stops transcribing.
+CONTEXT_PLACEMENTS = ("before-media", "before-instruction", "after-instruction")
+CONTEXT_PLACEMENT = "before-media"
 
 
 @dataclass
@@ -64,6 +74,7 @@ class AVSRModel(nn.Module):
                     c.projector.layernorm,
                 )
         self._prompt_cache: dict[str, list[int]] = {}
+        self.context_placement = CONTEXT_PLACEMENT  # one of CONTEXT_PLACEMENTS (names_ab.py compares them)
         self._active: list[str] | None = None
         self.lora_merged = lora_merged  # LoRA folded into the LLM (merge_lora(), or at load)
 
@@ -80,6 +91,19 @@ class AVSRModel(nn.Module):
             ).input_ids
         return self._prompt_cache[mode]
 
+    def context_ids(self, text: str | None) -> list[int]:
+        """Tokens of an initial prompt framed as CONTEXT_TEMPLATE; none for None or blank text. Raises
+        UsageError for a prompt over MAX_CONTEXT_TOKENS tokens."""
+        if text is None or not text.strip():
+            return []
+        n = len(self.tokenizer(text.strip(), add_special_tokens=False).input_ids)
+        if n > MAX_CONTEXT_TOKENS:
+            raise UsageError(
+                f"the initial prompt is {n} tokens long; {self.config.name} takes at most "
+                f"{MAX_CONTEXT_TOKENS}"
+            )
+        return self.tokenizer(CONTEXT_TEMPLATE.format(text=text.strip()), add_special_tokens=False).input_ids
+
     def target_ids(self, text: str) -> list[int]:
         """Transcript tokens + EOS; plain text with no leading space, as the reference trains."""
         return self.tokenizer(text, add_special_tokens=False).input_ids + [self.ids.eos]
@@ -94,16 +118,25 @@ class AVSRModel(nn.Module):
         audio: ModalityInputs | None,
         video: ModalityInputs | None,
         targets: list[list[int]] | None = None,
+        context: str | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per clip: the input embedding sequence (L_i, H) and its labels (L_i,)."""
+        """Per clip: the input embedding sequence (L_i, H) and its labels (L_i,); `context`: an initial
+        prompt given to every clip (see `context_ids`)."""
         proj_a = self.projectors["audio"](audio.frames, audio.rate) if audio is not None else None
         proj_v = self.projectors["video"](video.frames, video.rate) if video is not None else None
         n = len((audio or video).frames)
-        ids, prompt = self.ids, self.prompt_ids(mode)
+        ids, prompt, head = self.ids, self.prompt_ids(mode), []
+        extra = self.context_ids(context)
+        if extra and self.context_placement == "before-media":
+            head = extra
+        elif extra:
+            prompt = extra + prompt if self.context_placement == "before-instruction" else prompt + extra
         dtype = self.llm.get_input_embeddings().weight.dtype
         seqs, labels = [], []
         for i in range(n):
             parts = [self._embed([ids.bos])] if ids.bos is not None else []
+            if head:
+                parts.append(self._embed(head))
             # Audio block first, then video: the reference inserts video after BOS, then audio after BOS.
             if proj_a is not None:
                 parts += [self._embed([ids.audio_start]), proj_a[i], self._embed([ids.audio_end])]
@@ -188,11 +221,13 @@ class AVSRModel(nn.Module):
         video: ModalityInputs | None,
         options: DecodingOptions,
         on_step: Callable[[int], None] | None = None,
+        context: str | None = None,
     ) -> list[Hypothesis]:
         """Transcripts for a batch of clips with their mean token log-probability (the scores the search
-        computes anyway: asking for them changes no token); `on_step(n)` is told each token step."""
+        computes anyway: asking for them changes no token); `on_step(n)` is told each token step; `context`:
+        an initial prompt for every clip."""
         self._activate(mode)
-        seqs, labels = self.sequences(mode, audio, video)
+        seqs, labels = self.sequences(mode, audio, video, context=context)
         embeds, mask, _ = self._pad_left(seqs, labels)
         gen = generation_config(options, self.config.decoding, self.ids)
         if gen.num_beams == 1 and not gen.do_sample:  # generate()'s greedy search, without its set-up

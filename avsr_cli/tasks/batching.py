@@ -240,7 +240,8 @@ class BatchLoop:
         step = f"{where}: decoding {chunks}"
         report_stage(report, step, 0, tokens)
         on_step = (lambda n: report_stage(report, step, n, tokens)) if hasattr(report, "stage") else None
-        hypotheses = model.decode(mode, audio, video, decoding, on_step=on_step)
+        prompt = options.initial_prompt
+        hypotheses = model.decode(mode, audio, video, decoding, on_step=on_step, context=prompt)
         t3 = time.perf_counter()
         share = {"llm": t3 - t2}
         if audio is not None:

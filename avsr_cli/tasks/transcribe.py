@@ -49,7 +49,7 @@ class Transcriber:
         return cls(load_checkpoint(checkpoint, device=device, dtype=dtype, merge_lora=merge), options)
 
     def check_options(self, options: TranscribeOptions) -> None:
-        """Raise a user-facing error if this model cannot run `options` (mode, rates)."""
+        """Raise a user-facing error if this model cannot run `options` (mode, rates, prompt length)."""
         cfg = self.model.config
         if options.mode != "auto" and options.mode not in cfg.modes:
             raise CheckpointError(
@@ -60,6 +60,7 @@ class Transcriber:
             cfg.pick_rate("audio", options.audio_rate)
         if any(m in ("vsr", "avsr") for m in modes):
             cfg.pick_rate("video", options.video_rate)
+        self.model.context_ids(options.initial_prompt)
 
     def mode_for(self, path: str | Path, requested: str) -> str:
         """The mode for one file: `requested`, checked against the file's streams, or for "auto" the richest

@@ -46,6 +46,9 @@ class TranscribeOptions:
     # A segment whose mean token log-probability is below this is flagged low_confidence (faster-whisper's
     # log_prob_threshold default, -1.0): the model is guessing rather than hearing.
     logprob_threshold: float = -1.0
+    # Text given to the model with every chunk (names, jargon, spelling): whisper's initial_prompt, but for
+    # every chunk alike, since an LLM decoder has no windows that carry the previous window's text.
+    initial_prompt: str | None = None
 
     def clips_per_batch(self, default_beams: int) -> int:
         """batch_size, or by default DECODER_ROWS decoder rows (clips x beams) and 4 clips at least."""
