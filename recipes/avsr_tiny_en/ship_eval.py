@@ -47,8 +47,8 @@ def audioeval_set(out: Path) -> Path:
     return folder
 
 
-def whisper(dataset: Path, out: Path, name: str, limit: int | None) -> list[dict]:
-    """Whisper base's per-clip results on `dataset` (cached)."""
+def whisper(dataset: Path, out: Path, name: str, limit: int | None, beams: int | None = None) -> list[dict]:
+    """Whisper base's per-clip results on `dataset` (cached); `beams`: whisper_baseline's default (4)."""
     results = out / f"whisper-{name}.jsonl"
     if not results.exists():
         cmd = [
@@ -59,9 +59,9 @@ def whisper(dataset: Path, out: Path, name: str, limit: int | None) -> list[dict
             "--results",
             str(results),
         ]
-        subprocess.run(
-            cmd + (["--limit", str(limit)] if limit else []), check=True, stdout=subprocess.DEVNULL, cwd=ROOT
-        )
+        cmd += ["--limit", str(limit)] if limit else []
+        cmd += ["--beams", str(beams)] if beams else []
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     return [json.loads(line) for line in results.read_text().splitlines()]
 
 
