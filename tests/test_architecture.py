@@ -393,3 +393,18 @@ def test_sys_path_edits_are_found():
             print(sys.path.index("x"), list(sys.path))
     """)
     assert sys_path_edits(source) == [3, 4, 5, 6, 7, 8]
+
+
+def test_the_wheel_lists_every_subpackage():
+    """pyproject's explicit package list names every package under avsr_cli/ (a missing one installs a wheel
+    that fails on import, which only the slow fresh-venv test would see)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "avsr_cli").rglob("__init__.py")} | {
+        "avsr_cli.models"
+    }
+    assert listed == found
