@@ -253,14 +253,21 @@ def load_lora_state(
                     expected.add(key)
                     if key not in state and short.rsplit(".", 1)[-1] in new_modules:
                         continue
-                    if key not in state:
-                        raise CheckpointError(f"adapter weights lack {key}")
                     target = getattr(module, part)[adapter].weight
-                    if target.shape != state[key].shape:
-                        raise CheckpointError(
-                            f"{key}: shape {tuple(state[key].shape)} != {tuple(target.shape)}"
-                        )
-                    target.copy_(state[key])
+                    target.copy_(_adapter_tensor(state, key, target.shape))
+    _refuse_undeclared(state, expected)
+
+
+def _adapter_tensor(state: dict[str, torch.Tensor], key: str, shape) -> torch.Tensor:
+    """state[key], which must be there and have `shape`."""
+    if key not in state:
+        raise CheckpointError(f"adapter weights lack {key}")
+    if tuple(state[key].shape) != tuple(shape):
+        raise CheckpointError(f"{key}: shape {tuple(state[key].shape)} != {tuple(shape)}")
+    return state[key]
+
+
+def _refuse_undeclared(state: dict[str, torch.Tensor], expected: set[str]) -> None:
     extra = [k for k in state if k.startswith("llm.lora.") and k not in expected]
     if extra:
         raise CheckpointError(f"adapter has LoRA weights the config does not declare: {extra[0]}")
@@ -281,18 +288,11 @@ def merge_lora_weights(model: nn.Module, state: dict[str, torch.Tensor], lora: L
             if name.rsplit(".", 1)[-1] not in lora.target_modules:
                 continue
             weight, key = module.weight, prefix + name[name.index("layers.") :]
-            shapes = {".lora_A": (lora.r, weight.shape[1]), ".lora_B": (weight.shape[0], lora.r)}
-            for part, shape in shapes.items():
-                expected.add(key + part)
-                if key + part not in state:
-                    raise CheckpointError(f"adapter weights lack {key + part}")
-                if tuple(state[key + part].shape) != shape:
-                    raise CheckpointError(f"{key + part}: shape {tuple(state[key + part].shape)} != {shape}")
-            down, up = state[key + ".lora_A"].float(), state[key + ".lora_B"].float()
+            expected |= {key + ".lora_A", key + ".lora_B"}
+            down = _adapter_tensor(state, key + ".lora_A", (lora.r, weight.shape[1])).float()
+            up = _adapter_tensor(state, key + ".lora_B", (weight.shape[0], lora.r)).float()
             weight += ((up @ down) * scale).to(weight.device)
-    extra = [k for k in state if k.startswith("llm.lora.") and k not in expected]
-    if extra:
-        raise CheckpointError(f"adapter has LoRA weights the config does not declare: {extra[0]}")
+    _refuse_undeclared(state, expected)
 
 
 def set_active_adapters(model: nn.Module, names: list[str]) -> None:
