@@ -79,8 +79,9 @@ def package_version(dist: str) -> str | None:
 def find_package(module: str) -> ModuleSpec | None:
     """package_spec(module), made importable: a package found only in side_packages_dir() gets that folder
     appended to sys.path, after the environment's own packages, which keep precedence. The append stays
-    because callers import what this finds: the face backends (frontends/face.py) import mediapipe and
-    face-alignment from there, whose pins clash with the environment's. Mere lookups use package_spec."""
+    because callers import what this finds: the face backends (frontends/face_backends.py) import
+    mediapipe and face-alignment from there, whose pins clash with the environment's. Mere lookups use
+    package_spec."""
     spec = importlib.util.find_spec(module)
     if spec is None and (spec := _side_spec(module)) is not None:
         side = str(side_packages_dir())

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoints.loading import default_checkpoint, load_checkpoint
+from ..checkpoints.loading import DEFAULT_MODEL, default_checkpoint, load_checkpoint
 from ..checkpoints.locate import find_checkpoint
+from ..checkpoints.zoo import shipped_dir
 from ..errors import AvsrError, CheckpointError, MediaError
 from ..frontends.media import probe
 from ..modeling.model import AVSRModel
@@ -41,12 +42,11 @@ class Transcriber:
         options: TranscribeOptions | None = None,
     ) -> Transcriber:
         """Load a checkpoint directory or model name; None: the built-in offline model (avsr-tiny-en)."""
-        builtin = default_checkpoint()
-        checkpoint = builtin if checkpoint is None else checkpoint
+        ckpt_dir = default_checkpoint() if checkpoint is None else find_checkpoint(str(checkpoint))
         # The built-in model decodes with its LoRA folded into the LLM (the weights peft's merge_and_unload
         # gives, without importing peft); other checkpoints keep peft's unmerged path their parity tests pin.
-        merge = find_checkpoint(str(checkpoint)).resolve() == builtin.resolve()
-        return cls(load_checkpoint(checkpoint, device=device, dtype=dtype, merge_lora=merge), options)
+        merge = ckpt_dir.resolve() == (shipped_dir() / DEFAULT_MODEL).resolve()
+        return cls(load_checkpoint(ckpt_dir, device=device, dtype=dtype, merge_lora=merge), options)
 
     def check_options(self, options: TranscribeOptions) -> None:
         """Raise a user-facing error if this model cannot run `options` (mode, rates, prompt length)."""
