@@ -74,6 +74,7 @@ class AVSRModel(nn.Module):
                     c.projector.layernorm,
                 )
         self._prompt_cache: dict[str, list[int]] = {}
+        self._context_cache: dict[str, list[int]] = {}
         self.context_placement = CONTEXT_PLACEMENT  # one of CONTEXT_PLACEMENTS (names_ab.py compares them)
         self._active: list[str] | None = None
         self.lora_merged = lora_merged  # LoRA folded into the LLM (merge_lora(), or at load)
@@ -96,13 +97,17 @@ class AVSRModel(nn.Module):
         UsageError for a prompt over MAX_CONTEXT_TOKENS tokens."""
         if text is None or not text.strip():
             return []
-        n = len(self.tokenizer(text.strip(), add_special_tokens=False).input_ids)
-        if n > MAX_CONTEXT_TOKENS:
-            raise UsageError(
-                f"the initial prompt is {n} tokens long; {self.config.name} takes at most "
-                f"{MAX_CONTEXT_TOKENS}"
-            )
-        return self.tokenizer(CONTEXT_TEMPLATE.format(text=text.strip()), add_special_tokens=False).input_ids
+        text = text.strip()
+        if text not in self._context_cache:  # every batch of a call gives the same prompt
+            n = len(self.tokenizer(text, add_special_tokens=False).input_ids)
+            if n > MAX_CONTEXT_TOKENS:
+                raise UsageError(
+                    f"the initial prompt is {n} tokens long; {self.config.name} takes at most "
+                    f"{MAX_CONTEXT_TOKENS}"
+                )
+            framed = CONTEXT_TEMPLATE.format(text=text)
+            self._context_cache[text] = self.tokenizer(framed, add_special_tokens=False).input_ids
+        return self._context_cache[text]
 
     def target_ids(self, text: str) -> list[int]:
         """Transcript tokens + EOS; plain text with no leading space, as the reference trains."""
