@@ -49,6 +49,8 @@ class TranscribeOptions:
     # Text given to the model with every chunk (names, jargon, spelling): whisper's initial_prompt, but for
     # every chunk alike, since an LLM decoder has no windows that carry the previous window's text.
     initial_prompt: str | None = None
+    # Time every word by forced alignment against the checkpoint's character CTC head (Segment.words).
+    word_timestamps: bool = False
 
     def clips_per_batch(self, default_beams: int) -> int:
         """batch_size, or by default DECODER_ROWS decoder rows (clips x beams) and 4 clips at least."""
@@ -69,16 +71,29 @@ class TranscribeOptions:
             raise ValueError(f"unknown segmentation {self.segmentation!r} (expected one of {SEGMENTATIONS})")
 
 
+@dataclass(frozen=True)
+class Word:
+    """One word's time span (seconds) and the aligner's confidence in it, as whisper writes words: `word`
+    carries its leading space, so that joining the words of a segment gives its text."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
 @dataclass
 class Segment:
     """A timed piece of transcript: one per clip, or one per speech chunk of a long file; avg_logprob is the
-    mean log-probability of its tokens (None for subtitle cues and other derived pieces)."""
+    mean log-probability of its tokens (None for subtitle cues and other derived pieces); words are set when
+    word timestamps were asked for."""
 
     start: float
     end: float
     text: str
     avg_logprob: float | None = None
     low_confidence: bool = False
+    words: list[Word] | None = None
 
 
 @dataclass

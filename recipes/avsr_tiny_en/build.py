@@ -164,20 +164,20 @@ def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     return speech + noise
 
 
-def codec(audio: np.ndarray, rng: np.random.Generator, tmp: Path) -> tuple[np.ndarray, dict]:
+def codec(audio: np.ndarray, rng: np.random.Generator, tmp: Path, prof: dict) -> tuple[np.ndarray, dict]:
     src = tmp / "codec-in.wav"
     sf.write(src, audio, SR, subtype="PCM_16")
     kind = ["mp3", "opus", "telephone"][rng.integers(3)]
     back = tmp / "codec-out.wav"
     ff = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
     if kind == "mp3":
-        rate = int(rng.choice([16, 24, 32, 48, 64]))
+        rate = int(rng.choice(prof["mp3_kbps"]))
         enc = tmp / "c.mp3"
         subprocess.run([*ff, "-i", str(src), "-c:a", "libmp3lame", "-b:a", f"{rate}k", str(enc)], check=True)
         subprocess.run([*ff, "-i", str(enc), "-ar", str(SR), "-ac", "1", str(back)], check=True)
         info = {"codec": "mp3", "kbps": rate}
     elif kind == "opus":
-        rate = int(rng.choice([6, 8, 12, 16, 24]))
+        rate = int(rng.choice(prof["opus_kbps"]))
         enc = tmp / "c.ogg"
         subprocess.run([*ff, "-i", str(src), "-c:a", "libopus", "-b:a", f"{rate}k", str(enc)], check=True)
         subprocess.run([*ff, "-i", str(enc), "-ar", str(SR), "-ac", "1", str(back)], check=True)
@@ -194,9 +194,42 @@ def codec(audio: np.ndarray, rng: np.random.Generator, tmp: Path) -> tuple[np.nd
     return out, info
 
 
+# augmentation settings; the v2 corpus used these, slice.py passes its own (same keys)
+V2_PROFILE = {
+    "reverb_p": 0.3,
+    "noise_p": 0.6,
+    "snr_db": [(1.0, 0.0, 30.0)],  # (share, low, high)
+    "noise_kinds": [("babble", 0.4), ("white", 0.25), ("pink", 0.25), ("brown", 0.1)],
+    "codec_p": 0.3,
+    "mp3_kbps": [16, 24, 32, 48, 64],
+    "opus_kbps": [6, 8, 12, 16, 24],
+}
+
+
+def draw_snr(rng: np.random.Generator, bands: list) -> float:
+    if len(bands) == 1:  # the v2 draw (one uniform), kept so that its clips rebuild identically
+        return float(rng.uniform(bands[0][1], bands[0][2]))
+    u, acc = rng.random(), 0.0
+    for share, low, high in bands:  # noqa: B007 - the band the draw falls in is used below
+        acc += share
+        if u < acc:
+            break
+    return float(rng.uniform(low, high))
+
+
+def draw_kind(u: float, kinds: list) -> str:
+    acc = 0.0
+    for kind, share in kinds:
+        acc += share
+        if u < acc:
+            return kind
+    return kinds[-1][0]
+
+
 def augment(
-    clean: Path, rng: np.random.Generator, babble_pool: list[Path], tmp: Path
+    clean: Path, rng: np.random.Generator, babble_pool: list[Path], tmp: Path, profile: dict | None = None
 ) -> tuple[np.ndarray, dict]:
+    prof = profile or V2_PROFILE
     info: dict = {}
     effects = ["pad", f"{rng.uniform(0.05, 0.4):.3f}", f"{rng.uniform(0.1, 0.5):.3f}"]
     if rng.random() < 0.6:
@@ -207,7 +240,7 @@ def augment(
         c = float(rng.uniform(-300, 300))
         effects += ["pitch", f"{c:.0f}"]
         info["pitch_cents"] = round(c)
-    if rng.random() < 0.3:
+    if rng.random() < prof["reverb_p"]:
         r = [rng.uniform(10, 70), rng.uniform(20, 80), rng.uniform(20, 100)]
         pre = rng.uniform(0, 30)
         effects += ["reverb", f"{r[0]:.0f}", f"{r[1]:.0f}", f"{r[2]:.0f}", "100", f"{pre:.0f}"]
@@ -220,10 +253,9 @@ def augment(
     shaped = tmp / "shaped.wav"
     sox(clean, shaped, *effects, "channels", "1", "rate", str(SR))
     audio = read(shaped).astype(np.float64)
-    if rng.random() < 0.6:
-        snr = float(rng.uniform(0, 30))
-        u = rng.random()
-        kind = "babble" if u < 0.4 else "white" if u < 0.65 else "pink" if u < 0.9 else "brown"
+    if rng.random() < prof["noise_p"]:
+        snr = draw_snr(rng, prof["snr_db"])
+        kind = draw_kind(rng.random(), prof["noise_kinds"])
         if kind == "babble":
             noise, picks = babble(len(audio), babble_pool, rng, int(rng.integers(3, 8)))
             info["babble_of"] = picks
@@ -231,8 +263,8 @@ def augment(
             noise = colored_noise(len(audio), kind, rng)
         audio = mix(audio, noise, snr)
         info.update(noise=kind, snr_db=round(snr, 1))
-    if rng.random() < 0.3:
-        audio, c = codec(audio.astype(np.float32), rng, tmp)
+    if rng.random() < prof["codec_p"]:
+        audio, c = codec(audio.astype(np.float32), rng, tmp, prof)
         info.update(c)
     peak_db = float(rng.uniform(-15, -1))
     audio = audio * (10 ** (peak_db / 20) / (np.abs(audio).max() + 1e-9))
@@ -263,7 +295,7 @@ def write_clip(job: dict) -> dict:
         }
         rng = rng_for(job["seed"], job["split"], cid)
         if job["kind"] == "augment":
-            audio, aug = augment(clean, rng, [Path(p) for p in job["babble"]], tmp)
+            audio, aug = augment(clean, rng, [Path(p) for p in job["babble"]], tmp, job.get("profile"))
         elif job["kind"] == "babble5":
             audio = read(clean).astype(np.float64)
             noise, picks = babble(len(audio), [Path(p) for p in job["babble"]], rng, int(rng.integers(4, 8)))
@@ -455,6 +487,20 @@ def _safe_write(j):
 STAGES = ("babble", "test", "test-babble5", "val", "train", "train-kokoro")
 
 
+def write_split_manifest(folder: Path, write: bool = True) -> tuple[int, float]:
+    """`folder/manifest.jsonl` from the clips' sidecars; returns (clips, seconds)."""
+    lines, seconds = [], 0.0
+    for sidecar in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):
+        info = json.loads(sidecar.read_text())
+        seconds += info.get("seconds", 0.0)
+        lines.append(json.dumps({"media": f"{sidecar.stem}.wav", **info}))
+    if write and folder.is_dir():
+        tmp = folder / ".manifest.jsonl.tmp"
+        tmp.write_text("".join(x + "\n" for x in lines))
+        os.replace(tmp, folder / "manifest.jsonl")
+    return len(lines), seconds
+
+
 def write_manifests(out: Path, stages: dict[str, list[dict]], args, text: Path) -> None:
     summary = {}
     for jobs in stages.values():
@@ -464,18 +510,8 @@ def write_manifests(out: Path, stages: dict[str, list[dict]], args, text: Path) 
             )
             summary[j["split"]]["planned"] += 1
     for split, s in summary.items():
-        folder = Path(s["folder"])
-        lines = []
-        for sidecar in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):
-            info = json.loads(sidecar.read_text())
-            s["written"] += 1
-            s["seconds"] += info.get("seconds", 0.0)
-            lines.append(json.dumps({"media": f"{sidecar.stem}.wav", **info}))
-        if not split.startswith(".") and folder.is_dir():
-            tmp = folder / ".manifest.jsonl.tmp"
-            tmp.write_text("".join(x + "\n" for x in lines))
-            os.replace(tmp, folder / "manifest.jsonl")
-        s["hours"] = round(s.pop("seconds") / 3600, 3)
+        s["written"], seconds = write_split_manifest(Path(s["folder"]), write=not split.startswith("."))
+        s["hours"] = round((s.pop("seconds") + seconds) / 3600, 3)
     recipe = {
         "text": str(text),
         "text_sha256": hashlib.sha256(text.read_bytes()).hexdigest(),

@@ -77,14 +77,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache/avsr/names-ab")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint (default: the built-in model)")
+    parser.add_argument("--placements", default=",".join(CONTEXT_PLACEMENTS), help="prompt placements to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = clips(args.out)
-    transcriber = Transcriber.from_checkpoint()
+    transcriber = Transcriber.from_checkpoint(args.checkpoint)
     refs = [text for text, _ in SENTENCES]
     total = sum(len(names) for _, names in SENTENCES)
     rows = [("no prompt", None, CONTEXT_PLACEMENTS[0])]
-    rows += [(f"glossary, {p}", GLOSSARY, p) for p in CONTEXT_PLACEMENTS]
+    rows += [(f"glossary, {p}", GLOSSARY, p) for p in CONTEXT_PLACEMENTS if p in args.placements.split(",")]
     print(f"prompt: {GLOSSARY!r}\n")
     print("| run | names kept | WER |\n| --- | ---: | ---: |")
     for label, prompt, placement in rows:

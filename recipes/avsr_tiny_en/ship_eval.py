@@ -6,7 +6,9 @@ Sets (LRS normaliser; avsr at the checkpoint's decoding defaults, Whisper base w
 - held-out source (fortunes), held-out voices (hibari heart, festival slt hts): the first LIMIT clips, clean,
   and the same sentences at 5 dB of held-out babble (`test-heldout-source-babble5`, built by build.py);
 - the English clips of the pytest-audioeval wheel (fetched from PyPI into OUT_DIR once);
+- the held-out two-sentence clips (`test-heldout-source-2sent`, built by slice.py), when built;
 - the real LRS3 example clip (when the shared assets exist), scored against Whisper base's transcript of it.
+Each row also gives the words deleted, as a share of the reference words (a model that stops early).
 Whisper's results are cached in OUT_DIR (they do not depend on the checkpoint). Writes OUT_DIR/table.md and
 OUT_DIR/table.json.
 """
@@ -84,7 +86,18 @@ def lrs3_set(out: Path) -> Path | None:
 def avsr(dataset: Path, ckpt: str, out: Path, name: str, args) -> list[dict]:
     report = out / f"avsr-{name}"
     shutil.rmtree(report, ignore_errors=True)
-    cmd = ["avsr", "evaluate", str(dataset), "-c", ckpt, "--threads", str(args.threads), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avsr_cli",
+        "evaluate",
+        str(dataset),
+        "-c",
+        ckpt,
+        "--threads",
+        str(args.threads),
+        "-q",
+    ]
     cmd += ["--report-dir", str(report), "--dtype", args.dtype]
     cmd += ["--limit", str(args.limit)] if args.limit and name.startswith("heldout") else []
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -92,9 +105,12 @@ def avsr(dataset: Path, ckpt: str, out: Path, name: str, args) -> list[dict]:
     return [{"id": r["id"], "reference": r["ref"], "hypothesis": r["hyp"]} for r in rows]
 
 
-def wer(rows: list[dict], voice: str = "") -> tuple[float, int]:
+def wer(rows: list[dict], voice: str = "") -> tuple[float, int, float]:
+    """(WER %, clips, deletions as % of reference words) of the rows whose id ends with `voice`."""
     picked = [r for r in rows if r["id"].endswith(voice)]
-    return round(100 * score([(r["reference"], r["hypothesis"]) for r in picked]).wer, 1), len(picked)
+    s = score([(r["reference"], r["hypothesis"]) for r in picked])
+    deleted = 100 * s.deletions / max(s.hits + s.substitutions + s.deletions, 1)
+    return round(100 * s.wer, 1), len(picked), round(deleted, 1)
 
 
 def main() -> None:
@@ -112,6 +128,8 @@ def main() -> None:
         "heldout-babble5": CORPUS / "test-heldout-source-babble5",
         "audioeval-en": audioeval_set(args.out),
     }
+    if (two := CORPUS / "test-heldout-source-2sent").is_dir():  # slice.py builds it
+        sets["heldout-2sent"] = two
     if (lrs3 := lrs3_set(args.out)) is not None:
         sets["lrs3"] = lrs3
     table = []
@@ -123,14 +141,26 @@ def main() -> None:
         )
         voices = ["-hibari-heart", "-festival-cmu-us-slt-arctic-hts"] if name.startswith("heldout") else [""]
         for voice in dict.fromkeys(["", *voices]):
-            (a, n), (w, _) = wer(ours, voice), wer(theirs, voice)
+            (a, n, a_del), (w, _, w_del) = wer(ours, voice), wer(theirs, voice)
             table.append(
-                {"set": name + (f" ({voice[1:]})" if voice else ""), "clips": n, "avsr": a, "whisper": w}
+                {
+                    "set": name + (f" ({voice[1:]})" if voice else ""),
+                    "clips": n,
+                    "avsr": a,
+                    "whisper": w,
+                    "avsr_deleted": a_del,
+                    "whisper_deleted": w_del,
+                }
             )
             print(json.dumps(table[-1]), flush=True)
     (args.out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
-    lines = ["| set | clips | avsr WER % | Whisper base WER % |", "|---|---|---|---|"]
-    lines += [f"| {r['set']} | {r['clips']} | {r['avsr']} | {r['whisper']} |" for r in table]
+    lines = ["| set | clips | avsr WER % | Whisper base WER % | avsr deleted % | Whisper deleted % |"]
+    lines += ["|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r['set']} | {r['clips']} | {r['avsr']} | {r['whisper']} "
+        f"| {r['avsr_deleted']} | {r['whisper_deleted']} |"
+        for r in table
+    ]
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,0 +1,260 @@
+"""One self-contained training run of avsr-tiny-en: data, training, evaluation, and shipping if better.
+
+    python -m recipes.avsr_tiny_en.run --slice K [--clips 2000] [--epochs 2] [--threads 2] [--ship]
+
+Starts from nothing but the repository (on a fresh machine it builds everything; what it finds from an
+earlier run it reuses, as each step resumes):
+1. text.py (the sentence pool) when missing; build.py's evaluation splits and babble pools
+   (`--only babble --only test --only test-babble5 --only val`);
+2. slice.py: slice K, a fresh training slice (new sentences, voices, seeds), and the two-sentence test set;
+3. `avsr train --checkpoint models/avsr-tiny-en` on the slice (bf16, compiled steps), validating on 40 `val`
+   clips each epoch and keeping the best epoch;
+4. ship_eval.py on the candidate and on the shipped model, each beside Whisper base, and names_ab.py on
+   both (no prompt, and the glossary before the media);
+5. with --ship, the candidate replaces models/avsr-tiny-en (adapter, config, training.json) when it is
+   better: lower WER on the clean held-out set or the two-sentence set, no set worse by more than 1 point
+   (the one-clip LRS3 row is reported, not ruled on), and no fewer names kept.
+Every step's wall time goes to RUN_DIR/run.json; the comparison to RUN_DIR/report.md.
+A run of 2,000 clips (about 5.8 h of speech) and 2 epochs takes about an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .build import CACHE
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "models" / "avsr-tiny-en"
+
+
+def step(log: dict, name: str, cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    t0 = time.time()
+    done = subprocess.run(cmd, check=True, cwd=ROOT, **kw)
+    log["steps"][name] = round(time.time() - t0, 1)
+    return done
+
+
+def names_kept(output: str) -> dict:
+    """names_ab's table rows -> {run: (kept, total, wer)}."""
+    rows = {}
+    for m in re.finditer(r"^\| ([^|]+) \| (\d+)/(\d+) \| ([\d.]+) % \|$", output, re.M):
+        rows[m[1].strip()] = (int(m[2]), int(m[3]), float(m[4]))
+    return rows
+
+
+def better(new: dict, old: dict) -> tuple[bool, str]:
+    rows_new = {r["set"]: r for r in new["table"]}
+    rows_old = {r["set"]: r for r in old["table"]}
+    ruled = [s for s in rows_new if s in rows_old and not s.startswith("lrs3")]
+    worse = [s for s in ruled if rows_new[s]["avsr"] > rows_old[s]["avsr"] + 1.0]
+    gain = [
+        s
+        for s in ("heldout-clean", "heldout-2sent")
+        if s in ruled and rows_new[s]["avsr"] < rows_old[s]["avsr"]
+    ]
+    names_new = new["names"].get("no prompt", (0, 0, 0))[0]
+    names_old = old["names"].get("no prompt", (0, 0, 0))[0]
+    if worse:
+        return False, f"worse by more than 1 point on {', '.join(worse)}"
+    if names_new < names_old:
+        return False, f"keeps fewer names ({names_new} against {names_old})"
+    if not gain:
+        return False, "no lower WER on the clean held-out or the two-sentence set"
+    return True, f"lower WER on {', '.join(gain)}, no set worse by more than 1 point"
+
+
+def evaluate(ckpt: str, out: Path, threads: int, log: dict, tag: str) -> dict:
+    py = sys.executable
+    step(
+        log,
+        f"ship_eval {tag}",
+        [py, "-m", "recipes.avsr_tiny_en.ship_eval", ckpt, str(out), "--threads", str(threads)],
+    )
+    names = step(
+        log,
+        f"names_ab {tag}",
+        [
+            py,
+            "-m",
+            "recipes.avsr_tiny_en.names_ab",
+            "--checkpoint",
+            ckpt,
+            "--threads",
+            str(threads),
+            "--placements",
+            "before-media",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return {"table": json.loads((out / "table.json").read_text()), "names": names_kept(names.stdout)}
+
+
+def ship(run_dir: Path, slice_k: int, command: list[str]) -> None:
+    parent = json.loads((SHIPPED / "training.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    summary = (
+        json.loads((run_dir / "training.json").read_text()) if (run_dir / "training.json").exists() else {}
+    )
+    config["name"] = "avsr-tiny-en"
+    config["decoding"]["num_beams"] = 1  # greedy (README: the default model)
+    config["notes"] = f"trained by avsr train (see models/avsr-tiny-en.toml); adapter: slice {slice_k} run"
+    shutil.copyfile(run_dir / "adapter.safetensors", SHIPPED / "adapter.safetensors")
+    (SHIPPED / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    training = {
+        "slice": slice_k,
+        "steps": summary.get("steps"),
+        "validations": summary.get("validations"),
+        "command": " ".join(command),
+        "parent": parent,
+    }
+    (SHIPPED / "training.json").write_text(json.dumps(training, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slice", type=int, required=True)
+    ap.add_argument("--clips", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--corpus", type=Path, default=CACHE)
+    ap.add_argument("--runs", type=Path, default=Path.home() / ".cache/avsr/runs")
+    ap.add_argument(
+        "--ship", action="store_true", help="replace models/avsr-tiny-en when the candidate is better"
+    )
+    args = ap.parse_args()
+    py, corpus, jobs = sys.executable, args.corpus, str(args.threads)
+    run_dir = args.runs / f"v3-slice{args.slice}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log: dict = {
+        "slice": args.slice,
+        "clips": args.clips,
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "steps": {},
+    }
+    t0 = time.time()
+    text = corpus / "text" / "sentences.tsv"
+    if not text.exists():
+        step(log, "text", [py, "-m", "recipes.avsr_tiny_en.text", "--out", str(corpus / "text")])
+    step(
+        log,
+        "eval splits",
+        [
+            py,
+            "-m",
+            "recipes.avsr_tiny_en.build",
+            "--out",
+            str(corpus),
+            "--text",
+            str(text),
+            "--jobs",
+            jobs,
+            "--only",
+            "babble",
+            "--only",
+            "test",
+            "--only",
+            "test-babble5",
+            "--only",
+            "val",
+        ],
+    )
+    step(
+        log,
+        "slice",
+        [
+            py,
+            "-m",
+            "recipes.avsr_tiny_en.slice",
+            "--slice",
+            str(args.slice),
+            "--clips",
+            str(args.clips),
+            "--out",
+            str(corpus),
+            "--text",
+            str(text),
+            "--jobs",
+            jobs,
+        ],
+    )
+    train_cmd = [
+        py,
+        "-m",
+        "avsr_cli",
+        "train",
+        "--data",
+        str(corpus / f"slice-{args.slice}" / "train"),
+        "--val-data",
+        str(corpus / "val"),
+        "--val-limit",
+        "40",
+        "--val-every",
+        "0",
+        "-o",
+        str(run_dir / "model"),
+        "--checkpoint",
+        str(SHIPPED),
+        "--epochs",
+        str(args.epochs),
+        "--lr",
+        str(args.lr),
+        "--warmup-steps",
+        "50",
+        "--batch-seconds",
+        "30",
+        "--save-every",
+        "100",
+        "--select",
+        "best",
+        "--precision",
+        "bf16",
+        "--compile",
+        "--threads",
+        str(args.threads),
+    ]
+    step(log, "train", train_cmd)
+    candidate = evaluate(str(run_dir / "model"), run_dir / "eval", args.threads, log, "candidate")
+    shipped = evaluate(str(SHIPPED), run_dir / "eval", args.threads, log, "shipped")
+    ok, why = better(candidate, shipped)
+    log.update(candidate=candidate, shipped=shipped, better=ok, why=why)
+    if ok and args.ship:
+        ship(run_dir / "model", args.slice, ["avsr", *train_cmd[3:]])
+        log["shipped_to"] = str(SHIPPED)
+    log["hours"] = round((time.time() - t0) / 3600, 2)
+    (run_dir / "run.json").write_text(json.dumps(log, indent=1) + "\n")
+    lines = [
+        "| set | clips | candidate | shipped | Whisper base | deleted: candidate | shipped | Whisper |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    old = {r["set"]: r for r in shipped["table"]}
+    for r in candidate["table"]:
+        o = old.get(r["set"], {})
+        lines.append(
+            f"| {r['set']} | {r['clips']} | {r['avsr']} | {o.get('avsr')} | {r['whisper']} "
+            f"| {r['avsr_deleted']} "
+            f"| {o.get('avsr_deleted')} | {r['whisper_deleted']} |"
+        )
+    for label, res in (("candidate", candidate), ("shipped", shipped)):
+        for run, (kept, total, wer) in res["names"].items():
+            lines.append(f"\nnames ({label}, {run}): {kept}/{total} kept, WER {wer} %")
+    lines.append(f"\ndecision: {'ship' if ok else 'keep the shipped model'} ({why}); {log['hours']} h")
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # TTS and sox children; torch steps set their own
+    main()
