@@ -15,6 +15,7 @@ from ..errors import CheckpointError
 from ..frontends.features import WhisperFrontEnd
 from ..modeling.avhubert import AVHubertVideoEncoder
 from ..modeling.config import ADAPTER_FILE, CONFIG_FILE, EncoderConfig, ModelConfig, weights_file
+from ..modeling.ctc_head import load_aligner
 from ..modeling.encoders import WhisperAudioEncoder
 from ..modeling.llm import (
     added_rows,
@@ -277,6 +278,7 @@ def load_checkpoint(
         load_adapter_state(model, read_adapter(ckpt_dir))
     except CheckpointError as exc:
         raise CheckpointError(f"{ckpt_dir / ADAPTER_FILE}: {exc}") from None
+    model.aligner = load_aligner(ckpt_dir)
     return model.to(dev).eval()
 
 

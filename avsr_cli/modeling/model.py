@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .config import MAX_CONTEXT_TOKENS, ModelConfig
+from .ctc_head import CharCTCHead
 from .decoding import DecodingOptions, StepCounter, generation_config
 from .greedy import greedy_decode
 from .llm import TokenIds, set_active_adapters
@@ -78,6 +79,7 @@ class AVSRModel(nn.Module):
         self.context_placement = CONTEXT_PLACEMENT  # one of CONTEXT_PLACEMENTS (names_ab.py compares them)
         self._active: list[str] | None = None
         self.lora_merged = lora_merged  # LoRA folded into the LLM (merge_lora(), or at load)
+        self.aligner: CharCTCHead | None = None  # the checkpoint's character CTC head (word timestamps)
 
     # -- input construction -------------------------------------------------------------------------
     def prompt_ids(self, mode: str) -> list[int]:

@@ -17,12 +17,13 @@ from ..frontends.features import SAMPLE_RATE
 from ..frontends.media import VIDEO_FPS, iter_audio, load_audio
 from ..frontends.segmentation import ChunkOptions, fixed_windows, segment_audio
 from ..frontends.stream_segmenter import StreamSegmenter
+from ..modeling.alignment import align_words
 from ..modeling.avhubert import encode_mouth_clips
 from ..modeling.decoding import drop_repeated_phrases
 from ..modeling.model import AVSRModel, Hypothesis, ModalityInputs
 from ..storage import display_name
 from .media_inputs import AudioStream, MediaInput
-from .transcript import Result, Segment, TranscribeOptions
+from .transcript import Result, Segment, TranscribeOptions, Word
 
 # A streamed recording's chunks join the batches by groups of this much speech (38 MB), shortest first within
 # a group: up to 10 minutes of speech, the batches of the whole array. Other batches change no segmentation;
@@ -248,11 +249,31 @@ class BatchLoop:
             share.update(features=t_features - t0, encoder=t1 - t_features)
         if video is not None:
             share["video_encoder"] = t2 - t1
+        if options.word_timestamps and audio is not None and model.aligner is not None:
+            t4 = time.perf_counter()
+            for (job, i), hypothesis, clip in zip(pieces, hypotheses, audio.frames, strict=True):
+                log_probs = model.aligner.log_probs(clip).numpy()
+                job.words[i] = align_words(hypothesis.text, log_probs, model.aligner.config.frame_seconds)
+            share["alignment"] = time.perf_counter() - t4
         for (job, i), hypothesis in zip(pieces, hypotheses, strict=True):
             job.hypotheses[i] = hypothesis
             report(job.chunks[i][1] - job.chunks[i][0])
             for key, value in share.items():
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
+
+
+def _collapse_loops(segment: Segment) -> Segment:
+    """The segment with repeat loops collapsed (`drop_repeated_phrases`), its words kept where they remain:
+    the collapsed text is a subsequence of the words, matched left to right."""
+    text = drop_repeated_phrases(segment.text)
+    if segment.words is None or text == segment.text:
+        return replace(segment, text=text)
+    kept, remaining = [], text.split()
+    for word in segment.words:
+        if remaining and word.word.strip() == remaining[0]:
+            kept.append(word)
+            remaining.pop(0)
+    return replace(segment, text=text, words=kept)
 
 
 def report_stage(report, what: str, done: int | None = None, total: int | None = None) -> None:
@@ -293,6 +314,7 @@ class _Job:
     stream: AudioStream | None = None  # audio read from its file as it is cut into chunks
     open: bool = False  # more chunks of the stream may come
     waves: dict[int, np.ndarray] = field(default_factory=dict)  # stream: samples of chunks not yet decoded
+    words: dict[int, list[tuple[str, float, float, float]]] = field(default_factory=dict)  # per chunk, timed
 
     @property
     def duration(self) -> float:
@@ -309,6 +331,13 @@ class _Job:
         s, e = self.chunks[i]
         return self.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]
 
+    def _words(self, i: int) -> list[Word] | None:
+        """Chunk i's timed words in seconds of the file (as whisper: each word with its leading space)."""
+        if i not in self.words:
+            return None
+        start = self.chunks[i][0]
+        return [Word(f" {w}", start + a, start + b, p) for w, a, b, p in self.words[i]]
+
     def done(self) -> bool:
         return self.error is not None or (not self.open and all(h is not None for h in self.hypotheses))
 
@@ -317,12 +346,12 @@ class _Job:
             return self.error
         threshold = options.logprob_threshold
         segments = [
-            Segment(float(s), float(e), h.text, h.avg_logprob, h.avg_logprob < threshold)
-            for (s, e), h in zip(self.chunks, self.hypotheses, strict=True)
+            Segment(float(s), float(e), h.text, h.avg_logprob, h.avg_logprob < threshold, self._words(i))
+            for i, ((s, e), h) in enumerate(zip(self.chunks, self.hypotheses, strict=True))
             if h.text
         ]
         if len(self.chunks) > 1:
-            segments = [replace(s, text=drop_repeated_phrases(s.text)) for s in segments]
+            segments = [_collapse_loops(s) for s in segments]
         weight = sum(s.end - s.start for s in segments)
         avg = sum((s.end - s.start) * s.avg_logprob for s in segments) / weight if weight > 0 else None
         return Result(

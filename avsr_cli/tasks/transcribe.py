@@ -12,7 +12,7 @@ import numpy as np
 from ..checkpoints.loading import DEFAULT_MODEL, default_checkpoint, load_checkpoint
 from ..checkpoints.locate import find_checkpoint
 from ..checkpoints.zoo import shipped_dir
-from ..errors import AvsrError, CheckpointError, MediaError
+from ..errors import AvsrError, CheckpointError, MediaError, UsageError
 from ..frontends.media import probe
 from ..modeling.model import AVSRModel
 from .batching import BatchLoop, report_stage
@@ -61,6 +61,13 @@ class Transcriber:
         if any(m in ("vsr", "avsr") for m in modes):
             cfg.pick_rate("video", options.video_rate)
         self.model.context_ids(options.initial_prompt)
+        if options.word_timestamps and self.model.aligner is None:
+            raise CheckpointError(
+                f"checkpoint '{cfg.name}' has no aligner (aligner.json), so it cannot time words; "
+                "the built-in model has one"
+            )
+        if options.word_timestamps and modes == ["vsr"]:
+            raise UsageError("word timestamps are aligned on the audio: mode vsr has none")
 
     def mode_for(self, path: str | Path, requested: str) -> str:
         """The mode for one file: `requested`, checked against the file's streams, or for "auto" the richest

@@ -44,13 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
+from avsr_cli.modeling.ctc_head import CHARS, AlignerConfig, CharCTCHead
+
 from . import build as B
 from . import ship_eval as SE
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CORPUS = B.CACHE
-CHARS = " 'abcdefghijklmnopqrstuvwxyz"  # index + 1; 0 is the CTC blank
 
 
 def save(work: Path, name: str, data) -> None:
@@ -454,14 +455,8 @@ def probe_model(variant: str):
             h = self.enc(h + pe, src_key_padding_mask=None if valid is None else ~valid)
             return self.norm(h)
 
-    class MLP(nn.Sequential):
-        def forward(self, x, valid=None):
-            return super().forward(x)
-
-    if variant == "mlp4":
-        return Probe(4, MLP(nn.Linear(2048, 1024), nn.ReLU(), nn.Linear(1024, 576)), 576)
-    if variant == "mlp2":
-        return Probe(2, MLP(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 576)), 576)
+    if variant in ("mlp2", "mlp4"):  # the library's aligner head: Linear, ReLU, Linear, `rate` slots a token
+        return CharCTCHead(AlignerConfig(rate=int(variant[3:])))
     if variant == "tf2":
         return Probe(2, Temporal(1024), 256)
     raise SystemExit(f"unknown variant {variant}")
@@ -539,8 +534,9 @@ def cmd_probe(args) -> None:
         losses = []
         for ids in batches:
             x, valid = batch_of(train, ids)
-            logits = model(x, valid)
-            n_out = torch.tensor([(train[i].shape[0] // model.rate) * model.rate for i in ids])
+            logits = model(x) if isinstance(model, CharCTCHead) else model(x, valid)
+            rate = model.config.rate if isinstance(model, CharCTCHead) else model.rate
+            n_out = torch.tensor([(train[i].shape[0] // rate) * rate for i in ids])
             targets = [torch.tensor(labels[i]) for i in ids]
             loss = ctc(
                 logits.log_softmax(-1).transpose(0, 1),
@@ -567,6 +563,8 @@ def cmd_probe(args) -> None:
         if best is None or val_wer <= best[0]:
             best = (val_wer, {k: v.clone() for k, v in model.state_dict().items()}, epoch + 1)
     model.load_state_dict(best[1])
+    if args.export:  # the best head as a checkpoint's aligner (word timestamps)
+        model.save(args.export)
     test_wer, by_voice, pairs = evaluate("test-heldout-source")
     name = f"probe-{args.variant}-{args.window}" + (f"-as-{args.match_window}" if args.match_window else "")
     data = {
@@ -757,6 +755,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="features: this many clips of the split, drawn with --seed")
     ap.add_argument("--match-window", help="probe: train only on the clips this window's features have")
     ap.add_argument("--variant", default="mlp4", choices=["mlp4", "mlp2", "tf2"])
+    ap.add_argument("--export", type=Path, help="probe: save the best mlp head as this checkpoint's aligner")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -188,3 +188,25 @@ def make_clip(
     parts.append(np.zeros(round(tail * sample_rate), np.float32))
     sf.write(path, np.concatenate(parts), sample_rate, subtype="PCM_16")
     return starts
+
+
+def make_word_clip(
+    words: Sequence[str],
+    gaps: Sequence[float],
+    path: Path,
+    voice: str | None = None,
+    tail: float = 0.4,
+    sample_rate: int = SAMPLE_RATE,
+) -> list[tuple[float, float]]:
+    """Write one WAV of words each spoken on its own, trimmed of silence, word i preceded by gaps[i] seconds
+    of silence; returns each word's (start, end) in seconds: known word boundaries for alignment tests."""
+    parts, spans, n = [], [], 0
+    for gap, word in zip(gaps, words, strict=True):
+        audio = _trim(speech(word, voice, sample_rate))
+        parts += [np.zeros(round(gap * sample_rate), np.float32), audio]
+        n += len(parts[-2])
+        spans.append((n / sample_rate, (n + len(audio)) / sample_rate))
+        n += len(audio)
+    parts.append(np.zeros(round(tail * sample_rate), np.float32))
+    sf.write(path, np.concatenate(parts), sample_rate, subtype="PCM_16")
+    return spans
