@@ -241,3 +241,16 @@ def test_word_layout_without_word_timestamps_is_a_usage_error(
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--word-timestamps" in lines[0] and "Traceback" not in r.stderr
     assert all(f in lines[0] for f in flags if f.startswith("--")), lines
+
+
+def test_flags_that_do_nothing_together_are_warned_about_as_whisper_does(tmp_path) -> None:
+    notes = tmp_path / "notes.txt"  # not media: the run stops before any model loads, after the checks
+    notes.write_text("not a recording\n")
+    r = cli("transcribe", notes, "--word-timestamps", "--max-line-count", "2", "-f", "srt")
+    assert r.returncode == 1 and "--max-line-count has no effect without --max-line-width" in r.stderr
+    r = cli(
+        "export-subtitles", notes, "--word-timestamps", "--max-line-width", "30", "--max-words-per-line", "2"
+    )
+    assert r.returncode == 1 and "--max-words-per-line has no effect with --max-line-width" in r.stderr
+    r = cli("export-subtitles", notes, "--word-timestamps", "--max-line-width", "30", "--max-line-count", "2")
+    assert r.returncode == 1 and "warning" not in r.stderr and "notes.txt" in r.stderr
