@@ -197,6 +197,39 @@ InitialPromptOpt = Annotated[
     ),
 ]
 VideoRateOpt = Annotated[Optional[int], typer.Option(help="Video compression rate.")]
+# Word timestamps and openai-whisper's word layout of subtitles (tasks/word_cues.py), named as whisper's.
+WordTimestampsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--word-timestamps",
+        help="Time every word (forced alignment): json lists each segment's words with start, end and "
+        "probability; srt and vtt cues start and end with their words.",
+    ),
+]
+WORD_LAYOUT = "srt/vtt in whisper's word layout; needs --word-timestamps"
+HighlightWordsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--highlight-words",
+        help=f"Underline each word as it is spoken (<u>word</u>, a cue per word): {WORD_LAYOUT}.",
+    ),
+]
+MaxLineWidthOpt = Annotated[
+    Optional[int],
+    typer.Option(min=1, metavar="N", help=f"Characters per line, filled word by word: {WORD_LAYOUT}."),
+]
+MaxLineCountOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1,
+        metavar="N",
+        help=f"Lines per cue (with --max-line-width; segments then run on): {WORD_LAYOUT}.",
+    ),
+]
+MaxWordsPerLineOpt = Annotated[
+    Optional[int],
+    typer.Option(min=1, metavar="N", help=f"Words per cue (without --max-line-width): {WORD_LAYOUT}."),
+]
 
 
 ReportJsonOpt = Annotated[

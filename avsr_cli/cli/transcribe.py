@@ -8,6 +8,7 @@ model loads: two inputs that would write the same file, or files already there (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,11 +31,15 @@ from .options import (
     DtypeOpt,
     FaceBackendOpt,
     FormatsOpt,
+    HighlightWordsOpt,
     InitialPromptOpt,
     LanguageOpt,
     LengthPenaltyOpt,
     LogprobThresholdOpt,
+    MaxLineCountOpt,
+    MaxLineWidthOpt,
     MaxNewTokensOpt,
+    MaxWordsPerLineOpt,
     MergeGapOpt,
     ModeOpt,
     NumBeamsOpt,
@@ -52,6 +57,7 @@ from .options import (
     VadThresholdOpt,
     VerboseOpt,
     VideoRateOpt,
+    WordTimestampsOpt,
 )
 from .progress import MediaProgress
 from .stdin import STDIN, STDIN_NAME, STDIN_STEM, named, relabelled, stdin_as_file
@@ -83,6 +89,11 @@ def transcribe(
     length_penalty: LengthPenaltyOpt = 1.0,
     logprob_threshold: LogprobThresholdOpt = -1.0,
     initial_prompt: InitialPromptOpt = None,
+    word_timestamps: WordTimestampsOpt = False,
+    highlight_words: HighlightWordsOpt = False,
+    max_line_width: MaxLineWidthOpt = None,
+    max_line_count: MaxLineCountOpt = None,
+    max_words_per_line: MaxWordsPerLineOpt = None,
     audio_rate: AudioRateOpt = None,
     video_rate: VideoRateOpt = None,
     face_backend: FaceBackendOpt = "dlib",
@@ -115,6 +126,7 @@ def transcribe(
 ) -> None:
     """Transcribe media files: the text on stdout, or files in --output-dir."""
     setup_command(quiet, verbose, threads)
+    cue_options = word_layout(ctx.params, quiet)
     check_language(language, checkpoint)
     options = transcribe_options(ctx.params, mode=mode.value if mode else "auto")
     run_command(
@@ -128,6 +140,7 @@ def transcribe(
         dtype=dtype,
         quiet=quiet,
         verbose=verbose,
+        cue_options=cue_options,
     )
 
 
@@ -160,8 +173,13 @@ def export_subtitles(
     vad_min_silence: VadMinSilenceOpt = 0.3,
     vad_speech_pad: VadSpeechPadOpt = 0.1,
     vad_min_speech: VadMinSpeechOpt = 0.25,
-    max_line_chars: Annotated[int, typer.Option(min=10, help="Characters per subtitle line.")] = 42,
-    max_lines: Annotated[int, typer.Option(min=1, help="Lines per cue.")] = 2,
+    max_line_chars: Annotated[
+        int,
+        typer.Option(
+            min=10, help="Characters per subtitle line, lines balanced (whisper's: --max-line-width)."
+        ),
+    ] = 42,
+    max_lines: Annotated[int, typer.Option(min=1, help="Lines per cue (whisper's: --max-line-count).")] = 2,
     min_duration: Annotated[float, typer.Option(min=0.0, help="Shortest cue, s.")] = 1.0,
     max_duration: Annotated[float, typer.Option(min=0.5, help="Longest cue, s.")] = 7.0,
     min_gap: Annotated[float, typer.Option(min=0.0, help="Gap kept between consecutive cues, s.")] = 0.0,
@@ -172,6 +190,11 @@ def export_subtitles(
     length_penalty: LengthPenaltyOpt = 1.0,
     logprob_threshold: LogprobThresholdOpt = -1.0,
     initial_prompt: InitialPromptOpt = None,
+    word_timestamps: WordTimestampsOpt = False,
+    highlight_words: HighlightWordsOpt = False,
+    max_line_width: MaxLineWidthOpt = None,
+    max_line_count: MaxLineCountOpt = None,
+    max_words_per_line: MaxWordsPerLineOpt = None,
     audio_rate: AudioRateOpt = None,
     video_rate: VideoRateOpt = None,
     face_backend: FaceBackendOpt = "dlib",
@@ -185,12 +208,12 @@ def export_subtitles(
     threads: ThreadsOpt = None,
 ) -> None:
     """Subtitle long recordings: speech chunks from voice activity detection, readable timed cues."""
-    from ..tasks.subtitles import CueOptions  # lazy: numpy, which --help never needs
-
     setup_command(quiet, verbose, threads)
+    layout = word_layout(ctx.params, quiet)
     check_language(language, checkpoint)
     cue_options = run_guarded(
-        CueOptions,
+        dataclasses.replace,
+        layout,
         max_line_chars=max_line_chars,
         max_lines=max_lines,
         min_duration=min_duration,
@@ -212,6 +235,29 @@ def export_subtitles(
         verbose=verbose,
         cue_options=cue_options,
     )
+
+
+WORD_LAYOUT_FLAGS = ("highlight_words", "max_line_width", "max_line_count", "max_words_per_line")
+
+
+def word_layout(flags: dict, quiet: bool):
+    """The CueOptions of the whisper-named layout flags (the defaults without them). As in whisper, they
+    need --word-timestamps (exit 2 before any model loads) and the ones that do nothing together are
+    warned about."""
+    from ..tasks.subtitles import CueOptions  # lazy: numpy, which --help never needs
+
+    given = [f"--{name.replace('_', '-')}" for name in WORD_LAYOUT_FLAGS if flags[name]]
+    if given and not flags["word_timestamps"]:
+        need = "needs" if len(given) == 1 else "need"
+        raise fail(f"{' and '.join(given)} {need} --word-timestamps (subtitles laid out by word times)")
+    unused = []
+    if flags["max_line_count"] and not flags["max_line_width"]:
+        unused.append("--max-line-count has no effect without --max-line-width")
+    if flags["max_words_per_line"] and flags["max_line_width"]:
+        unused.append("--max-words-per-line has no effect with --max-line-width")
+    for message in [] if quiet else unused:
+        stderr.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+    return run_guarded(CueOptions, **{name: flags[name] for name in WORD_LAYOUT_FLAGS})
 
 
 def existing_policy(overwrite: bool, skip_existing: bool) -> str:

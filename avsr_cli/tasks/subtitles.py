@@ -1,9 +1,10 @@
 """Timed transcript segments -> readable subtitle cues (SRT, WebVTT).
 
-Long segments are split into cues of at most `max_lines` lines of `max_line_chars`, time shared by
-character count; lines and cues break preferably after punctuation, else before a conjunction, else at a
-space, and inside a word only when it is longer than a line. Cues never overlap. Run `clean_segments`
-first to drop empty texts and collapse LLM repeat loops.
+Long segments are split into cues of at most `max_lines` lines of `max_line_chars`, timed by their words'
+times when the segment has them (word timestamps), else by sharing the segment's time by character count;
+lines and cues break preferably after punctuation, else before a conjunction, else at a space, and inside
+a word only when it is longer than a line. Cues never overlap. Run `clean_segments` first to drop empty
+texts and collapse LLM repeat loops. (word_cues.py lays cues out as openai-whisper does instead.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..modeling.decoding import drop_repeated_phrases
-from .transcript import Segment
+from .transcript import Segment, Word
 
 CONJUNCTIONS = frozenset(
     "and but or nor so yet because that which who whom whose when while where if unless until although "
@@ -35,10 +36,24 @@ class CueOptions:
     max_duration: float = 7.0  # longer segments are split (text permitting) and cues trimmed to this
     min_gap: float = 0.0  # between consecutive cues
     conjunctions: frozenset[str] = CONJUNCTIONS  # a line may break before these
+    # openai-whisper's word layout (word_cues.py), used instead when any of these is set; it needs words
+    max_line_width: int | None = None  # characters per line, lines filled word by word
+    max_line_count: int | None = None  # lines per cue (with max_line_width; segments are then not kept)
+    max_words_per_line: int | None = None  # words per cue (without max_line_width)
+    highlight_words: bool = False  # one cue per word, that word underlined: <u>word</u>
+
+    @property
+    def word_layout(self) -> bool:
+        """Whether cues follow whisper's word layout rather than this module's."""
+        limits = (self.max_line_width, self.max_line_count, self.max_words_per_line)
+        return self.highlight_words or any(v is not None for v in limits)
 
     def __post_init__(self) -> None:
         if self.max_line_chars < 1 or self.max_lines < 1:
             raise ValueError("max_line_chars and max_lines must be >= 1")
+        for name in ("max_line_width", "max_line_count", "max_words_per_line"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
         if not 0 <= self.min_duration <= self.max_duration or self.max_duration <= 0:
             raise ValueError("need 0 <= min_duration <= max_duration and max_duration > 0")
         if self.min_gap < 0:
@@ -51,14 +66,21 @@ def has_text(text: str) -> bool:
 
 
 def clean_segments(segments: Iterable[Segment], collapse_repeats: bool = True) -> list[Segment]:
-    """Segments with whitespace normalised, repeat loops collapsed, and no empty or punctuation-only text."""
+    """Segments with whitespace normalised, repeat loops collapsed, and no empty or punctuation-only text.
+    Their words stay when they still spell the text (a collapsed loop drops them: time by characters)."""
     out = []
     for s in segments:
         text = " ".join(s.text.split())
         text = drop_repeated_phrases(text) if collapse_repeats else text
         if has_text(text):
-            out.append(Segment(s.start, max(s.end, s.start), text))
+            out.append(Segment(s.start, max(s.end, s.start), text, words=_spelling(s.words, text)))
     return out
+
+
+def _spelling(words: list[Word] | None, text: str) -> list[Word] | None:
+    """`words` without blank ones, if their text is `text` (whitespace aside), else None."""
+    kept = [w for w in words or [] if w.word.strip()]
+    return kept if kept and " ".join(w.word.strip() for w in kept).split() == text.split() else None
 
 
 def _tokens(text: str, width: int) -> list[tuple[str, bool]]:
@@ -112,8 +134,25 @@ def _lines(tokens: list[tuple[str, bool]], o: CueOptions) -> str:
     return _join(tokens)  # unreachable: one token per line always fits when max_lines allows
 
 
+def _token_times(words: list[Word] | None, tokens: list[tuple[str, bool]], width: int):
+    """(start, end) of each token from the words' times (a word broken in pieces shares its time by their
+    characters), or None without words or when they do not spell the tokens."""
+    if not words:
+        return None
+    times = []
+    for w in words:
+        pieces = _tokens(w.word, width)
+        chars, done = sum(len(p) for p, _ in pieces), 0
+        for piece, _ in pieces:
+            start = w.start + (w.end - w.start) * done / chars
+            done += len(piece)
+            times.append((start, w.start + (w.end - w.start) * done / chars))
+    return times if len(times) == len(tokens) else None
+
+
 def split_segment(segment: Segment, options: CueOptions = CueOptions()) -> list[Segment]:
-    """One segment -> cues that fit the line limits and max_duration, time shared by character count."""
+    """One segment -> cues that fit the line limits and max_duration, timed by the segment's words when it
+    has them, else by sharing its time by character count."""
     o = options
     tokens = _tokens(segment.text, o.max_line_chars)
     if not tokens:
@@ -121,7 +160,8 @@ def split_segment(segment: Segment, options: CueOptions = CueOptions()) -> list[
     n, duration = len(tokens), max(segment.end - segment.start, 0.0)
     total = len(_join(tokens))
     cap = o.max_lines * o.max_line_chars
-    if duration > o.max_duration:  # a cue's time is its share of the characters, its trailing space included
+    times = _token_times(segment.words, tokens, o.max_line_chars)
+    if times is None and duration > o.max_duration:  # a cue's time: its share of the characters and a space
         cap = min(cap, max(1, math.floor((total + 1) * o.max_duration / duration) - 1))
     best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, 0)] * n  # (cost, start of last cue)
     for i in range(n):
@@ -133,7 +173,8 @@ def split_segment(segment: Segment, options: CueOptions = CueOptions()) -> list[
                 lines, used, grow = lines + 1, 0, len(word)
             used = max(used, 0) + grow
             size = len(_join(tokens[i:j]))
-            if j > i + 1 and (lines > o.max_lines or size > cap):
+            too_long = times is not None and times[j - 1][1] - times[i][0] > o.max_duration
+            if j > i + 1 and (lines > o.max_lines or size > cap or too_long):
                 break
             cost = best[i][0] + 10.0 + (1 - min(size / cap, 1.0)) ** 2 + _penalty(tokens, j, o)
             if cost < best[j][0]:
@@ -144,6 +185,11 @@ def split_segment(segment: Segment, options: CueOptions = CueOptions()) -> list[
         j = best[j][1]
     bounds = [0, *reversed(cuts)]
     pieces = [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if times is not None:  # each cue from its first word's start to its last word's end
+        return [
+            Segment(times[a][0], times[b - 1][1], _lines(tokens[a:b], o))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
     weights = [len(_join(p)) + (b == n or not tokens[b][1]) for p, b in zip(pieces, bounds[1:], strict=True)]
     cues, done = [], 0
     for piece, weight in zip(pieces, weights, strict=True):

@@ -14,6 +14,7 @@ from ..errors import OutputError, UsageError
 from ..storage import atomic_write_text, display_name
 from .subtitles import CueOptions, clean_segments, make_cues
 from .transcript import Result, Segment
+from .word_cues import word_cues
 
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 
@@ -57,22 +58,27 @@ def _vtt_escape(line: str) -> str:
     return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def vtt_text(cues: Iterable[Segment]) -> str:
+def vtt_text(cues: Iterable[Segment], escaped: bool = False) -> str:
     """WebVTT text: `WEBVTT` header, `HH:MM:SS.mmm --> HH:MM:SS.mmm` cues; & < > escaped (a `-->` in the
-    text would otherwise end the cue timing)."""
+    text would otherwise end the cue timing) unless `escaped` says the cues' text already is, markup kept."""
     blocks = ["WEBVTT\n"]
     for c in cues:
-        lines = [_vtt_escape(line) for line in _cue_lines(c.text)]
+        lines = [line if escaped else _vtt_escape(line) for line in _cue_lines(c.text)]
         if lines:
             stamp = f"{format_timestamp(c.start, '.')} --> {format_timestamp(c.end, '.')}"
             blocks.append("\n".join([stamp, *lines]) + "\n")
     return "\n".join(blocks)
 
 
-def cues_of(result: Result, options: CueOptions | None = None) -> list[Segment]:
-    """Subtitle cues of a result: repeat loops collapsed, lines <= 42 chars, <= 2 lines, timed by the
-    segmentation (see subtitles.py)."""
-    return make_cues(clean_segments(result.segments), options or CueOptions())
+def cues_of(
+    result: Result, options: CueOptions | None = None, escape: Callable[[str], str] = str
+) -> list[Segment]:
+    """Subtitle cues of a result: repeat loops collapsed, lines <= 42 chars, <= 2 lines, timed by the words
+    when the segments have them, else by the segmentation (see subtitles.py); in whisper's word layout when
+    the options ask for it (word_cues.py, whose text `escape` makes safe for the format)."""
+    options = options or CueOptions()
+    segments = clean_segments(result.segments)
+    return word_cues(segments, options, escape) if options.word_layout else make_cues(segments, options)
 
 
 def to_srt(result: Result, cues: CueOptions | None = None) -> str:
@@ -80,6 +86,8 @@ def to_srt(result: Result, cues: CueOptions | None = None) -> str:
 
 
 def to_vtt(result: Result, cues: CueOptions | None = None) -> str:
+    if cues is not None and cues.word_layout:  # words escaped one by one, so <u> stays markup
+        return vtt_text(cues_of(result, cues, _vtt_escape), escaped=True)
     return vtt_text(cues_of(result, cues))
 
 
