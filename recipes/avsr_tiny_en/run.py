@@ -2,7 +2,7 @@
 
     python -m recipes.avsr_tiny_en.run --slice K [--clips 2000] [--epochs 2] [--threads 2] [--ship]
 
-Starts from nothing but the repository (on a fresh machine it builds everything; what it finds from an
+Needs nothing but the repository (it builds everything it needs; what it finds from an
 earlier run it reuses, as each step resumes):
 1. text.py (the sentence pool) when missing; build.py's evaluation splits and babble pools
    (`--only babble --only test --only test-babble5 --only val`);
