@@ -1,0 +1,107 @@
+"""The recipe's training slices (slice.py, names.py) and run.py's shipping rule: what each run trains on,
+and when a candidate replaces the built-in model."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from recipes.avsr_tiny_en import build as B
+from recipes.avsr_tiny_en import slice as S
+from recipes.avsr_tiny_en.run import better
+
+pytest.importorskip("faker")  # the recipe's name lists (recipes/avsr_tiny_en/PIP_PACKAGES, the dev extra)
+
+from recipes.avsr_tiny_en.names import held_out_names, name_pools, name_sentences  # noqa: E402
+
+
+def rows(n_train: int = 3000) -> list[dict]:
+    """A sentence table as text.py writes it: training sentences of two sources, some held-out ones."""
+    out = []
+    for i in range(n_train):
+        source = "web-bible" if i % 5 == 0 else "wordnet-examples"
+        out.append(
+            {"id": f"s{i:05d}", "source": source, "split": "train", "words": "4", "text": f"word{i} a b c."}
+        )
+    out += [
+        {"id": f"t{i:04d}", "source": "fortunes", "split": "test", "words": "5", "text": f"f{i} x y z w."}
+        for i in range(600)
+    ]
+    return out
+
+
+def test_name_sentences_name_people_and_places_but_never_the_held_out_ones():
+    first, last, cities, countries = name_pools()
+    assert min(len(first), len(last), len(cities)) > 300
+    sentences = name_sentences(300, seed=1)
+    assert len(sentences) == 300 and len(set(sentences)) > 250
+    names = set(first) | set(last) | {w for c in cities + countries for w in c.split()}
+    assert all(any(w.strip(".,?!") in names for w in s.split()) for s in sentences)
+    banned = held_out_names()
+    assert {"Glasgow", "Siobhan", "Tallinn"} <= banned
+    assert not any(w.strip(".,?!") in banned for s in sentences for w in s.split())
+    assert all(not re.search(r"\d", s) for s in sentences)  # numbers written as words
+    assert name_sentences(50, seed=1) == sentences[:50] and name_sentences(50, seed=2) != sentences[:50]
+
+
+def test_a_slice_takes_new_sentences_in_clips_of_one_to_three():
+    table = rows()
+    one, two = S.slice_sentences(table, 1, 1000), S.slice_sentences(table, 2, 1000)
+    sources = Counter(source for _, source, _ in one)
+    assert sources["names"] == 300 and sources["web-bible"] == 100
+    trained = lambda picked: {i for i, source, _ in picked if source != "names"}  # noqa: E731
+    assert not trained(one) & trained(two)  # the next slice: other sentences
+    clips = S.group(one, 1)
+    assert [s for clip in clips for s in clip] == one  # every sentence once, in order
+    sizes = Counter(len(c) for c in clips)
+    assert set(sizes) == {1, 2, 3} and sizes[1] > sizes[2] > sizes[3]
+    assert all(sum(len(t.split()) for *_, t in c) <= S.MAX_WORDS or len(c) == 1 for c in clips)
+
+
+def test_slice_noise_is_never_below_5_db_and_mostly_above_10():
+    rng = np.random.default_rng(0)
+    snrs = np.array([B.draw_snr(rng, S.SLICE_PROFILE["snr_db"]) for _ in range(4000)])
+    assert snrs.min() >= 5.0 and 0.8 < (snrs >= 10).mean() < 0.9
+    kinds = Counter(B.draw_kind(u, S.SLICE_PROFILE["noise_kinds"]) for u in rng.random(4000))
+    assert "white" not in kinds and kinds["babble"] > kinds["pink"] > kinds["brown"]
+    # the v2 corpus's single band draws one uniform, as it always did (its clips rebuild identically)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert B.draw_snr(a, B.V2_PROFILE["snr_db"]) == b.uniform(0.0, 30.0)
+
+
+def test_two_sentence_set_uses_fortunes_no_other_test_split_uses(tmp_path):
+    table = rows()
+    jobs = S.two_sentence_jobs(table, tmp_path)
+    assert len(jobs) == S.TWO_SENTENCE_CLIPS
+    order = sorted((r for r in table if r["split"] == "test"), key=lambda r: B.stable(0, "test", r["id"]))
+    used = {r["id"] for r in order[: S.TWO_SENTENCE_SKIP]}
+    ids = [i for j in jobs for i in j["sentence_id"].split("+")]
+    assert len(ids) == 2 * len(jobs) == len(set(ids)) and not used & set(ids)
+    assert {j["voice"] for j in jobs} <= set(B.TEST_VOICES)
+
+
+def table(**wers):
+    return {"table": [{"set": k, "avsr": v} for k, v in wers.items()], "names": {"no prompt": (5, 34, 30.0)}}
+
+
+def test_a_candidate_ships_only_when_better_and_nowhere_worse():
+    shipped = table(**{"heldout-clean": 23.0, "heldout-babble5": 70.4, "heldout-2sent": 30.0, "lrs3": 3.8})
+    ok, why = better(
+        table(**{"heldout-clean": 22.0, "heldout-babble5": 71.0, "heldout-2sent": 25.0, "lrs3": 20.0}),
+        shipped,
+    )
+    assert ok, why  # the one-clip LRS3 row is reported, not ruled on
+    ok, why = better(
+        table(**{"heldout-clean": 20.0, "heldout-babble5": 72.0, "heldout-2sent": 25.0}), shipped
+    )
+    assert not ok and "heldout-babble5" in why
+    ok, why = better(
+        table(**{"heldout-clean": 23.5, "heldout-babble5": 70.0, "heldout-2sent": 30.5}), shipped
+    )
+    assert not ok and "no lower WER" in why
+    fewer = table(**{"heldout-clean": 20.0, "heldout-babble5": 70.0, "heldout-2sent": 25.0})
+    fewer["names"] = {"no prompt": (4, 34, 30.0)}
+    assert not better(fewer, shipped)[0]
