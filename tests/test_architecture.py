@@ -129,6 +129,8 @@ def _transcribe_fields() -> dict[str, str]:
 RUN_FLAGS = {"checkpoint", "device", "dtype", "quiet", "verbose", "threads", "files", "output_dir"}
 RUN_FLAGS |= {"language"}  # checked against the model's card before it loads (locate.check_language)
 OUTPUT_FLAGS = {"output_format", "overwrite", "skip_existing"}  # how results are written, not what they are
+# transcribe's -f srt/vtt lay cues out by whisper's word options: CueOptions fields, not transcription settings
+WORD_LAYOUT_FLAGS = {"highlight_words", "max_line_count", "max_line_width", "max_words_per_line"}
 LIBRARY_ONLY = {
     "vad_neg_threshold": "silero's hysteresis, threshold - 0.15 unless a caller sets it",
     "min_duration": "shortest input to decode (0.3 s): a safety floor, not a user choice",
@@ -146,7 +148,9 @@ def _parity(command: str, fields: dict[str, str], cli_only: set[str], library_on
 
 
 def test_transcribe_flags_match_transcribe_options():
-    _parity("transcribe", _transcribe_fields(), RUN_FLAGS | OUTPUT_FLAGS, set(LIBRARY_ONLY))
+    _parity(
+        "transcribe", _transcribe_fields(), RUN_FLAGS | OUTPUT_FLAGS | WORD_LAYOUT_FLAGS, set(LIBRARY_ONLY)
+    )
 
 
 def test_export_subtitles_flags_match_transcribe_and_cue_options():
@@ -177,6 +181,7 @@ def test_evaluate_flags_match_evaluate_options():
     library_only |= {k for k in fields if k.startswith("vad_")}  # clips are decoded whole: no VAD
     library_only.add("logprob_threshold")  # scores are WER against references, not confidence flags
     library_only.add("initial_prompt")  # a glossary would favour a test set's own words: scores stay blind
+    library_only.add("word_timestamps")  # word times change no word: WER does not use them
     _parity("evaluate", fields, cli_only, library_only)
 
 
