@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from avsr_cli.modeling.aligners import Wav2Vec2Aligner
 from avsr_cli.modeling.alignment import align_words, word_targets
 from tests.support.loopback import FakeHub, Server
 from tests.support.speech import synthesize
@@ -92,6 +91,8 @@ def tiny_w2v(tmp_path_factory) -> Path:
 
 def test_wav2vec2_aligner_reads_the_normalised_waveform_at_its_frame_rate(tiny_w2v):
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    from avsr_cli.modeling.aligners import Wav2Vec2Aligner
 
     aligner = Wav2Vec2Aligner.from_dir(tiny_w2v)
     assert aligner.frame_seconds == pytest.approx(80 / 16000) and aligner.delimiter == "|"
