@@ -114,6 +114,21 @@ def test_wav2vec2_aligner_reads_the_normalised_waveform_at_its_frame_rate(tiny_w
     assert 0 <= timed[0][1] <= timed[0][2] <= timed[1][1] <= timed[1][2] <= lp.shape[0] * 80 / 16000
 
 
+def test_the_transcriber_loads_a_named_aligner_once(tiny_ckpt, tiny_w2v, tmp_path):
+    from avsr_cli.tasks.transcribe import Transcriber
+    from avsr_cli.tasks.transcript import TranscribeOptions
+
+    clip = synthesize("Turn left at the next corner.", tmp_path / "a.wav")
+    options = TranscribeOptions(word_timestamps=True, mode="asr", aligner=str(tiny_w2v))
+    transcriber = Transcriber.from_checkpoint(tiny_ckpt, options=options)
+    loaded = transcriber.aligners[str(tiny_w2v)]
+    first, second = transcriber.transcribe(clip), transcriber.transcribe(clip)
+    assert list(transcriber.aligners.values()) == [loaded] and transcriber.aligner(options) is loaded
+    assert first.segments and all(s.words for s in first.segments)
+    assert [s.words for s in first.segments] == [s.words for s in second.segments]
+    assert "alignment" in first.timings
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Through the CLI: the aligner card on a fake Hub, downloaded, then used by `avsr transcribe`
 # ---------------------------------------------------------------------------------------------------------
@@ -235,6 +250,8 @@ def test_zoo_aligner_downloaded_then_times_the_words(world, tiny_ckpt):
         assert starts == sorted(starts)
         assert all(seg["start"] <= w["start"] <= w["end"] <= seg["end"] + 0.01 for w in words), (seg, words)
         assert all(0.0 <= w["probability"] <= 1.0 for w in words)
+    r = avsr(world, "export-subtitles", *cmd[1:], "-f", "srt")
+    assert r.returncode == 0 and " --> " in r.stdout, r.stderr
     # a folder names an aligner as well as a zoo name does
     r = avsr(world, *cmd[:-1], str(folder), "-f", "json")
     assert r.returncode == 0, r.stderr

@@ -67,7 +67,9 @@ class Wav2Vec2Aligner:
         from transformers import Wav2Vec2ForCTC
 
         try:
-            model = Wav2Vec2ForCTC.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+            model = Wav2Vec2ForCTC.from_pretrained(
+                folder, use_safetensors=True, local_files_only=True, dtype=torch.float32
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{folder}: cannot load the wav2vec2 model ({exc})") from None
         if model.config.vocab_size != len(vocab):
