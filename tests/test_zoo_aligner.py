@@ -281,3 +281,33 @@ def test_weights_only_in_a_pickle_are_refused_unread(world, tiny_ckpt):
     assert not world["marker"].exists()
     pickle.loads(pickle.dumps(Trap(world["base"] / "probe"))).close()  # the trap does spring
     assert (world["base"] / "probe").exists()
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "wav2vec2-large",
+            "--aligner wav2vec2-large: no such folder and no aligner of that name (aligners: ",
+        ),
+        ("llama-avsr-asr", "--aligner llama-avsr-asr: 'llama-avsr-asr' is a checkpoint, not an aligner"),
+        ("speech.wav", "an aligner is a folder (a wav2vec2 CTC model), not a file"),
+    ],
+)
+def test_what_is_not_an_aligner_is_refused_before_the_model_loads(world, tiny_ckpt, name, message):
+    aligner = str(world["base"] / name) if name.endswith(".wav") else name
+    r = avsr(
+        world,
+        "transcribe",
+        str(world["clip"]),
+        "-c",
+        str(tiny_ckpt),
+        "--word-timestamps",
+        "--aligner",
+        aligner,
+    )
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    line = last_line(r)
+    assert message in line
+    if name == "wav2vec2-large":  # the aligners there are, named
+        assert "wav2vec2-base-960h" in line and "tiny-w2v" in line

@@ -50,9 +50,15 @@ def locate_aligner(name_or_dir: str) -> Path:
         return path
     if path.exists():
         raise CheckpointError(f"{path}: an aligner is a folder (a wav2vec2 CTC model), not a file")
-    card = get_card(name_or_dir)
+    zoo = load_zoo()
+    aligners = ", ".join(c.name for c in zoo.cards.values() if c.kind == "aligner") or "none"
+    if name_or_dir not in zoo.cards and name_or_dir not in zoo.broken:
+        raise CheckpointError(
+            f"--aligner {name_or_dir}: no such folder and no aligner of that name (aligners: {aligners}; "
+            "`avsr download-checkpoint --list` shows them)"
+        )
+    card = zoo.get(name_or_dir)
     if card.kind != "aligner":
-        aligners = ", ".join(c.name for c in load_zoo().cards.values() if c.kind == "aligner") or "none"
         raise CheckpointError(
             f"--aligner {name_or_dir}: '{card.name}' is a {card.kind}, not an aligner (aligners: {aligners})"
         )
