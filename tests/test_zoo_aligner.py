@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from avsr_cli.modeling.alignment import align_words, word_targets
+from avsr_cli.modeling.alignment import align_words, head_vocabulary, word_targets
 from tests.support.loopback import FakeHub, Server
 from tests.support.speech import synthesize
 
@@ -51,6 +51,23 @@ def test_wav2vec2_vocabulary_puts_words_on_the_frames_their_letters_fire():
     lp = np.roll(w2v_posteriors(60, fire), -1, axis=1)
     again = align_words("Don't 7 go!", lp, 0.02, vocab=shifted, blank=shifted["<pad>"], delimiter="|")
     assert [(round(a, 3), round(b, 3)) for _, a, b, _ in again] == spans_s
+
+
+@pytest.mark.parametrize("vocab, delimiter", [(None, " "), (W2V_VOCAB, "|")])
+def test_a_transcript_longer_than_127_ctc_states_aligns(vocab, delimiter):
+    # a 16 s chunk easily holds 64 characters: 129 states, past what an int8 step can index
+    text = "seven children painted the fence before their lunch break and then went home to sleep"
+    targets, spans = word_targets(text.split(), vocab=vocab, delimiter=delimiter)
+    assert 2 * len(targets) + 1 > 127
+    frames = [3 * k + 2 for k in range(len(targets))]
+    classes = 1 + max((vocab or head_vocabulary()).values())
+    lp = np.full((3 * len(targets) + 5, classes), -9.0)
+    lp[:, 0] = -0.001
+    lp[frames, targets], lp[frames, 0] = -0.001, -9.0
+    timed = align_words(text, lp, 0.02, vocab=vocab, delimiter=delimiter)
+    expected = [edge * 0.02 for a, b in spans for edge in (frames[a], frames[b - 1] + 1)]
+    assert [edge for _, a, b, _ in timed for edge in (a, b)] == pytest.approx(expected)
+    assert all(p > 0.99 for *_, p in timed)
 
 
 def make_tiny_wav2vec2(folder: Path) -> Path:

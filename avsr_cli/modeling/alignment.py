@@ -69,7 +69,7 @@ def viterbi(log_probs: np.ndarray, targets: list[int], blank: int = 0) -> np.nda
     path = np.empty(n_frames, np.int64)
     for t in range(n_frames - 1, -1, -1):
         path[t] = state
-        state -= back[t, state]
+        state -= int(back[t, state])  # int: NumPy 2 keeps int - int8 in int8, which overflows past 127
     return np.where(path % 2 == 1, path // 2, -1)
 
 
