@@ -58,6 +58,10 @@ def test_shipped_cards_are_valid(home):
             assert zoo.tomllib.loads(card.path.read_text())["languages"] == card.languages == ["en"]
             if card.paper:  # the published checkpoints decode as their reference does
                 assert card.decoding == {"num_beams": 15, "max_new_tokens": 32}
+        if card.kind == "aligner":  # fetched as safetensors, never a pickle
+            (part,) = card.parts.values()
+            assert part.kind == "hub" and part.patterns == ["*.json", "*.safetensors"]
+            assert card.download_size() != "?"  # named with its size when a checkpoint has no aligner
 
 
 def test_published_checkpoints_match_the_reference_readmes(home):
@@ -164,6 +168,9 @@ def test_user_card_for_a_local_checkpoint(home, tiny_ckpt):
         ("[parts.a\n", "unreadable model card"),
         ('languages = "en"\n[parts.a]\nhub = "x/y"\n', "languages must be a list"),
         ('kind = "base"\nlanguages = ["English"]\n[parts.a]\nhub = "x/y"\n', "a list of language codes"),
+        ('kind = "aligner"\n[parts.a]\nhub = "x/y"\n[parts.b]\nhub = "x/z"\n', "aligner card has one part"),
+        ('kind = "aligner"\n[parts.a]\nurl = "http://h/f"\nfile = "f"\n', "an aligner card has one part"),
+        ('kind = "aligner"\nmodes = ["asr"]\n[parts.a]\nhub = "x/y"\n', "an aligner card has no checkpoint"),
     ],
 )
 def test_bad_card_is_reported_with_its_file(home, body, message):
@@ -190,6 +197,8 @@ def test_unknown_name_suggests_close_names(home):
 def test_names_that_are_not_ready_say_what_to_run(home):
     with pytest.raises(CheckpointError, match="is a base model"):
         find_checkpoint("whisper-base-smollm2")
+    with pytest.raises(CheckpointError, match="is an aligner, not a checkpoint: .* --aligner wav2vec2-base"):
+        find_checkpoint("wav2vec2-base-960h")
     with pytest.raises(CheckpointError) as err:
         find_checkpoint("llama-avsr-asr")
     assert "part 'checkpoint'" in str(err.value) and "run `avsr download-checkpoint llama-avsr-asr`" in str(

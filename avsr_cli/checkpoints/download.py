@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import AvsrError, CheckpointError, DownloadError, UsageError
+from ..modeling.aligners import check_wav2vec2_folder
 from ..modeling.config import CONFIG_FILE
 from ..storage import atomic_dir, atomic_write_text, safe_join
 from .http import check_space, download_file, hash_file, quarantine
@@ -66,6 +67,7 @@ class DownloadResult:
     model_dir: Path
     checkpoint: Path | None  # the avsr checkpoint directory, None for base cards
     parts: list[PartResult] = field(default_factory=list)
+    aligner: bool = False  # an aligner card: its one part's folder times words (--aligner NAME)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -261,6 +263,11 @@ def download_model(
     checkpoint = results[card.checkpoint].path if card.checkpoint else None
     if checkpoint is not None and not (checkpoint / CONFIG_FILE).is_file():
         raise DownloadError(f"{name}: {checkpoint} is not an avsr checkpoint (no {CONFIG_FILE})")
+    if card.kind == "aligner":
+        try:
+            check_wav2vec2_folder(next(iter(results.values())).path)
+        except CheckpointError as exc:
+            raise DownloadError(f"aligner {name}: {exc}") from None
     manifest = {
         "name": card.name,
         "card": str(card.path),
@@ -279,4 +286,6 @@ def download_model(
     }
     _write_json(mdir / MANIFEST, manifest)
     _remember(card.name, mdir)
-    return DownloadResult(card.name, card.path, mdir, checkpoint, list(results.values()))
+    return DownloadResult(
+        card.name, card.path, mdir, checkpoint, list(results.values()), aligner=card.kind == "aligner"
+    )

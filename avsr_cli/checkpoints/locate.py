@@ -62,6 +62,11 @@ def locate_checkpoint(name: str) -> Path:
     """
     card = get_card(name)
     name = card.name  # `tiny` names avsr-tiny-en
+    if card.kind == "aligner":
+        raise CheckpointError(
+            f"'{name}' is an aligner, not a checkpoint: it times the words of one "
+            f"(avsr transcribe FILE --word-timestamps --aligner {name})"
+        )
     if card.checkpoint is None:
         raise CheckpointError(
             f"'{name}' is a base model (encoders and LLM, no trained projector or LoRA): "
@@ -162,7 +167,7 @@ def zoo_status() -> list[ZooEntry]:
                 card.memory,
                 card.license_summary(),
                 card.wer_source(),
-                card.languages if card.kind == "checkpoint" else [],  # a base card transcribes nothing
+                card.languages if card.kind != "base" else [],  # a base card transcribes nothing
             )
         )
     for name, error in zoo.broken.items():

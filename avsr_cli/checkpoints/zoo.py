@@ -25,7 +25,9 @@ else:  # pragma: no cover - Python 3.10
 
 # Where a part comes from: exactly one of these keys per part.
 SOURCE_KINDS = ("hub", "url", "page", "pypi", "path")
-CARD_KINDS = ("checkpoint", "base")
+# checkpoint: a trained avsr checkpoint; base: encoders or an LLM to train on; aligner: a character CTC model
+# that times words (`--aligner`), one Hub or path part holding its folder.
+CARD_KINDS = ("checkpoint", "base", "aligner")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Part names become folder names under the model's download folder: one plain component, never `..` or `/`.
 PART_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -69,7 +71,7 @@ class Card:
 
     name: str
     title: str
-    kind: str  # "checkpoint": has a trained avsr checkpoint; "base": encoders/LLM only
+    kind: str  # one of CARD_KINDS
     parts: dict[str, Part]
     path: Path  # the card file
     modes: list[str] = field(default_factory=list)
@@ -263,6 +265,12 @@ def parse_card(path: Path, data: dict[str, Any], cards: dict[str, dict]) -> Card
         raise _fail(path, f"the checkpoint part '{own.name}' is a single file: it needs a `convert`")
     if kind == "base" and card.checkpoint is not None:
         raise _fail(path, "a base card has no checkpoint part")
+    if kind == "aligner":
+        only = next(iter(parts.values()))
+        if len(parts) != 1 or only.kind not in ("hub", "path") or only.convert:
+            raise _fail(path, "an aligner card has one part, a hub or path part with the model's folder")
+        if card.checkpoint is not None or card.modes:
+            raise _fail(path, "an aligner card has no checkpoint part and no modes (it times words only)")
     for row in card.wer:
         if not isinstance(row, dict) or not {"dataset", "mode", "value"} <= set(row):
             raise _fail(path, "each [[wer]] entry needs dataset, mode and value")

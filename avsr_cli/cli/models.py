@@ -116,6 +116,10 @@ def print_download(result, verbose: bool = False) -> None:
     if result.checkpoint:
         stderr.print(f"checkpoint: {result.checkpoint}", soft_wrap=True, markup=False)
         stderr.print(f"use it: avsr transcribe FILE --checkpoint {result.name}", soft_wrap=True)
+    elif result.aligner:
+        stderr.print(
+            f"use it: avsr transcribe FILE --word-timestamps --aligner {result.name}", soft_wrap=True
+        )
 
 
 def print_zoo(rows) -> None:
@@ -157,6 +161,7 @@ def print_zoo(rows) -> None:
     for kind, title in (
         ("checkpoint", "Checkpoints (avsr transcribe --model NAME)"),
         ("base", "Base models: encoders and LLMs, nothing trained (avsr train --base)"),
+        ("aligner", "Aligners: time the words of checkpoints without their own (--aligner NAME)"),
         ("?", "Cards that could not be read"),
     ):
         chosen = [r for r in rows if r.kind == kind]

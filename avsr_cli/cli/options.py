@@ -206,6 +206,16 @@ WordTimestampsOpt = Annotated[
         "probability; srt and vtt cues start and end with their words.",
     ),
 ]
+AlignerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        metavar="NAME_OR_DIR",
+        help="What times the words (needs --word-timestamps): a zoo aligner (wav2vec2-base-960h: avsr "
+        "download-checkpoint it first) or a wav2vec2 CTC model folder (safetensors). Default: the "
+        "checkpoint's own aligner.",
+        show_default=False,
+    ),
+]
 WORD_LAYOUT = "srt/vtt in whisper's word layout; needs --word-timestamps"
 HighlightWordsOpt = Annotated[
     bool,

@@ -20,6 +20,7 @@ from ..storage import display_name
 from .app import EXIT_FAILED, fail, report_error, run_guarded, setup_command, stderr
 from .loading import check_language, check_modes, checkpoint_config, load_transcriber, transcribe_options
 from .options import (
+    AlignerOpt,
     AudioRateOpt,
     BatchSecondsOpt,
     BatchSizeOpt,
@@ -90,6 +91,7 @@ def transcribe(
     logprob_threshold: LogprobThresholdOpt = -1.0,
     initial_prompt: InitialPromptOpt = None,
     word_timestamps: WordTimestampsOpt = False,
+    aligner: AlignerOpt = None,
     highlight_words: HighlightWordsOpt = False,
     max_line_width: MaxLineWidthOpt = None,
     max_line_count: MaxLineCountOpt = None,
@@ -191,6 +193,7 @@ def export_subtitles(
     logprob_threshold: LogprobThresholdOpt = -1.0,
     initial_prompt: InitialPromptOpt = None,
     word_timestamps: WordTimestampsOpt = False,
+    aligner: AlignerOpt = None,
     highlight_words: HighlightWordsOpt = False,
     max_line_width: MaxLineWidthOpt = None,
     max_line_count: MaxLineCountOpt = None,
@@ -250,6 +253,8 @@ def word_layout(flags: dict, quiet: bool):
     if given and not flags["word_timestamps"]:
         need = "needs" if len(given) == 1 else "need"
         raise fail(f"{' and '.join(given)} {need} --word-timestamps (subtitles laid out by word times)")
+    if flags.get("aligner") is not None and not flags["word_timestamps"]:
+        raise fail(f"--aligner {flags['aligner']} needs --word-timestamps (it times words, nothing else)")
     unused = []
     if flags["max_line_count"] and not flags["max_line_width"]:
         unused.append("--max-line-count has no effect without --max-line-width")
@@ -305,6 +310,10 @@ def run_command(
         raise fail("- (standard input) can be given once")
     config = checkpoint_config(checkpoint)
     check_modes(config, [] if options.mode == "auto" else [options.mode])  # before any model loads
+    if options.word_timestamps and options.aligner is not None:
+        from ..checkpoints.aligners import locate_aligner  # lazy: torch, which --help never needs
+
+        run_guarded(locate_aligner, options.aligner)  # not downloaded: said before any model loads
     with stdin_as_file(files) as (paths, labels):
         inputs = readable_inputs(paths, labels)  # a typo costs no model load
         if output_dir is not None:

@@ -16,17 +16,28 @@ from .ctc_head import CHARS
 NEG_INF = -1e30
 
 
-def word_targets(words: list[str], chars: str = CHARS) -> tuple[list[int], list[tuple[int, int]]]:
-    """Class indices of the words' characters joined by spaces, and each word's (first, end) position in
-    them; a word with no character the head knows (a number, a symbol) gets an empty span."""
-    known = {c: i + 1 for i, c in enumerate(chars)}
+def head_vocabulary(chars: str = CHARS) -> dict[str, int]:
+    """A CharCTCHead's classes: character -> class id (0 is the blank)."""
+    return {c: i + 1 for i, c in enumerate(chars)}
+
+
+def word_targets(
+    words: list[str], chars: str = CHARS, *, vocab: dict[str, int] | None = None, delimiter: str = " "
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Class indices of the words' characters joined by the word delimiter, and each word's (first, end)
+    position in them; a word with no character the vocabulary knows (a number, a symbol) gets an empty span.
+
+    `vocab` (character -> class id; default: `chars` as a CharCTCHead numbers them) is matched without
+    regard to case, so an upper-case vocabulary (wav2vec2's) spells lower-case text."""
+    known = {k.casefold(): v for k, v in (vocab or head_vocabulary(chars)).items() if len(k) == 1}
+    sep = known[delimiter.casefold()]
     targets: list[int] = []
     spans = []
     for word in words:
         plain = unicodedata.normalize("NFKD", word.casefold())
-        ids = [known[c] for c in plain if c in known and c != " "]
+        ids = [known[c] for c in plain if c in known and known[c] != sep]
         if ids and targets:
-            targets.append(known[" "])
+            targets.append(sep)
         spans.append((len(targets), len(targets) + len(ids)))
         targets += ids
     return targets, spans
@@ -58,23 +69,31 @@ def viterbi(log_probs: np.ndarray, targets: list[int], blank: int = 0) -> np.nda
     path = np.empty(n_frames, np.int64)
     for t in range(n_frames - 1, -1, -1):
         path[t] = state
-        state -= back[t, state]
+        state -= int(back[t, state])  # int: NumPy 2 keeps int - int8 in int8, which overflows past 127
     return np.where(path % 2 == 1, path // 2, -1)
 
 
 def align_words(
-    text: str, log_probs: np.ndarray, frame_seconds: float, chars: str = CHARS
+    text: str,
+    log_probs: np.ndarray,
+    frame_seconds: float,
+    chars: str = CHARS,
+    *,
+    vocab: dict[str, int] | None = None,
+    blank: int = 0,
+    delimiter: str = " ",
 ) -> list[tuple[str, float, float, float]]:
     """(word, start, end, probability) for each whitespace-separated word of `text`, in seconds from the
     first frame. A word's span runs from its first character's first frame to its last character's last
     frame; its probability is the mean, over its characters, of the best posterior on their frames. Words
     the head cannot spell (numbers, symbols) and transcripts the frames cannot hold are placed between their
-    neighbours, with probability 0."""
+    neighbours, with probability 0. `vocab`, `blank` and `delimiter` describe the classes of `log_probs`
+    (see `word_targets`; default: a CharCTCHead's)."""
     words = text.split()
     if not words:
         return []
-    targets, spans = word_targets(words, chars)
-    path = viterbi(log_probs, targets)
+    targets, spans = word_targets(words, chars, vocab=vocab, delimiter=delimiter)
+    path = viterbi(log_probs, targets, blank)
     duration = log_probs.shape[0] * frame_seconds
     if path is None:  # spread by length, unaligned
         weights = np.array([len(w) + 1 for w in words], float)

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -68,6 +69,15 @@ class CharCTCHead(nn.Module):
         param = next(self.parameters())
         logits = self(frames[None].to(param.device, param.dtype))[0]
         return logits.float().log_softmax(-1).cpu()
+
+    def align(
+        self, text: str, wave: np.ndarray, frames: torch.Tensor
+    ) -> list[tuple[str, float, float, float]]:
+        """`text`'s words timed on one chunk's (T, D) encoder frames (the waveform is not needed)."""
+        from .alignment import align_words  # alignment imports CHARS from here
+
+        lp = self.log_probs(frames).numpy()
+        return align_words(text, lp, self.config.frame_seconds, self.config.chars)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from ..frontends.features import SAMPLE_RATE
 from ..frontends.media import VIDEO_FPS, iter_audio, load_audio
 from ..frontends.segmentation import ChunkOptions, fixed_windows, segment_audio
 from ..frontends.stream_segmenter import StreamSegmenter
-from ..modeling.alignment import align_words
+from ..modeling.aligners import Aligner
 from ..modeling.avhubert import encode_mouth_clips
 from ..modeling.decoding import drop_repeated_phrases
 from ..modeling.model import AVSRModel, Hypothesis, ModalityInputs
@@ -44,8 +44,9 @@ def rms_dbfs(audio: np.ndarray) -> float:
 class BatchLoop:
     """Decodes inputs with one model, in batches of chunks (see `Transcriber.transcribe_loaded`)."""
 
-    def __init__(self, model: AVSRModel) -> None:
+    def __init__(self, model: AVSRModel, aligner: Aligner | None = None) -> None:
         self.model = model
+        self.aligner = aligner  # times the words of each chunk when word timestamps are asked for
 
     def run(
         self, items: Iterable[MediaInput], options: TranscribeOptions, report: Callable[[float], None]
@@ -216,9 +217,12 @@ class BatchLoop:
         report_stage(report, f"{where}: encoding {chunks}")
         t0 = t_features = time.perf_counter()
         audio = video = None
+        waves: list[np.ndarray] = []
         if mode in ("asr", "avsr"):
             waves = [job.samples(i) for job, i in pieces]
             feats = model.audio_frontend(waves)
+            if not options.word_timestamps:  # kept only for an aligner that reads the waveform
+                waves = []
             t_features = time.perf_counter()
             frames = model.audio_encoder(feats.input_features, feats.n_frames)
             audio = ModalityInputs(frames, cfg.pick_rate("audio", options.audio_rate))
@@ -249,11 +253,10 @@ class BatchLoop:
             share.update(features=t_features - t0, encoder=t1 - t_features)
         if video is not None:
             share["video_encoder"] = t2 - t1
-        if options.word_timestamps and audio is not None and model.aligner is not None:
+        if options.word_timestamps and audio is not None and self.aligner is not None:
             t4 = time.perf_counter()
-            for (job, i), hypothesis, clip in zip(pieces, hypotheses, audio.frames, strict=True):
-                log_probs = model.aligner.log_probs(clip).numpy()
-                job.words[i] = align_words(hypothesis.text, log_probs, model.aligner.config.frame_seconds)
+            for (job, i), hypothesis, wave, clip in zip(pieces, hypotheses, waves, audio.frames, strict=True):
+                job.words[i] = self.aligner.align(hypothesis.text, wave, clip)
             share["alignment"] = time.perf_counter() - t4
         for (job, i), hypothesis in zip(pieces, hypotheses, strict=True):
             job.hypotheses[i] = hypothesis

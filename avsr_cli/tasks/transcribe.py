@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoints.aligners import aligner_hint, load_zoo_aligner
 from ..checkpoints.loading import DEFAULT_MODEL, default_checkpoint, load_checkpoint
 from ..checkpoints.locate import find_checkpoint
 from ..checkpoints.zoo import shipped_dir
 from ..errors import AvsrError, CheckpointError, MediaError, UsageError
 from ..frontends.media import probe
+from ..modeling.aligners import Aligner
 from ..modeling.model import AVSRModel
 from .batching import BatchLoop, report_stage
 from .media_inputs import MediaInput, load_media
@@ -32,6 +34,7 @@ class Transcriber:
     def __init__(self, model: AVSRModel, options: TranscribeOptions | None = None) -> None:
         self.model = model
         self.options = options or TranscribeOptions()
+        self.aligners: dict[str, Aligner] = {}  # --aligner: loaded once, by name or folder
 
     @classmethod
     def from_checkpoint(
@@ -46,7 +49,10 @@ class Transcriber:
         # The built-in model decodes with its LoRA folded into the LLM (the weights peft's merge_and_unload
         # gives, without importing peft); other checkpoints keep peft's unmerged path their parity tests pin.
         merge = ckpt_dir.resolve() == (shipped_dir() / DEFAULT_MODEL).resolve()
-        return cls(load_checkpoint(ckpt_dir, device=device, dtype=dtype, merge_lora=merge), options)
+        transcriber = cls(load_checkpoint(ckpt_dir, device=device, dtype=dtype, merge_lora=merge), options)
+        if options is not None and options.word_timestamps:
+            transcriber.aligner(options)  # a missing aligner says so before any file is read
+        return transcriber
 
     def check_options(self, options: TranscribeOptions) -> None:
         """Raise a user-facing error if this model cannot run `options` (mode, rates, prompt length)."""
@@ -61,13 +67,27 @@ class Transcriber:
         if any(m in ("vsr", "avsr") for m in modes):
             cfg.pick_rate("video", options.video_rate)
         self.model.context_ids(options.initial_prompt)
-        if options.word_timestamps and self.model.aligner is None:
-            raise CheckpointError(
-                f"checkpoint '{cfg.name}' has no aligner (aligner.json), so it cannot time words; "
-                "the built-in model has one"
-            )
         if options.word_timestamps and modes == ["vsr"]:
             raise UsageError("word timestamps are aligned on the audio: mode vsr has none")
+        if options.word_timestamps:
+            self.aligner(options)
+
+    def aligner(self, options: TranscribeOptions) -> Aligner | None:
+        """What times words for `options`: the aligner it names (a zoo name or folder, loaded once), else the
+        checkpoint's own; None without word timestamps. Raises CheckpointError when there is none."""
+        if not options.word_timestamps:
+            return None
+        if options.aligner is None:
+            if self.model.aligner is None:
+                raise CheckpointError(
+                    f"checkpoint '{self.model.config.name}' has no aligner (aligner.json), so it cannot time "
+                    f"words: {aligner_hint()}"
+                )
+            return self.model.aligner
+        if options.aligner not in self.aligners:
+            device = next(self.model.parameters()).device
+            self.aligners[options.aligner] = load_zoo_aligner(options.aligner, device)
+        return self.aligners[options.aligner]
 
     def mode_for(self, path: str | Path, requested: str) -> str:
         """The mode for one file: `requested`, checked against the file's streams, or for "auto" the richest
@@ -169,4 +189,4 @@ class Transcriber:
         report = on_progress or (lambda seconds: None)
         options = options or self.options
         self.check_options(options)
-        yield from BatchLoop(self.model).run(items, options, report)
+        yield from BatchLoop(self.model, self.aligner(options)).run(items, options, report)

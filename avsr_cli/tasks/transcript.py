@@ -51,6 +51,8 @@ class TranscribeOptions:
     initial_prompt: str | None = None
     # Time every word by forced alignment against the checkpoint's character CTC head (Segment.words).
     word_timestamps: bool = False
+    # What times the words instead: a zoo aligner's name (wav2vec2-base-960h) or a wav2vec2 CTC model folder.
+    aligner: str | None = None
 
     def clips_per_batch(self, default_beams: int) -> int:
         """batch_size, or by default DECODER_ROWS decoder rows (clips x beams) and 4 clips at least."""
