@@ -114,7 +114,8 @@ def test_load_tokenizer_adds_avsr_tokens_without_transformers_classes(tokenizer_
 
 
 def test_tokenizers_only_transformers_builds_fall_back_to_it(tmp_path: Path) -> None:
-    """A tokenizer class of its own (here a declared LlamaTokenizer with no tokenizer.json): AutoTokenizer."""
+    """Folders the tokenizers-only path cannot stand for (no tokenizer.json, a tokenizer class of its own, a
+    legacy special_tokens_map.json transformers merges in) are declined, and load with AutoTokenizer."""
     make_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").unlink()
     assert load_fast_tokenizer(tmp_path) is None
@@ -123,3 +124,10 @@ def test_tokenizers_only_transformers_builds_fall_back_to_it(tmp_path: Path) -> 
     config = (other / "tokenizer_config.json").read_text().replace("TokenizersBackend", "Qwen2Tokenizer")
     (other / "tokenizer_config.json").write_text(config)
     assert load_fast_tokenizer(other) is None
+    legacy = tmp_path / "legacy"
+    make_tokenizer(legacy)
+    (legacy / "special_tokens_map.json").write_text('{"bos_token": "</s>"}')
+    assert load_fast_tokenizer(legacy) is None
+    tokenizer, _ = load_tokenizer(legacy, SPECIAL)
+    assert type(tokenizer).__module__.startswith("transformers.")
+    assert tokenizer.convert_tokens_to_ids(["<pad>", "</video>"]) == [len(tokenizer) - 5, len(tokenizer) - 1]

@@ -54,6 +54,11 @@ def load_fast_tokenizer(model_dir: Path) -> FastTokenizer | None:
         or "auto_map" in config
         or "auto_map" in model_config
         or isinstance(config.get("extra_special_tokens"), dict)
+        # without added_tokens_decoder transformers merges these legacy files in
+        or (
+            "added_tokens_decoder" not in config
+            and any((model_dir / f).exists() for f in ("special_tokens_map.json", "added_tokens.json"))
+        )
         # other `*_token` keys become model-specific special tokens in transformers
         or any(
             k.endswith("_token") and k not in NAMED and isinstance(v, str | dict) for k, v in config.items()
