@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperFeatureExtractor
 
 from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
 from avsr_cli.errors import CheckpointError
-from avsr_cli.frontends.features import WhisperFrontEnd, encoder_frames
+from avsr_cli.frontends.features import LogMel, WhisperFrontEnd, encoder_frames
 from avsr_cli.modeling.config import EncoderConfig, ModelConfig
 from avsr_cli.modeling.encoders import WhisperAudioEncoder
 from tests.support.tiny import tiny_config
@@ -20,7 +19,7 @@ from tests.support.tiny import tiny_config
 
 @pytest.fixture(scope="module")
 def encoder(tiny_dirs):
-    return WhisperAudioEncoder.from_dir(tiny_dirs[0]), WhisperFeatureExtractor.from_pretrained(tiny_dirs[0])
+    return WhisperAudioEncoder.from_dir(tiny_dirs[0]), LogMel.from_dir(tiny_dirs[0])
 
 
 def waves(*seconds: float) -> list[np.ndarray]:
@@ -56,10 +55,10 @@ def test_imported_reference_checkpoints_keep_the_reference_window():
 
 
 def test_trimmed_forward_equals_the_stock_encoder_on_a_full_window(encoder):
-    enc, extractor = encoder
+    enc, log_mel = encoder
     (wave,) = waves(30)
-    padded = WhisperFrontEnd(extractor)([wave])
-    trimmed = WhisperFrontEnd(extractor, "trimmed", 4)([wave])
+    padded = WhisperFrontEnd(log_mel)([wave])
+    trimmed = WhisperFrontEnd(log_mel, "trimmed", 4)([wave])
     assert torch.equal(padded.input_features[0], trimmed.input_features[0])
     ours = enc(trimmed.input_features, trimmed.n_frames)[0]
     stock = enc(padded.input_features, padded.n_frames)[0]
@@ -67,8 +66,8 @@ def test_trimmed_forward_equals_the_stock_encoder_on_a_full_window(encoder):
 
 
 def test_trimmed_frames_cover_the_clip_and_do_not_depend_on_the_batch(encoder):
-    enc, extractor = encoder
-    front = WhisperFrontEnd(extractor, "trimmed", 4)
+    enc, log_mel = encoder
+    front = WhisperFrontEnd(log_mel, "trimmed", 4)
     clips = waves(1.03, 2.5, 1.03, 0.4)
     feats = front(clips)
     for wave, f in zip(clips, feats.input_features, strict=True):

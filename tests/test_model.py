@@ -343,12 +343,12 @@ def test_bf16_front_end_rounds_the_waveform_as_lightning_does(tiny_dirs):
     import numpy as np
     from transformers import WhisperFeatureExtractor
 
-    from avsr_cli.frontends.features import WhisperFrontEnd, normalize_waveform
+    from avsr_cli.frontends.features import LogMel, WhisperFrontEnd, normalize_waveform
 
-    extractor = WhisperFeatureExtractor.from_pretrained(tiny_dirs[0])
+    extractor, log_mel = WhisperFeatureExtractor.from_pretrained(tiny_dirs[0]), LogMel.from_dir(tiny_dirs[0])
     wave = (0.2 * np.random.default_rng(3).standard_normal(24000)).astype(np.float32)
-    fp32 = WhisperFrontEnd(extractor)([wave]).input_features
-    bf16 = WhisperFrontEnd(extractor, input_dtype=torch.bfloat16)([wave]).input_features
+    fp32 = WhisperFrontEnd(log_mel)([wave]).input_features
+    bf16 = WhisperFrontEnd(log_mel, input_dtype=torch.bfloat16)([wave]).input_features
     rounded = torch.from_numpy(normalize_waveform(wave)).to(torch.bfloat16).float().numpy()
     expected = extractor([rounded], sampling_rate=16000, return_tensors="pt").input_features
     assert torch.equal(bf16, expected) and not torch.equal(bf16, fp32)

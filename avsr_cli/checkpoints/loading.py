@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..frontends.features import WhisperFrontEnd
+from ..frontends.features import LogMel, WhisperFrontEnd
 from ..modeling.avhubert import AVHubertVideoEncoder
 from ..modeling.config import ADAPTER_FILE, CONFIG_FILE, EncoderConfig, ModelConfig, weights_file
 from ..modeling.ctc_head import load_aligner
@@ -93,11 +93,9 @@ def build_model(
             raise CheckpointError(
                 f"audio encoder {enc_cfg.source} has width {audio_encoder.dim}, config says {enc_cfg.dim}"
             )
-        from transformers import WhisperFeatureExtractor  # lazy: loading.py is imported for DEFAULT_MODEL too
-
         rates = config.compression.audio_rates or [1]
-        extractor = WhisperFeatureExtractor.from_pretrained(enc_dir)
-        frontend = WhisperFrontEnd(extractor, enc_cfg.window, math.lcm(*rates), input_dtype=dtype)
+        log_mel = LogMel.from_dir(enc_dir)
+        frontend = WhisperFrontEnd(log_mel, enc_cfg.window, math.lcm(*rates), input_dtype=dtype)
     video_encoder = None
     if config.video_encoder is not None:
         video_encoder = load_video_encoder(config.video_encoder, base_dir).to(dtype)

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .config import LLMConfig, LoraConfig
 from .encoders import read_safetensors, read_tensor_unmapped, safetensors_files
+from .tokenizer import load_fast_tokenizer
 
 
 @dataclass
@@ -38,9 +39,13 @@ def load_tokenizer(model_dir: Path, special_tokens: dict[str, str]):
     Reference: Llama-AVSR models/lightning.py `add_special_tokens({"pad_token": "<pad>",
     "additional_special_tokens": ["<audio>", "</audio>", "<video>", "</video>"]})`.
     """
-    from transformers import AutoTokenizer  # lazy: transformers takes seconds to import; only loads need it
+    tokenizer = load_fast_tokenizer(model_dir)
+    if (
+        tokenizer is None
+    ):  # a tokenizer only transformers can build (slow sentencepiece, own class, remote code)
+        from transformers import AutoTokenizer  # lazy: transformers takes seconds to import
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base_size = len(tokenizer)
     tokenizer.add_special_tokens(
         {

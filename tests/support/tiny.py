@@ -110,3 +110,45 @@ def tiny_config(whisper_dir: Path, llm_dir: Path, **overrides) -> ModelConfig:
 def ffmpeg(*args: str) -> None:
     """Run the ffmpeg binary quietly (test media are generated with its lavfi sources)."""
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
+
+
+def make_llama3_style_tokenizer(path: Path) -> Path:
+    """The tiny tokenizer laid out as Meta's Llama 3 folders are: `<|begin_of_text|>`/`<|end_of_text|>` and
+    reserved special tokens added after the vocabulary, a post-processor that prepends BOS, no unk or pad,
+    clean_up_tokenization_spaces on, tokenizer_class PreTrainedTokenizerFast, a llama config.json."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer, processors
+
+    make_tokenizer(path)
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"] + [
+        f"<|reserved_special_token_{i}|>" for i in range(4)
+    ]
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single="<|begin_of_text|> $A",
+                pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+                special_tokens=[("<|begin_of_text|>", bos)],
+            ),
+        ]
+    )
+    tok.save(str(path / "tokenizer.json"))
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    decoder = {str(tok.token_to_id(t)): {"content": t, **flags} for t in specials}
+    config = {
+        "added_tokens_decoder": decoder,
+        "bos_token": "<|begin_of_text|>",
+        "clean_up_tokenization_spaces": True,
+        "eos_token": "<|end_of_text|>",
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": 131072,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "transformers_version": "4.45.0"}))
+    return path
