@@ -181,7 +181,7 @@ def test_evaluate_flags_match_evaluate_options():
     library_only |= {k for k in fields if k.startswith("vad_")}  # clips are decoded whole: no VAD
     library_only.add("logprob_threshold")  # scores are WER against references, not confidence flags
     library_only.add("initial_prompt")  # a glossary would favour a test set's own words: scores stay blind
-    library_only.add("word_timestamps")  # word times change no word: WER does not use them
+    library_only |= {"word_timestamps", "aligner"}  # word times change no word: WER does not use them
     _parity("evaluate", fields, cli_only, library_only)
 
 

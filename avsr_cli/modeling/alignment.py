@@ -11,7 +11,8 @@ import unicodedata
 
 import numpy as np
 
-from .ctc_head import CHARS
+# the characters of avsr's aligner heads (ctc_head.py): class index = position + 1; 0 is the CTC blank
+CHARS = " 'abcdefghijklmnopqrstuvwxyz"
 
 NEG_INF = -1e30
 

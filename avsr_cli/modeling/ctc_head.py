@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from .alignment import CHARS, align_words
 
 ALIGNER_CONFIG = "aligner.json"
 ALIGNER_WEIGHTS = "aligner.safetensors"
-CHARS = " 'abcdefghijklmnopqrstuvwxyz"  # class index = position + 1; 0 is the CTC blank
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,6 @@ class CharCTCHead(nn.Module):
         self, text: str, wave: np.ndarray, frames: torch.Tensor
     ) -> list[tuple[str, float, float, float]]:
         """`text`'s words timed on one chunk's (T, D) encoder frames (the waveform is not needed)."""
-        from .alignment import align_words  # alignment imports CHARS from here
 
         lp = self.log_probs(frames).numpy()
         return align_words(text, lp, self.config.frame_seconds, self.config.chars)
