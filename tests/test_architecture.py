@@ -129,7 +129,7 @@ def _transcribe_fields() -> dict[str, str]:
 RUN_FLAGS = {"checkpoint", "device", "dtype", "quiet", "verbose", "threads", "files", "output_dir"}
 RUN_FLAGS |= {"language"}  # checked against the model's card before it loads (locate.check_language)
 OUTPUT_FLAGS = {"output_format", "overwrite", "skip_existing"}  # how results are written, not what they are
-# transcribe's -f srt/vtt lay cues out by whisper's word options: CueOptions fields, not transcription settings
+# transcribe's -f srt/vtt lay cues out by whisper's word options: CueOptions, not transcription settings
 WORD_LAYOUT_FLAGS = {"highlight_words", "max_line_count", "max_line_width", "max_words_per_line"}
 LIBRARY_ONLY = {
     "vad_neg_threshold": "silero's hysteresis, threshold - 0.15 unless a caller sets it",

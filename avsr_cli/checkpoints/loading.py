@@ -78,11 +78,14 @@ def build_model(
     base_dir: Path | None = None,
     dtype: torch.dtype = torch.float32,
     merge_lora: bool = False,
+    native_llm: bool = True,
 ) -> AVSRModel:
     """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised.
 
     `merge_lora` (inference only): a single LoRA adapter is not wrapped in peft but folded into the LLM's
-    weights when the adapter is loaded (`load_adapter_state`); one adapter per task keeps peft."""
+    weights when the adapter is loaded (`load_adapter_state`); one adapter per task keeps peft. Such a
+    merged model's LLM, when a plain Llama, runs on avsr's own decoder (modeling/llama.py) unless
+    `native_llm` is False (then on transformers' model)."""
     audio_encoder = frontend = None
     if config.audio_encoder is not None:
         enc_cfg = config.audio_encoder
@@ -103,13 +106,13 @@ def build_model(
     llm_dir = resolve_source(config.llm.source, base_dir, config.llm.revision, weights=not config.llm.weights)
     tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
     llm_weights = weights_file(config.llm.weights, base_dir)
-    llm = load_llm(llm_dir, llm_weights, dtype, len(tokenizer))
+    merged = merge_lora and config.lora is not None and len(config.lora.adapter_names()) == 1
+    llm = load_llm(llm_dir, llm_weights, dtype, len(tokenizer), native=merged and native_llm)
     if llm.config.hidden_size != config.llm.hidden_size:
         raise CheckpointError(
             f"LLM {config.llm.source} has hidden size {llm.config.hidden_size}, "
             f"config says {config.llm.hidden_size}"
         )
-    merged = merge_lora and config.lora is not None and len(config.lora.adapter_names()) == 1
     if config.lora is not None and not merged:
         llm = apply_lora(llm, config.lora)
     ids = token_ids(tokenizer, config.llm, config.special_tokens, base_size)
@@ -259,19 +262,24 @@ INT8_REFUSED = (
 
 
 def load_checkpoint(
-    name_or_path: str | Path, device: str = "auto", dtype: str = "auto", merge_lora: bool = False
+    name_or_path: str | Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    merge_lora: bool = False,
+    native_llm: bool = True,
 ) -> AVSRModel:
     """Load a ready-to-use AVSRModel from an avsr checkpoint directory (or a known model name).
 
     `merge_lora`: for inference, fold a single LoRA adapter into the LLM's weights without peft (the model
-    can then decode but not train or be saved); checkpoints with one adapter per task keep peft."""
+    can then decode but not train or be saved); checkpoints with one adapter per task keep peft. With it,
+    a plain Llama LLM runs on avsr's own decoder (no transformers model), unless `native_llm` is False."""
     if dtype == "int8":
         raise CheckpointError(INT8_REFUSED)
     ckpt_dir = find_checkpoint(str(name_or_path))
     config = ModelConfig.load(ckpt_dir / CONFIG_FILE)
     check_config_fits_adapter(config, ckpt_dir)  # before the encoders, the LLM or a projector is allocated
     dev = resolve_device(device)
-    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora=merge_lora)
+    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora, native_llm)
     try:
         load_adapter_state(model, read_adapter(ckpt_dir))
     except CheckpointError as exc:

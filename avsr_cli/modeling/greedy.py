@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .llama import LlamaDecoder
+
 
 @torch.no_grad()
 def greedy_decode(
@@ -29,6 +31,8 @@ def greedy_decode(
 
     The forward calls are generate()'s own: positions from the mask (0 on padding), the mask dropped when it
     masks nothing, the logits of the last position only, the cache the model returns passed back."""
+    if isinstance(llm, LlamaDecoder):  # avsr's own Llama: the same loop over a preallocated cache
+        return llm.greedy_decode(embeds, mask, eos, pad, max_new_tokens, on_step)
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     attention = None if bool((mask == 1).all()) else mask
     unfinished = torch.ones(embeds.shape[0], dtype=torch.long, device=embeds.device)

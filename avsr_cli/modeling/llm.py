@@ -3,6 +3,7 @@ merged into the weights for inference)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .config import LLMConfig, LoraConfig
 from .encoders import read_safetensors, read_tensor_unmapped, safetensors_files
+from .llama import LlamaDecoder, unsupported
 from .tokenizer import load_fast_tokenizer
 
 
@@ -40,9 +42,7 @@ def load_tokenizer(model_dir: Path, special_tokens: dict[str, str]):
     "additional_special_tokens": ["<audio>", "</audio>", "<video>", "</video>"]})`.
     """
     tokenizer = load_fast_tokenizer(model_dir)
-    if (
-        tokenizer is None
-    ):  # a tokenizer only transformers can build (slow sentencepiece, own class, remote code)
+    if tokenizer is None:  # only transformers builds it (slow sentencepiece, own class, remote code)
         from transformers import AutoTokenizer  # lazy: transformers takes seconds to import
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -84,10 +84,19 @@ def token_ids(tokenizer, config: LLMConfig, special_tokens: dict[str, str], base
 
 
 def load_llm(
-    model_dir: Path, weights: Path | None, dtype: torch.dtype, n_tokens: int | None = None
+    model_dir: Path,
+    weights: Path | None,
+    dtype: torch.dtype,
+    n_tokens: int | None = None,
+    native: bool = False,
 ) -> nn.Module:
     """A causal LM from a Hugging Face directory, optionally with its weights replaced from `weights`, its
-    embeddings resized to `n_tokens` (len(tokenizer) after avsr's tokens) when given."""
+    embeddings resized to `n_tokens` (len(tokenizer) after avsr's tokens) when given.
+
+    `native` (inference only): a plain Llama (see llama.unsupported) is built as avsr's own LlamaDecoder,
+    without transformers; any other model as transformers' model."""
+    if native and native_llama(model_dir, n_tokens):
+        return LlamaDecoder.from_dir(model_dir, dtype, weights, n_tokens)
     from transformers import AutoConfig, AutoModelForCausalLM  # lazy: seconds to import; only loads need it
 
     if weights is None:
@@ -109,6 +118,18 @@ def load_llm(
         files = [weights] if weights is not None else safetensors_files(model_dir)
         resize_for_tokenizer(model, n_tokens, files)
     return model.eval()
+
+
+def native_llama(model_dir: Path, n_tokens: int | None = None) -> bool:
+    """Whether avsr's LlamaDecoder runs the LLM of `model_dir` (a plain Llama config whose vocabulary the
+    tokenizer only grows)."""
+    try:
+        raw = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # transformers' loader names the problem
+    if unsupported(raw) is not None:
+        return False
+    return n_tokens is None or n_tokens >= raw["vocab_size"]
 
 
 def round_rotary_buffers(model: nn.Module, dtype: torch.dtype) -> None:

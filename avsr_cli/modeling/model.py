@@ -20,6 +20,7 @@ from .config import MAX_CONTEXT_TOKENS, ModelConfig
 from .ctc_head import CharCTCHead
 from .decoding import DecodingOptions, StepCounter, generation_config
 from .greedy import greedy_decode
+from .llama import LlamaDecoder
 from .llm import TokenIds, set_active_adapters
 from .projector import ModalityProjector
 
@@ -259,8 +260,10 @@ class AVSRModel(nn.Module):
         if gen.do_sample:
             generator_state = torch.random.get_rng_state()
             torch.manual_seed(seed)
+        # avsr's Llama decoder decodes greedily only: generate() runs on transformers' Llama over its weights
+        llm = self.llm.to_transformers() if isinstance(self.llm, LlamaDecoder) else self.llm
         try:
-            out = self.llm.generate(
+            out = llm.generate(
                 inputs_embeds=embeds,
                 attention_mask=mask,
                 generation_config=gen,
@@ -271,7 +274,7 @@ class AVSRModel(nn.Module):
                 torch.random.set_rng_state(generator_state)
         beams = gen.num_beams > 1
         # Beam search scores are log-softmax already; sampling scores are (processed) logits.
-        steps = self.llm.compute_transition_scores(
+        steps = llm.compute_transition_scores(
             out.sequences, out.scores, out.beam_indices if beams else None, normalize_logits=not beams
         )
         return out.sequences, steps

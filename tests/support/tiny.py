@@ -43,9 +43,18 @@ def make_tokenizer(path: Path):
 
 
 def make_llm(
-    path: Path, hidden: int = 64, layers: int = 2, seed: int = 0, init_range: float = 0.02, tied: bool = False
+    path: Path,
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    init_range: float = 0.02,
+    tied: bool = False,
+    heads: int = 4,
+    kv_heads: int = 2,
+    rope: dict | None = None,
 ) -> Path:
-    """A random Llama; a larger `init_range` lets training reach peaked (low-loss) outputs quickly."""
+    """A random Llama (grouped-query attention: `kv_heads` key/value heads for `heads` query heads); a larger
+    `init_range` lets training reach peaked (low-loss) outputs quickly; `rope`: its rope_parameters."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_tokenizer(path)
@@ -55,13 +64,14 @@ def make_llm(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=512,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         tie_word_embeddings=tied,
         initializer_range=init_range,
+        **({"rope_parameters": rope} if rope is not None else {}),
     )
     LlamaForCausalLM(cfg).save_pretrained(path)
     return path

