@@ -7,11 +7,11 @@ import struct
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
 from ..errors import CheckpointError
+from .whisper_encoder import WhisperEncoder, WhisperEncoderConfig
 
 WHISPER_ENCODER_PREFIXES = ("model.encoder.", "encoder.", "audio_encoder.")
 
@@ -84,7 +84,7 @@ class WhisperAudioEncoder(nn.Module):
     `max(int(samples/16000*50), 25)` frames (see features.encoder_frames).
     """
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: WhisperEncoder) -> None:
         super().__init__()
         self.encoder = encoder
         self.encoder.requires_grad_(False)
@@ -92,12 +92,7 @@ class WhisperAudioEncoder(nn.Module):
 
     @classmethod
     def from_dir(cls, model_dir: Path, weights: Path | None = None) -> WhisperAudioEncoder:
-        # lazy: transformers takes a second or more to import; read_safetensors and the AV-HuBERT side of
-        # this module (conversion, video encoding) do not need it
-        from transformers import WhisperConfig
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-        config = WhisperConfig.from_pretrained(model_dir)
+        config = WhisperEncoderConfig.from_dir(model_dir)
         # Built on the meta device and given the file's tensors (memory-mapped by safetensors) rather than
         # random weights overwritten by a copy: no second copy in memory, and no time spent initialising.
         with torch.device("meta"):
@@ -121,7 +116,7 @@ class WhisperAudioEncoder(nn.Module):
         windows) is encoded in batches of equal length, so a clip's frames never depend on its batch."""
         param = next(self.encoder.parameters())
         if isinstance(input_features, torch.Tensor):
-            hidden = self.encoder(input_features.to(param.device, param.dtype)).last_hidden_state
+            hidden = self.encoder(input_features.to(param.device, param.dtype))
             return [hidden[i, :n] for i, n in enumerate(n_frames)]
         out: list[torch.Tensor | None] = [None] * len(input_features)
         by_length: dict[int, list[int]] = {}
@@ -135,18 +130,7 @@ class WhisperAudioEncoder(nn.Module):
         return out
 
     def trimmed_forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        """transformers' WhisperEncoder.forward without its 30 s length check: the convolutions, the first T
-        positional embeddings, the layers and the final LayerNorm (faster-whisper and whisper.cpp run
-        shorter windows the same way). On a full 3000-frame input it equals the stock forward."""
-        enc = self.encoder
-        x = F.gelu(enc.conv1(input_features))
-        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
-        if x.shape[1] > enc.embed_positions.weight.shape[0]:
-            raise ValueError(
-                f"{x.shape[1]} encoder frames exceed Whisper's {enc.embed_positions.weight.shape[0]}"
-            )
-        x = x + enc.embed_positions.weight[: x.shape[1]]
-        for layer in enc.layers:
-            x = layer(x, None)
-            x = x[0] if isinstance(x, tuple) else x  # transformers 4.x layers return a tuple
-        return enc.layer_norm(x)
+        """The last hidden state of a window shorter than 30 s: the convolutions, the first T positional
+        embeddings, the layers and the final LayerNorm (faster-whisper and whisper.cpp run shorter windows
+        the same way). On a full 3000-frame input it equals transformers' WhisperEncoder forward."""
+        return self.encoder(input_features)
