@@ -80,8 +80,8 @@ class WhisperSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (*x.shape[:-1], self.heads, self.head_dim)
-        # The query is scaled before the product and the product left unscaled, in the order transformers and
-        # openai/whisper use: scaling q·k afterwards rounds differently.
+        # The query is scaled before the product and the product left unscaled, in the order transformers uses
+        # (an attention kernel that scaled the product instead could round differently).
         q = (self.q_proj(x) * self.scaling).view(shape).transpose(1, 2).contiguous()
         k = self.k_proj(x).view(shape).transpose(1, 2).contiguous()
         v = self.v_proj(x).view(shape).transpose(1, 2).contiguous()
