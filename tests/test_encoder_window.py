@@ -247,9 +247,8 @@ print(json.dumps({"load": after_load, "encode": after_encoding, "text": text, "a
 
 
 @pytest.mark.slow
-def test_built_in_model_encodes_without_transformers():
-    """Loading the built-in model and encoding its audio import no transformers module; transcribing imports
-    at most what decoding's GenerationConfig does."""
+def test_built_in_model_transcribes_without_transformers():
+    """Loading the built-in model, encoding audio and transcribing (greedy) import no transformers module."""
     import os
     import subprocess
     import sys
@@ -261,9 +260,5 @@ def test_built_in_model_encodes_without_transformers():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["load"] == [] and got["encode"] == []
+    assert got["load"] == [] and got["encode"] == [] and got["all"] == []
     assert got["text"] == (ROOT / "examples" / "heldout.txt").read_text().strip()
-    listing = "import sys; from transformers import GenerationConfig; print(' '.join(sys.modules))"
-    generation = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, check=True)
-    assert set(got["all"]) <= set(generation.stdout.split())
-    assert not [m for m in got["all"] if "whisper" in m]

@@ -237,11 +237,15 @@ class AVSRModel(nn.Module):
         self._activate(mode)
         seqs, labels = self.sequences(mode, audio, video, context=context)
         embeds, mask, _ = self._pad_left(seqs, labels)
-        gen = generation_config(options, self.config.decoding, self.ids)
-        if gen.num_beams == 1 and not gen.do_sample:  # generate()'s greedy search, without its set-up
+        defaults = self.config.decoding
+        if (options.num_beams or defaults.num_beams) == 1 and options.strategy != "reference":
+            # generate()'s greedy search without its set-up, and without importing transformers: the
+            # GenerationConfig would give the same budget (generation_config)
             eos, pad = self.ids.eos, self.ids.pad
-            sequences, steps = greedy_decode(self.llm, embeds, mask, eos, pad, gen.max_new_tokens, on_step)
+            budget = options.max_new_tokens or defaults.max_new_tokens
+            sequences, steps = greedy_decode(self.llm, embeds, mask, eos, pad, budget, on_step)
         else:
+            gen = generation_config(options, defaults, self.ids)
             sequences, steps = self._search(embeds, mask, gen, options.seed, on_step)
         # Reference: batch_decode(skip_special_tokens=True, clean_up_tokenization_spaces=False), nothing else.
         texts = self.tokenizer.batch_decode(
