@@ -90,6 +90,7 @@ bench: bench-deps
 	@# greedy everywhere: avsr-tiny-en's own decoding (the table of docs/benchmarks.md)
 	mkdir -p bench/out && $(PYTHON) -m bench.bench_engines --beams 1 --out bench/out
 	$(PYTHON) -m bench.bench_transcribe
+	$(PYTHON) -m bench.bench_llm --json bench/out/llm.json
 	$(PYTHON) -m bench.bench_longform
 	$(PYTHON) -m bench.bench_mouth
 	mkdir -p bench/out && $(PYTHON) -m bench.bench_distributed --json bench/out/distributed.json

@@ -24,7 +24,7 @@ ADDED = {"pad_token": "<pad>", "additional_special_tokens": ["<audio>", "</audio
 TEXTS = [
     "Hello, world!",
     "  leading and trailing spaces  ",
-    "Pi is 3.14159; a million is 1,000,000 and 2024-01-02 is a date.",
+    "Pi is 3.14159; a million is 1,000,000 and 12/31 is a fraction or a day.",
     "Ünïcödé café naïve — “quotes” 日本語 😀",
     "Transcribe speech to text.<audio> a </audio> then <video></video>",
     "<pad><pad>x<pad>",
