@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .llama import LlamaDecoder
+from .llama import LlamaDecoder, greedy_choice
 
 
 @torch.no_grad()
@@ -47,13 +47,11 @@ def greedy_decode(
     )
     cache_key = "cache" if out.get("cache") is not None else "past_key_values"  # transformers 5 / 4
     for step in range(1, max_new_tokens + 1):
-        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
         if on_step is not None:
             on_step(step)
-        scores.append(logits.log_softmax(-1).amax(-1))
-        chosen = logits.argmax(-1) * unfinished + pad * (1 - unfinished)
+        chosen, score, unfinished = greedy_choice(out.logits[:, -1], unfinished, eos, pad)
         tokens.append(chosen)
-        unfinished = unfinished & (chosen != eos).long()
+        scores.append(score)
         if step == max_new_tokens or int(unfinished.max()) == 0:
             break
         positions = positions[:, -1:] + 1

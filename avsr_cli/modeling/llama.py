@@ -346,13 +346,12 @@ class LlamaDecoder(nn.Module):
         hidden = self._run(embeds, positions, key_mask, cache, 0)[:, -1:]
         slot = length
         for step in range(1, max_new_tokens + 1):
-            logits = self.lm_head(self.model.norm(hidden))[:, -1].to(copy=True, dtype=torch.float32)
             if on_step is not None:
                 on_step(step)
-            scores.append(logits.log_softmax(-1).amax(-1))
-            chosen = logits.argmax(-1) * unfinished + pad * (1 - unfinished)
+            logits = self.lm_head(self.model.norm(hidden))[:, -1]
+            chosen, score, unfinished = greedy_choice(logits, unfinished, eos, pad)
             tokens.append(chosen)
-            unfinished = unfinished & (chosen != eos).long()
+            scores.append(score)
             if step == max_new_tokens or int(unfinished.max()) == 0:
                 break
             positions = positions[:, -1:] + 1
@@ -391,3 +390,13 @@ def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
         return x
     b, h, t, d = x.shape
     return x[:, :, None].expand(b, h, n, t, d).reshape(b, h * n, t, d)
+
+
+def greedy_choice(
+    logits: torch.Tensor, unfinished: torch.Tensor, eos: int, pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """generate()'s greedy step, for this decoder's loop and greedy.py's: the token each row takes, its
+    log-probability from the float32 logits, and the rows still unfinished (rows that ended take `pad`)."""
+    logits = logits.to(copy=True, dtype=torch.float32)
+    chosen = logits.argmax(-1) * unfinished + pad * (1 - unfinished)
+    return chosen, logits.log_softmax(-1).amax(-1), unfinished & (chosen != eos).long()

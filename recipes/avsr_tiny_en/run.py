@@ -147,48 +147,26 @@ def main() -> None:
     t0 = time.time()
     text = corpus / "text" / "sentences.tsv"
     if not text.exists():
-        step(log, "text", [py, "-m", "recipes.avsr_tiny_en.text", "--out", str(corpus / "text")])
-    step(
-        log,
-        "eval splits",
-        [
-            py,
-            "-m",
-            "recipes.avsr_tiny_en.build",
-            "--out",
-            str(corpus),
-            "--text",
-            str(text),
-            "--jobs",
-            jobs,
-            "--only",
-            "babble",
-            "--only",
-            "test",
-            "--only",
-            "test-babble5",
-            "--only",
-            "val",
-        ],
-    )
+        step(log, "text", [py, "-m", "recipes.avsr_tiny_en.text", "--out", str(corpus / "text")])  # pool
+    recipe = lambda name, *args: [py, "-m", f"recipes.avsr_tiny_en.{name}", *map(str, args)]  # noqa: E731
+    only = [a for split in ("babble", "test", "test-babble5", "val") for a in ("--only", split)]
+    step(log, "eval splits", recipe("build", "--out", corpus, "--text", text, "--jobs", jobs, *only))
     step(
         log,
         "slice",
-        [
-            py,
-            "-m",
-            "recipes.avsr_tiny_en.slice",
+        recipe(
+            "slice",
             "--slice",
-            str(args.slice),
+            args.slice,
             "--clips",
-            str(args.clips),
+            args.clips,
             "--out",
-            str(corpus),
+            corpus,
             "--text",
-            str(text),
+            text,
             "--jobs",
             jobs,
-        ],
+        ),
     )
     train_cmd = [
         py,
