@@ -147,7 +147,7 @@ def main() -> None:
     t0 = time.time()
     text = corpus / "text" / "sentences.tsv"
     if not text.exists():
-        step(log, "text", [py, "-m", "recipes.avsr_tiny_en.text", "--out", str(corpus / "text")])  # pool
+        step(log, "text", [py, "-m", "recipes.avsr_tiny_en.text", "--out", str(corpus / "text")])
     recipe = lambda name, *args: [py, "-m", f"recipes.avsr_tiny_en.{name}", *map(str, args)]  # noqa: E731
     only = [a for split in ("babble", "test", "test-babble5", "val") for a in ("--only", split)]
     step(log, "eval splits", recipe("build", "--out", corpus, "--text", text, "--jobs", jobs, *only))
