@@ -150,6 +150,20 @@ def test_jsonl_manifest(tmp_path):
     assert [i.id for i in load_dataset(as_list).items] == ["clips/a"]
 
 
+def test_manifests_carry_a_context_prompt_per_clip(tmp_path):
+    touch(tmp_path / "a.wav")
+    touch(tmp_path / "b.wav")
+    csv = touch(tmp_path / "t.csv", 'path,text,context\na.wav,maria came,"Maria,  Glasgow"\nb.wav,hello,\n')
+    assert [(i.id, i.context) for i in load_dataset(csv).items] == [("a", "Maria, Glasgow"), ("b", None)]
+    lines = [
+        json.dumps({"media": "a.wav", "text": "maria came", "context": "Maria"}),  # the recipe's key
+        json.dumps({"path": "b.wav", "text": "hello", "context": ["not", "text"]}),
+    ]
+    d = load_dataset(touch(tmp_path / "m.jsonl", "\n".join(lines)))
+    assert [(i.id, i.context) for i in d.items] == [("a", "Maria")]
+    assert [s.reason for s in d.skipped] == ["unreadable line (context is not text)"]
+
+
 def test_llama_avsr_label_csv(tmp_path):
     video_dir = tmp_path / "lrs3" / "lrs3_video_seg16s" / "test" / "spk"
     touch(video_dir / "00001.mp4")

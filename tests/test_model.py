@@ -115,6 +115,29 @@ def test_initial_prompt_goes_after_bos_before_the_media_of_every_clip(model):
         assert all(torch.equal(a, b) for a, b in zip(same, plain, strict=True))
 
 
+def test_training_gives_each_clip_its_own_context(model):
+    """A manifest's `context` per clip: each row carries its own prompt, laid out as `--initial-prompt` lays
+    it out, and a batch's loss is the clips' losses alone (no prompt: the reference layout)."""
+    frames = frames_of(model, waves((1.0, 0.6, 0.8)))
+    contexts = ["Maria, Glasgow", None, "Tallinn"]
+    targets = [model.target_ids(t) for t in ("maria went to glasgow", "hello there", "tallinn")]
+    seqs, _ = model.sequences("asr", ModalityInputs(frames, 4), None, targets, contexts)
+    for frame, context, target, row in zip(frames, contexts, targets, seqs, strict=True):
+        alone, _ = model.sequences("asr", ModalityInputs([frame], 4), None, [target], context=context)
+        assert torch.equal(alone[0], row)
+    with torch.no_grad():
+        together = model.loss("asr", ModalityInputs(frames, 4), None, targets, contexts)
+        per_token = [
+            model.loss("asr", ModalityInputs([f], 4), None, [t], [c]) * len(t)
+            for f, t, c in zip(frames, targets, contexts, strict=True)
+        ]
+        plain = model.loss("asr", ModalityInputs(frames, 4), None, targets)
+    assert torch.allclose(together, sum(per_token) / sum(len(t) for t in targets), atol=1e-5)
+    assert not torch.allclose(together, plain)  # the prompts reach the loss
+    with pytest.raises(ValueError, match="2 contexts for 3 clips"):
+        model.sequences("asr", ModalityInputs(frames, 4), None, targets, contexts[:2])
+
+
 def test_batch_equals_one_by_one(model):
     audio = waves()
     frames = frames_of(model, audio)

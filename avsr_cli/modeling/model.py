@@ -9,7 +9,7 @@ goes in as CONTEXT_TEMPLATE at CONTEXT_PLACEMENT (chosen by recipes/avsr_tiny_en
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,22 +126,26 @@ class AVSRModel(nn.Module):
         audio: ModalityInputs | None,
         video: ModalityInputs | None,
         targets: list[list[int]] | None = None,
-        context: str | None = None,
+        context: str | Sequence[str | None] | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per clip: the input embedding sequence (L_i, H) and its labels (L_i,); `context`: an initial
-        prompt given to every clip (see `context_ids`)."""
+        prompt given to every clip, or one per clip (see `context_ids`)."""
         proj_a = self.projectors["audio"](audio.frames, audio.rate) if audio is not None else None
         proj_v = self.projectors["video"](video.frames, video.rate) if video is not None else None
         n = len((audio or video).frames)
-        ids, prompt, head = self.ids, self.prompt_ids(mode), []
-        extra = self.context_ids(context)
-        if extra and self.context_placement == "before-media":
-            head = extra
-        elif extra:
-            prompt = extra + prompt if self.context_placement == "before-instruction" else prompt + extra
+        contexts = [context] * n if context is None or isinstance(context, str) else list(context)
+        if len(contexts) != n:
+            raise ValueError(f"{len(contexts)} contexts for {n} clips")
+        ids = self.ids
         dtype = self.llm.get_input_embeddings().weight.dtype
         seqs, labels = [], []
         for i in range(n):
+            prompt, head = self.prompt_ids(mode), []
+            extra = self.context_ids(contexts[i])
+            if extra and self.context_placement == "before-media":
+                head = extra
+            elif extra:
+                prompt = extra + prompt if self.context_placement == "before-instruction" else prompt + extra
             parts = [self._embed([ids.bos])] if ids.bos is not None else []
             if head:
                 parts.append(self._embed(head))
@@ -195,11 +199,17 @@ class AVSRModel(nn.Module):
 
     # -- training and decoding ----------------------------------------------------------------------
     def loss(
-        self, mode: str, audio: ModalityInputs | None, video: ModalityInputs | None, targets: list[list[int]]
+        self,
+        mode: str,
+        audio: ModalityInputs | None,
+        video: ModalityInputs | None,
+        targets: list[list[int]],
+        contexts: Sequence[str | None] | None = None,
     ) -> torch.Tensor:
-        """Mean next-token cross-entropy over the transcript tokens (+EOS) of a batch."""
+        """Mean next-token cross-entropy over the transcript tokens (+EOS) of a batch; `contexts`: an initial
+        prompt per clip (None: none), so a model learns to use what `--initial-prompt` gives it."""
         self._activate(mode)
-        seqs, labels = self.sequences(mode, audio, video, targets)
+        seqs, labels = self.sequences(mode, audio, video, targets, contexts)
         embeds, mask, lab = self._pad_left(seqs, labels)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         # The labels are each row's suffix (left padding), so only the last (longest target + 1) positions

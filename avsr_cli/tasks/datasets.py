@@ -49,12 +49,14 @@ class DatasetError(AvsrError):
 
 @dataclass(frozen=True)
 class Item:
-    """One clip to score. audio: a separate audio track beside a video (else the media's own audio)."""
+    """One clip to score. audio: a separate audio track beside a video (else the media's own audio);
+    context: an initial prompt for this clip (a manifest's `context` column), used in training."""
 
     id: str
     media: Path
     reference: str
     audio: Path | None = None
+    context: str | None = None
 
     @property
     def audio_path(self) -> Path:
@@ -195,12 +197,20 @@ class _Collector:
         self.skipped.append(Skipped(f"{self.manifest}:{line}", reason))
 
     def add(
-        self, line: int, media: object, reference: object, item_id: object = None, audio: Path | None = None
+        self,
+        line: int,
+        media: object,
+        reference: object,
+        item_id: object = None,
+        audio: Path | None = None,
+        context: object = None,
     ) -> None:
         if not isinstance(media, str) or not media.strip():
             return self.skip(line, "unreadable line (no media path)")
         if reference is not None and not isinstance(reference, str):
             return self.skip(line, "unreadable line (transcript is not text)")
+        if context is not None and not isinstance(context, str):
+            return self.skip(line, "unreadable line (context is not text)")
         path = Path(media.strip())
         if item_id is None or str(item_id).strip() == "":
             item_id = path.with_suffix("").as_posix()
@@ -214,7 +224,8 @@ class _Collector:
             return self.skip(line, "empty transcript" + (f" ({reference!r}: no words)" if reference else ""))
         if not path.is_file():
             return self.skip(line, f"transcript without media (no file {path})")
-        self.items.append(Item(item_id, path, reference, audio))
+        context = " ".join(context.split()) if context else None
+        self.items.append(Item(item_id, path, reference, audio, context or None))
 
 
 def _csv_rows(text: str, delimiter: str) -> Iterator[tuple[int, list[str] | csv.Error]]:
@@ -249,7 +260,8 @@ def _csv_manifest(path: Path, text: str, delimiter: str) -> tuple[list[Item], li
             out.skip(n, f"unreadable line (expected {len(header)} fields, found {len(row)})")
             continue
         item_id = row[columns["id"]] if "id" in columns else None
-        out.add(n, row[columns["path"]], row[text_column], item_id)
+        context = row[columns["context"]] if "context" in columns else None
+        out.add(n, row[columns["path"]], row[text_column], item_id, context=context)
     return out.items, out.skipped
 
 
@@ -277,7 +289,8 @@ def _json_manifest(path: Path, text: str, kind: str) -> tuple[list[Item], list[S
             out.skip(n, "unreadable line (not a JSON object)")
             continue
         reference = row.get("transcript", row.get("text"))
-        out.add(n, row.get("path"), reference, row.get("id"))
+        # "media": the key of the recipe's corpus manifests (recipes/avsr_tiny_en/build.py)
+        out.add(n, row.get("path", row.get("media")), reference, row.get("id"), context=row.get("context"))
     return out.items, out.skipped
 
 

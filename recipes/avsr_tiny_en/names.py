@@ -115,9 +115,17 @@ def _names(values) -> set[str]:
 
 def name_sentences(count: int, seed: int) -> list[str]:
     """`count` normalised sentences (reproducible for a seed), each with at least one name."""
+    return [text for text, _ in named_sentences(count, seed)]
+
+
+NAME_SLOTS = ("p", "q", "full", "last", "last2", "city", "city2", "country")
+
+
+def named_sentences(count: int, seed: int) -> list[tuple[str, tuple[str, ...]]]:
+    """`name_sentences` with the names each sentence holds (a glossary a user would give for it)."""
     first, last, cities, countries = name_pools()
     rng = random.Random(f"names:{seed}")
-    out: list[str] = []
+    out: list[tuple[str, tuple[str, ...]]] = []
     while len(out) < count:
         city, city2 = rng.sample(cities, 2)
         p, q = rng.sample(first, 2)
@@ -139,8 +147,9 @@ def name_sentences(count: int, seed: int) -> list[str]:
             "month": rng.choice(MONTHS),
             "ordinal": rng.choice(ORDINALS),
         }
-        text = rng.choice(TEMPLATES).format(**slots)
-        out.extend(normalize_block(text)[:1])
+        template = rng.choice(TEMPLATES)
+        names = tuple(slots[s] for s in NAME_SLOTS if "{" + s + "}" in template)
+        out.extend((text, names) for text in normalize_block(template.format(**slots))[:1])
     return out
 
 

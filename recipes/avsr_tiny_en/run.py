@@ -13,7 +13,8 @@ earlier run it reuses, as each step resumes):
    both (no prompt, and the glossary before the media);
 5. with --ship, the candidate replaces models/avsr-tiny-en (adapter, config, training.json) when it is
    better: lower WER on the clean held-out set or the two-sentence set, no set worse by more than 1 point
-   (the one-clip LRS3 row is reported, not ruled on), and no fewer names kept.
+   (sets under 20 clips, LRS3's one and audioeval's three, are reported, not ruled on), and no fewer names
+   kept.
 Every step's wall time goes to RUN_DIR/run.json; the comparison to RUN_DIR/report.md.
 A run of 2,000 clips (about 5.8 h of speech) and 2 epochs takes about an hour on 2 cores.
 """
@@ -52,10 +53,14 @@ def names_kept(output: str) -> dict:
     return rows
 
 
+# A set of fewer clips is reported, not ruled on: one word of the 3 audioeval clips moves it by 5 points
+RULED_MIN_CLIPS = 20
+
+
 def better(new: dict, old: dict) -> tuple[bool, str]:
     rows_new = {r["set"]: r for r in new["table"]}
     rows_old = {r["set"]: r for r in old["table"]}
-    ruled = [s for s in rows_new if s in rows_old and not s.startswith("lrs3")]
+    ruled = [s for s in rows_new if s in rows_old and rows_new[s]["clips"] >= RULED_MIN_CLIPS]
     worse = [s for s in ruled if rows_new[s]["avsr"] > rows_old[s]["avsr"] + 1.0]
     gain = [
         s
@@ -126,7 +131,8 @@ def main() -> None:
     ap.add_argument("--slice", type=int, required=True)
     ap.add_argument("--clips", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    # 5e-4 (the first run) cost 1.6 points on one-sentence clips: a fine-tune of the shipped adapter moves less
+    ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--corpus", type=Path, default=CACHE)
     ap.add_argument("--runs", type=Path, default=Path.home() / ".cache/avsr/runs")
@@ -174,7 +180,8 @@ def main() -> None:
         "avsr_cli",
         "train",
         "--data",
-        str(corpus / f"slice-{args.slice}" / "train"),
+        # the manifest, not the folder: it carries the clips' context prompts
+        str(corpus / f"slice-{args.slice}" / "train" / "manifest.jsonl"),
         "--val-data",
         str(corpus / "val"),
         "--val-limit",

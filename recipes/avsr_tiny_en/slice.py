@@ -11,7 +11,10 @@ run saw. What differs from the v2 corpus, after docs/model-diagnostics.md:
   the World English Bible capped at 10 % (its phrases leaked into transcripts);
 - voices Whisper base can follow: espeak-ng down from 2.5 to 0.3 of the pool weight;
 - noise on half the clips, 85 % of it at 10-30 dB and 15 % at 5-10 dB (none below 5 dB, where Whisper base
-  failed 79 % of the training clips); no white noise; opus at 16 kb/s and more; less reverb and codec.
+  failed 79 % of the training clips); no white noise; opus at 16 kb/s and more; less reverb and codec;
+- a context prompt (`--initial-prompt`'s glossary of names) on about 30 % of the clips: half the clips with
+  names list them among 1-5 others, 15 % of the rest list others only (a listed name need not be said);
+  the manifest's `context` column.
 
 Held-out two-sentence set (`test-heldout-source-2sent/`, same for every slice): 60 clips, each two sentences
 of the held-out source (fortunes) that no other test split uses, by the held-out voices, clean.
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from . import build as B
 from . import voices as V
-from .names import name_sentences
+from .names import name_pools, named_sentences
 
 SLICE_VOICES = [(v, w) for v, w in B.TRAIN_VOICES if v != "espeak"] + [("espeak", 0.3)]
 SLICE_PROFILE = {
@@ -44,6 +47,12 @@ SENTENCES_PER_CLIP = [(1, 0.5), (2, 0.35), (3, 0.15)]
 MAX_WORDS = 55
 NAMES_SHARE = 0.3
 BIBLE_SHARE = 0.1
+# Context prompts (`--initial-prompt`, modeling/model.py CONTEXT_TEMPLATE): a glossary as a user gives one,
+# the clip's own names among others; also on clips without names, so the model learns that a listed name
+# need not be said
+CONTEXT_P_NAMED = 0.5
+CONTEXT_P_PLAIN = 0.15
+CONTEXT_OTHERS = (1, 6)
 TWO_SENTENCE_CLIPS = 60
 TWO_SENTENCE_SKIP = 400  # fortunes that build.py's test and babble splits use come first in its order
 
@@ -58,7 +67,7 @@ def slice_sentences(rows: list[dict], k: int, count: int) -> list[tuple[str, str
     n_other = count - n_names - n_bible
     picked = _window(other, k, n_other) + _window(bible, k, n_bible)
     out = [(r["id"], r["source"], r["text"]) for r in picked]
-    out += [(f"names-{k}-{i:05d}", "names", s) for i, s in enumerate(name_sentences(n_names, seed=k))]
+    out += [(f"names-{k}-{i:05d}", "names", s) for i, (s, _) in enumerate(named_sentences(n_names, seed=k))]
     rng = B.rng_for(k, "slice-mix")
     return [out[i] for i in rng.permutation(len(out))]
 
@@ -69,6 +78,27 @@ def _window(rows: list, k: int, n: int) -> list:
         return []
     start = (k * n) % len(rows)
     return [rows[(start + i) % len(rows)] for i in range(n)]
+
+
+def contexts(groups: list[list[tuple[str, str, str]]], k: int) -> list[str | None]:
+    """A glossary prompt per clip (None for most): the names of the clip's sentences and others, shuffled."""
+    drawn = [int(sid.rsplit("-", 1)[1]) for g in groups for sid, source, _ in g if source == "names"]
+    # named_sentences is one seeded stream: its first n sentences are slice_sentences' own
+    held = named_sentences(max(drawn, default=-1) + 1, seed=k)
+    names = {f"names-{k}-{i:05d}": held[i][1] for i in drawn}
+    first, last, cities, countries = name_pools()
+    pool = first + last + cities + countries
+    out: list[str | None] = []
+    for n, clip in enumerate(groups):
+        rng = B.rng_for(k, "slice-context", n)
+        own = [name for sid, _, _ in clip for name in names.get(sid, ())]
+        if rng.random() >= (CONTEXT_P_NAMED if own else CONTEXT_P_PLAIN):
+            out.append(None)
+            continue
+        others = [pool[int(i)] for i in rng.integers(0, len(pool), int(rng.integers(*CONTEXT_OTHERS)))]
+        listed = list(dict.fromkeys(own + others))
+        out.append(", ".join(listed[int(i)] for i in rng.permutation(len(listed))))
+    return out
 
 
 def group(sentences: list[tuple[str, str, str]], k: int) -> list[list[tuple[str, str, str]]]:
@@ -98,8 +128,9 @@ def slice_jobs(rows: list[dict], out: Path, k: int, clips: int) -> list[dict]:
         )
     # about 1.75 sentences a clip
     groups = group(slice_sentences(rows, k, int(clips * 1.75) + 10), k)[:clips]
+    prompts = contexts(groups, k)
     jobs = []
-    for n, clip in enumerate(groups):
+    for n, (clip, context) in enumerate(zip(groups, prompts, strict=True)):
         rng = B.rng_for(k, "slice-voice", n)
         voice, tts = B.resolve(B.draw_voice(rng, SLICE_VOICES), rng)
         cid = f"s{k}-{n:05d}-{B.slug(voice)}"
@@ -117,6 +148,7 @@ def slice_jobs(rows: list[dict], out: Path, k: int, clips: int) -> list[dict]:
                 "seed": k,
                 "babble": babble,
                 "profile": SLICE_PROFILE,
+                **({"context": context} if context else {}),
             }
         )
     return jobs

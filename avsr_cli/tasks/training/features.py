@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +130,7 @@ class TrainData:
     frames: list[dict[str, torch.Tensor]]
     texts: list[str]
     failed: list[tuple[str, str]]
+    contexts: list[str | None] = field(default_factory=list)
 
 
 def prepare_data(
@@ -165,4 +166,5 @@ def prepare_data(
         else:
             data.frames.append(r)
             data.texts.append(item.reference)
+            data.contexts.append(item.context)
     return data

@@ -75,7 +75,7 @@ def train(
         model.to(resolve_device(device))
         tr, val = _encode(setup, model, train_set, val_set, on_encode if main else None, world)
         val_pairs = (val.frames, val.texts) if val else None
-        trainer = Trainer(model, tr.frames, tr.texts, options, out, val_pairs, world)
+        trainer = Trainer(model, tr.frames, tr.texts, options, out, val_pairs, world, tr.contexts)
         result = trainer.run(setup.resume, on_step, saved_state)
         if world:  # the others wait until rank 0 has written the checkpoint
             barrier(world)

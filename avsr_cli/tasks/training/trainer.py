@@ -76,6 +76,7 @@ class Trainer:
         out_dir: Path,
         val: tuple[Sequence[torch.Tensor | dict[str, torch.Tensor]], list[str]] | None = None,
         world: World | None = None,
+        contexts: Sequence[str | None] | None = None,
     ) -> None:
         self.modes, self.modalities = options.modes(), options.modalities()
         self.world = world
@@ -97,6 +98,12 @@ class Trainer:
             if missing:
                 raise UsageError(f"rates {sorted(missing)} not among the model's {modality} rates {have}")
         self.targets = [model.target_ids(t) for t in texts]
+        # an initial prompt per clip (a manifest's `context`), checked now: one too long stops the run here
+        self.contexts = list(contexts) if contexts else [None] * len(texts)
+        if len(self.contexts) != len(texts):
+            raise ValueError(f"{len(self.contexts)} contexts for {len(texts)} clips")
+        for context in set(self.contexts):
+            model.context_ids(context)
         self.kernels = TrainingKernels(model.llm)  # run() sets the steps' dtype and compilation
         self.fps = FRAMES_PER_SECOND[self.modalities[0]]
         self.lengths = [f[self.modalities[0]].shape[0] for f in self.frames]
@@ -316,10 +323,11 @@ class Trainer:
         for batch, drawn in list(zip(group, draws, strict=True))[self.rank :: self.size]:
             samples = [self.frames[i] for i in batch]
             targets = [self.targets[i] for i in batch]
+            contexts = [self.contexts[i] for i in batch]
             for mode, weight in zip(self.modes, self.weights, strict=True):
                 audio, video = self._inputs(samples, drawn, mode, run.device)
                 with autocast(run.precision, run.device):
-                    loss = self.model.loss(mode, audio, video, targets)
+                    loss = self.model.loss(mode, audio, video, targets, contexts)
                 share = weight / len(self.modes) / len(group)
                 (loss * share).backward()  # one graph at a time: memory stays one task's
                 loss_sum += float(loss.detach()) * share
