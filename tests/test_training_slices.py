@@ -93,7 +93,13 @@ def table(**wers):
 
 def test_a_candidate_ships_only_when_better_and_nowhere_worse():
     shipped = table(
-        **{"heldout-clean": 23.0, "heldout-babble5": 70.4, "heldout-2sent": 30.0, "lrs3": 3.8, "audioeval-en": 14}
+        **{
+            "heldout-clean": 23.0,
+            "heldout-babble5": 70.4,
+            "heldout-2sent": 30.0,
+            "lrs3": 3.8,
+            "audioeval-en": 14,
+        }
     )
     ok, why = better(
         table(

@@ -291,7 +291,9 @@ def write_clip(job: dict) -> dict:
         else:
             V.speak(job["text"], job["voice"], clean, **job["tts"])
         info = {
-            k: job[k] for k in ("id", "split", "sentence_id", "source", "voice", "tts", "text", "context") if k in job
+            k: job[k]
+            for k in ("id", "split", "sentence_id", "source", "voice", "tts", "text", "context")
+            if k in job
         }
         rng = rng_for(job["seed"], job["split"], cid)
         if job["kind"] == "augment":
