@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--slice", type=int, required=True)
     ap.add_argument("--clips", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=2)
-    # lr 5e-4 (the first run) cost 1.6 points on one-sentence clips
+    # lr 5e-4 cost 1.6 points on one-sentence clips (docs/training.md, the slice-1 row)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--corpus", type=Path, default=CACHE)
