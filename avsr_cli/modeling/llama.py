@@ -125,8 +125,8 @@ class Body(nn.Module):
 
     def __init__(self, embed: torch.Tensor, layers: list[Layer], norm: RMSNorm) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(embed.shape[0], embed.shape[1], device="meta")
-        self.embed_tokens.weight = nn.Parameter(embed, requires_grad=False)
+        # given its weight: nn.Embedding's own random init on the meta device imports torch._dynamo (1.4 s)
+        self.embed_tokens = nn.Embedding(embed.shape[0], embed.shape[1], _weight=embed, _freeze=True)
         self.layers = nn.ModuleList(layers)
         self.norm = norm
 

@@ -119,7 +119,10 @@ class WhisperEncoder(nn.Module):
         dim = config.d_model
         self.conv1 = nn.Conv1d(config.num_mel_bins, dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
-        self.embed_positions = nn.Embedding(config.max_source_positions, dim)
+        # an uninitialised weight (the checkpoint's is assigned): nn.Embedding's random init would import
+        # torch._dynamo on the meta device, 1.4 s of a one-clip call
+        empty = torch.empty(config.max_source_positions, dim)
+        self.embed_positions = nn.Embedding(config.max_source_positions, dim, _weight=empty)
         self.layers = nn.ModuleList(WhisperEncoderLayer(config) for _ in range(config.encoder_layers))
         self.layer_norm = nn.LayerNorm(dim)
 
