@@ -201,12 +201,15 @@ def test_cues_without_whisper_options_are_timed_by_the_words() -> None:
         assert seconds(c.end) - seconds(c.start) <= o.max_duration + 1e-3
         done += n
     assert ms(seconds(cues[-1].end)) == ms(one.words[-1].end) < 21_000
-    # a repeat loop is collapsed for subtitles: the words then do not match and the segment time is shared
+    # a repeat loop is collapsed for subtitles (as in transcripts): the words left keep their own times
     text = "we will go " * 6 + "home"
-    looped = segment(text, 2.0, end=6.0)
-    cues = list(srt.parse(to_srt(result(looped))))
+    looped = segment(text, 2.0)
+    cues = list(srt.parse(to_srt(result(looped), o)))
     assert " ".join(c.content.replace("\n", " ") for c in cues) == "we will go home"
-    assert ms(seconds(cues[0].start)) == 2000 and ms(seconds(cues[-1].end)) == 6000
+    home = looped.words[-1]
+    assert ms(seconds(cues[0].start)) == ms(looped.words[0].start)
+    assert ms(seconds(cues[-1].end)) == ms(home.end)
+    assert ms(seconds(cues[-1].start)) == ms(home.start) or len(cues) == 1
 
 
 @pytest.mark.parametrize("name", ["max_line_width", "max_line_count", "max_words_per_line"])

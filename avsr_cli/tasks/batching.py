@@ -19,7 +19,6 @@ from ..frontends.segmentation import ChunkOptions, fixed_windows, segment_audio
 from ..frontends.stream_segmenter import StreamSegmenter
 from ..modeling.aligners import Aligner
 from ..modeling.avhubert import encode_mouth_clips
-from ..modeling.decoding import drop_repeated_phrases
 from ..modeling.model import AVSRModel, Hypothesis, ModalityInputs
 from ..storage import display_name
 from .media_inputs import AudioStream, MediaInput
@@ -265,20 +264,6 @@ class BatchLoop:
                 job.timings[key] = job.timings.get(key, 0.0) + value / len(pieces)
 
 
-def _collapse_loops(segment: Segment) -> Segment:
-    """The segment with repeat loops collapsed (`drop_repeated_phrases`), its words kept where they remain:
-    the collapsed text is a subsequence of the words, matched left to right."""
-    text = drop_repeated_phrases(segment.text)
-    if segment.words is None or text == segment.text:
-        return replace(segment, text=text)
-    kept, remaining = [], text.split()
-    for word in segment.words:
-        if remaining and word.word.strip() == remaining[0]:
-            kept.append(word)
-            remaining.pop(0)
-    return replace(segment, text=text, words=kept)
-
-
 def report_stage(report, what: str, done: int | None = None, total: int | None = None) -> None:
     """Tell a progress callback that takes steps (see `transcribe_many`) the step now running."""
     stage = getattr(report, "stage", None)
@@ -354,7 +339,7 @@ class _Job:
             if h.text
         ]
         if len(self.chunks) > 1:
-            segments = [_collapse_loops(s) for s in segments]
+            segments = [s.without_loops() for s in segments]
         weight = sum(s.end - s.start for s in segments)
         avg = sum((s.end - s.start) * s.avg_logprob for s in segments) / weight if weight > 0 else None
         return Result(

@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..modeling.decoding import drop_repeated_phrases
 from .transcript import Segment, Word
 
 CONJUNCTIONS = frozenset(
@@ -66,14 +65,14 @@ def has_text(text: str) -> bool:
 
 
 def clean_segments(segments: Iterable[Segment], collapse_repeats: bool = True) -> list[Segment]:
-    """Segments with whitespace normalised, repeat loops collapsed, and no empty or punctuation-only text.
-    Their words stay when they still spell the text (a collapsed loop drops them: time by characters)."""
+    """Segments with whitespace normalised, repeat loops collapsed (`Segment.without_loops`: the words left
+    keep their times), and no empty or punctuation-only text. Their words stay when they spell the text."""
     out = []
     for s in segments:
-        text = " ".join(s.text.split())
-        text = drop_repeated_phrases(text) if collapse_repeats else text
-        if has_text(text):
-            out.append(Segment(s.start, max(s.end, s.start), text, words=_spelling(s.words, text)))
+        s = Segment(s.start, max(s.end, s.start), " ".join(s.text.split()), words=s.words)
+        s = s.without_loops() if collapse_repeats else s
+        if has_text(s.text):
+            out.append(replace(s, words=_spelling(s.words, s.text)))
     return out
 
 

@@ -4,12 +4,12 @@ its `Segment`s), and the rounding every JSON avsr writes uses."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..frontends.face_backends import BACKENDS
 from ..frontends.vad import VadOptions
 from ..modeling.config import MODES
-from ..modeling.decoding import DecodingOptions
+from ..modeling.decoding import DecodingOptions, drop_repeated_phrases
 from ..storage import display_name
 
 SEGMENTATIONS = ("auto", "vad", "off")
@@ -96,6 +96,19 @@ class Segment:
     avg_logprob: float | None = None
     low_confidence: bool = False
     words: list[Word] | None = None
+
+    def without_loops(self) -> Segment:
+        """The segment with LLM repeat loops collapsed (`drop_repeated_phrases`), its words kept where they
+        remain: the collapsed text is a subsequence of the words, matched left to right."""
+        text = drop_repeated_phrases(self.text)
+        if self.words is None or text == self.text:
+            return replace(self, text=text)
+        kept, remaining = [], text.split()
+        for word in self.words:
+            if remaining and word.word.strip() == remaining[0]:
+                kept.append(word)
+                remaining.pop(0)
+        return replace(self, text=text, words=kept)
 
 
 @dataclass
