@@ -248,3 +248,90 @@ def test_built_in_model_transcribes_without_transformers_llama():
     assert ours["llm"] == "LlamaDecoder" and ours["llama"] == []
     assert theirs["llm"] == "LlamaForCausalLM" and theirs["llama"]
     assert ours["text"] and ours["text"] == theirs["text"]
+
+
+def test_bfloat16_matrices_under_a_float32_stream(llm_dir):
+    """from_dir(matrices=bfloat16): half the bytes, the stream and norms in float32, the same first greedy
+    tokens and nearly the same logits as float32; beam search (transformers' model) runs on float32 copies."""
+    ref = load_llm(llm_dir, None, torch.float32, native=True)
+    ours = load_llm(llm_dir, None, torch.float32, native=True, matrices=torch.bfloat16)
+    before = sum(p.numel() * p.element_size() for p in ref.parameters())
+    layer = ours.model.layers[0]
+    matrices = [
+        layer.self_attn.weight(),
+        layer.self_attn.o_proj.weight,
+        layer.mlp.weight(),
+        layer.mlp.down_proj.weight,
+    ]
+    assert {m.dtype for m in matrices} == {torch.bfloat16} == {ours.get_input_embeddings().weight.dtype}
+    assert ours.stream_dtype == torch.float32 == layer.input_layernorm.weight.dtype
+    assert sum(p.numel() * p.element_size() for p in ours.parameters()) < 0.6 * before
+    embeds, mask = left_padded(48, [10, 6], seed=2)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    want = ref(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+    got = ours(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max() < 0.02 * want.abs().max()
+    # a random model's choices become near-ties as it runs on: the first tokens are the same
+    tokens, _ = greedy_decode(ours, embeds, mask, eos=-1, pad=0, max_new_tokens=8)
+    assert torch.equal(tokens, greedy_decode(ref, embeds, mask, eos=-1, pad=0, max_new_tokens=8)[0])
+    hf = ours.to_transformers()
+    assert {p.dtype for p in hf.parameters()} == {torch.float32}
+    assert hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.shape == want.shape
+
+
+def test_a_card_that_allows_it_stores_bfloat16_matrices_on_a_bf16_cpu(trained_ckpt, tmp_path):
+    """llm.cpu_matrices: with dtype auto on a CPU with bf16 kernels, the merged decoder stores its matrices
+    in bf16; an explicit float32, or the unmerged path, keeps float32; an unknown value is refused."""
+    from avsr_cli.modeling.config import ModelConfig
+    from avsr_cli.modeling.llm import cpu_computes_bf16
+
+    config = json.loads((trained_ckpt / "config.json").read_text())
+    ckpt = tmp_path / "bf16"
+    ckpt.mkdir()
+    for f in trained_ckpt.iterdir():
+        (ckpt / f.name).write_bytes(f.read_bytes())
+    (ckpt / "config.json").write_text(
+        json.dumps({**config, "llm": {**config["llm"], "cpu_matrices": "bfloat16"}})
+    )
+    auto = load_checkpoint(ckpt, device="cpu", merge_lora=True)
+    fp32 = load_checkpoint(ckpt, device="cpu", dtype="float32", merge_lora=True)
+    plain = load_checkpoint(trained_ckpt, device="cpu", merge_lora=True)
+    narrow = torch.bfloat16 if cpu_computes_bf16() else torch.float32
+    assert auto.llm.get_input_embeddings().weight.dtype == narrow
+    assert fp32.llm.get_input_embeddings().weight.dtype == torch.float32
+    assert plain.llm.get_input_embeddings().weight.dtype == torch.float32
+    rng = np.random.RandomState(3)
+    audio = [(0.1 * rng.randn(int(s * 16000))).astype(np.float32) for s in (1.0, 2.3)]
+    feats = auto.audio_frontend(audio)
+    frames = auto.audio_encoder(feats.input_features, feats.n_frames)
+    for beams in (1, 3):
+        options = DecodingOptions(num_beams=beams, max_new_tokens=12)
+        got = auto.decode("asr", ModalityInputs(frames, 4), None, options)
+        want = fp32.decode("asr", ModalityInputs(frames, 4), None, options)
+        assert [h.text for h in got] == [h.text for h in want]
+    with pytest.raises(CheckpointError, match="cpu_matrices"):
+        ModelConfig.from_dict({**config, "llm": {**config["llm"], "cpu_matrices": "int4"}})
+
+
+def test_reader_converts_large_matrices_block_by_block(tmp_path, monkeypatch):
+    """A float32 matrix read into bfloat16 (or float16) is converted a block of rows at a time, to the same
+    values as one whole conversion; a header whose byte count does not fit its shape is refused."""
+    from safetensors.torch import save_file
+
+    from avsr_cli.modeling import llama_config
+    from avsr_cli.modeling.llama_config import SafetensorsReader
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"big": torch.randn(37, 11, generator=g), "norm": torch.randn(11, generator=g)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    monkeypatch.setattr(llama_config, "CONVERT_BLOCK_BYTES", 5 * 11 * 4)  # 5 rows: 8 blocks, the last short
+    reader = SafetensorsReader([tmp_path / "m.safetensors"])
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert torch.equal(reader.read("big", dtype), tensors["big"].to(dtype))
+        assert torch.equal(reader.read("norm", dtype), tensors["norm"].to(dtype))
+    grown = reader.read("big", torch.bfloat16, rows=40)
+    assert grown.shape == (40, 11) and torch.equal(grown[:37], tensors["big"].bfloat16())
+    reader.where["big"][2]["data_offsets"][1] -= 4
+    with pytest.raises(CheckpointError, match="big holds"):
+        reader.read("big", torch.bfloat16)

@@ -20,6 +20,7 @@ from ..modeling.encoders import WhisperAudioEncoder
 from ..modeling.llm import (
     added_rows,
     apply_lora,
+    cpu_computes_bf16,
     load_llm,
     load_lora_state,
     load_tokenizer,
@@ -79,13 +80,15 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     merge_lora: bool = False,
     native_llm: bool = True,
+    llm_matrices: torch.dtype | None = None,
 ) -> AVSRModel:
     """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised.
 
     `merge_lora` (inference only): a single LoRA adapter is not wrapped in peft but folded into the LLM's
     weights when the adapter is loaded (`load_adapter_state`); one adapter per task keeps peft. Such a
     merged model's LLM, when a plain Llama, runs on avsr's own decoder (modeling/llama.py) unless
-    `native_llm` is False (then on transformers' model)."""
+    `native_llm` is False (then on transformers' model); `llm_matrices`: that decoder's matrices in this
+    dtype (LlamaDecoder.from_dir)."""
     audio_encoder = frontend = None
     if config.audio_encoder is not None:
         enc_cfg = config.audio_encoder
@@ -107,7 +110,7 @@ def build_model(
     tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
     llm_weights = weights_file(config.llm.weights, base_dir)
     merged = merge_lora and config.lora is not None and len(config.lora.adapter_names()) == 1
-    llm = load_llm(llm_dir, llm_weights, dtype, len(tokenizer), native=merged and native_llm)
+    llm = load_llm(llm_dir, llm_weights, dtype, len(tokenizer), merged and native_llm, llm_matrices)
     if llm.config.hidden_size != config.llm.hidden_size:
         raise CheckpointError(
             f"LLM {config.llm.source} has hidden size {llm.config.hidden_size}, "
@@ -279,7 +282,11 @@ def load_checkpoint(
     config = ModelConfig.load(ckpt_dir / CONFIG_FILE)
     check_config_fits_adapter(config, ckpt_dir)  # before the encoders, the LLM or a projector is allocated
     dev = resolve_device(device)
-    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora, native_llm)
+    # a card that allows it (llm.cpu_matrices) keeps the merged decoder's matrices in bf16 on a CPU with bf16
+    # kernels: the LoRA is folded into the bf16 matrices, as the built-in model's card measures it
+    narrow = dtype == "auto" and dev.type == "cpu" and config.llm.cpu_matrices and cpu_computes_bf16()
+    matrices = DTYPES[config.llm.cpu_matrices] if narrow else None
+    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora, native_llm, matrices)
     try:
         load_adapter_state(model, read_adapter(ckpt_dir))
     except CheckpointError as exc:

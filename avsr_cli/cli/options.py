@@ -103,7 +103,10 @@ DeviceOpt = Annotated[
 ]
 DtypeOpt = Annotated[
     Literal["auto", "float32", "bfloat16", "float16"],
-    typer.Option(help="Precision of weights and compute (auto: bfloat16 on a GPU that has it, else fp32)."),
+    typer.Option(
+        help="Precision of weights and compute (auto: bfloat16 on a GPU that has it, else fp32; on a CPU "
+        "with bfloat16 kernels, a model whose card allows it keeps its LLM's matrices in bfloat16)."
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[

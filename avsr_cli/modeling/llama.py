@@ -40,6 +40,12 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T in the weight's dtype, returned in x's: with bfloat16 matrices under a float32 residual
+    stream (`LlamaDecoder.from_dir(matrices=...)`), only the products round; with one dtype it is F.linear."""
+    return F.linear(x.to(weight.dtype), weight).to(x.dtype)
+
+
 def _linear(weight: torch.Tensor) -> nn.Linear:
     """A bias-free Linear holding `weight` (built on the meta device: no random initialisation)."""
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
@@ -64,12 +70,15 @@ class Fused(nn.Module):
         self.join(weights.get("joined"))
 
     def join(self, joined: torch.Tensor | None = None) -> torch.Tensor:
-        layers = [getattr(self, n) for n in self.names]
         if joined is None or not self._views_of(joined):
-            joined = torch.cat([m.weight.detach() for m in layers])
+            joined = torch.cat([getattr(self, n).weight.detach() for n in self.names])
+        return self._hold(joined)
+
+    def _hold(self, joined: torch.Tensor) -> torch.Tensor:
+        """Make the named layers' weights views of `joined`, in `names` order."""
         start = 0
-        for m, size in zip(layers, self.sizes, strict=True):
-            m.weight.data = joined[start : start + size]
+        for name, size in zip(self.names, self.sizes, strict=True):
+            getattr(self, name).weight.data = joined[start : start + size]
             start += size
         self._joined = joined
         return joined
@@ -168,6 +177,12 @@ class LlamaDecoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq.to(embed.device), persistent=False)
         self.requires_grad_(False)
 
+    @property
+    def stream_dtype(self) -> torch.dtype:
+        """The dtype of the residual stream, the norms and the key/value cache (the matrices may be stored in
+        a narrower one: `from_dir(matrices=...)`)."""
+        return self.model.norm.weight.dtype
+
     # -- what AVSRModel and the LoRA merge use ------------------------------------------------------
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -182,11 +197,14 @@ class LlamaDecoder(nn.Module):
         dtype: torch.dtype = torch.float32,
         weights: Path | None = None,
         n_tokens: int | None = None,
+        matrices: torch.dtype | None = None,
     ) -> LlamaDecoder:
         """The model of a Hugging Face directory (config.json + safetensors, or `weights` in their place),
         its embedding grown to `n_tokens` rows when given (new rows from N(0, initializer_range), as
         llm.resize_for_tokenizer adds them). With a half-precision `dtype` the rotary frequencies are
-        rounded to it, as llm.round_rotary_buffers does for transformers' model."""
+        rounded to it, as llm.round_rotary_buffers does for transformers' model. `matrices`: the projections,
+        embedding and output layer read in this dtype instead (e.g. bfloat16 under a float32 stream: half
+        the memory and the bytes read per token; each product rounds its input to it)."""
         from .encoders import safetensors_files
 
         settings = LlamaSettings.read(model_dir)
@@ -203,22 +221,27 @@ class LlamaDecoder(nn.Module):
                 raise CheckpointError(
                     f"{files[0]}: LLM weight {name} has shape {reader.shape(name)}; config.json needs {shape}"
                 )
+        wide = matrices or dtype
         state = {}
         for i in range(settings.num_hidden_layers):  # read straight into the matrices Fused joins
             for module, parts in (("self_attn", QKV), ("mlp", GATE_UP)):
                 keys = [f"model.layers.{i}.{module}.{p}.weight" for p in parts]
-                joined = state[f"model.layers.{i}.{module}.joined"] = reader.read_joined(keys, dtype)
+                joined = state[f"model.layers.{i}.{module}.joined"] = reader.read_joined(keys, wide)
                 start = 0
                 for key in keys:
                     size = reader.shape(key)[0]
                     state[key] = joined[start : start + size]
                     start += size
         grown = ("model.embed_tokens.weight", "lm_head.weight")  # read into their resized matrices below
-        state.update({n: reader.read(n, dtype) for n in names if n not in state and n not in grown})
+        for n in names:
+            if n not in state and n not in grown:
+                state[n] = reader.read(
+                    n, wide if n.endswith(("o_proj.weight", "down_proj.weight")) else dtype
+                )
         rows = settings.vocab_size if n_tokens is None else max(n_tokens, settings.vocab_size)
-        state["model.embed_tokens.weight"] = reader.read("model.embed_tokens.weight", dtype, rows)
+        state["model.embed_tokens.weight"] = reader.read("model.embed_tokens.weight", wide, rows)
         if not settings.tie_word_embeddings:
-            state["lm_head.weight"] = reader.read("lm_head.weight", dtype, rows)
+            state["lm_head.weight"] = reader.read("lm_head.weight", wide, rows)
         if rows != settings.vocab_size:
             with torch.no_grad():
                 for key in grown:
@@ -232,7 +255,7 @@ class LlamaDecoder(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int) -> KVCache:
-        s, w = self.config, self.model.embed_tokens.weight
+        s, w = self.config, self.model.norm.weight
         shape = (s.num_hidden_layers, batch, s.num_key_value_heads, capacity, s.head_dim)
         return KVCache(w.new_empty(shape), w.new_empty(shape))
 
@@ -249,14 +272,18 @@ class LlamaDecoder(nn.Module):
         """Logits of a whole sequence, as LlamaForCausalLM(...).logits (no cache is returned, no loss
         computed): `attention_mask` (batch, length) marks real positions, `position_ids` default to
         0..length-1."""
-        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        x = (
+            self.model.embed_tokens(input_ids).to(self.stream_dtype)
+            if inputs_embeds is None
+            else inputs_embeds
+        )
         if position_ids is None:
             position_ids = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
         cache = self.new_cache(x.shape[0], x.shape[1])
         hidden = self._run(x, position_ids, attention_mask, cache, 0)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return Output(self.lm_head(self.model.norm(hidden)))
+        return Output(_product(self.model.norm(hidden), self.lm_head.weight))
 
     def _rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (batch, length, head_dim) as LlamaRotaryEmbedding computes them."""
@@ -295,7 +322,7 @@ class LlamaDecoder(nn.Module):
         for i, layer in enumerate(self.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
-            q, k, v = F.linear(h, attn.weight()).split([n_q, n_kv, n_kv], dim=-1)
+            q, k, v = _product(h, attn.weight()).split([n_q, n_kv, n_kv], dim=-1)
             q = q.view(batch, length, -1, d).transpose(1, 2)
             k = k.view(batch, length, -1, d).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
@@ -314,10 +341,10 @@ class LlamaDecoder(nn.Module):
                 keys, values = _repeat(keys, groups), _repeat(values, groups)
                 out = F.scaled_dot_product_attention(q, keys, values, mask)
             out = out.reshape(batch, -1, length, d).transpose(1, 2).reshape(batch, length, -1)
-            x = x + attn.o_proj(out)
+            x = x + _product(out, attn.o_proj.weight)
             h = layer.post_attention_layernorm(x)
-            gate, up = F.linear(h, mlp.weight()).chunk(2, dim=-1)
-            x = x + mlp.down_proj(F.silu(gate) * up)
+            gate, up = _product(h, mlp.weight()).chunk(2, dim=-1)
+            x = x + _product(F.silu(gate) * up, mlp.down_proj.weight)
         return x
 
     # -- greedy decoding ----------------------------------------------------------------------------
@@ -348,29 +375,31 @@ class LlamaDecoder(nn.Module):
         for step in range(1, max_new_tokens + 1):
             if on_step is not None:
                 on_step(step)
-            logits = self.lm_head(self.model.norm(hidden))[:, -1]
+            logits = _product(self.model.norm(hidden), self.lm_head.weight)[:, -1]
             chosen, score, unfinished = greedy_choice(logits, unfinished, eos, pad)
             tokens.append(chosen)
             scores.append(score)
             if step == max_new_tokens or int(unfinished.max()) == 0:
                 break
             positions = positions[:, -1:] + 1
-            x = self.model.embed_tokens(chosen[:, None])
+            x = self.model.embed_tokens(chosen[:, None]).to(embeds.dtype)
             hidden = self._run(x, positions, key_mask, cache, slot)
             slot += 1
         return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)
 
     # -- beam search and sampling -------------------------------------------------------------------
     def to_transformers(self) -> nn.Module:
-        """transformers' LlamaForCausalLM on this model's weights (shared, not copied), for what only
-        transformers' generate() does here: beam search and sampling."""
+        """transformers' LlamaForCausalLM on this model's weights (shared, not copied; matrices stored in a
+        narrower dtype are copied in the stream's), for what only transformers' generate() does here: beam
+        search and sampling."""
         from transformers import LlamaConfig, LlamaForCausalLM  # lazy: only beam search and sampling
 
         raw = {k: v for k, v in self.config.raw.items() if k not in ("architectures", "transformers_version")}
         config = LlamaConfig(**{**raw, "vocab_size": self.config.vocab_size})
         with torch.device("meta"):
             model = LlamaForCausalLM(config)
-        model.load_state_dict(self.state_dict(), strict=False, assign=True)
+        state = {k: v.to(self.stream_dtype) for k, v in self.state_dict().items()}
+        model.load_state_dict(state, strict=False, assign=True)
         if self.config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         rotary = model.model.rotary_emb

@@ -4,6 +4,7 @@ transformers."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,9 @@ def expected_shapes(s: LlamaSettings) -> dict[str, list[int]]:
     return shapes
 
 
+CONVERT_BLOCK_BYTES = 8 << 20
+
+
 class SafetensorsReader:
     """Tensors of safetensors files read with plain file reads (each header parsed once): no memory map
     whose pages would stay resident beside the copies."""
@@ -170,11 +174,23 @@ class SafetensorsReader:
         if stored is None:
             raise CheckpointError(f"{path}: tensor {name} has dtype {info['dtype']} (expected F32/F16/BF16)")
         shape = list(info["shape"])
-        buffer = target if stored == target.dtype else torch.empty(shape, dtype=stored)
         start, end = info["data_offsets"]
+        if end - start != math.prod(shape) * stored.itemsize:
+            raise CheckpointError(
+                f"{path}: tensor {name} holds {end - start} bytes, not a {shape} {info['dtype']}"
+            )
+        parts = [target]
+        if shape and shape[0] and stored != target.dtype:
+            # converted a block of rows at a time: no second whole copy of a large matrix in memory
+            rows = max(1, CONVERT_BLOCK_BYTES * shape[0] // (end - start or 1))
+            flat = target.view(shape[0], -1)
+            parts = [flat[i : i + rows] for i in range(0, shape[0], rows)]
         with open(path, "rb") as f:
             f.seek(base + start)
-            if f.readinto(buffer.view(-1).view(torch.uint8).numpy()) != end - start:
-                raise CheckpointError(f"{path}: tensor {name} is truncated")
-        if buffer is not target:
-            target.copy_(buffer)
+            for part in parts:
+                buffer = part if stored == part.dtype else torch.empty(part.shape, dtype=stored)
+                size = buffer.numel() * buffer.element_size()
+                if f.readinto(buffer.reshape(-1).view(torch.uint8).numpy()) != size:
+                    raise CheckpointError(f"{path}: tensor {name} is truncated")
+                if buffer is not part:
+                    part.copy_(buffer)

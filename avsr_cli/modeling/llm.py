@@ -34,6 +34,11 @@ class TokenIds:
     added: list[int]  # ids of the tokens avsr added (their embedding rows live in the adapter)
 
 
+def cpu_computes_bf16() -> bool:
+    """oneDNN has native bfloat16 kernels on this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def load_tokenizer(model_dir: Path, special_tokens: dict[str, str]):
     """(tokenizer, its size before avsr's tokens) with `<pad> <audio> </audio> <video> </video>` added.
 
@@ -89,14 +94,16 @@ def load_llm(
     dtype: torch.dtype,
     n_tokens: int | None = None,
     native: bool = False,
+    matrices: torch.dtype | None = None,
 ) -> nn.Module:
     """A causal LM from a Hugging Face directory, optionally with its weights replaced from `weights`, its
     embeddings resized to `n_tokens` (len(tokenizer) after avsr's tokens) when given.
 
     `native` (inference only): a plain Llama (see llama.unsupported) is built as avsr's own LlamaDecoder,
-    without transformers; any other model as transformers' model."""
+    without transformers (its matrices in `matrices` when given: LlamaDecoder.from_dir); any other model as
+    transformers' model."""
     if native and native_llama(model_dir, n_tokens):
-        return LlamaDecoder.from_dir(model_dir, dtype, weights, n_tokens)
+        return LlamaDecoder.from_dir(model_dir, dtype, weights, n_tokens, matrices)
     from transformers import AutoConfig, AutoModelForCausalLM  # lazy: seconds to import; only loads need it
 
     if weights is None:

@@ -1,6 +1,6 @@
 """Score a candidate default model on the held-out sets, beside Whisper base's own decoder.
 
-    python -m recipes.avsr_tiny_en.ship_eval CHECKPOINT OUT_DIR [--threads 1] [--limit 100] [--dtype float32]
+    python -m recipes.avsr_tiny_en.ship_eval CHECKPOINT OUT_DIR [--threads 1] [--limit 100] [--dtype auto]
 
 Sets (LRS normaliser; avsr at the checkpoint's decoding defaults, Whisper base with 4 beams):
 - held-out source (fortunes), held-out voices (hibari heart, festival slt hts): the first LIMIT clips, clean,
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=100)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="auto", help="as avsr's --dtype (auto: what users get)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

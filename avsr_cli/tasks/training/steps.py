@@ -9,6 +9,7 @@ from contextlib import nullcontext
 
 import torch
 
+from ...modeling.llm import cpu_computes_bf16
 from ...modeling.model import AVSRModel
 from .options import TrainOptions
 
@@ -60,8 +61,7 @@ def autocast_precision(precision: str, device: torch.device) -> str:
     # On an AVX512-BF16 CPU a step of the default model trains 1.43x faster under bf16 autocast,
     # with the same losses to 2-3 digits (8 steps: 4.1 against 2.9 s a step); without native kernels bf16
     # is emulated and slower.
-    native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if native else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_computes_bf16() else "fp32"
 
 
 def autocast(precision: str, device: torch.device):
