@@ -136,3 +136,20 @@ def test_about_30_percent_of_slice_clips_carry_a_glossary_with_their_own_names()
         said = [name for name in listed if name in text]
         assert said and len(listed) > len(said)  # the clip's names among others
     assert all(len(p.split(", ")) <= S.CONTEXT_OTHERS[1] for p in plain)
+
+
+def test_replay_clips_are_one_sentence_clips_made_as_the_v2_corpus(tmp_path):
+    (tmp_path / ".babble-train").mkdir()
+    (tmp_path / ".babble-train" / "b.wav").write_bytes(b"")
+    table = rows()
+    replay = S.replay_jobs(table, tmp_path, 3, 200)
+    assert len(replay) == 200 and S.replay_jobs(table, tmp_path, 3, 0) == []
+    train = {r["id"]: r for r in table if r["split"] == "train"}
+    assert all(j["text"] == train[j["sentence_id"]]["text"] for j in replay)  # one training sentence each
+    assert all(j["profile"] is B.V2_PROFILE and j["split"] == "slice-3" for j in replay)
+    # the v2 voice mix: espeak-ng at 2.5 of the pool weight, against 0.3 in a slice
+    espeak = lambda jobs: sum(j["voice"].startswith("espeak") for j in jobs) / len(jobs)  # noqa: E731
+    assert espeak(replay) > 2 * espeak(S.slice_jobs(table, tmp_path, 3, 200))
+    ids = {j["id"] for j in replay} | {j["id"] for j in S.slice_jobs(table, tmp_path, 3, 100)}
+    assert len(ids) == 300  # no replay clip overwrites a slice clip
+    assert {j["folder"] for j in replay} == {str(tmp_path / "slice-3" / "train")}

@@ -1,6 +1,6 @@
 """A fresh training slice for one avsr-tiny-en run, and the held-out two-sentence set.
 
-    python -m recipes.avsr_tiny_en.slice --slice K [--clips 2000] [--jobs 2] [--out DIR]
+    python -m recipes.avsr_tiny_en.slice --slice K [--clips 2000] [--replay 0] [--jobs 2] [--out DIR]
 
 Slice K (a seed) draws its own sentences, voices and augmentation, so each run trains on clips no earlier
 run saw. What differs from the v2 corpus, after docs/model-diagnostics.md:
@@ -15,6 +15,8 @@ run saw. What differs from the v2 corpus, after docs/model-diagnostics.md:
 - a context prompt (`--initial-prompt`'s glossary of names) on about 30 % of the clips: half the clips with
   names list them among 1-5 others, 15 % of the rest list others only (a listed name need not be said);
   the manifest's `context` column.
+With `--replay N`, N one-sentence clips made as the v2 corpus made them (its voices, noise and codecs) join
+the slice: fine-tuning on the slice alone cost the shipped model 1.6-2.2 points on one-sentence clips.
 
 Held-out two-sentence set (`test-heldout-source-2sent/`, same for every slice): 60 clips, each two sentences
 of the held-out source (fortunes) that no other test split uses, by the held-out voices, clean.
@@ -120,12 +122,48 @@ def group(sentences: list[tuple[str, str, str]], k: int) -> list[list[tuple[str,
     return clips
 
 
-def slice_jobs(rows: list[dict], out: Path, k: int, clips: int) -> list[dict]:
+def babble_pool(out: Path) -> list[str]:
     babble = sorted(str(p) for p in (out / ".babble-train").glob("*.wav") if not p.name.startswith("."))
     if not babble:
         raise SystemExit(
             f"{out / '.babble-train'} is empty: run `python -m recipes.avsr_tiny_en.build --only babble`"
         )
+    return babble
+
+
+def replay_jobs(rows: list[dict], out: Path, k: int, clips: int) -> list[dict]:
+    """`clips` one-sentence clips of training sentences made as the v2 corpus made them (its voice pool,
+    noise, codecs: build.V2_PROFILE), into slice k's folder: the distribution the shipped model learnt, so
+    that a fine-tune on the slice keeps what it knew."""
+    babble = babble_pool(out) if clips else []
+    train = sorted(
+        (r for r in rows if r["split"] == "train"), key=lambda r: B.stable("replay-order", r["id"])
+    )
+    jobs = []
+    for n, r in enumerate(_window(train, k, clips)):
+        rng = B.rng_for(k, "replay-voice", n)
+        voice, tts = B.resolve(B.draw_voice(rng, B.TRAIN_VOICES), rng)
+        jobs.append(
+            {
+                "folder": str(out / f"slice-{k}" / "train"),
+                "id": f"r{k}-{n:05d}-{B.slug(voice)}",
+                "split": f"slice-{k}",
+                "sentence_id": r["id"],
+                "source": r["source"],
+                "text": r["text"],
+                "voice": voice,
+                "tts": tts,
+                "kind": "augment",
+                "seed": k,
+                "babble": babble,
+                "profile": B.V2_PROFILE,
+            }
+        )
+    return jobs
+
+
+def slice_jobs(rows: list[dict], out: Path, k: int, clips: int) -> list[dict]:
+    babble = babble_pool(out)
     # about 1.75 sentences a clip
     groups = group(slice_sentences(rows, k, int(clips * 1.75) + 10), k)[:clips]
     prompts = contexts(groups, k)
@@ -185,12 +223,16 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=B.CACHE)
     ap.add_argument("--text", type=Path, default=B.CACHE / "text" / "sentences.tsv")
+    ap.add_argument(
+        "--replay", type=int, default=0, help="one-sentence clips made as the v2 corpus made them"
+    )
     ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args()
     rows = B.read_sentences(args.text)
     stages = {
         "test-heldout-source-2sent": two_sentence_jobs(rows, args.out),
-        f"slice-{args.slice}": slice_jobs(rows, args.out, args.slice, args.clips),
+        f"slice-{args.slice}": slice_jobs(rows, args.out, args.slice, args.clips)
+        + replay_jobs(rows, args.out, args.slice, args.replay),
     }
     missing = sorted({j["voice"] for js in stages.values() for j in js if not V.available(j["voice"])})
     if missing:
