@@ -3,6 +3,7 @@ so that memory does not grow with their length, with the output the whole array 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -91,3 +92,39 @@ def test_export_subtitles_of_a_streamed_recording_are_the_whole_arrays(talk, tin
     r = CliRunner().invoke(app, ["export-subtitles", str(path), "-c", tiny_ckpt, "--max-new-tokens", "4"])
     assert r.exit_code == 0, r.stderr
     assert r.stdout == to_srt(whole, CueOptions())
+
+
+FRAGMENTS = """
+import json, sys
+import numpy as np
+from avsr_cli.runtime import return_freed_memory
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+trimmed = return_freed_memory() if sys.argv[1] == "on" else False
+big = np.ones(2 << 20)  # 16 MB, freed: glibc's default then raises its mmap threshold to that size
+del big
+before = rss_mb()
+blocks, pins = [], []
+for _ in range(40):  # 4 MB blocks, each followed by a small live allocation
+    blocks.append(np.ones(1 << 19))
+    pins.append(np.ones(4096))
+blocks.clear()
+print(json.dumps({"trimmed": trimmed, "kept_mb": rss_mb() - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_freed_blocks_go_back_to_the_system():
+    """With return_freed_memory (the CLI calls it first), blocks freed between live allocations leave the
+    process; with glibc's defaults, after one large free, they stay resident."""
+    got = {}
+    for mode in ("off", "on"):
+        done = subprocess.run(
+            [sys.executable, "-c", FRAGMENTS, mode], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        got[mode] = json.loads(done.stdout)
+    assert got["on"]["trimmed"] is True
+    assert got["off"]["kept_mb"] > 100 and got["on"]["kept_mb"] < 20, got
