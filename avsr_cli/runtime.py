@@ -2,7 +2,8 @@
 
 On a small machine every pool sized on its own oversubscribes the cores (torch, onnxruntime and ffmpeg each
 start one), and OpenMP threads that spin at barriers collapse under load: the CLI also sets a passive
-OpenMP wait policy before torch loads (cli.app.entrypoint).
+OpenMP wait policy before torch loads (cli.app.entrypoint). The process's other setting: malloc hands freed
+memory back at once (`return_freed_memory`).
 """
 
 from __future__ import annotations
