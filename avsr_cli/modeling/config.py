@@ -90,7 +90,7 @@ class LLMConfig:
     eos_token: str | None = None
     use_bos: bool = True  # Qwen in Omni-AVSR has no BOS
     # "bfloat16": on a CPU with native bf16 kernels and dtype auto, the merged LLM keeps its matrices in bf16
-    # under a float32 residual stream (LlamaDecoder.store_matrices): half the memory and bytes read per
+    # under a float32 residual stream (LlamaDecoder.from_dir's `matrices`): half the memory and bytes read per
     # token. Set only where the model's card measures its WER unchanged; None: float32 throughout.
     cpu_matrices: str | None = None
 

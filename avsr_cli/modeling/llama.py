@@ -72,10 +72,6 @@ class Fused(nn.Module):
     def join(self, joined: torch.Tensor | None = None) -> torch.Tensor:
         if joined is None or not self._views_of(joined):
             joined = torch.cat([getattr(self, n).weight.detach() for n in self.names])
-        return self._hold(joined)
-
-    def _hold(self, joined: torch.Tensor) -> torch.Tensor:
-        """Make the named layers' weights views of `joined`, in `names` order."""
         start = 0
         for name, size in zip(self.names, self.sizes, strict=True):
             getattr(self, name).weight.data = joined[start : start + size]
@@ -221,12 +217,12 @@ class LlamaDecoder(nn.Module):
                 raise CheckpointError(
                     f"{files[0]}: LLM weight {name} has shape {reader.shape(name)}; config.json needs {shape}"
                 )
-        wide = matrices or dtype
+        matrix_dtype = matrices or dtype
         state = {}
         for i in range(settings.num_hidden_layers):  # read straight into the matrices Fused joins
             for module, parts in (("self_attn", QKV), ("mlp", GATE_UP)):
                 keys = [f"model.layers.{i}.{module}.{p}.weight" for p in parts]
-                joined = state[f"model.layers.{i}.{module}.joined"] = reader.read_joined(keys, wide)
+                joined = state[f"model.layers.{i}.{module}.joined"] = reader.read_joined(keys, matrix_dtype)
                 start = 0
                 for key in keys:
                     size = reader.shape(key)[0]
@@ -236,12 +232,12 @@ class LlamaDecoder(nn.Module):
         for n in names:
             if n not in state and n not in grown:
                 state[n] = reader.read(
-                    n, wide if n.endswith(("o_proj.weight", "down_proj.weight")) else dtype
+                    n, matrix_dtype if n.endswith(("o_proj.weight", "down_proj.weight")) else dtype
                 )
         rows = settings.vocab_size if n_tokens is None else max(n_tokens, settings.vocab_size)
-        state["model.embed_tokens.weight"] = reader.read("model.embed_tokens.weight", wide, rows)
+        state["model.embed_tokens.weight"] = reader.read("model.embed_tokens.weight", matrix_dtype, rows)
         if not settings.tie_word_embeddings:
-            state["lm_head.weight"] = reader.read("lm_head.weight", wide, rows)
+            state["lm_head.weight"] = reader.read("lm_head.weight", matrix_dtype, rows)
         if rows != settings.vocab_size:
             with torch.no_grad():
                 for key in grown:

@@ -137,7 +137,7 @@ class AVSRModel(nn.Module):
         if len(contexts) != n:
             raise ValueError(f"{len(contexts)} contexts for {n} clips")
         ids = self.ids
-        # the LLM's residual stream: our decoder may store its matrices in a narrower dtype (store_matrices)
+        # the LLM's residual stream (our decoder may keep its matrices narrower: LlamaDecoder.from_dir)
         dtype = getattr(self.llm, "stream_dtype", None) or self.llm.get_input_embeddings().weight.dtype
         seqs, labels = [], []
         for i in range(n):

@@ -224,8 +224,8 @@ class _Collector:
             return self.skip(line, "empty transcript" + (f" ({reference!r}: no words)" if reference else ""))
         if not path.is_file():
             return self.skip(line, f"transcript without media (no file {path})")
-        context = " ".join(context.split()) if context else None
-        self.items.append(Item(item_id, path, reference, audio, context or None))
+        context = " ".join((context or "").split()) or None
+        self.items.append(Item(item_id, path, reference, audio, context))
 
 
 def _csv_rows(text: str, delimiter: str) -> Iterator[tuple[int, list[str] | csv.Error]]:

@@ -139,27 +139,44 @@ def replay_jobs(rows: list[dict], out: Path, k: int, clips: int) -> list[dict]:
     train = sorted(
         (r for r in rows if r["split"] == "train"), key=lambda r: B.stable("replay-order", r["id"])
     )
-    jobs = []
-    for n, r in enumerate(_window(train, k, clips)):
-        rng = B.rng_for(k, "replay-voice", n)
-        voice, tts = B.resolve(B.draw_voice(rng, B.TRAIN_VOICES), rng)
-        jobs.append(
-            {
-                "folder": str(out / f"slice-{k}" / "train"),
-                "id": f"r{k}-{n:05d}-{B.slug(voice)}",
-                "split": f"slice-{k}",
-                "sentence_id": r["id"],
-                "source": r["source"],
-                "text": r["text"],
-                "voice": voice,
-                "tts": tts,
-                "kind": "augment",
-                "seed": k,
-                "babble": babble,
-                "profile": B.V2_PROFILE,
-            }
+    return [
+        clip_job(
+            out, k, "replay", n, [(r["id"], r["source"], r["text"])], B.TRAIN_VOICES, babble, B.V2_PROFILE
         )
-    return jobs
+        for n, r in enumerate(_window(train, k, clips))
+    ]
+
+
+def clip_job(
+    out: Path,
+    k: int,
+    kind: str,
+    n: int,
+    sentences: list[tuple[str, str, str]],
+    voices: list,
+    babble: list[str],
+    profile: dict,
+    context: str | None = None,
+) -> dict:
+    """Clip n of a `kind` ("slice" or "replay") of slice k: `sentences` ((id, source, text)) spoken in turn
+    by a voice drawn from `voices`, augmented with `profile`, with an optional context prompt."""
+    rng = B.rng_for(k, f"{kind}-voice", n)
+    voice, tts = B.resolve(B.draw_voice(rng, voices), rng)
+    return {
+        "folder": str(out / f"slice-{k}" / "train"),
+        "id": f"{kind[0]}{k}-{n:05d}-{B.slug(voice)}",
+        "split": f"slice-{k}",
+        "sentence_id": "+".join(i for i, _, _ in sentences),
+        "source": "+".join(dict.fromkeys(src for _, src, _ in sentences)),
+        "text": " ".join(t for _, _, t in sentences),
+        "voice": voice,
+        "tts": tts,
+        "kind": "augment",
+        "seed": k,
+        "babble": babble,
+        "profile": profile,
+        **({"context": context} if context else {}),
+    }
 
 
 def slice_jobs(rows: list[dict], out: Path, k: int, clips: int) -> list[dict]:
@@ -167,29 +184,10 @@ def slice_jobs(rows: list[dict], out: Path, k: int, clips: int) -> list[dict]:
     # about 1.75 sentences a clip
     groups = group(slice_sentences(rows, k, int(clips * 1.75) + 10), k)[:clips]
     prompts = contexts(groups, k)
-    jobs = []
-    for n, (clip, context) in enumerate(zip(groups, prompts, strict=True)):
-        rng = B.rng_for(k, "slice-voice", n)
-        voice, tts = B.resolve(B.draw_voice(rng, SLICE_VOICES), rng)
-        cid = f"s{k}-{n:05d}-{B.slug(voice)}"
-        jobs.append(
-            {
-                "folder": str(out / f"slice-{k}" / "train"),
-                "id": cid,
-                "split": f"slice-{k}",
-                "sentence_id": "+".join(i for i, _, _ in clip),
-                "source": "+".join(dict.fromkeys(s for _, s, _ in clip)),
-                "text": " ".join(t for _, _, t in clip),
-                "voice": voice,
-                "tts": tts,
-                "kind": "augment",
-                "seed": k,
-                "babble": babble,
-                "profile": SLICE_PROFILE,
-                **({"context": context} if context else {}),
-            }
-        )
-    return jobs
+    return [
+        clip_job(out, k, "slice", n, clip, SLICE_VOICES, babble, SLICE_PROFILE, context)
+        for n, (clip, context) in enumerate(zip(groups, prompts, strict=True))
+    ]
 
 
 def two_sentence_jobs(rows: list[dict], out: Path) -> list[dict]:
