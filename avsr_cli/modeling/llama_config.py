@@ -194,3 +194,32 @@ class SafetensorsReader:
                     raise CheckpointError(f"{path}: tensor {name} is truncated")
                 if buffer is not part:
                     part.copy_(buffer)
+
+
+def map_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a safetensors file as views of one private memory map of it (pages are read when first
+    touched, never written back), and the file's metadata. Raises CheckpointError for a file that is not a
+    whole safetensors file of float tensors."""
+    path = Path(path)
+    try:
+        total = path.stat().st_size
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > total - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(size))
+        data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(str(path), False, total))
+        tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype, shape = SAFETENSORS_DTYPES.get(info["dtype"]), list(info["shape"])
+            start, end = (8 + size + offset for offset in info["data_offsets"])
+            if dtype is None or not 8 + size <= start <= end <= total:
+                raise ValueError(f"tensor {name}: dtype {info['dtype']} at bytes {start}-{end}")
+            if end - start != math.prod(shape) * dtype.itemsize or start % dtype.itemsize:
+                raise ValueError(f"tensor {name} holds {end - start} bytes, not a {shape} {info['dtype']}")
+            tensors[name] = data[start:end].view(dtype).view(shape)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors ({exc})") from None
+    return tensors, dict(header.get("__metadata__") or {})
