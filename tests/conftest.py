@@ -34,17 +34,11 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_ckpt(tiny_dirs, tmp_path_factory):
-    """A tiny checkpoint whose LoRA (B too, which training starts at zero) and projector are non-trivial."""
-    import torch
+    """A tiny checkpoint whose LoRA and projector are non-trivial (tests.support.tiny.trained_tiny_model)."""
+    from avsr_cli.checkpoints.loading import save_checkpoint
+    from tests.support.tiny import trained_tiny_model
 
-    from avsr_cli.checkpoints.loading import build_model, save_checkpoint
-    from tests.support.tiny import tiny_config
-
-    torch.manual_seed(5)
-    m = build_model(tiny_config(*tiny_dirs))
-    lora = [p for name, p in m.llm.named_parameters() if "lora_" in name]
-    for p in [*lora, *m.projectors.parameters()]:
-        torch.nn.init.normal_(p, std=0.3)
+    m = trained_tiny_model(*tiny_dirs, seed=5)
     return save_checkpoint(m, tmp_path_factory.mktemp("trained") / "tiny")
 
 

@@ -6,22 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from avsr_cli.checkpoints.loading import build_model
 from avsr_cli.modeling.decoding import DecodingOptions, generation_config
 from avsr_cli.modeling.greedy import greedy_decode
 from avsr_cli.modeling.model import ModalityInputs
-from tests.support.tiny import tiny_config
+from tests.support.tiny import trained_tiny_model
 
 MAX_NEW = 12
 
 
 @pytest.fixture(scope="module", params=["peft", "merged"])
 def model(request, tiny_dirs):
-    torch.manual_seed(7)
-    m = build_model(tiny_config(*tiny_dirs))
-    lora = [p for name, p in m.llm.named_parameters() if "lora_" in name]
-    for p in [*lora, *m.projectors.parameters()]:
-        torch.nn.init.normal_(p, std=0.3)
+    m = trained_tiny_model(*tiny_dirs, seed=7)
     if request.param == "merged":
         m.merge_lora()
     return m

@@ -117,6 +117,18 @@ def tiny_config(whisper_dir: Path, llm_dir: Path, **overrides) -> ModelConfig:
     return cfg
 
 
+def trained_tiny_model(whisper_dir: Path, llm_dir: Path, seed: int):
+    """A model of tiny_config whose LoRA (B too, which training starts at 0) and projector are non-trivial."""
+    from avsr_cli.checkpoints.loading import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(tiny_config(whisper_dir, llm_dir))
+    lora = [p for name, p in model.llm.named_parameters() if "lora_" in name]
+    for p in [*lora, *model.projectors.parameters()]:
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
 def ffmpeg(*args: str) -> None:
     """Run the ffmpeg binary quietly (test media are generated with its lavfi sources)."""
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
