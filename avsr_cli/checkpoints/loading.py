@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
@@ -90,7 +90,7 @@ def build_model(
     merge_lora: bool = False,
     native_llm: bool = True,
     llm_matrices: torch.dtype | None = None,
-    llm: nn.Module | None = None,
+    built_llm: Callable[[Path], nn.Module | None] | None = None,
 ) -> AVSRModel:
     """Load the frozen parts named by `config`, add tokens and LoRA; trainable parts freshly initialised.
 
@@ -98,8 +98,8 @@ def build_model(
     weights when the adapter is loaded (`load_adapter_state`); one adapter per task keeps peft. Such a
     merged model's LLM, when a plain Llama, runs on avsr's own decoder (modeling/llama.py) unless
     `native_llm` is False (then on transformers' model); `llm_matrices`: that decoder's matrices in this
-    dtype (LlamaDecoder.from_dir). `llm`: that merged decoder already built (merged_llm's cache), in place of
-    loading the LLM."""
+    dtype (LlamaDecoder.from_dir). `built_llm`: given the LLM's directory, that merged decoder already built
+    (merged_llm's cache) to use in place of loading the LLM, or None."""
     audio_encoder = frontend = None
     if config.audio_encoder is not None:
         enc_cfg = config.audio_encoder
@@ -121,6 +121,7 @@ def build_model(
     tokenizer, base_size = load_tokenizer(llm_dir, config.special_tokens)
     llm_weights = weights_file(config.llm.weights, base_dir)
     merged = merge_lora and config.lora is not None and len(config.lora.adapter_names()) == 1
+    llm = built_llm(llm_dir) if built_llm is not None else None
     if llm is None:
         llm = load_llm(llm_dir, llm_weights, dtype, len(tokenizer), merged and native_llm, llm_matrices)
     if llm.config.hidden_size != config.llm.hidden_size:
@@ -312,21 +313,24 @@ def load_checkpoint(
         and cpu_computes_bf16()
     )
     matrices = DTYPES.get(config.llm.cpu_matrices) if narrow else None
-    entry = llm = None
-    if narrow and config.lora is not None and len(config.lora.adapter_names()) == 1:
-        llm_dir = resolve_source(
-            config.llm.source, ckpt_dir, config.llm.revision, weights=not config.llm.weights
-        )
-        if native_llama(llm_dir):
-            entry = merged_llm_entry(config, ckpt_dir, llm_dir, config.llm.cpu_matrices)
-            llm = load_merged_llm(entry, llm_dir)
-    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora, native_llm, matrices, llm)
+    kept: dict[str, object] = {}  # the cache entry, and the decoder found there
+
+    def cached(llm_dir: Path) -> nn.Module | None:
+        if not native_llama(llm_dir):
+            return None
+        kept["entry"] = entry = merged_llm_entry(config, ckpt_dir, llm_dir, config.llm.cpu_matrices)
+        kept["llm"] = load_merged_llm(entry, llm_dir)
+        return kept["llm"]
+
+    one_adapter = config.lora is not None and len(config.lora.adapter_names()) == 1
+    built = cached if narrow and one_adapter else None
+    model = build_model(config, ckpt_dir, resolve_dtype(dtype, dev), merge_lora, native_llm, matrices, built)
     try:
-        load_adapter_state(model, read_adapter(ckpt_dir), llm_ready=llm is not None)
+        load_adapter_state(model, read_adapter(ckpt_dir), llm_ready=kept.get("llm") is not None)
     except CheckpointError as exc:
         raise CheckpointError(f"{ckpt_dir / ADAPTER_FILE}: {exc}") from None
-    if entry is not None and llm is None:
-        save_merged_llm(entry, model.llm)
+    if "entry" in kept and kept["llm"] is None:
+        save_merged_llm(kept["entry"], model.llm)
     if narrow and native_llm and can_pack(matrices) and isinstance(model.llm, LlamaDecoder):
         model.llm.pack_after(PACK_AFTER_STEPS)
     model.aligner = load_aligner(ckpt_dir)
