@@ -111,3 +111,21 @@ def test_mapped_files_are_checked(tmp_path):
     path.write_bytes(b"\xff" * 16)
     with pytest.raises(CheckpointError, match="unreadable"):
         map_safetensors(path)
+
+
+def test_the_cache_keeps_the_most_recently_used_decoders(
+    trained_ckpt, tmp_path, bf16_cpu, merged_llm_dir, monkeypatch
+):
+    """Decoders of other checkpoint folders (other clones) are kept up to merged_llm.KEEP, the least
+    recently used going first: a load from the cache counts as a use."""
+    monkeypatch.setattr(merged_llm, "KEEP", 2)
+    for old in merged_llm_dir.glob("*"):
+        old.unlink()
+    paths = {}
+    for name in ("a", "b", "a", "c"):
+        ckpt = tmp_path / name
+        if not ckpt.exists():
+            ckpt = _card(trained_ckpt, tmp_path / f"{name}-parent").rename(ckpt)
+        model = load_checkpoint(ckpt, device="cpu", merge_lora=True)
+        paths[name] = merged_llm.merged_llm_entry(model.config, ckpt, _llm_dir(model), "bfloat16").path
+    assert paths["a"].exists() and not paths["b"].exists() and paths["c"].exists()

@@ -4,9 +4,11 @@ then skip converting the LLM's weights and merging its LoRA (most of a one-clip 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from ..storage import atomic_path, cache_root
 log = logging.getLogger(__name__)
 
 FORMAT = "avsr-merged-llm/1"
+KEEP = 4  # decoders kept in all (e.g. one per clone of avsr); the least recently used beyond go
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,14 @@ def load_merged_llm(entry: MergedEntry, llm_dir: Path) -> LlamaDecoder | None:
     except (CheckpointError, KeyError, RuntimeError, ValueError) as exc:
         log.debug("merged decoder %s not used: %s", path, exc)
         return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used (save_merged_llm removes the least recently used)
     return model
 
 
 def save_merged_llm(entry: MergedEntry, llm: LlamaDecoder) -> None:
-    """Write `llm` for `entry` (atomically), removing the older decoders of the same checkpoint folder. A
-    cache that cannot be written only costs the next load its time."""
+    """Write `llm` for `entry` (atomically), removing the older decoders of the same checkpoint folder and
+    all but the `KEEP` most recently used. A cache that cannot be written only costs the next load time."""
     path = entry.path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +97,9 @@ def save_merged_llm(entry: MergedEntry, llm: LlamaDecoder) -> None:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"key": entry.key})
         folder = path.name.split("-", 1)[0]
-        for old in path.parent.glob(f"{folder}-*.safetensors"):
-            if old != path:
+        kept = sorted(path.parent.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for rank, old in enumerate(kept):
+            if old != path and (rank >= KEEP or old.name.startswith(f"{folder}-")):
                 old.unlink(missing_ok=True)
     except OSError as exc:
         log.debug("merged decoder not saved to %s: %s", path, exc)
