@@ -3,6 +3,7 @@ and when a candidate replaces the built-in model."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -153,3 +154,27 @@ def test_replay_clips_are_one_sentence_clips_made_as_the_v2_corpus(tmp_path):
     ids = {j["id"] for j in replay} | {j["id"] for j in S.slice_jobs(table, tmp_path, 3, 100)}
     assert len(ids) == 300  # no replay clip overwrites a slice clip
     assert {j["folder"] for j in replay} == {str(tmp_path / "slice-3" / "train")}
+
+
+def test_the_shipped_evaluation_is_reused_only_for_the_same_adapter_and_sets(tmp_path, monkeypatch):
+    """run.py re-scores the shipped model only when the committed evaluation is of another adapter or
+    lacks a set (or its clip count) that the candidate was scored on."""
+    from recipes.avsr_tiny_en import run as R
+
+    monkeypatch.setattr(R, "SHIPPED_EVALUATION", tmp_path / "shipped-evaluation.json")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "adapter.safetensors").write_bytes(b"weights")
+    (ckpt / "config.json").write_text("{}")
+    shipped = table(**{"heldout-clean": 23.3, "heldout-2sent": 42.3})
+    candidate = table(**{"heldout-clean": 26.2, "heldout-2sent": 28.0})
+    digest = R.adapter_digest(ckpt)
+    assert R.committed_evaluation(candidate, digest) is None  # nothing committed yet
+    R.commit_evaluation(shipped, digest)
+    assert R.committed_evaluation(candidate, digest) == json.loads(json.dumps(shipped))
+    (ckpt / "adapter.safetensors").write_bytes(b"other weights")
+    assert R.committed_evaluation(candidate, R.adapter_digest(ckpt)) is None
+    more = table(**{"heldout-clean": 26.2, "heldout-2sent": 28.0, "heldout-babble5": 72.2})
+    assert R.committed_evaluation(more, digest) is None
+    fewer_clips = {**candidate, "table": [{**r, "clips": 50} for r in candidate["table"]]}
+    assert R.committed_evaluation(fewer_clips, digest) is None

@@ -11,7 +11,8 @@ earlier run it reuses, as each step resumes):
 3. `avsr train --checkpoint models/avsr-tiny-en` on the slice (bf16, compiled steps), validating on 40 `val`
    clips each epoch and keeping the best epoch;
 4. ship_eval.py on the candidate and on the shipped model, each beside Whisper base, and names_ab.py on
-   both (no prompt, and the glossary before the media);
+   both (no prompt, and the glossary before the media); the shipped model's evaluation is read from
+   shipped-evaluation.json when that holds the shipped adapter's on the same sets (commit it after a run);
 5. with --ship, the candidate replaces models/avsr-tiny-en (adapter, config, training.json) when it is
    better: lower WER on the clean held-out set or the two-sentence set, no set worse by more than 1 point
    (sets under 20 clips, LRS3's one and audioeval's three, are reported, not ruled on), and no fewer names
@@ -23,6 +24,7 @@ A run of 2,000 clips (about 5.8 h of speech) and 2 epochs takes about an hour on
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -36,6 +38,8 @@ from .build import CACHE
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "avsr-tiny-en"
+# The shipped adapter's evaluation, committed with it: a run re-measures it only for another adapter or sets
+SHIPPED_EVALUATION = Path(__file__).with_name("shipped-evaluation.json")
 
 
 def step(log: dict, name: str, cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -104,6 +108,32 @@ def evaluate(ckpt: str, out: Path, threads: int, log: dict, tag: str) -> dict:
         text=True,
     )
     return {"table": json.loads((out / "table.json").read_text()), "names": names_kept(names.stdout)}
+
+
+def adapter_digest(ckpt: Path) -> str:
+    """What the shipped model's evaluation depends on: its adapter and config.json."""
+    h = hashlib.sha256()
+    for name in ("adapter.safetensors", "config.json"):
+        h.update((Path(ckpt) / name).read_bytes())
+    return h.hexdigest()
+
+
+def committed_evaluation(candidate: dict, digest: str) -> dict | None:
+    """The committed evaluation of the adapter `digest`, if it covers every set of `candidate`'s table with
+    the same clips."""
+    if not SHIPPED_EVALUATION.exists():
+        return None
+    saved = json.loads(SHIPPED_EVALUATION.read_text())
+    if saved.get("adapter") != digest:
+        return None
+    clips = {r["set"]: r["clips"] for r in saved["evaluation"]["table"]}
+    if any(clips.get(r["set"]) != r["clips"] for r in candidate["table"]):
+        return None
+    return saved["evaluation"]
+
+
+def commit_evaluation(evaluation: dict, digest: str) -> None:
+    SHIPPED_EVALUATION.write_text(json.dumps({"adapter": digest, "evaluation": evaluation}, indent=1) + "\n")
 
 
 def ship(run_dir: Path, slice_k: int, command: list[str]) -> None:
@@ -220,11 +250,16 @@ def main() -> None:
     ]
     step(log, "train", train_cmd)
     candidate = evaluate(str(run_dir / "model"), run_dir / "eval", args.threads, log, "candidate")
-    shipped = evaluate(str(SHIPPED), run_dir / "eval", args.threads, log, "shipped")
+    shipped = committed_evaluation(candidate, adapter_digest(SHIPPED))
+    log["shipped_evaluation"] = "committed" if shipped is not None else "measured"
+    if shipped is None:
+        shipped = evaluate(str(SHIPPED), run_dir / "eval", args.threads, log, "shipped")
+        commit_evaluation(shipped, adapter_digest(SHIPPED))
     ok, why = better(candidate, shipped)
     log.update(candidate=candidate, shipped=shipped, better=ok, why=why)
     if ok and args.ship:
         ship(run_dir / "model", args.slice, ["avsr", *train_cmd[3:]])
+        commit_evaluation(candidate, adapter_digest(SHIPPED))
         log["shipped_to"] = str(SHIPPED)
     log["hours"] = round((time.time() - t0) / 3600, 2)
     (run_dir / "run.json").write_text(json.dumps(log, indent=1) + "\n")
