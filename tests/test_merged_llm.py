@@ -14,8 +14,14 @@ from avsr_cli.checkpoints import loading, merged_llm
 from avsr_cli.checkpoints.loading import load_checkpoint
 from avsr_cli.errors import CheckpointError
 from avsr_cli.modeling.decoding import DecodingOptions
-from avsr_cli.modeling.llama_config import map_safetensors
+from avsr_cli.modeling.llama_config import SafetensorsReader
 from avsr_cli.modeling.model import ModalityInputs
+
+
+def map_safetensors(path):
+    """(every tensor of `path` as a view of its private memory map, the file's metadata)."""
+    reader = SafetensorsReader([path])
+    return {n: reader.mapped(n) for n in reader.names()}, reader.metadata
 
 
 def _card(trained_ckpt, tmp_path):

@@ -331,7 +331,7 @@ def load_checkpoint(
         raise CheckpointError(f"{ckpt_dir / ADAPTER_FILE}: {exc}") from None
     if "entry" in kept and kept["llm"] is None:
         save_merged_llm(kept["entry"], model.llm)
-    if narrow and native_llm and can_pack(matrices) and isinstance(model.llm, LlamaDecoder):
+    if narrow and can_pack(matrices) and isinstance(model.llm, LlamaDecoder):
         model.llm.pack_after(PACK_AFTER_STEPS)
     model.aligner = load_aligner(ckpt_dir)
     return model.to(dev).eval()

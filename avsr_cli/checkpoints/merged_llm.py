@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 from ..modeling.config import ADAPTER_FILE, CONFIG_FILE, ModelConfig, weights_file
 from ..modeling.llama import LlamaDecoder
-from ..modeling.llama_config import LlamaSettings, SafetensorsReader, map_safetensors
+from ..modeling.llama_config import LlamaSettings, SafetensorsReader
 from ..storage import atomic_path, cache_root
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,13 @@ def load_merged_llm(entry: MergedEntry, llm_dir: Path) -> LlamaDecoder | None:
         return None
     embed_name = "model.embed_tokens.weight"
     try:
-        mapped, metadata = map_safetensors(path)
-        if metadata.get("key") != key:
-            return None
         reader = SafetensorsReader([path])
-        state = {n: t if n == embed_name else reader.read(n, t.dtype) for n, t in mapped.items()}
+        if reader.metadata.get("key") != key:
+            return None
+        state = {
+            n: reader.mapped(n) if n == embed_name else reader.read(n, reader.stored_dtype(n))
+            for n in reader.names()
+        }
         settings = replace(LlamaSettings.read(llm_dir), vocab_size=state[embed_name].shape[0])
         model = LlamaDecoder(settings, state).eval()
     except (CheckpointError, KeyError, RuntimeError, ValueError) as exc:

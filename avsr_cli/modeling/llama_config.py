@@ -128,17 +128,26 @@ CONVERT_BLOCK_BYTES = 8 << 20
 
 class SafetensorsReader:
     """Tensors of safetensors files read with plain file reads (each header parsed once): no memory map
-    whose pages would stay resident beside the copies."""
+    whose pages would stay resident beside the copies; or, asked for (`mapped`), a view of a private map."""
 
     def __init__(self, files: list[Path]) -> None:
         self.where: dict[str, tuple[Path, int, dict]] = {}
+        self.metadata: dict[str, str] = {}  # the files' `__metadata__`
+        self.sizes: dict[Path, int] = {}
+        self.maps: dict[Path, torch.Tensor] = {}
         for path in files:
             try:
+                self.sizes[path] = path.stat().st_size
                 with open(path, "rb") as f:
                     (size,) = struct.unpack("<Q", f.read(8))
+                    if size > self.sizes[path] - 8:
+                        raise ValueError("header longer than the file")
                     header = json.loads(f.read(size))
             except (OSError, ValueError, struct.error) as exc:
                 raise CheckpointError(f"{path}: unreadable safetensors ({exc})") from None
+            if not isinstance(header, dict):
+                raise CheckpointError(f"{path}: unreadable safetensors (its header is not a table)")
+            self.metadata |= header.get("__metadata__") or {}
             for name, info in header.items():
                 if name != "__metadata__":
                     self.where[name] = (path, 8 + size, info)
@@ -146,8 +155,14 @@ class SafetensorsReader:
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
+    def names(self) -> list[str]:
+        return list(self.where)
+
     def shape(self, name: str) -> list[int]:
         return list(self.where[name][2]["shape"])
+
+    def stored_dtype(self, name: str) -> torch.dtype:
+        return self._span(name)[1]
 
     def read(self, name: str, dtype: torch.dtype, rows: int | None = None) -> torch.Tensor:
         """Tensor `name` in `dtype`; with `rows`, in the first rows of a (rows, ...) matrix."""
@@ -168,7 +183,21 @@ class SafetensorsReader:
             start += shape[0]
         return out
 
-    def _into(self, name: str, target: torch.Tensor) -> None:
+    def mapped(self, name: str) -> torch.Tensor:
+        """Tensor `name` as stored, a view of a private memory map of its file (pages are read when first
+        touched, never written back)."""
+        path, stored, shape, start, end = self._span(name)
+        if end > self.sizes[path]:
+            raise CheckpointError(f"{path}: tensor {name} is truncated")
+        if start % stored.itemsize:
+            raise CheckpointError(f"{path}: tensor {name} is not aligned to its dtype")
+        if path not in self.maps:
+            storage = torch.UntypedStorage.from_file(str(path), False, self.sizes[path])
+            self.maps[path] = torch.empty(0, dtype=torch.uint8).set_(storage)
+        return self.maps[path][start:end].view(stored).view(shape)
+
+    def _span(self, name: str) -> tuple[Path, torch.dtype, list[int], int, int]:
+        """(file, stored dtype, shape, first byte, end byte) of tensor `name`, its header checked."""
         path, base, info = self.where[name]
         stored = SAFETENSORS_DTYPES.get(info["dtype"])
         if stored is None:
@@ -179,6 +208,10 @@ class SafetensorsReader:
             raise CheckpointError(
                 f"{path}: tensor {name} holds {end - start} bytes, not a {shape} {info['dtype']}"
             )
+        return path, stored, shape, base + start, base + end
+
+    def _into(self, name: str, target: torch.Tensor) -> None:
+        path, stored, shape, start, end = self._span(name)
         parts = [target]
         if shape and shape[0] and stored != target.dtype:
             # converted a block of rows at a time: no second whole copy of a large matrix in memory
@@ -186,7 +219,7 @@ class SafetensorsReader:
             flat = target.view(shape[0], -1)
             parts = [flat[i : i + rows] for i in range(0, shape[0], rows)]
         with open(path, "rb") as f:
-            f.seek(base + start)
+            f.seek(start)
             for part in parts:
                 buffer = part if stored == part.dtype else torch.empty(part.shape, dtype=stored)
                 size = buffer.numel() * buffer.element_size()
@@ -194,32 +227,3 @@ class SafetensorsReader:
                     raise CheckpointError(f"{path}: tensor {name} is truncated")
                 if buffer is not part:
                     part.copy_(buffer)
-
-
-def map_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors of a safetensors file as views of one private memory map of it (pages are read when first
-    touched, never written back), and the file's metadata. Raises CheckpointError for a file that is not a
-    whole safetensors file of float tensors."""
-    path = Path(path)
-    try:
-        total = path.stat().st_size
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > total - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(size))
-        data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(str(path), False, total))
-        tensors = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype, shape = SAFETENSORS_DTYPES.get(info["dtype"]), list(info["shape"])
-            start, end = (8 + size + offset for offset in info["data_offsets"])
-            if dtype is None or not 8 + size <= start <= end <= total:
-                raise ValueError(f"tensor {name}: dtype {info['dtype']} at bytes {start}-{end}")
-            if end - start != math.prod(shape) * dtype.itemsize or start % dtype.itemsize:
-                raise ValueError(f"tensor {name} holds {end - start} bytes, not a {shape} {info['dtype']}")
-            tensors[name] = data[start:end].view(dtype).view(shape)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors ({exc})") from None
-    return tensors, dict(header.get("__metadata__") or {})
