@@ -89,6 +89,22 @@ def test_greedy_tokens_and_scores_equal_transformers(llm_dir, lengths):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_repeat_guard_equals_transformers(llm_dir, n):
+    """no_repeat_ngram_size in avsr's decoder loop: the tokens and scores of the loop over transformers'
+    Llama (which tests/test_greedy_decode.py ties to generate())."""
+    hf = load_llm(llm_dir, None, torch.float32)
+    ours = load_llm(llm_dir, None, torch.float32, native=True)
+    embeds, mask = left_padded(48, [11, 5, 8], seed=1)
+    free, _ = greedy_decode(hf, embeds, mask, eos=-1, pad=0, max_new_tokens=STEPS)
+    guarded = {"eos": -1, "pad": 0, "max_new_tokens": STEPS, "no_repeat_ngram": n}
+    want, want_scores = greedy_decode(hf, embeds, mask, **guarded)
+    got, got_scores = greedy_decode(ours, embeds, mask, **guarded)
+    assert not torch.equal(free, want)  # the guard changed the tokens
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_scores, want_scores, rtol=0, atol=1e-5)
+
+
 def test_bfloat16_weights_give_the_same_tokens(llm_dir):
     hf = load_llm(llm_dir, None, torch.bfloat16)
     ours = load_llm(llm_dir, None, torch.bfloat16, native=True)

@@ -32,6 +32,7 @@ from .options import (
     MaxNewTokensOpt,
     Mode,
     MouthCacheOpt,
+    NoRepeatNgramOpt,
     NumBeamsOpt,
     QuietOpt,
     ReportJsonOpt,
@@ -133,6 +134,7 @@ def evaluate(
     decoding: DecodingOpt = Decoding.beam,
     seed: SeedOpt = 0,
     length_penalty: LengthPenaltyOpt = 1.0,
+    no_repeat_ngram_size: NoRepeatNgramOpt = None,
     audio_rate: AudioRateOpt = None,
     video_rate: VideoRateOpt = None,
     occlusion: Annotated[

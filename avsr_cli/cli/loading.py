@@ -30,6 +30,7 @@ def transcribe_options(flags: dict[str, Any], **fixed: Any):
         max_new_tokens=values["max_new_tokens"],
         seed=values["seed"],
         length_penalty=values["length_penalty"],
+        no_repeat_ngram_size=values["no_repeat_ngram_size"],
     )
     names = {f.name for f in dataclasses.fields(TranscribeOptions)} - {"decoding", "vad"}
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if k in names}

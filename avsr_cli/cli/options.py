@@ -66,6 +66,14 @@ DecodingOpt = Annotated[
 LengthPenaltyOpt = Annotated[
     float, typer.Option(help="Beam search: exponent of the length normalisation (>1 favours longer text).")
 ]
+NoRepeatNgramOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        min=0,
+        help="Never repeat an n-gram of this many tokens (0: off; default: the checkpoint's), "
+        "as faster-whisper's no_repeat_ngram_size.",
+    ),
+]
 MergeGapOpt = Annotated[
     float,
     typer.Option(

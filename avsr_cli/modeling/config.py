@@ -164,6 +164,9 @@ class DecodingDefaults:
     temperature: float = 0.6
     top_p: float = 0.9
     top_k: int = 50
+    # Not in the reference (0: off): a token that would repeat an n-gram already generated is never chosen,
+    # transformers' and faster-whisper's no_repeat_ngram_size; a card sets it against its model's loops.
+    no_repeat_ngram_size: int = 0
 
 
 # The numbers of config.json, checked on load before anything is allocated: key -> (least, most, whether the
@@ -187,6 +190,7 @@ LIMITS: dict[str, tuple[float, float, bool]] = {
     "decoding.temperature": (0.0, 100.0, True),
     "decoding.top_p": (0.0, 1.0, True),
     "decoding.top_k": (0, 1 << 20, False),
+    "decoding.no_repeat_ngram_size": (0, 1 << 10, False),
     "max_audio_seconds": (0.0, 3600.0, True),
     "chunk_seconds": (0.0, 3600.0, True),
 }

@@ -25,6 +25,7 @@ class DecodingOptions:
     max_new_tokens: int | None = None
     seed: int = 0
     length_penalty: float = 1.0
+    no_repeat_ngram_size: int | None = None  # None: the checkpoint's (0: off)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -33,6 +34,15 @@ class DecodingOptions:
             raise ValueError("num_beams must be >= 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
+            raise ValueError("no_repeat_ngram_size must be >= 0")
+
+
+def repeat_guard(options: DecodingOptions, defaults: DecodingDefaults) -> int:
+    """The n of the n-gram no hypothesis may repeat (0: none)."""
+    if options.no_repeat_ngram_size is not None:
+        return options.no_repeat_ngram_size
+    return defaults.no_repeat_ngram_size
 
 
 def generation_config(options: DecodingOptions, defaults: DecodingDefaults, ids):
@@ -49,6 +59,7 @@ def generation_config(options: DecodingOptions, defaults: DecodingDefaults, ids)
         top_p=defaults.top_p if sample else None,
         top_k=defaults.top_k if sample else None,
         length_penalty=options.length_penalty,
+        no_repeat_ngram_size=repeat_guard(options, defaults) or None,
         early_stopping=False,  # transformers default, as in the reference
         eos_token_id=ids.eos,
         bos_token_id=ids.bos,

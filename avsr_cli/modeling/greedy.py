@@ -21,18 +21,20 @@ def greedy_decode(
     pad: int,
     max_new_tokens: int,
     on_step: Callable[[int], None] | None = None,
+    no_repeat_ngram: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens, log-probabilities), each (batch, steps), for left-padded `embeds` (batch, length, hidden)
     whose real positions `mask` marks. Rows that emitted `eos` continue with `pad`; decoding stops when
     every row has ended or after `max_new_tokens`. The log-probability is that of the chosen token
     (log-softmax of the float32 logits), what compute_transition_scores(normalize_logits=True) gives on
     generate()'s scores, kept as one float a row and step rather than generate()'s full-vocabulary scores
-    of every step (batch x 49k floats a token: 380 MB for 8 long-form chunks).
+    of every step (batch x 49k floats a token: 380 MB for 8 long-form chunks). `no_repeat_ngram`: as
+    generate()'s no_repeat_ngram_size (llama.greedy_choice).
 
     The forward calls are generate()'s own: positions from the mask (0 on padding), the mask dropped when it
     masks nothing, the logits of the last position only, the cache the model returns passed back."""
     if isinstance(llm, LlamaDecoder):  # avsr's own Llama: the same loop over a preallocated cache
-        return llm.greedy_decode(embeds, mask, eos, pad, max_new_tokens, on_step)
+        return llm.greedy_decode(embeds, mask, eos, pad, max_new_tokens, on_step, no_repeat_ngram)
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     attention = None if bool((mask == 1).all()) else mask
     unfinished = torch.ones(embeds.shape[0], dtype=torch.long, device=embeds.device)
@@ -49,7 +51,9 @@ def greedy_decode(
     for step in range(1, max_new_tokens + 1):
         if on_step is not None:
             on_step(step)
-        chosen, score, unfinished = greedy_choice(out.logits[:, -1], unfinished, eos, pad)
+        chosen, score, unfinished = greedy_choice(
+            out.logits[:, -1], unfinished, eos, pad, tokens, no_repeat_ngram
+        )
         tokens.append(chosen)
         scores.append(score)
         if step == max_new_tokens or int(unfinished.max()) == 0:

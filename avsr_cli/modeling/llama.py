@@ -296,6 +296,7 @@ class LlamaDecoder(nn.Module):
         pad: int,
         max_new_tokens: int,
         on_step: Callable[[int], None] | None = None,
+        no_repeat_ngram: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """greedy.greedy_decode's tokens and log-probabilities, with the cache allocated once for the prompt
         and `max_new_tokens`."""
@@ -315,7 +316,7 @@ class LlamaDecoder(nn.Module):
             if on_step is not None:
                 on_step(step)
             logits = self._logits(self.model.norm(hidden))[:, -1]
-            chosen, score, unfinished = greedy_choice(logits, unfinished, eos, pad)
+            chosen, score, unfinished = greedy_choice(logits, unfinished, eos, pad, tokens, no_repeat_ngram)
             tokens.append(chosen)
             scores.append(score)
             if step == max_new_tokens or int(unfinished.max()) == 0:
@@ -361,10 +362,33 @@ def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def greedy_choice(
-    logits: torch.Tensor, unfinished: torch.Tensor, eos: int, pad: int
+    logits: torch.Tensor,
+    unfinished: torch.Tensor,
+    eos: int,
+    pad: int,
+    tokens: list[torch.Tensor] | None = None,
+    no_repeat_ngram: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """generate()'s greedy step, for this decoder's loop and greedy.py's: the token each row takes, its
-    log-probability from the float32 logits, and the rows still unfinished (rows that ended take `pad`)."""
+    log-probability from the float32 logits, and the rows still unfinished (rows that ended take `pad`).
+    With `no_repeat_ngram` n > 0, tokens that would repeat an n-gram of `tokens` (those chosen so far) are
+    excluded first, as transformers' NoRepeatNGramLogitsProcessor does."""
     logits = logits.to(copy=True, dtype=torch.float32)
+    if no_repeat_ngram and tokens:
+        for row, banned in enumerate(repeated_ngram_tokens(torch.stack(tokens, dim=1), no_repeat_ngram)):
+            logits[row, banned] = -float("inf")
     chosen = logits.argmax(-1) * unfinished + pad * (1 - unfinished)
     return chosen, logits.log_softmax(-1).amax(-1), unfinished & (chosen != eos).long()
+
+
+def repeated_ngram_tokens(tokens: torch.Tensor, n: int) -> list[list[int]]:
+    """Per row of `tokens` (batch, steps): the tokens that would complete an n-gram the row already holds
+    (after the row's last n-1 tokens, every token that followed them before)."""
+    steps = tokens.shape[1]
+    if steps + 1 < n:
+        return [[] for _ in range(tokens.shape[0])]
+    banned = []
+    for row in tokens.tolist():
+        prefix = row[steps - n + 1 :] if n > 1 else []
+        banned.append([row[i + n - 1] for i in range(steps - n + 1) if row[i : i + n - 1] == prefix])
+    return banned

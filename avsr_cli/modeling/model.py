@@ -9,6 +9,7 @@ goes in as CONTEXT_TEMPLATE at CONTEXT_PLACEMENT (chosen by recipes/avsr_tiny_en
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from torch import nn
 from ..errors import UsageError
 from .config import MAX_CONTEXT_TOKENS, ModelConfig
 from .ctc_head import CharCTCHead
-from .decoding import DecodingOptions, StepCounter, generation_config
+from .decoding import DecodingOptions, StepCounter, generation_config, repeat_guard
 from .greedy import greedy_decode
 from .llama import LlamaDecoder
 from .llm import TokenIds, set_active_adapters
@@ -254,7 +255,8 @@ class AVSRModel(nn.Module):
             # GenerationConfig would give the same budget (generation_config)
             eos, pad = self.ids.eos, self.ids.pad
             budget = options.max_new_tokens or defaults.max_new_tokens
-            sequences, steps = greedy_decode(self.llm, embeds, mask, eos, pad, budget, on_step)
+            guard = repeat_guard(options, defaults)
+            sequences, steps = greedy_decode(self.llm, embeds, mask, eos, pad, budget, on_step, guard)
         else:
             gen = generation_config(options, defaults, self.ids)
             sequences, steps = self._search(embeds, mask, gen, options.seed, on_step)
@@ -278,12 +280,15 @@ class AVSRModel(nn.Module):
         # avsr's Llama decoder decodes greedily only: generate() runs on transformers' Llama over its weights
         llm = self.llm.to_transformers() if isinstance(self.llm, LlamaDecoder) else self.llm
         try:
-            out = llm.generate(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                generation_config=gen,
-                logits_processor=[StepCounter(on_step)] if on_step else None,
-            )
+            with warnings.catch_warnings():
+                # the guard is meant for the generated tokens only, not the prompt (what it warns about)
+                warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with")
+                out = llm.generate(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    generation_config=gen,
+                    logits_processor=[StepCounter(on_step)] if on_step else None,
+                )
         finally:
             if generator_state is not None:
                 torch.random.set_rng_state(generator_state)

@@ -151,6 +151,7 @@ def _evaluate(
                             row.update(hyp=None, error=str(result))
                         else:
                             row.update(hyp=result.text, duration=result.duration, timings=result.timings)
+                            row.update(avg_logprob=result.avg_logprob, low_confidence=result.low_confidence)
                         rows.append(row)
                         if out is not None:
                             out.write(json.dumps(rounded(json_safe(row)), ensure_ascii=False) + "\n")
