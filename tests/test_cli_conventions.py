@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -305,6 +306,28 @@ def test_confidence_in_json_and_tsv(tiny_ckpt, media, tmp_path):
     r = run(*args, "-f", "json", "--logprob-threshold", "-1e9", "--overwrite")
     assert r.exit_code == 0 and json.loads((out / "hello.json").read_text())["low_confidence"] is False
     assert "low confidence" not in r.stderr
+
+
+def test_the_card_sets_the_confidence_threshold_and_repeat_guard(tiny_ckpt, media, tmp_path):
+    """A checkpoint's decoding.logprob_threshold is the default of --logprob-threshold (the flag still wins),
+    and its decoding.no_repeat_ngram_size the default of --no-repeat-ngram-size."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["decoding"].update(logprob_threshold=0.0, no_repeat_ngram_size=1)
+    (ckpt / "config.json").write_text(json.dumps(config))
+    args = ["transcribe", media / "hello.wav", "-c", ckpt, "--max-new-tokens", "8", "-f", "json"]
+    r = run(*args)
+    assert r.exit_code == 0, r.stderr
+    card = json.loads(r.stdout)
+    assert card["low_confidence"] is True  # every log-probability is below the card's 0
+    flagless = json.loads(run(*args, "--logprob-threshold", "-1e9").stdout)
+    assert flagless["low_confidence"] is False
+    off = json.loads(run(*args, "--no-repeat-ngram-size", "0").stdout)
+    words = lambda result: result["text"].split()  # noqa: E731
+    # a random model loops; with no repeated token allowed the card's decoding says no word twice running
+    assert off["text"] != card["text"]
+    assert all(a != b for a, b in zip(words(card), words(card)[1:], strict=False))
 
 
 def test_json_numbers_are_rounded(tiny_ckpt, media):

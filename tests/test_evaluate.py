@@ -96,6 +96,8 @@ def test_every_layout_is_scored(ckpt, layouts, layout, tmp_path):
     assert all(c["scores"]["ref_words"] == 17 for c in summary["conditions"])  # LRS text case-folded
     rows = read_results(tmp_path / "results.jsonl")
     assert len(rows) == 8 and {r["snr"] for r in rows} == {"clean", "5"}
+    # each clip's confidence, as transcribe reports it (recipes/avsr_tiny_en/calibrate.py reads it)
+    assert all(r["avg_logprob"] < 0 and r["low_confidence"] == (r["avg_logprob"] < -1.0) for r in rows)
     assert (tmp_path / "alignment.txt").read_text().count("# mode asr") == 2
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     if layout == "folder":

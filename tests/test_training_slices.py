@@ -178,3 +178,58 @@ def test_the_shipped_evaluation_is_reused_only_for_the_same_adapter_and_sets(tmp
     assert R.committed_evaluation(more, digest) is None
     fewer_clips = {**candidate, "table": [{**r, "clips": 50} for r in candidate["table"]]}
     assert R.committed_evaluation(fewer_clips, digest) is None
+
+
+def test_calibration_picks_the_highest_threshold_that_spares_nine_in_ten_exact_segments(tmp_path):
+    """calibrate.py on evaluate's results: at most 10 % of the exact clips flagged on the half it picks on,
+    the rates reported on the other half."""
+    from recipes.avsr_tiny_en import calibrate as C
+
+    report = tmp_path / "avsr-heldout-clean"
+    report.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(200):
+        ref = "the cat sat on the mat"
+        wrong = i % 3 == 0
+        hyp = "a dog ran by a log" if wrong else ref
+        # guessing is less sure: wrong clips score lower, with overlap
+        score = float(rng.normal(-1.4 if wrong else -0.4, 0.3))
+        rows.append({"id": f"clip-{i}", "ref": ref, "hyp": hyp, "avg_logprob": score})
+    (report / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    segments = C.segments(tmp_path)
+    assert len(segments) == 200 and {s["wer"] for s in segments} == {0.0, 1.0}
+    fit = [s for s in segments if C.half(s["id"]) == 0]
+    threshold = C.pick(fit)
+    assert C.rates(fit, threshold)["exact_flagged"] <= C.MAX_EXACT_FLAGGED
+    assert C.rates(fit, threshold + 0.05)["exact_flagged"] > C.MAX_EXACT_FLAGGED  # the highest such
+    assert C.rates(segments, threshold)["wrong_flagged"] > 0.8
+
+
+def test_the_line_goes_on_from_its_committed_parameters(trained_ckpt, tmp_path, monkeypatch):
+    """run.py --line: the first run starts from the base (stack 2, CTC stage); its parameters are written
+    to the line folder, decoded as the shipped model decodes; the next run starts from them."""
+    import shutil
+
+    from avsr_cli.checkpoints.loading import load_checkpoint
+    from recipes.avsr_tiny_en import run as R
+
+    first = R.line_start(None, None)
+    assert first[first.index("--base") + 1] == R.LINE_BASE
+    assert first[first.index("--audio-rates") + 1] == "2" and "--ctc-epochs" in first
+    model = tmp_path / "model"
+    shutil.copytree(trained_ckpt, model)
+    (model / "training.json").write_text(json.dumps({"steps": 10, "validations": []}))
+    R.line_decoding(model)
+    line = tmp_path / "line"
+    R.commit_line(model, 4, ["avsr", "train"], line)
+    R.commit_line(model, 5, ["avsr", "train"], line)
+    assert [r["slice"] for r in json.loads((line / "training.json").read_text())["runs"]] == [4, 5]
+    config = json.loads((line / "config.json").read_text())
+    shipped = json.loads((R.SHIPPED / "config.json").read_text())
+    assert (
+        config["decoding"]["num_beams"] == 1 and config["decoding"]["max_new_tokens"] == R.LINE_MAX_NEW_TOKENS
+    )
+    assert config["llm"]["cpu_matrices"] == shipped["llm"]["cpu_matrices"]
+    assert load_checkpoint(line).config.decoding.max_new_tokens == R.LINE_MAX_NEW_TOKENS  # a checkpoint
+    assert R.line_start(line, None)[:2] == ["--checkpoint", str(line)]

@@ -192,10 +192,10 @@ VadSpeechPadOpt = Annotated[
 ]
 VadMinSpeechOpt = Annotated[float, typer.Option(min=0.0, help="VAD: shorter speech regions (s) are dropped.")]
 LogprobThresholdOpt = Annotated[
-    float,
+    Optional[float],
     typer.Option(
         help="Segments whose mean token log-probability is below this are flagged low_confidence "
-        "(faster-whisper's log_prob_threshold)."
+        "(faster-whisper's log_prob_threshold; default: the checkpoint's, else -1.0)."
     ),
 ]
 InitialPromptOpt = Annotated[

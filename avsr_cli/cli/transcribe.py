@@ -90,7 +90,7 @@ def transcribe(
     seed: SeedOpt = 0,
     length_penalty: LengthPenaltyOpt = 1.0,
     no_repeat_ngram_size: NoRepeatNgramOpt = None,
-    logprob_threshold: LogprobThresholdOpt = -1.0,
+    logprob_threshold: LogprobThresholdOpt = None,
     initial_prompt: InitialPromptOpt = None,
     word_timestamps: WordTimestampsOpt = False,
     aligner: AlignerOpt = None,
@@ -193,7 +193,7 @@ def export_subtitles(
     seed: SeedOpt = 0,
     length_penalty: LengthPenaltyOpt = 1.0,
     no_repeat_ngram_size: NoRepeatNgramOpt = None,
-    logprob_threshold: LogprobThresholdOpt = -1.0,
+    logprob_threshold: LogprobThresholdOpt = None,
     initial_prompt: InitialPromptOpt = None,
     word_timestamps: WordTimestampsOpt = False,
     aligner: AlignerOpt = None,
@@ -386,6 +386,7 @@ def run_files(
     from ..tasks.writers import write_result
 
     run_guarded(transcriber.check_options, options)
+    threshold = options.resolved(transcriber.model.config.decoding).logprob_threshold
     files = inputs.readable
     total = None
     if not quiet and stderr.is_terminal:  # progress over media time
@@ -413,7 +414,7 @@ def run_files(
             if verbose and item.low_confidence:
                 stderr.print(
                     f"[yellow]warning:[/yellow] {name}: low confidence (avg_logprob {item.avg_logprob:.2f} < "
-                    f"{options.logprob_threshold:g}): the transcript may be a guess",
+                    f"{threshold:g}): the transcript may be a guess",
                     soft_wrap=True,
                 )
             if output_dir is not None:

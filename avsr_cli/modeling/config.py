@@ -167,6 +167,10 @@ class DecodingDefaults:
     # Not in the reference (0: off): a token that would repeat an n-gram already generated is never chosen,
     # transformers' and faster-whisper's no_repeat_ngram_size; a card sets it against its model's loops.
     no_repeat_ngram_size: int = 0
+    # Segments whose mean token log-probability is below this are low_confidence: faster-whisper's
+    # log_prob_threshold (-1.0) unless the card sets its model's, calibrated on held-out clips
+    # (recipes/avsr_tiny_en/calibrate.py)
+    logprob_threshold: float = -1.0
 
 
 # The numbers of config.json, checked on load before anything is allocated: key -> (least, most, whether the
@@ -191,6 +195,7 @@ LIMITS: dict[str, tuple[float, float, bool]] = {
     "decoding.top_p": (0.0, 1.0, True),
     "decoding.top_k": (0, 1 << 20, False),
     "decoding.no_repeat_ngram_size": (0, 1 << 10, False),
+    "decoding.logprob_threshold": (-1e4, 0.0, False),
     "max_audio_seconds": (0.0, 3600.0, True),
     "chunk_seconds": (0.0, 3600.0, True),
 }

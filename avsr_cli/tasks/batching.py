@@ -51,6 +51,7 @@ class BatchLoop:
         self, items: Iterable[MediaInput], options: TranscribeOptions, report: Callable[[float], None]
     ) -> Iterator[Result | AvsrError]:
         """Yield, in input order, each input's Result or the AvsrError that stopped it."""
+        options = options.resolved(self.model.config.decoding)
         queue: list[_Job] = []
         pending: list[tuple[_Job, int]] = []
         clips = options.clips_per_batch(self.model.config.decoding.num_beams)

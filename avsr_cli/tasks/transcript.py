@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..frontends.face_backends import BACKENDS
 from ..frontends.vad import VadOptions
-from ..modeling.config import MODES
+from ..modeling.config import MODES, DecodingDefaults
 from ..modeling.decoding import DecodingOptions, drop_repeated_phrases
 from ..storage import display_name
 
@@ -43,9 +43,10 @@ class TranscribeOptions:
     detect_every: int = 10  # vsr/avsr: run the face detector every N frames, track in between
     mouth_cache: str | None = None  # vsr/avsr: keep mouth crops in this folder (shared by models, modes)
     vad: VadOptions = field(default_factory=VadOptions)  # speech regions for segmentation "auto"/"vad"
-    # A segment whose mean token log-probability is below this is flagged low_confidence (faster-whisper's
-    # log_prob_threshold default, -1.0): the model is guessing rather than hearing.
-    logprob_threshold: float = -1.0
+    # A segment whose mean token log-probability is below this is flagged low_confidence: the model is
+    # guessing rather than hearing. None: the checkpoint's (its card's calibrated value, else
+    # faster-whisper's log_prob_threshold default, -1.0).
+    logprob_threshold: float | None = None
     # Text given to the model with every chunk (names, jargon, spelling): whisper's initial_prompt, but for
     # every chunk alike, since an LLM decoder has no windows that carry the previous window's text.
     initial_prompt: str | None = None
@@ -59,6 +60,12 @@ class TranscribeOptions:
         if self.batch_size is not None:
             return self.batch_size
         return max(4, DECODER_ROWS // (self.decoding.num_beams or default_beams))
+
+    def resolved(self, defaults: DecodingDefaults) -> TranscribeOptions:
+        """These options with the checkpoint's `defaults` where they leave a choice to it."""
+        if self.logprob_threshold is not None:
+            return self
+        return replace(self, logprob_threshold=defaults.logprob_threshold)
 
     def __post_init__(self) -> None:
         if self.mode not in (*MODES, "auto"):
