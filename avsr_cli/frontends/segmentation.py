@@ -19,8 +19,9 @@ class ChunkOptions:
 
     Regions closer than merge_gap are merged while the chunk stays <= max_chunk. A region longer than
     max_chunk is cut at its quietest point (lowest energy in energy_frame frames, smoothed over
-    quiet_span) within the last split_window seconds before the limit. Chunks shorter than min_chunk are
-    widened into the surrounding silence when there is room.
+    quiet_span) within the last split_window seconds before the limit, and never in the first half of
+    max_chunk (each piece moves the cut on). Chunks shorter than min_chunk are widened into the
+    surrounding silence when there is room.
     """
 
     max_chunk: float = 16.0  # the checkpoint's training length (Llama-AVSR: LRS3 clips up to ~16 s)
@@ -80,11 +81,19 @@ def _quietest(audio: np.ndarray, lo: float, hi: float, o: ChunkOptions) -> float
     return float(np.clip((i0 + mid * hop + frame / 2) / SAMPLE_RATE, lo, hi))
 
 
+def cut_window(start: float, end: float | None, o: ChunkOptions) -> tuple[float, float]:
+    """Where the next cut of a piece starting at `start` may fall (`end` None: far beyond max_chunk)."""
+    hi = start + o.max_chunk if end is None else min(start + o.max_chunk, end - o.min_chunk)
+    # never in the first half: a cut at `start` would never move on (min_chunk 0 with a split_window as
+    # long as max_chunk)
+    lo = max(start + o.max_chunk - o.split_window, start + o.min_chunk, start + o.max_chunk / 2)
+    return lo, hi
+
+
 def _split(audio: np.ndarray, start: float, end: float, o: ChunkOptions) -> list[tuple[float, float]]:
     pieces = []
     while end - start > o.max_chunk:
-        hi = min(start + o.max_chunk, end - o.min_chunk)
-        lo = max(start + o.max_chunk - o.split_window, start + o.min_chunk)
+        lo, hi = cut_window(start, end, o)
         cut = _quietest(audio, lo, hi, o) if hi > lo else hi
         pieces.append((start, cut))
         start = cut

@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 
 from .media import SAMPLE_RATE
-from .segmentation import Chunk, ChunkOptions, _quietest
+from .segmentation import Chunk, ChunkOptions, _quietest, cut_window
 from .vad import VAD_WINDOW, VadOptions, _mono, _VadStream
 
 STEP = VAD_WINDOW / SAMPLE_RATE  # seconds per VAD window
@@ -212,10 +212,7 @@ class StreamSegmenter:
                 # end - min_chunk) is start + max_chunk and the union is longer than max_chunk
                 if not self._union_end_bound() - o.min_chunk >= start + o.max_chunk + STEP:
                     return
-                hi = start + o.max_chunk
-            else:
-                hi = min(start + o.max_chunk, end - o.min_chunk)
-            lo = max(start + o.max_chunk - o.split_window, start + o.min_chunk)
+            lo, hi = cut_window(start, end, o)
             if hi > lo:
                 if not self._ended and len(self.audio) < round(hi * SAMPLE_RATE) + self._frame // 2:
                     return  # `_quietest` reads up to there
