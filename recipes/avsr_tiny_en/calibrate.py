@@ -1,6 +1,6 @@
 """The `low_confidence` threshold a checkpoint's card sets, from its held-out clips' avg_logprob.
 
-    python -m recipes.avsr_tiny_en.calibrate EVAL_DIR [--out calibration.json]
+    python -m recipes.avsr_tiny_en.calibrate EVAL_DIR [--out calibration.json] [--write CHECKPOINT]
 
 EVAL_DIR is a ship_eval.py output folder: its `avsr-heldout-*` reports (`avsr evaluate` records each clip's
 avg_logprob). Each held-out clip is one segment. A segment is *wrong* at 50 % WER or more and *exact* at 0 %.
@@ -65,18 +65,15 @@ def pick(rows: list[dict]) -> float:
     return round(max(allowed, default=scores[0] - 1e-3), 2)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("eval_dir", type=Path)
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    rows = segments(args.eval_dir)
+def calibration(eval_dir: Path) -> dict:
+    """The threshold picked on half of `eval_dir`'s held-out clips, with the rates it gives."""
+    rows = segments(eval_dir)
     if not rows:
-        raise SystemExit(f"{args.eval_dir}: no avsr-heldout-*/results.jsonl with avg_logprob")
+        raise SystemExit(f"{eval_dir}: no avsr-heldout-*/results.jsonl with avg_logprob")
     fit = [r for r in rows if half(r["id"]) == 0]
     check = [r for r in rows if half(r["id"]) == 1]
     threshold = pick(fit)
-    report = {
+    return {
         "threshold": threshold,
         "picked_on": rates(fit, threshold),
         "reported_on": rates(check, threshold),
@@ -84,9 +81,27 @@ def main() -> None:
         "whisper_default": {"threshold": WHISPER_DEFAULT, **rates(rows, WHISPER_DEFAULT)},
         "sets": sorted({r["set"] for r in rows}),
     }
+
+
+def set_threshold(checkpoint: Path, threshold: float) -> None:
+    """Write `threshold` into the checkpoint's config.json (decoding.logprob_threshold)."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["decoding"]["logprob_threshold"] = threshold
+    (checkpoint / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("eval_dir", type=Path)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--write", type=Path, metavar="CHECKPOINT", help="set the threshold in its config.json")
+    args = ap.parse_args()
+    report = calibration(args.eval_dir)
     text = json.dumps(report, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.write:
+        set_threshold(args.write, report["threshold"])
     print(text)
 
 

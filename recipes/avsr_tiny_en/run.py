@@ -14,6 +14,7 @@ earlier run it reuses, as each step resumes):
 4. ship_eval.py on the candidate and on the shipped model, each beside Whisper base, and names_ab.py on
    both (no prompt, and the glossary before the media); the shipped model's evaluation is read from
    shipped-evaluation.json when that holds the shipped adapter's on the same sets (commit it after a run);
+   calibrate.py sets the candidate's low_confidence threshold from its own held-out clips;
 5. with --ship, the candidate replaces models/avsr-tiny-en (adapter, config, training.json) when it is
    better: lower WER on the clean held-out set or the two-sentence set, no set worse by more than 1 point
    (sets under 20 clips, LRS3's one and audioeval's three, are reported, not ruled on), and no fewer names
@@ -45,6 +46,7 @@ import time
 from pathlib import Path
 
 from .build import CACHE
+from .calibrate import calibration, set_threshold
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "avsr-tiny-en"
@@ -325,6 +327,12 @@ def main() -> None:
         commit_line(run_dir / "model", args.slice, ["avsr", *train_cmd[3:]])
         log["line"] = str(LINE)
     candidate = evaluate(str(run_dir / "model"), run_dir / "eval", args.threads, log, "candidate")
+    # the candidate's low_confidence threshold, from its own held-out clips (before the shipped model's
+    # evaluation replaces them in the same folder)
+    log["calibration"] = calibration(run_dir / "eval")
+    set_threshold(run_dir / "model", log["calibration"]["threshold"])
+    if args.line:
+        set_threshold(LINE, log["calibration"]["threshold"])
     shipped = committed_evaluation(candidate, adapter_digest(SHIPPED))
     log["shipped_evaluation"] = "committed" if shipped is not None else "measured"
     if shipped is None and (args.ship or not args.line):
