@@ -77,10 +77,23 @@ def test_held_out_voice_and_sentences_wer(tmp_path):
         timeout=900,
     )
     assert p.returncode == 0, p.stderr
-    hyps = [json.loads(line)["text"] for line in p.stdout.splitlines()]
+    results = [json.loads(line) for line in p.stdout.splitlines()]
+    hyps = [r["text"] for r in results]
     scores = score(list(zip(HELD_OUT, hyps, strict=True)))
     print(f"\navsr-tiny-en held-out voice WER {100 * scores.wer:.1f}% on {len(HELD_OUT)} clips")
     assert scores.wer < WER_BOUND, list(zip(HELD_OUT, hyps, strict=True))
+    # low_confidence by the card's calibrated threshold: exact transcripts are rarely flagged (3.7 % of the
+    # held-out sets' exact clips) and score higher than transcripts with errors
+    threshold = json.loads((ROOT / "models/avsr-tiny-en/config.json").read_text())["decoding"][
+        "logprob_threshold"
+    ]
+    assert all(r["low_confidence"] == (r["avg_logprob"] < threshold) for r in results)
+    exact = [r for r, u in zip(results, scores.rows, strict=True) if u.errors == 0]
+    wrong = [r for r, u in zip(results, scores.rows, strict=True) if u.errors > 0]
+    assert exact and wrong
+    assert sum(r["low_confidence"] for r in exact) <= 0.2 * len(exact), exact
+    mean = lambda rs: sum(r["avg_logprob"] for r in rs) / len(rs)  # noqa: E731
+    assert mean(exact) > mean(wrong)
 
 
 def test_first_run_converts_the_models_with_plain_log_lines(tmp_path):

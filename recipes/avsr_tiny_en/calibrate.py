@@ -20,6 +20,7 @@ from avsr_cli.tasks.scoring import score
 # the card's rule: flag at most 10 % of exact segments, and as many wrong ones as that allows
 MAX_EXACT_FLAGGED = 0.10
 WRONG_WER = 0.5
+CLOSE_WER = 0.2  # reported too: segments with a word or two wrong, which a useful flag mostly spares
 WHISPER_DEFAULT = -1.0  # faster-whisper's log_prob_threshold, avsr's default without a card value
 
 
@@ -47,11 +48,15 @@ def rates(rows: list[dict], threshold: float) -> dict:
     wrong = [r for r in rows if r["wer"] >= WRONG_WER]
     exact = [r for r in rows if r["wer"] == 0]
     flagged = lambda group: sum(r["avg_logprob"] < threshold for r in group) / max(len(group), 1)  # noqa: E731
+    close = [r for r in rows if 0 < r["wer"] < CLOSE_WER]
     return {
         "wrong_flagged": round(flagged(wrong), 3),
         "exact_flagged": round(flagged(exact), 3),
+        "close_flagged": round(flagged(close), 3),
+        "all_flagged": round(flagged(rows), 3),
         "wrong": len(wrong),
         "exact": len(exact),
+        "close": len(close),
         "segments": len(rows),
     }
 
