@@ -233,3 +233,28 @@ def test_the_line_goes_on_from_its_committed_parameters(trained_ckpt, tmp_path, 
     assert config["llm"]["cpu_matrices"] == shipped["llm"]["cpu_matrices"]
     assert load_checkpoint(line).config.decoding.max_new_tokens == R.LINE_MAX_NEW_TOKENS  # a checkpoint
     assert R.line_start(line, None)[:2] == ["--checkpoint", str(line)]
+
+
+def test_restacking_projects_pairs_of_like_frames_as_the_old_tokens(trained_ckpt, tmp_path):
+    """restack.py (stack 4 -> 2): a stack-2 token [f1 f2] projects as the stack-4 token [f1 f2 f1 f2] did, and
+    the restacked checkpoint loads with its LoRA unchanged."""
+    import torch
+
+    from avsr_cli.checkpoints.loading import load_checkpoint
+    from recipes.avsr_tiny_en.restack import restack
+
+    restack(trained_ckpt, tmp_path / "s2", 2)
+    old = load_checkpoint(trained_ckpt, device="cpu", dtype="float32")
+    new = load_checkpoint(tmp_path / "s2", device="cpu", dtype="float32")
+    assert new.config.compression.audio_rates == [2]
+    torch.manual_seed(0)
+    width = old.config.audio_encoder.dim
+    pairs = torch.randn(6, 2, width)
+    doubled = pairs.repeat(1, 2, 1).reshape(-1, width)  # f1 f2 f1 f2, g1 g2 g1 g2, ...
+    with torch.no_grad():
+        (want,) = old.projectors["audio"]([doubled], 4)
+        (got,) = new.projectors["audio"]([pairs.reshape(-1, width)], 2)
+    assert want.shape[0] == 6 and got.shape[0] == 6 and want.abs().max() > 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    lora = {k: v for k, v in old.state_dict().items() if "lora" in k}
+    assert lora and all(torch.equal(new.state_dict()[k], v) for k, v in lora.items())
