@@ -53,7 +53,9 @@ def restack(src: Path, dst: Path, new: int) -> None:
     save_file(state, dst / "adapter.safetensors")
     compression["audio_rates"] = [new]
     (dst / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-    training = {"restacked_from": str(src), "rates": [old, new], "steps": 0, "validations": []}
+    # the line's record of runs (run.commit_line appends to it)
+    command = f"python -m recipes.avsr_tiny_en.restack {src.name} OUT --rate {new}"
+    training = {"runs": [{"restacked_from": src.name, "rates": [old, new], "command": command}]}
     (dst / "training.json").write_text(json.dumps(training, indent=1) + "\n")
     for extra in ("aligner.json", "aligner.safetensors"):  # the aligner reads encoder frames, not tokens
         if (src / extra).exists():
