@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,6 +226,10 @@ def test_the_line_goes_on_from_its_committed_parameters(trained_ckpt, tmp_path, 
     R.commit_line(model, 4, ["avsr", "train"], line)
     R.commit_line(model, 5, ["avsr", "train"], line)
     assert [r["slice"] for r in json.loads((line / "training.json").read_text())["runs"]] == [4, 5]
+    command = ["avsr", "train", "--checkpoint", str(R.LINE), "-o", str(Path.home() / "runs")]
+    R.commit_line(model, 6, command, line)
+    recorded = json.loads((line / "training.json").read_text())["runs"][-1]["command"]
+    assert recorded == "avsr train --checkpoint recipes/avsr_tiny_en/line -o ~/runs"  # no machine's paths
     config = json.loads((line / "config.json").read_text())
     shipped = json.loads((R.SHIPPED / "config.json").read_text())
     assert (

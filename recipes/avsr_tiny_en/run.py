@@ -209,6 +209,11 @@ def line_decoding(model_dir: Path) -> None:
     (model_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
 
+def portable(command: str) -> str:
+    """A command as the repository records it: paths in the checkout relative, the home folder as ~."""
+    return command.replace(f"{ROOT}/", "").replace(str(Path.home()), "~")
+
+
 def commit_line(model_dir: Path, slice_k: int, command: list[str], line: Path = LINE) -> None:
     """The run's parameters -> `line` (adapter, config, and training.json with the runs so far)."""
     previous = json.loads((line / "training.json").read_text()) if (line / "training.json").exists() else {}
@@ -220,7 +225,7 @@ def commit_line(model_dir: Path, slice_k: int, command: list[str], line: Path = 
         "slice": slice_k,
         "steps": summary.get("steps"),
         "validations": summary.get("validations"),
-        "command": " ".join(command),
+        "command": portable(" ".join(command)),
     }
     runs = [*previous.get("runs", []), run]
     (line / "training.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")
