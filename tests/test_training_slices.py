@@ -215,6 +215,7 @@ def test_the_line_goes_on_from_its_committed_parameters(trained_ckpt, tmp_path, 
     from avsr_cli.checkpoints.loading import load_checkpoint
     from recipes.avsr_tiny_en import run as R
 
+    assert R.run_name(4, True, tmp_path / "line") == "line-slice4-base"  # nothing committed yet
     first = R.line_start(None, None)
     assert first[first.index("--base") + 1] == R.LINE_BASE
     assert first[first.index("--audio-rates") + 1] == "2" and "--ctc-epochs" in first
@@ -226,6 +227,10 @@ def test_the_line_goes_on_from_its_committed_parameters(trained_ckpt, tmp_path, 
     R.commit_line(model, 4, ["avsr", "train"], line)
     R.commit_line(model, 5, ["avsr", "train"], line)
     assert [r["slice"] for r in json.loads((line / "training.json").read_text())["runs"]] == [4, 5]
+    # a run from other parameters on the same slice has its own folder, never resuming this one's state
+    name = R.run_name(4, True, line)
+    (line / "adapter.safetensors").write_bytes(b"other parameters")
+    assert name.startswith("line-slice4-") and R.run_name(4, True, line) not in (name, "line-slice4-base")
     command = ["avsr", "train", "--checkpoint", str(R.LINE), "-o", str(Path.home() / "runs")]
     R.commit_line(model, 6, command, line)
     recorded = json.loads((line / "training.json").read_text())["runs"][-1]["command"]

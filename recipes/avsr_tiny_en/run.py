@@ -209,6 +209,19 @@ def line_decoding(model_dir: Path) -> None:
     (model_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
 
+def run_name(slice_k: int, line: bool, line_dir: Path = LINE) -> str:
+    """The run's folder name. A run resumes what its folder holds, so a line run's name also says where it
+    starts (the base, or the committed parameters by digest): another start is another run."""
+    if not line:
+        return f"v3-slice{slice_k}"
+    start = (
+        hashlib.sha256((line_dir / "adapter.safetensors").read_bytes()).hexdigest()[:10]
+        if (line_dir / "adapter.safetensors").exists()
+        else "base"
+    )
+    return f"line-slice{slice_k}-{start}"
+
+
 def portable(command: str) -> str:
     """A command as the repository records it: paths in the checkout relative, the home folder as ~."""
     return command.replace(f"{ROOT}/", "").replace(str(Path.home()), "~")
@@ -252,7 +265,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     py, corpus, jobs = sys.executable, args.corpus, str(args.threads)
-    run_dir = args.runs / f"{'line' if args.line else 'v3'}-slice{args.slice}"
+    run_dir = args.runs / run_name(args.slice, args.line)
     run_dir.mkdir(parents=True, exist_ok=True)
     log: dict = {
         "slice": args.slice,
