@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -57,9 +56,6 @@ def restack(src: Path, dst: Path, new: int) -> None:
     command = f"python -m recipes.avsr_tiny_en.restack {src.name} OUT --rate {new}"
     training = {"runs": [{"restacked_from": src.name, "rates": [old, new], "command": command}]}
     (dst / "training.json").write_text(json.dumps(training, indent=1) + "\n")
-    for extra in ("aligner.json", "aligner.safetensors"):  # the aligner reads encoder frames, not tokens
-        if (src / extra).exists():
-            shutil.copyfile(src / extra, dst / extra)
 
 
 def main() -> None:

@@ -180,7 +180,8 @@ def ship(run_dir: Path, slice_k: int, command: list[str]) -> None:
 def line_start(resume_from: Path | None, lr: float | None) -> list[str]:
     """`avsr train` options that start the redesigned model, or go on from its committed parameters."""
     if resume_from is not None:
-        return ["--checkpoint", str(resume_from), "--lr", str(lr or 1e-3)]
+        # a model that listens already: the slices' fine-tunes moved it at 2e-4 to 5e-4 (docs/training.md)
+        return ["--checkpoint", str(resume_from), "--lr", str(lr or 5e-4)]
     return [
         "--base",
         LINE_BASE,
@@ -254,7 +255,7 @@ def main() -> None:
     )
     ap.add_argument("--epochs", type=int, default=2)
     # lr 5e-4 cost 1.6 points on one-sentence clips (docs/training.md, the slice-1 row)
-    ap.add_argument("--lr", type=float, default=None, help="2e-4; --line: 2e-3 from the base, 1e-3 after")
+    ap.add_argument("--lr", type=float, default=None, help="2e-4; --line: 2e-3 from the base, 5e-4 after")
     ap.add_argument("--max-steps", type=int, default=0, help="stop training after this many steps")
     ap.add_argument("--line", action="store_true", help="train the redesigned model (above)")
     ap.add_argument("--threads", type=int, default=2)
