@@ -64,10 +64,9 @@ def _decoding(options: dict) -> str:
         f"at most {d['max_new_tokens']} new tokens" if d.get("max_new_tokens") else "the model's token limit",
         f"length penalty {d.get('length_penalty', 1.0):g}",
     ]
-    if d.get("no_repeat_ngram_size") is not None:
-        parts.append(
-            f"no repeated {d['no_repeat_ngram_size']}-grams" if d["no_repeat_ngram_size"] else "no guard"
-        )
+    guard = d.get("no_repeat_ngram_size")
+    if guard is not None:
+        parts.append(f"no repeated {guard}-grams" if guard else "no repeat guard")
     return ", ".join(parts)
 
 

@@ -171,7 +171,7 @@ def ship(run_dir: Path, slice_k: int, command: list[str]) -> None:
         "slice": slice_k,
         "steps": summary.get("steps"),
         "validations": summary.get("validations"),
-        "command": " ".join(command),
+        "command": portable(" ".join(command)),
         "parent": parent,
     }
     (SHIPPED / "training.json").write_text(json.dumps(training, indent=1) + "\n")
@@ -215,11 +215,7 @@ def run_name(slice_k: int, line: bool, line_dir: Path = LINE) -> str:
     starts (the base, or the committed parameters by digest): another start is another run."""
     if not line:
         return f"v3-slice{slice_k}"
-    start = (
-        hashlib.sha256((line_dir / "adapter.safetensors").read_bytes()).hexdigest()[:10]
-        if (line_dir / "adapter.safetensors").exists()
-        else "base"
-    )
+    start = adapter_digest(line_dir)[:10] if (line_dir / "adapter.safetensors").exists() else "base"
     return f"line-slice{slice_k}-{start}"
 
 
