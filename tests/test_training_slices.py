@@ -268,3 +268,51 @@ def test_restacking_projects_pairs_of_like_frames_as_the_old_tokens(trained_ckpt
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     lora = {k: v for k, v in old.state_dict().items() if "lora" in k}
     assert lora and all(torch.equal(new.state_dict()[k], v) for k, v in lora.items())
+
+
+def test_shipping_a_stack_2_candidate_rewrites_the_cards_rate_decoding_and_wer_rows(tmp_path):
+    """card.py: the card takes the candidate's rate, decoding and measured WER, keeps its comments and
+    prose, and drops the rows measured on the old rate that the run did not measure again."""
+    from avsr_cli.checkpoints.zoo import parse_card, tomllib
+    from recipes.avsr_tiny_en.card import CARD_ROWS, update_card
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    card = tmp_path / "avsr-tiny-en.toml"
+    card.write_text((models / "avsr-tiny-en.toml").read_text())
+    before = tomllib.loads(card.read_text())
+    config = json.loads((models / "avsr-tiny-en" / "config.json").read_text())
+    config["compression"]["audio_rates"] = [2]
+    config["decoding"]["max_new_tokens"] = 128
+    committed = Path(__file__).resolve().parents[1] / "recipes/avsr_tiny_en/shipped-evaluation.json"
+    measured = json.loads(committed.read_text())["evaluation"]["table"]
+    measured = [{**r, "avsr": round(r["avsr"] - 5.5, 1)} for r in measured]
+    measured.append({"set": "heldout-2sent-names", "clips": 9, "avsr": 1.0, "whisper": 1.0})  # no card row
+    update_card(card, config, measured, "python -m recipes.avsr_tiny_en.run --line --slice 9", "2026-12-31")
+
+    after = tomllib.loads(card.read_text())
+    parse_card(card, after, {})
+    assert after["compression"]["audio_rates"] == [2]
+    assert after["decoding"]["max_new_tokens"] == 128
+    assert after["notes"] == before["notes"] and after["parts"] == before["parts"]
+    assert "# greedy: 4 beams" in card.read_text()  # comments kept
+    by_set = {r["set"]: r for r in measured}
+    wer = {row["dataset"]: row for row in after["wer"]}
+    assert set(wer) == set(CARD_ROWS.values())  # the pytest-measured row at rate 4 is gone
+    for name, dataset in CARD_ROWS.items():
+        assert wer[dataset]["value"] == by_set[name]["avsr"] and wer[dataset]["audio_rate"] == 2
+        assert wer[dataset]["source"].startswith("measured with `python -m recipes.avsr_tiny_en.run --line")
+    assert str(by_set["heldout-clean"]["whisper"]) in wer[CARD_ROWS["heldout-clean"]]["source"]
+
+
+def test_the_built_in_cards_rate_and_decoding_are_its_checkpoints():
+    """What the card of the built-in model says it decodes with is what its config.json decodes with."""
+    from avsr_cli.checkpoints.zoo import tomllib
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    card = tomllib.loads((models / "avsr-tiny-en.toml").read_text())
+    config = json.loads((models / "avsr-tiny-en" / "config.json").read_text())
+    assert card["compression"]["audio_rates"] == config["compression"]["audio_rates"]
+    assert card["compression"]["mode"] == config["compression"]["mode"]
+    for key in ("num_beams", "max_new_tokens"):
+        assert card["decoding"][key] == config["decoding"][key]
+    assert {row["audio_rate"] for row in card["wer"]} == set(config["compression"]["audio_rates"][:1])

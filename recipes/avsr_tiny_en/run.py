@@ -47,9 +47,11 @@ from pathlib import Path
 
 from .build import CACHE
 from .calibrate import calibration, set_threshold
+from .card import update_card
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "avsr-tiny-en"
+CARD = ROOT / "models" / "avsr-tiny-en.toml"
 # The shipped adapter's evaluation, committed with it: a run re-measures it only for another adapter or sets
 SHIPPED_EVALUATION = Path(__file__).with_name("shipped-evaluation.json")
 # The redesigned model's parameters between runs (the adapter, config.json and training.json of its last run)
@@ -156,7 +158,8 @@ def commit_evaluation(evaluation: dict, digest: str) -> None:
     SHIPPED_EVALUATION.write_text(json.dumps({"adapter": digest, "evaluation": evaluation}, indent=1) + "\n")
 
 
-def ship(run_dir: Path, slice_k: int, command: list[str]) -> None:
+def ship(run_dir: Path, slice_k: int, command: list[str], table: list[dict], card: Path = CARD) -> None:
+    """The candidate in `run_dir` -> models/avsr-tiny-en, and its card's rate, decoding and WER rows."""
     parent = json.loads((SHIPPED / "training.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     summary = (
@@ -175,6 +178,8 @@ def ship(run_dir: Path, slice_k: int, command: list[str]) -> None:
         "parent": parent,
     }
     (SHIPPED / "training.json").write_text(json.dumps(training, indent=1) + "\n")
+    run_command = portable(" ".join(["python -m recipes.avsr_tiny_en.run", *sys.argv[1:]]))
+    update_card(card, config, table, run_command)
 
 
 def line_start(resume_from: Path | None, lr: float | None) -> list[str]:
@@ -360,7 +365,7 @@ def main() -> None:
     ok, why = better(candidate, shipped) if shipped["table"] else (False, "no shipped evaluation to compare")
     log.update(candidate=candidate, shipped=shipped, better=ok, why=why)
     if ok and args.ship:
-        ship(run_dir / "model", args.slice, ["avsr", *train_cmd[3:]])
+        ship(run_dir / "model", args.slice, ["avsr", *train_cmd[3:]], candidate["table"])
         commit_evaluation(candidate, adapter_digest(SHIPPED))
         log["shipped_to"] = str(SHIPPED)
     log["hours"] = round((time.time() - t0) / 3600, 2)
