@@ -3,6 +3,7 @@ and when a candidate replaces the built-in model."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from collections import Counter
@@ -287,7 +288,7 @@ def test_shipping_a_stack_2_candidate_rewrites_the_cards_rate_decoding_and_wer_r
     measured = json.loads(committed.read_text())["evaluation"]["table"]
     measured = [{**r, "avsr": round(r["avsr"] - 5.5, 1)} for r in measured]
     measured.append({"set": "heldout-2sent-names", "clips": 9, "avsr": 1.0, "whisper": 1.0})  # no card row
-    update_card(card, config, measured, "python -m recipes.avsr_tiny_en.run --line --slice 9", "2026-12-31")
+    update_card(card, config, measured, "python -m recipes.avsr_tiny_en.run --line --slice 9")
 
     after = tomllib.loads(card.read_text())
     parse_card(card, after, {})
@@ -301,6 +302,7 @@ def test_shipping_a_stack_2_candidate_rewrites_the_cards_rate_decoding_and_wer_r
     for name, dataset in CARD_ROWS.items():
         assert wer[dataset]["value"] == by_set[name]["avsr"] and wer[dataset]["audio_rate"] == 2
         assert wer[dataset]["source"].startswith("measured with `python -m recipes.avsr_tiny_en.run --line")
+        assert datetime.date.today().isoformat() in wer[dataset]["source"]
     assert str(by_set["heldout-clean"]["whisper"]) in wer[CARD_ROWS["heldout-clean"]]["source"]
 
 
