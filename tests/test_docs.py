@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from avsr_cli.cli.app import whisper_spelling
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -205,7 +207,10 @@ def check_command(args: list[str]) -> list[str]:
     for word in args[i + 1 :]:
         if word == "--":
             break
-        if re.match(r"^--[a-zA-Z]|^-[a-zA-Z]$", word) and word.split("=")[0] not in options:
+        name = word.split("=")[0]
+        if name.startswith("--"):  # as the command line reads it: whisper's spellings too
+            name = "--" + whisper_spelling(name[2:])
+        if re.match(r"^--[a-zA-Z]|^-[a-zA-Z]$", word) and name not in options:
             problems.append(f"{command} has no option {word.split('=')[0]}")
     return problems
 
@@ -224,6 +229,7 @@ def test_command_check_catches_unknown_commands_and_options():
         "transcribe has no option --no-such-flag"
     ]
     assert check_command(["transcibe", "a.wav"]) == ["unknown command 'transcibe'"]
+    assert check_command(["transcribe", "a.wav", "--output_dir", "o", "--beam_size=2"]) == []
     words = shell_commands(
         "AVSR_CHECKPOINT=x avsr transcribe a.wav | cat; torchrun -m avsr_cli evaluate d \\\n --snr 5"
     )

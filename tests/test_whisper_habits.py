@@ -156,6 +156,28 @@ def test_initial_prompt_reaches_the_model_and_a_long_one_is_refused(wav, tiny_ck
         assert len(lines) == 1 and "initial prompt is" in lines[0] and "224" in lines[0], r.stderr
 
 
+def test_openai_whispers_spellings_of_options_work(wav, tiny_ckpt, tmp_path):
+    """`--output_dir`, `--output_format`, `--logprob_threshold`, `--beam_size=N` as whisper spells them: the
+    same files as avsr's own spellings give; a misspelt one is still refused with the close names."""
+    common = ["transcribe", wav, "-c", tiny_ckpt, "-q"]
+    ours = run(
+        *common, "--output-dir", tmp_path / "ours", "--output-format", "json", "--max-new-tokens", "4",
+        "--logprob-threshold", "-0.5", "--num-beams", "2",
+    )  # fmt: skip
+    whisper = run(
+        *common, "--output_dir", tmp_path / "whisper", "--output_format", "json", "--max_new_tokens", "4",
+        "--logprob_threshold=-0.5", "--beam_size=2",
+    )  # fmt: skip
+    assert ours.exit_code == whisper.exit_code == 0, (ours.stderr, whisper.stderr)
+    theirs = json.loads((tmp_path / "whisper" / "tone.json").read_text())
+    mine = json.loads((tmp_path / "ours" / "tone.json").read_text())
+    assert theirs["options"]["decoding"]["num_beams"] == 2 and theirs["options"]["logprob_threshold"] == -0.5
+    for key in ("text", "segments", "options", "avg_logprob"):
+        assert theirs[key] == mine[key], key
+    wrong = run(*common, "--beam_sise", "2")
+    assert wrong.exit_code == 2 and "--num-beams" in wrong.stderr
+
+
 @pytest.mark.parametrize("command", ["transcribe", "export-subtitles"])
 def test_initial_prompt_shows_in_help(command):
     text = run(command, "--help", env={"COLUMNS": "200"}).stdout

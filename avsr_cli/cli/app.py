@@ -73,6 +73,17 @@ class Group(_WordPlaceholders, TyperGroup):
     """The `avsr` group with word placeholders."""
 
 
+# openai-whisper's names for our options (its --beam_size is our --num-beams)
+WHISPER_OPTION_NAMES = {"beam-size": "num-beams"}  # as click passes them: no leading dashes
+
+
+def whisper_spelling(token: str) -> str:
+    """An option name (or choice) as avsr spells it: openai-whisper writes its options with underscores
+    (--output_dir, --word_timestamps), and click compares names and choices after this normalisation."""
+    token = token.replace("_", "-")
+    return WHISPER_OPTION_NAMES.get(token, token)
+
+
 app = typer.Typer(
     name="avsr",
     cls=Group,
@@ -80,6 +91,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold tokens
     add_completion=True,  # --install-completion / --show-completion, as Typer gives them
+    context_settings={"token_normalize_func": whisper_spelling},  # inherited by every command
 )
 stderr = Console(stderr=True, highlight=False)
 STATE = {"debug": False}
