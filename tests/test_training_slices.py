@@ -251,7 +251,11 @@ def test_the_line_goes_on_from_its_committed_parameters(trained_ckpt, tmp_path, 
         config["decoding"]["num_beams"] == 1 and config["decoding"]["max_new_tokens"] == R.LINE_MAX_NEW_TOKENS
     )
     assert config["llm"]["cpu_matrices"] == shipped["llm"]["cpu_matrices"]
-    assert load_checkpoint(line).config.decoding.max_new_tokens == R.LINE_MAX_NEW_TOKENS  # a checkpoint
+    loaded = load_checkpoint(line).config.decoding  # a checkpoint
+    assert (loaded.max_new_tokens, loaded.no_repeat_ngram_size) == (
+        R.LINE_MAX_NEW_TOKENS,
+        R.LINE_NO_REPEAT_NGRAM,
+    )
     assert R.line_start(line, None)[:2] == ["--checkpoint", str(line)]
 
 
@@ -293,6 +297,7 @@ def test_shipping_a_stack_2_candidate_rewrites_the_cards_rate_decoding_and_wer_r
     config = json.loads((models / "avsr-tiny-en" / "config.json").read_text())
     config["compression"]["audio_rates"] = [2]
     config["decoding"]["max_new_tokens"] = 128
+    config["decoding"]["no_repeat_ngram_size"] = 4
     committed = Path(__file__).resolve().parents[1] / "recipes/avsr_tiny_en/shipped-evaluation.json"
     measured = json.loads(committed.read_text())["evaluation"]["table"]
     measured = [{**r, "avsr": round(r["avsr"] - 5.5, 1)} for r in measured]
@@ -302,7 +307,7 @@ def test_shipping_a_stack_2_candidate_rewrites_the_cards_rate_decoding_and_wer_r
     after = tomllib.loads(card.read_text())
     parse_card(card, after, {})
     assert after["compression"]["audio_rates"] == [2]
-    assert after["decoding"]["max_new_tokens"] == 128
+    assert after["decoding"]["max_new_tokens"] == 128 and after["decoding"]["no_repeat_ngram_size"] == 4
     assert after["notes"] == before["notes"] and after["parts"] == before["parts"]
     assert "# greedy: 4 beams" in card.read_text()  # comments kept
     by_set = {r["set"]: r for r in measured}
@@ -324,6 +329,6 @@ def test_the_built_in_cards_rate_and_decoding_are_its_checkpoints():
     config = json.loads((models / "avsr-tiny-en" / "config.json").read_text())
     assert card["compression"]["audio_rates"] == config["compression"]["audio_rates"]
     assert card["compression"]["mode"] == config["compression"]["mode"]
-    for key in ("num_beams", "max_new_tokens"):
-        assert card["decoding"][key] == config["decoding"][key]
+    for key in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
+        assert card["decoding"].get(key) == config["decoding"].get(key), key
     assert {row["audio_rate"] for row in card["wer"]} == set(config["compression"]["audio_rates"][:1])

@@ -24,7 +24,7 @@ CARD_ROWS = {
     "audioeval-en": "pytest-audioeval English clips (3)",
     "lrs3": "an LRS3 test clip (Omni-AVSR's example video), against Whisper base's transcript",
 }
-DECODING_KEYS = ("num_beams", "max_new_tokens")
+DECODING_KEYS = ("num_beams", "max_new_tokens", "no_repeat_ngram_size")
 
 
 def update_card(card: Path, config: dict, table: list[dict], command: str, date: str | None = None) -> None:
@@ -37,7 +37,10 @@ def update_card(card: Path, config: dict, table: list[dict], command: str, date:
     doc["compression"]["mode"] = config["compression"]["mode"]
     doc["compression"]["audio_rates"] = rates
     for key in DECODING_KEYS:
-        doc["decoding"][key] = config["decoding"][key]
+        if key in config["decoding"]:
+            doc["decoding"][key] = config["decoding"][key]
+        elif key in doc["decoding"]:
+            del doc["decoding"][key]
     day = date or datetime.date.today().isoformat()
     measured = {CARD_ROWS[r["set"]]: r for r in table if r["set"] in CARD_ROWS}
     rows = tomlkit.aot()

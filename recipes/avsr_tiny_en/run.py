@@ -203,14 +203,19 @@ def line_start(resume_from: Path | None, lr: float | None) -> list[str]:
 
 # 3-sentence clips hold up to 55 words, about 75 tokens: the base's 64 would cut them
 LINE_MAX_NEW_TOKENS = 128
+# the line loops in noise where the shipped model does not: after slice 5, 4-gram guard on/off: 5 dB babble
+# 71.7 against 83.9 %, clean 22.9 both, two-sentence clips 22.2 against 21.6 (docs/training.md)
+LINE_NO_REPEAT_NGRAM = 4
 
 
 def line_decoding(model_dir: Path) -> None:
     """Decode the line's candidate as the shipped model decodes (greedy, its CPU matrices), with room for
-    its longer clips."""
+    its longer clips and a guard against its loops."""
     shipped = json.loads((SHIPPED / "config.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
-    config["decoding"].update(num_beams=1, max_new_tokens=LINE_MAX_NEW_TOKENS)
+    config["decoding"].update(
+        num_beams=1, max_new_tokens=LINE_MAX_NEW_TOKENS, no_repeat_ngram_size=LINE_NO_REPEAT_NGRAM
+    )
     config["llm"]["cpu_matrices"] = shipped["llm"].get("cpu_matrices")
     (model_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
