@@ -286,7 +286,7 @@ def test_restacking_projects_pairs_of_like_frames_as_the_old_tokens(trained_ckpt
 
 def test_shipping_a_stack_2_candidate_rewrites_the_cards_rate_decoding_and_wer_rows(tmp_path):
     """card.py: the card takes the candidate's rate, decoding and measured WER, keeps its comments and
-    prose, and drops the rows measured on the old rate that the run did not measure again."""
+    prose, and drops the rows that the run did not measure again (the old adapter's numbers)."""
     from avsr_cli.checkpoints.zoo import parse_card, tomllib
     from recipes.avsr_tiny_en.card import CARD_ROWS, update_card
 
@@ -312,7 +312,7 @@ def test_shipping_a_stack_2_candidate_rewrites_the_cards_rate_decoding_and_wer_r
     assert "# greedy: 4 beams" in card.read_text()  # comments kept
     by_set = {r["set"]: r for r in measured}
     wer = {row["dataset"]: row for row in after["wer"]}
-    assert set(wer) == set(CARD_ROWS.values())  # the pytest-measured row at rate 4 is gone
+    assert set(wer) == set(CARD_ROWS.values())  # the row tests/test_default_model.py measured is gone
     for name, dataset in CARD_ROWS.items():
         assert wer[dataset]["value"] == by_set[name]["avsr"] and wer[dataset]["audio_rate"] == 2
         assert wer[dataset]["source"].startswith("measured with `python -m recipes.avsr_tiny_en.run --line")

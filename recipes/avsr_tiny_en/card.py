@@ -4,8 +4,8 @@ A shipped candidate may decode at another rate, beam count or token budget than 
 (the line stacks 2 frames, not 4), and its WER rows must be its own. `update_card` writes what a run
 measured into the card's machine-read fields and keeps its comments and prose (tomlkit, not a rewrite):
 [compression] and [decoding] from the candidate's config.json, each [[wer]] row that a set of the run's
-evaluation measures, and the rows no run measures dropped when they were taken at another rate (a number of
-another model). The prose in `notes` describes the recipe; a new recipe still needs its words reviewed.
+evaluation measures; rows the run did not measure are dropped (numbers of the adapter it replaces). The
+prose in `notes` describes the recipe; a new recipe still needs its words reviewed.
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ def update_card(card: Path, config: dict, table: list[dict], command: str, date:
     rows = tomlkit.aot()
     for row in doc.get("wer", []):
         result = measured.pop(row["dataset"], None)
-        if result is not None:
-            row["value"] = result["avsr"]
-            row["audio_rate"] = rates[0]
-            row["source"] = _source(command, day, result)
-        elif row.get("audio_rate") not in (None, rates[0]):
-            continue
+        if result is None:
+            continue  # a number of the adapter this one replaces
+        row["value"] = result["avsr"]
+        row["audio_rate"] = rates[0]
+        row["source"] = _source(command, day, result)
         rows.append(row)
     for dataset, result in measured.items():
         rows.append(
