@@ -158,8 +158,11 @@ def commit_evaluation(evaluation: dict, digest: str) -> None:
     SHIPPED_EVALUATION.write_text(json.dumps({"adapter": digest, "evaluation": evaluation}, indent=1) + "\n")
 
 
-def ship(run_dir: Path, slice_k: int, command: list[str], table: list[dict], card: Path = CARD) -> None:
-    """The candidate in `run_dir` -> models/avsr-tiny-en, and its card's rate, decoding and WER rows."""
+def ship(
+    run_dir: Path, slice_k: int, command: list[str], table: list[dict], measured_by: str, card: Path = CARD
+) -> None:
+    """The candidate in `run_dir` (trained by `command`) -> models/avsr-tiny-en, and its card's rate,
+    decoding and WER rows (`table`, measured by the command `measured_by`)."""
     parent = json.loads((SHIPPED / "training.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     summary = (
@@ -178,8 +181,7 @@ def ship(run_dir: Path, slice_k: int, command: list[str], table: list[dict], car
         "parent": parent,
     }
     (SHIPPED / "training.json").write_text(json.dumps(training, indent=1) + "\n")
-    run_command = portable(" ".join(["python -m recipes.avsr_tiny_en.run", *sys.argv[1:]]))
-    update_card(card, config, table, run_command)
+    update_card(card, config, table, portable(measured_by))
 
 
 def line_start(resume_from: Path | None, lr: float | None) -> list[str]:
@@ -370,7 +372,8 @@ def main() -> None:
     ok, why = better(candidate, shipped) if shipped["table"] else (False, "no shipped evaluation to compare")
     log.update(candidate=candidate, shipped=shipped, better=ok, why=why)
     if ok and args.ship:
-        ship(run_dir / "model", args.slice, ["avsr", *train_cmd[3:]], candidate["table"])
+        this_run = " ".join(["python -m recipes.avsr_tiny_en.run", *sys.argv[1:]])
+        ship(run_dir / "model", args.slice, ["avsr", *train_cmd[3:]], candidate["table"], this_run)
         commit_evaluation(candidate, adapter_digest(SHIPPED))
         log["shipped_to"] = str(SHIPPED)
     log["hours"] = round((time.time() - t0) / 3600, 2)
