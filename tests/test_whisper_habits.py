@@ -176,6 +176,7 @@ def test_openai_whispers_spellings_of_options_work(wav, tiny_ckpt, tmp_path):
         assert theirs[key] == mine[key], key
     wrong = run(*common, "--beam_sise", "2")
     assert wrong.exit_code == 2 and "--num-beams" in wrong.stderr
+    assert "--output_dir" in run("--help", env={"COLUMNS": "200"}).stdout  # said where users look
 
 
 @pytest.mark.parametrize("command", ["transcribe", "export-subtitles"])

@@ -87,7 +87,8 @@ def whisper_spelling(token: str) -> str:
 app = typer.Typer(
     name="avsr",
     cls=Group,
-    help="Transcribe speech from audio, lips, or both, with a multimodal LLM (Llama-AVSR family).",
+    help="Transcribe speech from audio, lips, or both, with a multimodal LLM (Llama-AVSR family).\n\n"
+    "Options also take openai-whisper's spellings: --output_dir, --word_timestamps, --beam_size.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold tokens
     add_completion=True,  # --install-completion / --show-completion, as Typer gives them
