@@ -28,7 +28,7 @@ CORPUS ?= $(HOME)/.cache/avsr/corpus/v2
 CORPUS_JOBS ?= 1
 TINY_OUT ?= runs/avsr-tiny-en
 
-.PHONY: venv install install-run system-deps test-system-deps report-screenshot test test-fast lint bench bench-deps man man-check clean demo corpus train-tiny gpu-check
+.PHONY: venv install install-run system-deps test-system-deps report-screenshot test test-fast lint bench bench-deps man man-check clean demo corpus recipe-deps train-tiny gpu-check
 
 # The environment itself (skipped when PYTHON names an existing interpreter).
 $(VENV)/bin/python:
@@ -121,13 +121,17 @@ demo: install-run
 # 40k everyday sentences from 8 freely licensed sources, ~20 offline voices, augmentation; the fortunes source and
 # two voices held out (recipes/avsr_tiny_en/README.md). About 2 hours on one core; resumable; installs
 # the Debian packages of recipes/avsr_tiny_en/APT_PACKAGES when run as root.
-corpus:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && xargs -a recipes/avsr_tiny_en/APT_PACKAGES apt-get install -y -qq >/dev/null; fi
-	$(PIP) install -q $$(cat recipes/avsr_tiny_en/PIP_PACKAGES)
+corpus: recipe-deps
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) -m recipes.avsr_tiny_en.text --out $(CORPUS)/text
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 19 $(PYTHON) -m recipes.avsr_tiny_en.build --out $(CORPUS) \
 	  --text $(CORPUS)/text/sentences.tsv --jobs $(CORPUS_JOBS)
+
+# What the recipe's text sources, voices and tools need (recipes/avsr_tiny_en/run.py checks for them): the Debian
+# packages when run as root, and the pip ones into the environment.
+recipe-deps: install-run
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && xargs -a recipes/avsr_tiny_en/APT_PACKAGES apt-get install -y -qq >/dev/null; fi
+	$(PIP) install -q $$(cat recipes/avsr_tiny_en/PIP_PACKAGES)
 
 # The shipped recipe, two runs, each resumable (run it again after a stop). Run 1: the clips listed in
 # models/avsr-tiny-en/training-clips.txt.gz, trimmed encoder windows, 1 CTC epoch then up to 3 LLM epochs;

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from recipes.avsr_tiny_en import build as B
 from recipes.avsr_tiny_en import slice as S
-from recipes.avsr_tiny_en.run import better
+from recipes.avsr_tiny_en.run import better, missing_packages, package_list
 
 pytest.importorskip("faker")  # the recipe's name lists (recipes/avsr_tiny_en/PIP_PACKAGES, the dev extra)
 
@@ -332,3 +333,12 @@ def test_the_built_in_cards_rate_and_decoding_are_its_checkpoints():
     for key in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
         assert card["decoding"].get(key) == config["decoding"].get(key), key
     assert {row["audio_rate"] for row in card["wer"]} == set(config["compression"]["audio_rates"][:1])
+
+
+def test_a_run_names_the_recipe_packages_it_misses():
+    apt, pip = package_list("APT_PACKAGES"), package_list("PIP_PACKAGES")
+    assert "wamerican" in apt and any(p.startswith("faker") for p in pip)
+    missing = missing_packages(["sox", "avsr-no-such-package"], ["numpy", "avsr-no-such-dist>=1"])
+    assert "avsr-no-such-dist" in missing and "numpy" not in missing
+    if shutil.which("dpkg-query"):  # Debian packages are checked only where dpkg can tell
+        assert "avsr-no-such-package" in missing

@@ -3,7 +3,8 @@
     python -m recipes.avsr_tiny_en.run --slice K [--clips 2000] [--replay 1000] [--epochs 2] [--ship]
     python -m recipes.avsr_tiny_en.run --line --slice K [--clips 3000] [--epochs 2] [--max-steps N]
 
-Needs nothing but the repository (it builds everything it needs; what it finds from an
+Needs the repository and the recipe's packages (`make recipe-deps`: APT_PACKAGES as root, PIP_PACKAGES; a
+run names the missing ones and stops before any work); it builds everything else (what it finds from an
 earlier run it reuses, as each step resumes):
 1. text.py (the sentence pool) when missing; build.py's evaluation splits and babble pools
    (`--only babble --only test --only test-babble5 --only val`);
@@ -62,6 +63,32 @@ LINE_AUDIO_RATE = 2
 # the shipped model's 1 epoch: 6 would take about 20 minutes on 2 cores (650 steps an epoch of 3,000 clips,
 # ~200 steps a minute), and the token CTC loss moved only from 8.2 to 7.5 over the first 400 steps
 LINE_CTC_EPOCHS = 1
+
+
+def missing_packages(apt: list[str], pip: list[str]) -> list[str]:
+    """The recipe's packages not installed here (Debian ones only where dpkg can tell)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    missing = []
+    if shutil.which("dpkg-query"):
+        for name in apt:
+            state = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True
+            ).stdout
+            if not state.endswith(" installed"):
+                missing.append(name)
+    for requirement in pip:
+        name = re.split(r"[=<>!~\[ ]", requirement, maxsplit=1)[0]
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def package_list(name: str) -> list[str]:
+    text = Path(__file__).with_name(name).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def step(log: dict, name: str, cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -273,6 +300,9 @@ def main() -> None:
         "--ship", action="store_true", help="replace models/avsr-tiny-en when the candidate is better"
     )
     args = ap.parse_args()
+    missing = missing_packages(package_list("APT_PACKAGES"), package_list("PIP_PACKAGES"))
+    if missing:
+        sys.exit(f"run.py: the recipe's packages are missing: {', '.join(missing)} (make recipe-deps)")
     py, corpus, jobs = sys.executable, args.corpus, str(args.threads)
     run_dir = args.runs / run_name(args.slice, args.line)
     run_dir.mkdir(parents=True, exist_ok=True)
