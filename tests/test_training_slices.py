@@ -342,3 +342,52 @@ def test_a_run_names_the_recipe_packages_it_misses():
     assert "avsr-no-such-dist" in missing and "numpy" not in missing
     if shutil.which("dpkg-query"):  # Debian packages are checked only where dpkg can tell
         assert "avsr-no-such-package" in missing
+
+
+def test_a_finished_line_run_ships_only_if_better_than_the_model_still_shipped(tmp_path, monkeypatch):
+    """run.py --ship-run NAME: the candidate replaces the shipped adapter, the card's rows and the committed
+    evaluation, and records the line's runs; a run found worse, or compared with another shipped model, or
+    whose parameters the line no longer holds, is refused with the reason."""
+    import shutil
+
+    from recipes.avsr_tiny_en import run as R
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(R.SHIPPED, shipped)
+    card = tmp_path / "avsr-tiny-en.toml"
+    shutil.copyfile(R.CARD, card)
+    line = tmp_path / "line"
+    shutil.copytree(R.LINE, line)
+    for name, value in (("SHIPPED", shipped), ("CARD", card), ("LINE", line)):
+        monkeypatch.setattr(R, name, value)
+    monkeypatch.setattr(R, "SHIPPED_EVALUATION", tmp_path / "shipped-evaluation.json")
+    run_dir = tmp_path / "runs" / "line-slice9-x"
+    shutil.copytree(line, run_dir / "model")
+    command = "avsr train --data slice-9 -o model"
+    R.commit_line(run_dir / "model", 9, command.split(), line)
+    candidate = table(**{"heldout-clean": 20.0, "heldout-2sent": 21.0})
+    for row in candidate["table"]:
+        row["whisper"] = 3.7
+    log = {"slice": 9, "line": str(line), "candidate": candidate, "train_command": command}
+    log |= {"measured_by": "python -m recipes.avsr_tiny_en.run --line --slice 9", "better": False}
+    log |= {
+        "why": "worse by more than 1 point on heldout-babble5",
+        "shipped_adapter": R.adapter_digest(shipped),
+    }
+    (run_dir / "run.json").write_text(json.dumps(log))
+    with pytest.raises(SystemExit, match="babble5"):
+        R.ship_run(run_dir)
+    (run_dir / "run.json").write_text(json.dumps({**log, "better": True, "shipped_adapter": "another"}))
+    with pytest.raises(SystemExit, match="shipped model changed"):
+        R.ship_run(run_dir)
+    (run_dir / "run.json").write_text(json.dumps({**log, "better": True, "train_command": "avsr train x"}))
+    with pytest.raises(SystemExit, match="another run"):
+        R.ship_run(run_dir)
+    assert R.adapter_digest(shipped) == log["shipped_adapter"]  # nothing shipped yet
+    (run_dir / "run.json").write_text(json.dumps({**log, "better": True}))
+    R.ship_run(run_dir)
+    assert (shipped / "adapter.safetensors").read_bytes() == (line / "adapter.safetensors").read_bytes()
+    training = json.loads((shipped / "training.json").read_text())
+    assert training["slice"] == 9 and training["line"][-1]["command"] == command
+    assert R.committed_evaluation(candidate, R.adapter_digest(shipped)) is not None
+    assert "20.0" in card.read_text() and json.loads((run_dir / "run.json").read_text())["shipped_to"]

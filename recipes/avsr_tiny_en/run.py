@@ -2,6 +2,7 @@
 
     python -m recipes.avsr_tiny_en.run --slice K [--clips 2000] [--replay 1000] [--epochs 2] [--ship]
     python -m recipes.avsr_tiny_en.run --line --slice K [--clips 3000] [--epochs 2] [--max-steps N]
+    python -m recipes.avsr_tiny_en.run --ship-run NAME   # ship a finished run that the rule found better
 
 Needs the repository and the recipe's packages (`make recipe-deps`: APT_PACKAGES as root, PIP_PACKAGES; a
 run names the missing ones and stops before any work); it builds everything else (what it finds from an
@@ -19,7 +20,8 @@ earlier run it reuses, as each step resumes):
 5. with --ship, the candidate replaces models/avsr-tiny-en (adapter, config, training.json) when it is
    better: lower WER on the clean held-out set or the two-sentence set, no set worse by more than 1 point
    (sets under 20 clips, LRS3's one and audioeval's three, are reported, not ruled on), and no fewer names
-   kept.
+   kept. Without --ship, `--ship-run NAME` applies that decision later, if the model the run was compared
+   with is still the shipped one (and, for a line run, the line still holds its parameters).
 Every step's wall time goes to RUN_DIR/run.json; the comparison to RUN_DIR/report.md.
 A run of 2,000 clips (about 5.8 h of speech) and 2 epochs takes about an hour on 2 cores.
 
@@ -186,10 +188,17 @@ def commit_evaluation(evaluation: dict, digest: str) -> None:
 
 
 def ship(
-    run_dir: Path, slice_k: int, command: list[str], table: list[dict], measured_by: str, card: Path = CARD
+    run_dir: Path,
+    slice_k: int,
+    command: str,
+    table: list[dict],
+    measured_by: str,
+    card: Path = CARD,
+    line_runs: list[dict] | None = None,
 ) -> None:
     """The candidate in `run_dir` (trained by `command`) -> models/avsr-tiny-en, and its card's rate,
-    decoding and WER rows (`table`, measured by the command `measured_by`)."""
+    decoding and WER rows (`table`, measured by the command `measured_by`); a line candidate records the
+    line's runs (`line_runs`), from the restack of the model it replaces to this one."""
     parent = json.loads((SHIPPED / "training.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     summary = (
@@ -204,11 +213,34 @@ def ship(
         "slice": slice_k,
         "steps": summary.get("steps"),
         "validations": summary.get("validations"),
-        "command": portable(" ".join(command)),
+        "command": portable(command),
+        **({"line": line_runs} if line_runs else {}),
         "parent": parent,
     }
     (SHIPPED / "training.json").write_text(json.dumps(training, indent=1) + "\n")
     update_card(card, config, table, portable(measured_by))
+
+
+def ship_run(run_dir: Path) -> str:
+    """Ship the candidate of a finished run (its run.json) that run.py's rule found better than the model
+    it was compared with, if that is still the shipped one."""
+    log = json.loads((run_dir / "run.json").read_text())
+    if not log.get("better"):
+        raise SystemExit(f"run.py: {run_dir}: not shipped: {log.get('why', 'the run did not finish')}")
+    if log.get("shipped_adapter") != adapter_digest(SHIPPED):
+        raise SystemExit(f"run.py: {run_dir}: the shipped model changed since this run compared with it")
+    line_runs = None
+    if log.get("line"):
+        line_runs = json.loads((LINE / "training.json").read_text())["runs"]
+        if line_runs[-1].get("command") != portable(log["train_command"]):
+            raise SystemExit(f"run.py: {run_dir}: {LINE} holds another run's parameters (commit this run's)")
+    candidate = log["candidate"]
+    table = candidate["table"]
+    ship(run_dir / "model", log["slice"], log["train_command"], table, log["measured_by"], CARD, line_runs)
+    commit_evaluation(candidate, adapter_digest(SHIPPED))
+    log["shipped_to"] = str(SHIPPED)
+    (run_dir / "run.json").write_text(json.dumps(log, indent=1) + "\n")
+    return log["why"]
 
 
 def line_start(resume_from: Path | None, lr: float | None) -> list[str]:
@@ -282,7 +314,7 @@ def commit_line(model_dir: Path, slice_k: int, command: list[str], line: Path = 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slice", type=int, required=True)
+    ap.add_argument("--slice", type=int)
     ap.add_argument("--clips", type=int, default=2000)
     # fine-tuning on a slice alone cost 1.6-2.2 points on one-sentence clips (docs/training.md)
     ap.add_argument(
@@ -299,7 +331,13 @@ def main() -> None:
     ap.add_argument(
         "--ship", action="store_true", help="replace models/avsr-tiny-en when the candidate is better"
     )
+    ap.add_argument("--ship-run", metavar="NAME", help="ship the finished run NAME (a folder of --runs)")
     args = ap.parse_args()
+    if args.ship_run:
+        print(f"shipped: {ship_run(args.runs / args.ship_run)}")
+        return
+    if args.slice is None:
+        ap.error("--slice is required")
     missing = missing_packages(package_list("APT_PACKAGES"), package_list("PIP_PACKAGES"))
     if missing:
         sys.exit(f"run.py: the recipe's packages are missing: {', '.join(missing)} (make recipe-deps)")
@@ -401,13 +439,13 @@ def main() -> None:
         shipped = {"table": [], "names": {}}
     ok, why = better(candidate, shipped) if shipped["table"] else (False, "no shipped evaluation to compare")
     log.update(candidate=candidate, shipped=shipped, better=ok, why=why)
-    if ok and args.ship:
-        this_run = " ".join(["python -m recipes.avsr_tiny_en.run", *sys.argv[1:]])
-        ship(run_dir / "model", args.slice, ["avsr", *train_cmd[3:]], candidate["table"], this_run)
-        commit_evaluation(candidate, adapter_digest(SHIPPED))
-        log["shipped_to"] = str(SHIPPED)
+    log["measured_by"] = " ".join(["python -m recipes.avsr_tiny_en.run", *sys.argv[1:]])
+    log["train_command"] = " ".join(["avsr", *train_cmd[3:]])
+    log["shipped_adapter"] = adapter_digest(SHIPPED)  # what the candidate was compared with
     log["hours"] = round((time.time() - t0) / 3600, 2)
     (run_dir / "run.json").write_text(json.dumps(log, indent=1) + "\n")
+    if ok and args.ship:
+        ship_run(run_dir)
     lines = [
         "| set | clips | candidate | shipped | Whisper base | deleted: candidate | shipped | Whisper |",
         "|---|---|---|---|---|---|---|---|",
