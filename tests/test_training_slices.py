@@ -375,6 +375,8 @@ def test_a_finished_line_run_ships_only_if_better_than_the_model_still_shipped(t
         "shipped_adapter": R.adapter_digest(shipped),
     }
     (run_dir / "run.json").write_text(json.dumps(log))
+    with pytest.raises(SystemExit, match="no finished run"):
+        R.ship_run(tmp_path / "runs" / "line-slice9-y")
     with pytest.raises(SystemExit, match="babble5"):
         R.ship_run(run_dir)
     (run_dir / "run.json").write_text(json.dumps({**log, "better": True, "shipped_adapter": "another"}))

@@ -224,6 +224,8 @@ def ship(
 def ship_run(run_dir: Path) -> str:
     """Ship the candidate of a finished run (its run.json) that run.py's rule found better than the model
     it was compared with, if that is still the shipped one."""
+    if not (run_dir / "run.json").is_file():
+        raise SystemExit(f"run.py: {run_dir}: no finished run there (run.json)")
     log = json.loads((run_dir / "run.json").read_text())
     if not log.get("better"):
         raise SystemExit(f"run.py: {run_dir}: not shipped: {log.get('why', 'the run did not finish')}")
@@ -334,6 +336,8 @@ def main() -> None:
     ap.add_argument("--ship-run", metavar="NAME", help="ship the finished run NAME (a folder of --runs)")
     args = ap.parse_args()
     if args.ship_run:
+        if args.ship_run in ("", ".", "..") or Path(args.ship_run).name != args.ship_run:
+            ap.error(f"--ship-run {args.ship_run!r}: a run's folder name in {args.runs}")
         print(f"shipped: {ship_run(args.runs / args.ship_run)}")
         return
     if args.slice is None:
