@@ -81,6 +81,13 @@ def video_decoder() -> str:
 _UPRIGHT = np.array([1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30], "<i4").tobytes()
 
 
+def _turned(side_data) -> bool:
+    """Whether a frame's side data holds a display matrix other than upright (a turned video)."""
+    # PyAV up to 18.1.0 iterates a frame's side data as the data; 18.1.1 as its types, a mapping's keys
+    entries = [side_data[k] if not hasattr(k, "type") else k for k in side_data]
+    return any(sd.type.name == "DISPLAYMATRIX" and bytes(sd) != _UPRIGHT for sd in entries)
+
+
 def _iter_video_pyav(
     path: str | os.PathLike, url: str, fps: float, size: tuple[int, int]
 ) -> Iterator[np.ndarray] | None:
@@ -105,7 +112,7 @@ def _iter_video_pyav(
         if first is None:
             container.close()
             return iter(())
-        if any(sd.type.name == "DISPLAYMATRIX" and bytes(sd) != _UPRIGHT for sd in first.side_data):
+        if _turned(first.side_data):
             container.close()
             return None
     except BaseException:
