@@ -221,8 +221,6 @@ def test_calibration_picks_the_highest_threshold_that_spares_nine_in_ten_exact_s
 def test_the_line_goes_on_from_its_committed_parameters(trained_ckpt, tmp_path, monkeypatch):
     """run.py --line: the first run starts from the base (stack 2, CTC stage); its parameters are written
     to the line folder, decoded as the shipped model decodes; the next run starts from them."""
-    import shutil
-
     from avsr_cli.checkpoints.loading import load_checkpoint
     from recipes.avsr_tiny_en import run as R
 
@@ -348,8 +346,6 @@ def test_a_finished_line_run_ships_only_if_better_than_the_model_still_shipped(t
     """run.py --ship-run NAME: the candidate replaces the shipped adapter, the card's rows and the committed
     evaluation, and records the line's runs; a run found worse, or compared with another shipped model, or
     whose parameters the line no longer holds, is refused with the reason."""
-    import shutil
-
     from recipes.avsr_tiny_en import run as R
 
     shipped = tmp_path / "shipped"

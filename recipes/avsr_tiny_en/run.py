@@ -89,8 +89,8 @@ def missing_packages(apt: list[str], pip: list[str]) -> list[str]:
 
 
 def package_list(name: str) -> list[str]:
-    text = Path(__file__).with_name(name).read_text()
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    """A package list of the recipe, split as the Makefile's recipe-deps splits it."""
+    return Path(__file__).with_name(name).read_text().split()
 
 
 def step(log: dict, name: str, cmd: list[str], **kw) -> subprocess.CompletedProcess:
