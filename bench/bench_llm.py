@@ -6,8 +6,9 @@ processes share the machine: the best run is the one they disturbed least):
               native_llm True (avsr) or False (transformers), from a fresh process (imports included);
   ms/token:   greedy_decode forced to decode `--tokens` tokens (no end token) after a prompt of the
               built-in model's length for a short clip, at batch 1 and 16; prefill excluded (a 1-token run
-              is subtracted). `avsr` keeps its matrices as loaded; `avsr-packed` packs them first, as a
-              process does once it has decoded 64 steps (LlamaDecoder.pack_after).
+              is subtracted). `avsr` keeps its matrices as loaded (the layers' packed, the output layer
+              plain); `avsr-packed` packs the output layer too, as a process does once it has decoded 64
+              steps (LlamaDecoder.pack_after).
 
     python -m bench.bench_llm [--tokens 32] [--repeats 3] [--json out.json]
 """

@@ -464,6 +464,41 @@ def test_threads_option_sizes_torch_ffmpeg_and_the_vad(tiny_ckpt, media):
         assert p.stdout.splitlines()[-1] == expected
 
 
+EXIT_PROBE = (
+    "import atexit, gc, sys\n"
+    "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"  # runs after the command ends
+    "from avsr_cli.cli import entrypoint\n"
+    "sys.argv = ['avsr', *sys.argv[1:]]\n"
+    "entrypoint()\n"
+)
+
+
+def test_the_cli_leaves_its_objects_out_of_the_last_collection(tiny_ckpt, media, tmp_path):
+    """As a command ends, the CLI freezes the objects it made (runtime.skip_final_collection), which Python's
+    exit would otherwise walk once more (0.3-0.4 s of a one-clip run), whether it succeeded or failed; the
+    exit code, the output and the one-line error are the command's."""
+    env = {**os.environ, "AVSR_CHECKPOINT": ""}
+    ok = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, "transcribe", str(media / "hello.wav"), "-c", str(tiny_ckpt)]
+        + ["--max-new-tokens", "2", "-o", str(tmp_path), "-f", "json", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "hello.json").read_text())["segments"]
+    frozen = int(ok.stdout.split()[-1])
+    assert frozen > 10_000  # torch's modules and the model
+    bad = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, "transcribe", str(tmp_path / "missing.wav"), "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode != 0 and "missing.wav" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert int(bad.stdout.split()[-1]) > 0
+
+
 def test_mediapipe_native_logs_stay_off_the_terminal(lrs3_clip, tmp_path):
     from avsr_cli.storage import find_package
 

@@ -378,3 +378,25 @@ def test_packed_matrices_compute_the_same_bits(llm_dir):
         assert torch.equal(ours.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="packed"):
         packed.stored_state()
+
+
+@pytest.mark.skipif(not can_pack(torch.bfloat16), reason="torch without oneDNN")
+def test_layers_packed_at_load_and_the_output_layer_later(llm_dir):
+    """As the built-in model loads: pack(head=False) packs the layers' matrices at once, the output layer
+    stays plain (no copy of the embedding) until pack_after's steps have run; the same bits throughout."""
+    plain = load_llm(llm_dir, None, torch.float32, native=True, matrices=torch.bfloat16)
+    packed = load_llm(llm_dir, None, torch.float32, native=True, matrices=torch.bfloat16)
+    packed.pack(head=False)
+    packed.pack_after(3)
+    assert packed.packed and packed.layers_packed and packed.head is None
+    assert not hasattr(packed.model.layers[0].mlp, "gate_proj")
+    embeds, mask = left_padded(48, [10, 6], seed=5)
+    short = (embeds, mask, plain.config.vocab_size - 1, 0, 2)
+    got, want = packed.greedy_decode(*short), plain.greedy_decode(*short)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert packed.head is None  # 2 steps: the output layer is not packed yet
+    args = (*short[:4], STEPS)
+    want = plain.greedy_decode(*args)
+    got = packed.greedy_decode(*args)
+    assert packed.head is not None
+    assert want[0].shape[1] > 4 and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))

@@ -64,6 +64,7 @@ def test_the_merged_decoder_is_kept_and_mapped_by_the_next_load(
     assert torch.equal(embed, map_safetensors(entry.path)[0]["model.embed_tokens.weight"])
     assert embed.dtype == torch.bfloat16
     assert first.llm.steps_before_packing == second.llm.steps_before_packing == loading.PACK_AFTER_STEPS
+    assert first.llm.layers_packed and second.llm.layers_packed and second.llm.head is None
     rng = np.random.RandomState(3)
     audio = [(0.1 * rng.randn(int(s * 16000))).astype(np.float32) for s in (1.0, 2.3)]
     feats = first.audio_frontend(audio)

@@ -15,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ..errors import AvsrError
-from ..runtime import return_freed_memory, set_cpu_threads
+from ..runtime import return_freed_memory, set_cpu_threads, skip_final_collection
 from ..version import __version__
 
 # Placeholders in --help and the man pages: words a person reads (FILE, N), not Python types (<path>, <int>).
@@ -180,4 +180,7 @@ def entrypoint() -> None:
     # machine (5 clips: 117 s with a competing job, 16 s passive); passive waiting costs nothing alone.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return_freed_memory()
-    app()
+    try:
+        app()
+    finally:
+        skip_final_collection()

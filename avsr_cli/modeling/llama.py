@@ -62,6 +62,7 @@ class LlamaDecoder(nn.Module):
         inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))
         self.register_buffer("inv_freq", inv_freq.to(embed.device), persistent=False)
         self.head: PackedMatrix | None = None  # the output layer, packed (`pack`)
+        self.layers_packed = False  # the layers' matrices, packed (`pack`)
         self.steps_before_packing: int | None = None  # pack_after
         self.requires_grad_(False)
 
@@ -73,20 +74,24 @@ class LlamaDecoder(nn.Module):
 
     @property
     def packed(self) -> bool:
-        return self.head is not None
+        """Whether any matrix is packed (`pack`): the plain ones are gone, and with them `stored_state`."""
+        return self.layers_packed or self.head is not None
 
-    def pack(self) -> None:
-        """Every bfloat16 matrix packed for oneDNN's products (PackedMatrix), the output layer as a packed
-        copy (the embedding stays for lookups)."""
-        for layer in self.model.layers:
-            layer.self_attn.pack()
-            layer.mlp.pack()
-        self.head = PackedMatrix(self.lm_head.weight)
+    def pack(self, head: bool = True) -> None:
+        """The bfloat16 matrices packed for oneDNN's products (PackedMatrix): the layers' (each replaces its
+        plain matrix), and with `head` the output layer as a packed copy (the embedding stays for lookups)."""
+        if not self.layers_packed:
+            for layer in self.model.layers:
+                layer.self_attn.pack()
+                layer.mlp.pack()
+            self.layers_packed = True
+        if head and self.head is None:
+            self.head = PackedMatrix(self.lm_head.weight)
 
     def pack_after(self, steps: int) -> None:
-        """Pack (`pack`) once this model has run `steps` decoding steps: packing SmolLM2-135M costs about what
-        packed products save in 16 tokens, so a short clip never pays it and a long file gains a third of
-        each later step."""
+        """Pack (`pack`) everything once this model has run `steps` decoding steps, the output layer included:
+        its packed copy of the embedding costs memory (57 MB for SmolLM2-135M), which only a long file's
+        steps repay."""
         self.steps_before_packing = steps
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -237,7 +242,7 @@ class LlamaDecoder(nn.Module):
         """Hidden states (before the final norm) of `x` (batch, length, hidden) at cache slots start.., its
         keys and values written into `cache`; `key_mask` (batch, start + length): the real slots so far, or
         None when every slot is real."""
-        if self.steps_before_packing is not None and not self.packed:
+        if self.steps_before_packing is not None and self.head is None:
             self.steps_before_packing -= 1
             if self.steps_before_packing < 0:
                 self.pack()

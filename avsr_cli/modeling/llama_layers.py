@@ -115,7 +115,10 @@ class Fused(nn.Module):
         return joined
 
     def weight(self) -> torch.Tensor:
-        """The joined matrix, joined again if a move or cast separated the layers' weights from it."""
+        """The joined matrix, joined again if a move or cast separated the layers' weights from it (packed:
+        an unpacked copy)."""
+        if self.packed is not None:
+            return self.packed.dense()
         joined = self._joined
         if joined is None or not self._views_of(joined):
             joined = self.join()
