@@ -499,6 +499,30 @@ def test_the_cli_leaves_its_objects_out_of_the_last_collection(tiny_ckpt, media,
     assert int(bad.stdout.split()[-1]) > 0
 
 
+PAUSE_PROBE = """
+import gc
+from avsr_cli.runtime import collection_paused
+def made():
+    return [[] for _ in range(50_000)]
+with collection_paused():
+    inside = gc.isenabled()
+    objects = made()
+print(inside, gc.isenabled(), gc.get_freeze_count() >= 50_000)
+gc.disable()
+with collection_paused():
+    pass
+print(gc.isenabled())
+"""
+
+
+def test_start_up_runs_without_the_garbage_collector():
+    """collection_paused (around importing torch and loading the model): no collection inside, what was made
+    there frozen after, and the collector as it was before (on, or off)."""
+    p = subprocess.run([sys.executable, "-c", PAUSE_PROBE], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["False", "True", "True", "False"]
+
+
 def test_mediapipe_native_logs_stay_off_the_terminal(lrs3_clip, tmp_path):
     from avsr_cli.storage import find_package
 

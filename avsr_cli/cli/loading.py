@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from ..modeling.config import CONFIG_FILE, ModelConfig
 from ..modeling.decoding import DecodingOptions
+from ..runtime import collection_paused
 from .app import fail, run_guarded, stderr
 
 
@@ -49,7 +50,8 @@ def checkpoint_config(checkpoint: str | None):
     from ..checkpoints.locate import find_checkpoint
 
     if checkpoint is None:
-        from ..checkpoints.loading import default_checkpoint
+        with collection_paused():  # importing torch
+            from ..checkpoints.loading import default_checkpoint
 
         path = run_guarded(default_checkpoint)
     else:
@@ -94,6 +96,11 @@ def check_language(language: str | None, checkpoint: str | None) -> None:
 
 def load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool, verbose: bool = False):
     """The model of --checkpoint, loaded once (errors become one-line messages)."""
+    with collection_paused():  # importing torch, then loading the model
+        return _load_transcriber(checkpoint, device, dtype, quiet, verbose)
+
+
+def _load_transcriber(checkpoint: str | None, device: str, dtype: str, quiet: bool, verbose: bool):
     # lazy: torch, which --help never needs
     from ..checkpoints.loading import DEFAULT_MODEL, default_checkpoint
     from ..tasks.transcribe import Transcriber
