@@ -62,7 +62,6 @@ class LlamaDecoder(nn.Module):
         inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))
         self.register_buffer("inv_freq", inv_freq.to(embed.device), persistent=False)
         self.head: PackedMatrix | None = None  # the output layer, packed (`pack`)
-        self.layers_packed = False  # the layers' matrices, packed (`pack`)
         self.steps_before_packing: int | None = None  # pack_after
         self.requires_grad_(False)
 
@@ -71,6 +70,11 @@ class LlamaDecoder(nn.Module):
         """The dtype of the residual stream, the norms and the key/value cache (the matrices may be stored in
         a narrower one: `from_dir(matrices=...)`)."""
         return self.model.norm.weight.dtype
+
+    @property
+    def layers_packed(self) -> bool:
+        """Whether the layers' matrices are packed (`pack` packs them all at once)."""
+        return any(layer.mlp.packed is not None for layer in self.model.layers)
 
     @property
     def packed(self) -> bool:
@@ -84,7 +88,6 @@ class LlamaDecoder(nn.Module):
             for layer in self.model.layers:
                 layer.self_attn.pack()
                 layer.mlp.pack()
-            self.layers_packed = True
         if head and self.head is None:
             self.head = PackedMatrix(self.lm_head.weight)
 
