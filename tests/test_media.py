@@ -6,6 +6,7 @@ import itertools
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -384,3 +385,76 @@ def test_video_decoder_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(avsr_cli.storage, "find_package", lambda name: None)  # PyAV not installed
     assert video.video_decoder() == "ffmpeg"
+
+
+@pytest.fixture
+def main_thread_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The probes and audio decodes run by the main thread (a prefetch runs them in its own)."""
+    import threading
+
+    calls: list[str] = []
+    monkeypatch.setattr(media, "_prefetched", None)
+    for name in ("_probe", "_iter_audio"):
+
+        def counted(*args, _real=getattr(media, name), _name=name, **kwargs):
+            if threading.current_thread() is threading.main_thread():
+                calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(media, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["av.mp4", "mono.wav"])
+def test_a_prefetched_file_is_probed_and_decoded_once(files: Path, name: str, main_thread_decodes) -> None:
+    path = files / name
+    info, whole = probe(path), list(iter_audio(path))
+    main_thread_decodes.clear()
+    media.prefetch(path)
+    assert probe(str(path)) == replace(info, path=Path(str(path)))
+    blocks = list(iter_audio(path))
+    assert main_thread_decodes == []  # both taken from the prefetch
+    assert len(blocks) == len(whole) and all(np.array_equal(a, b) for a, b in zip(blocks, whole, strict=True))
+    again = list(iter_audio(path))  # the samples are taken once: a second reading decodes
+    assert main_thread_decodes == ["_iter_audio"]
+    assert all(np.array_equal(a, b) for a, b in zip(again, whole, strict=True))
+
+
+def test_a_prefetch_of_a_file_changed_since_is_not_used(
+    files: Path, tmp_path: Path, main_thread_decodes
+) -> None:
+    path = tmp_path / "clip.wav"
+    shutil.copy(files / "mono.wav", path)
+    media.prefetch(path)
+    assert probe(path).audio_sample_rate == 16000
+    shutil.copy(files / "8k.wav", path)
+    assert probe(path).audio_sample_rate == 8000
+    assert np.array_equal(np.concatenate(list(iter_audio(path))), load_audio(files / "8k.wav"))
+    assert main_thread_decodes == ["_probe", "_iter_audio"]
+
+
+def test_a_prefetch_keeps_no_audio_beyond_its_limit(
+    files: Path, monkeypatch: pytest.MonkeyPatch, main_thread_decodes
+) -> None:
+    monkeypatch.setattr(media, "PREFETCH_SECONDS", DUR / 2)
+    media.prefetch(files / "mp3.mp3")
+    probe(files / "mp3.mp3")
+    assert np.array_equal(np.concatenate(list(iter_audio(files / "mp3.mp3"))), load_audio(files / "mp3.mp3"))
+    assert main_thread_decodes == ["_iter_audio"]  # the probe was prefetched, the audio decoded here
+
+
+@pytest.mark.parametrize("name", ["garbage.mp4", "truncated.mp4", "silent.mp4"])
+def test_a_failed_prefetch_leaves_the_error_to_the_caller(
+    files: Path, name: str, main_thread_decodes
+) -> None:
+    errors = []
+    for prefetched in (False, True):
+        if prefetched:
+            media.prefetch(files / name)
+        try:
+            info = probe(files / name)
+            list(iter_audio(files / name))
+            errors.append(f"probed {info.has_audio}")
+        except MediaError as exc:
+            errors.append(str(exc))
+    assert errors[0] == errors[1] and "probed True" not in errors

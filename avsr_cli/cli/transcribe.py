@@ -304,13 +304,18 @@ def run_command(
     cue_options=None,
 ) -> None:
     """Everything both commands do: check the request, plan the outputs, load the model, run the files."""
-    from ..tasks.writers import check_output_dir, plan_outputs  # lazy: numpy, which --help never needs
+    # lazy: numpy, which --help never needs
+    from ..frontends.media import prefetch
+    from ..tasks.writers import check_output_dir, plan_outputs
 
     chosen = chosen_formats(formats, output_dir, len(files))
     if output_dir is not None:
         run_guarded(check_output_dir, output_dir)
     if sum(str(f) == STDIN for f in files) > 1:
         raise fail("- (standard input) can be given once")
+    if files and str(files[0]) != STDIN:
+        # the first file's probe and audio decoded while torch is imported and the model loads
+        prefetch(files[0], audio=options.mode in ("auto", "asr"))
     config = checkpoint_config(checkpoint)
     check_modes(config, [] if options.mode == "auto" else [options.mode])  # before any model loads
     if options.word_timestamps and options.aligner is not None:

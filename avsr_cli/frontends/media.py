@@ -6,7 +6,8 @@ Decoding runs the ffmpeg binary (the one on PATH, else imageio-ffmpeg's), as ope
 Paths reach ffmpeg as absolute ``file:`` URLs, so names such as ``-clip.wav`` or ``a:b.mp4`` are safe.
 WAV and FLAC files that need no conversion are read in-process by libsndfile (soundfile) instead: the same
 samples, without two subprocesses per file.
-Every failure is a one-line `MediaError` naming the file and the problem.
+Every failure is a one-line `MediaError` naming the file and the problem. `prefetch` probes and decodes a
+file in a background thread, for a caller that has other work to do first (the CLI: importing torch).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 try:
@@ -280,6 +283,16 @@ def iter_audio(
     """
     if block_size < 1:
         raise ValueError("block_size must be >= 1")
+    if sample_rate == SAMPLE_RATE and block_size == AUDIO_BLOCK:
+        job = _prefetched_for(path)
+        blocks = job.take_blocks() if job is not None else None
+        if blocks is not None:
+            yield from blocks
+            return
+    yield from _iter_audio(path, sample_rate, block_size)
+
+
+def _iter_audio(path: str | os.PathLike, sample_rate: int, block_size: int) -> Iterator[np.ndarray]:
     url = input_url(path)
     if _in_process(path, sample_rate):
         blocks = _read_blocks(path, block_size)
@@ -338,6 +351,13 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 160
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Read the streams of `path`: a WAV or FLAC header in-process, anything else with ffprobe, or by parsing
     ``ffmpeg -i`` when ffprobe is absent."""
+    job = _prefetched_for(path)
+    if job is not None and job.info is not None:
+        return replace(job.info, path=Path(path))
+    return _probe(path)
+
+
+def _probe(path: str | os.PathLike) -> MediaInfo:
     url = input_url(path)
     sound = _sound_file_info(path)
     ffprobe = None if sound is not None else find_ffprobe()
@@ -453,3 +473,79 @@ def _probe_ffmpeg(path: str | os.PathLike, url: str) -> MediaInfo:
         height=height,
         n_frames=_frames(None, duration, fps) if video else None,
     )
+
+
+# -- prefetch ----------------------------------------------------------------------------------------------
+
+PREFETCH_SECONDS = 30.0  # the most audio a prefetch keeps; a longer file is decoded again when it is used
+
+
+@dataclass
+class _Prefetch:
+    """What a background thread learnt of one file, identified by `key` (_file_key)."""
+
+    key: tuple[int, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+    info: MediaInfo | None = None
+    blocks: list[np.ndarray] | None = None  # iter_audio's blocks, the whole stream
+
+    def take_blocks(self) -> list[np.ndarray] | None:
+        blocks, self.blocks = self.blocks, None  # once: a second reading decodes again
+        return blocks
+
+
+_prefetched: _Prefetch | None = None
+
+
+def prefetch(path: str | os.PathLike, audio: bool = True) -> None:
+    """Probe `path` and, with `audio`, decode up to PREFETCH_SECONDS of its audio in a background thread,
+    beside what the caller does next (the CLI: importing torch and loading the model, while ffprobe and
+    ffmpeg run on another core). `probe` and `iter_audio` of the same unchanged file then wait for the thread
+    and take its results; whatever it could not do (an error, a longer file) they do as usual, errors
+    included. One file at a time: a new call replaces the last."""
+    global _prefetched
+    try:
+        key = _file_key(path)
+    except OSError:
+        return
+    job = _prefetched = _Prefetch(key)
+    threading.Thread(target=_run_prefetch, args=(job, path, audio), name="avsr-prefetch", daemon=True).start()
+
+
+def _run_prefetch(job: _Prefetch, path: str | os.PathLike, audio: bool) -> None:
+    try:
+        job.info = _probe(path)
+        if audio and job.info.has_audio:
+            blocks, samples = [], 0
+            with closing(_iter_audio(path, SAMPLE_RATE, AUDIO_BLOCK)) as stream:  # closed early: ffmpeg stops
+                for block in stream:
+                    samples += len(block)
+                    if samples > PREFETCH_SECONDS * SAMPLE_RATE:
+                        return
+                    blocks.append(block)
+            job.blocks = blocks
+    except Exception:  # noqa: BLE001 - the caller does the same work again and reports what fails
+        return
+    finally:
+        job.done.set()
+
+
+def _prefetched_for(path: str | os.PathLike) -> _Prefetch | None:
+    """The prefetch of `path` if one was started for this very file, unchanged since (finished first)."""
+    job = _prefetched
+    if job is None:
+        return None
+    try:
+        if _file_key(path) != job.key:
+            return None
+    except OSError:
+        return None
+    job.done.wait()
+    return job
+
+
+def _file_key(path: str | os.PathLike) -> tuple[int, ...]:
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device is never opened ahead of its checks
+        raise OSError(f"{path}: not a regular file")
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

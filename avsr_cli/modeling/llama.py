@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .llama_config import LlamaSettings, SafetensorsReader, expected_shapes, unsupported
-from .llama_layers import GATE_UP, QKV, Body, Layer, PackedMatrix, RMSNorm, apply, product
+from .llama_layers import GATE_UP, QKV, Body, GivenLinear, Layer, PackedMatrix, RMSNorm, apply, product
 
 __all__ = ["LlamaDecoder", "LlamaSettings", "unsupported"]
 
@@ -53,7 +53,7 @@ class LlamaDecoder(nn.Module):
         embed = weights["model.embed_tokens.weight"]
         self.model = Body(embed, layers, RMSNorm(weights["model.norm.weight"], s.rms_norm_eps))
         head = embed if s.tie_word_embeddings else weights["lm_head.weight"]
-        self.lm_head = nn.Linear(s.hidden_size, head.shape[0], bias=False, device="meta")
+        self.lm_head = GivenLinear(s.hidden_size, head.shape[0], bias=False, device="meta")
         if s.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         else:
