@@ -4,17 +4,20 @@ On a small machine every pool sized on its own oversubscribes the cores (torch, 
 start one), and OpenMP threads that spin at barriers collapse under load: the CLI also sets a passive
 OpenMP wait policy before torch loads (cli.app.entrypoint). The process's other settings: malloc hands freed
 memory back at once (`return_freed_memory`), and Python's garbage collector stays out of start-up
-(`collection_paused`) and of the exit (`skip_final_collection`).
+(`collection_paused`) and of the exit (`skip_final_collection`), and a finished command ends without
+tearing the interpreter down (`end_process`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
 import gc
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -118,6 +121,31 @@ def skip_final_collection() -> None:
     0.3-0.4 s of a one-clip `avsr transcribe`. The process is ending, so it would free nothing the exit does
     not; atexit handlers, stream flushes and module teardown still run."""
     gc.freeze()
+
+
+def end_process(code: object) -> None:
+    """Exit as `sys.exit(code)` would, without tearing the interpreter down: the helper threads finish their
+    work, atexit handlers run and the standard streams are flushed, then the process ends (os._exit).
+    Tearing down torch's modules and the model's objects took 0.11-0.16 s of every call, and frees nothing
+    an ending process needs. Returns (the caller then exits as usual) while a thread it did not start runs."""
+    for helper in _helpers.values():
+        helper.shutdown(wait=True)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter runs before its teardown
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # as SystemExit: a message on stderr, status 1
+        print(code, file=sys.stderr)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # a closed pipe: Python's own exit says 120
+            status = status or 120
+    os._exit(status)
 
 
 def cuda_device_for(local_rank: int) -> str:

@@ -464,39 +464,67 @@ def test_threads_option_sizes_torch_ffmpeg_and_the_vad(tiny_ckpt, media):
         assert p.stdout.splitlines()[-1] == expected
 
 
-EXIT_PROBE = (
-    "import atexit, gc, sys\n"
-    "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"  # runs after the command ends
-    "from avsr_cli.cli import entrypoint\n"
-    "sys.argv = ['avsr', *sys.argv[1:]]\n"
-    "entrypoint()\n"
-)
+EXIT_PROBE = """
+import atexit, gc, os, sys, threading, time
+atexit.register(lambda: print("frozen", gc.get_freeze_count()))  # runs after the command ends
 
 
-def test_the_cli_leaves_its_objects_out_of_the_last_collection(tiny_ckpt, media, tmp_path):
-    """As a command ends, the CLI freezes the objects it made (runtime.skip_final_collection), which Python's
-    exit would otherwise walk once more (0.3-0.4 s of a one-clip run), whether it succeeded or failed; the
-    exit code, the output and the one-line error are the command's."""
+
+def outlive(marker):  # a thread the CLI did not start, still running as the command ends
+    while not os.path.exists(marker):  # the command's output, written as it ends
+        time.sleep(0.02)
+    time.sleep(2)
+    print("thread done", flush=True)
+
+
+if os.environ.get("PROBE_THREAD"):
+    threading.Thread(target=outlive, args=(os.environ["PROBE_THREAD"],)).start()
+from avsr_cli.cli import entrypoint
+sys.argv = ["avsr", *sys.argv[1:]]
+entrypoint()
+"""
+
+
+def test_the_cli_ends_without_tearing_the_interpreter_down(tiny_ckpt, media, tmp_path):
+    """As a command ends, the CLI freezes the objects it made (runtime.skip_final_collection), then ends the
+    process without the interpreter's teardown (runtime.end_process): atexit handlers run, the output is
+    flushed, and the exit code and the one-line error are the command's, whether it succeeded or failed.
+    A thread it did not start is waited for, and the exit is then the usual one."""
     env = {**os.environ, "AVSR_CHECKPOINT": ""}
-    ok = subprocess.run(
-        [sys.executable, "-c", EXIT_PROBE, "transcribe", str(media / "hello.wav"), "-c", str(tiny_ckpt)]
-        + ["--max-new-tokens", "2", "-o", str(tmp_path), "-f", "json", "-q"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    transcribe = ["transcribe", str(media / "hello.wav"), "-c", str(tiny_ckpt), "--max-new-tokens", "2"]
+
+    def run(*args: str, verbose: bool = False, **extra: str) -> subprocess.CompletedProcess:
+        # python -v also says each module it cleans up as the interpreter is torn down ("# cleanup[...")
+        command = [sys.executable, *(["-v"] if verbose else []), "-c", EXIT_PROBE, *args]
+        return subprocess.run(command, capture_output=True, text=True, env={**env, **extra})
+
+    ok = run(*transcribe, "-o", str(tmp_path), "-f", "json", "-q", verbose=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "hello.json").read_text())["segments"]
-    frozen = int(ok.stdout.split()[-1])
-    assert frozen > 10_000  # torch's modules and the model
-    bad = subprocess.run(
-        [sys.executable, "-c", EXIT_PROBE, "transcribe", str(tmp_path / "missing.wav"), "-q"],
-        capture_output=True,
-        text=True,
-        env=env,
+    frozen = [int(line.split()[1]) for line in ok.stdout.splitlines() if line.startswith("frozen")]
+    assert frozen and frozen[0] > 10_000  # torch's modules and the model
+    assert "# cleanup[" not in ok.stderr
+    printed = run(*transcribe, "-f", "txt")  # the transcript on a pipe, flushed
+    assert printed.returncode == 0 and printed.stdout.splitlines()[0].strip()
+    assert printed.stdout.splitlines()[-1].startswith("frozen")
+    bad = run("transcribe", str(tmp_path / "missing.wav"), "-q")
+    assert bad.returncode == 1 and "missing.wav" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert "frozen" in bad.stdout
+    usage = run("transcribe", str(media / "hello.wav"), "--threads", "0", verbose=True)
+    assert usage.returncode == 2 and "--threads" in usage.stderr and "# cleanup[" not in usage.stderr
+    (tmp_path / "hello.json").unlink()
+    waited = run(
+        *transcribe,
+        "-o",
+        str(tmp_path),
+        "-f",
+        "json",
+        "-q",
+        verbose=True,
+        PROBE_THREAD=str(tmp_path / "hello.json"),
     )
-    assert bad.returncode != 0 and "missing.wav" in bad.stderr and len(bad.stderr.splitlines()) == 1
-    assert int(bad.stdout.split()[-1]) > 0
+    assert waited.returncode == 0
+    assert "thread done" in waited.stdout and "frozen" in waited.stdout and "# cleanup[" in waited.stderr
 
 
 PAUSE_PROBE = """

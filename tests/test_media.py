@@ -394,6 +394,7 @@ def main_thread_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     calls: list[str] = []
     monkeypatch.setattr(media, "_prefetched", None)
+    monkeypatch.setattr(media, "cpu_threads", lambda: 2)  # a prefetch needs a second core
     for name in ("_probe", "_iter_audio"):
 
         def counted(*args, _real=getattr(media, name), _name=name, **kwargs):
@@ -458,3 +459,13 @@ def test_a_failed_prefetch_leaves_the_error_to_the_caller(
         except MediaError as exc:
             errors.append(str(exc))
     assert errors[0] == errors[1] and "probed True" not in errors
+
+
+def test_nothing_is_prefetched_on_one_core(
+    files: Path, monkeypatch: pytest.MonkeyPatch, main_thread_decodes
+) -> None:
+    monkeypatch.setattr(media, "cpu_threads", lambda: 1)
+    media.prefetch(files / "av.mp4")
+    probe(files / "av.mp4")
+    list(iter_audio(files / "av.mp4"))
+    assert main_thread_decodes == ["_probe", "_iter_audio"]

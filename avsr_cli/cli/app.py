@@ -15,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ..errors import AvsrError
-from ..runtime import return_freed_memory, set_cpu_threads, skip_final_collection
+from ..runtime import end_process, return_freed_memory, set_cpu_threads, skip_final_collection
 from ..version import __version__
 
 # Placeholders in --help and the man pages: words a person reads (FILE, N), not Python types (<path>, <int>).
@@ -182,5 +182,9 @@ def entrypoint() -> None:
     return_freed_memory()
     try:
         app()
+    except SystemExit as exc:
+        skip_final_collection()
+        end_process(exc.code)
+        raise
     finally:
         skip_final_collection()

@@ -7,7 +7,7 @@ Paths reach ffmpeg as absolute ``file:`` URLs, so names such as ``-clip.wav`` or
 WAV and FLAC files that need no conversion are read in-process by libsndfile (soundfile) instead: the same
 samples, without two subprocesses per file.
 Every failure is a one-line `MediaError` naming the file and the problem. `prefetch` probes and decodes a
-file in a background thread, for a caller that has other work to do first (the CLI: importing torch).
+file on the helper thread, for a caller that has other work to do first (the CLI: importing torch).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 try:
@@ -34,7 +34,7 @@ import numpy as np
 import soundfile
 
 from ..errors import MediaError
-from ..runtime import cpu_threads
+from ..runtime import cpu_threads, helper_thread
 from ..storage import atomic_path, display_name
 
 # Llama-AVSR / auto_avsr preprocessing: 16 kHz mono audio, 25 fps video, i.e. 640 audio samples per frame.
@@ -485,7 +485,7 @@ class _Prefetch:
     """What a background thread learnt of one file, identified by `key` (_file_key)."""
 
     key: tuple[int, ...]
-    done: threading.Event = field(default_factory=threading.Event)
+    done: Future | None = None
     info: MediaInfo | None = None
     blocks: list[np.ndarray] | None = None  # iter_audio's blocks, the whole stream
 
@@ -498,18 +498,20 @@ _prefetched: _Prefetch | None = None
 
 
 def prefetch(path: str | os.PathLike, audio: bool = True) -> None:
-    """Probe `path` and, with `audio`, decode up to PREFETCH_SECONDS of its audio in a background thread,
+    """Probe `path` and, with `audio`, decode up to PREFETCH_SECONDS of its audio on the helper thread,
     beside what the caller does next (the CLI: importing torch and loading the model, while ffprobe and
-    ffmpeg run on another core). `probe` and `iter_audio` of the same unchanged file then wait for the thread
-    and take its results; whatever it could not do (an error, a longer file) they do as usual, errors
-    included. One file at a time: a new call replaces the last."""
+    ffmpeg run on another core). `probe` and `iter_audio` of the same unchanged file then wait for it and
+    take its results; whatever it could not do (an error, a longer file) they do as usual, errors included.
+    One file at a time: a new call replaces the last. Nothing is done ahead on a single core."""
     global _prefetched
+    if cpu_threads() < 2:
+        return
     try:
         key = _file_key(path)
     except OSError:
         return
     job = _prefetched = _Prefetch(key)
-    threading.Thread(target=_run_prefetch, args=(job, path, audio), name="avsr-prefetch", daemon=True).start()
+    job.done = helper_thread("media").submit(_run_prefetch, job, path, audio)
 
 
 def _run_prefetch(job: _Prefetch, path: str | os.PathLike, audio: bool) -> None:
@@ -526,21 +528,19 @@ def _run_prefetch(job: _Prefetch, path: str | os.PathLike, audio: bool) -> None:
             job.blocks = blocks
     except Exception:  # noqa: BLE001 - the caller does the same work again and reports what fails
         return
-    finally:
-        job.done.set()
 
 
 def _prefetched_for(path: str | os.PathLike) -> _Prefetch | None:
     """The prefetch of `path` if one was started for this very file, unchanged since (finished first)."""
     job = _prefetched
-    if job is None:
+    if job is None or job.done is None:
         return None
     try:
         if _file_key(path) != job.key:
             return None
     except OSError:
         return None
-    job.done.wait()
+    job.done.result()
     return job
 
 
