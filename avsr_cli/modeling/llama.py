@@ -255,7 +255,7 @@ class LlamaDecoder(nn.Module):
         cos, sin = self._rotary(positions, x.dtype)
         cos, sin = cos[:, None], sin[:, None]
         n_q, n_kv, d = s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim, s.head_dim
-        groups = s.num_attention_heads // s.num_key_value_heads
+        heads, groups = s.num_attention_heads, s.num_attention_heads // s.num_key_value_heads
         if key_mask is None and start > 0 and length > 1:  # sdpa's is_causal aligns queries with keys' start
             key_mask = torch.ones(batch, end, dtype=torch.bool, device=x.device)
         mask = None
@@ -269,14 +269,15 @@ class LlamaDecoder(nn.Module):
         for i, layer in enumerate(self.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
-            q, k, v = attn.product(h).split([n_q, n_kv, n_kv], dim=-1)
-            q = q.view(batch, length, -1, d).transpose(1, 2)
-            k = k.view(batch, length, -1, d).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            # The products in the matrices' dtype: the rotary arithmetic and the cache's copy widen them to
+            # the stream's exactly. Queries and keys are rotated together (the same arithmetic, element-wise).
+            qkv = attn.product(h, narrow=True)
+            qk = qkv[..., : n_q + n_kv].view(batch, length, -1, d).transpose(1, 2)
+            qk = qk * cos + _rotate_half(qk) * sin
+            q, k = qk[:, :heads], qk[:, heads:]
             keys, values = cache.keys[i], cache.values[i]
             keys[:, :, start:end] = k
-            values[:, :, start:end] = v.view(batch, length, -1, d).transpose(1, 2)
+            values[:, :, start:end] = qkv[..., n_q + n_kv :].view(batch, length, -1, d).transpose(1, 2)
             keys, values = keys[:, :, :end], values[:, :, :end]
             if length == 1:
                 # One query: the heads sharing a key/value head become that head's query rows (one product
@@ -288,10 +289,10 @@ class LlamaDecoder(nn.Module):
                 keys, values = _repeat(keys, groups), _repeat(values, groups)
                 out = F.scaled_dot_product_attention(q, keys, values, mask)
             out = out.reshape(batch, -1, length, d).transpose(1, 2).reshape(batch, length, -1)
-            x = x + apply(attn.o_proj, out)
+            x = x + apply(attn.o_proj, out, narrow=True)
             h = layer.post_attention_layernorm(x)
             gate, up = mlp.product(h).chunk(2, dim=-1)
-            x = x + apply(mlp.down_proj, F.silu(gate) * up)
+            x = x + apply(mlp.down_proj, F.silu(gate) * up, narrow=True)
         return x
 
     # -- greedy decoding ----------------------------------------------------------------------------

@@ -25,10 +25,13 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def product(x: torch.Tensor, weight: torch.Tensor, narrow: bool = False) -> torch.Tensor:
     """x @ weight.T in the weight's dtype, returned in x's: with bfloat16 matrices under a float32 residual
-    stream (`LlamaDecoder.from_dir(matrices=...)`), only the products round; with one dtype it is F.linear."""
-    return F.linear(x.to(weight.dtype), weight).to(x.dtype)
+    stream (`LlamaDecoder.from_dir(matrices=...)`), only the products round; with one dtype it is F.linear.
+    `narrow`: left in the weight's dtype, for a caller whose next float32 operation widens it exactly as
+    `.to` would (type promotion converts each operand before the arithmetic)."""
+    out = F.linear(x.to(weight.dtype), weight)
+    return out if narrow else out.to(x.dtype)
 
 
 def can_pack(dtype: torch.dtype) -> bool:
@@ -47,17 +50,19 @@ class PackedMatrix(nn.Module):
         # batch-size hint 1: the layout for one row at a time, which is also fastest at 16 and 128 rows
         self.matrix = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, narrow: bool = False) -> torch.Tensor:
         out = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.matrix, None, "none", [], "")
-        return out.to(x.dtype)
+        return out if narrow else out.to(x.dtype)
 
     def dense(self) -> torch.Tensor:
         return self.matrix.to_dense()
 
 
-def apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """x times a projection: a bias-free nn.Linear or a PackedMatrix."""
-    return layer(x) if isinstance(layer, PackedMatrix) else product(x, layer.weight)
+def apply(layer: nn.Module, x: torch.Tensor, narrow: bool = False) -> torch.Tensor:
+    """x times a projection: a bias-free nn.Linear or a PackedMatrix (`narrow`: as in `product`)."""
+    if isinstance(layer, PackedMatrix):
+        return layer.forward(x, narrow)
+    return product(x, layer.weight, narrow)
 
 
 class GivenLinear(nn.Linear):
@@ -97,8 +102,10 @@ class Fused(nn.Module):
         self._joined: torch.Tensor | None = None
         self.join(joined)
 
-    def product(self, x: torch.Tensor) -> torch.Tensor:
-        return self.packed(x) if self.packed is not None else product(x, self.weight())
+    def product(self, x: torch.Tensor, narrow: bool = False) -> torch.Tensor:
+        if self.packed is not None:
+            return self.packed.forward(x, narrow)
+        return product(x, self.weight(), narrow)
 
     def pack(self) -> None:
         self.packed = PackedMatrix(self.weight())
