@@ -281,6 +281,11 @@ def test_bfloat16_matrices_under_a_float32_stream(llm_dir):
     # a random model's choices become near-ties as it runs on: the first tokens are the same
     tokens, _ = greedy_decode(ours, embeds, mask, eos=-1, pad=0, max_new_tokens=8)
     assert torch.equal(tokens, greedy_decode(ref, embeds, mask, eos=-1, pad=0, max_new_tokens=8)[0])
+    # embeddings in the matrices' dtype join the float32 stream as their exact float32 copies
+    narrow = embeds.to(torch.bfloat16)
+    fed = greedy_decode(ours, narrow, mask, eos=-1, pad=0, max_new_tokens=8)
+    widened = greedy_decode(ours, narrow.float(), mask, eos=-1, pad=0, max_new_tokens=8)
+    assert torch.equal(fed[0], widened[0]) and torch.equal(fed[1], widened[1])
     hf = ours.to_transformers()
     assert {p.dtype for p in hf.parameters()} == {torch.float32}
     assert hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.shape == want.shape

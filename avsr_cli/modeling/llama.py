@@ -250,6 +250,7 @@ class LlamaDecoder(nn.Module):
             if self.steps_before_packing < 0:
                 self.pack()
         s = self.config
+        x = x.to(self.stream_dtype)  # embeddings stored narrower (bfloat16 matrices) widen exactly
         batch, length, _ = x.shape
         end = start + length
         cos, sin = self._rotary(positions, x.dtype)
@@ -266,12 +267,14 @@ class LlamaDecoder(nn.Module):
             mine = torch.arange(start, end, device=x.device)[:, None]
             mask = key_mask[:, None, None, :end].bool() & (slots[None, :] <= mine)[None, None]
             mask = mask | (slots[None, :] == mine)[None, None]
+        # In a float32 stream the attention and residual products stay in the matrices' dtype: the rotary
+        # arithmetic, the residual sums and the cache's copy widen them exactly as a cast would. Queries and
+        # keys are rotated together (the same arithmetic, element by element).
+        narrow = x.dtype == torch.float32
         for i, layer in enumerate(self.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
-            # The products in the matrices' dtype: the rotary arithmetic and the cache's copy widen them to
-            # the stream's exactly. Queries and keys are rotated together (the same arithmetic, element-wise).
-            qkv = attn.product(h, narrow=True)
+            qkv = attn.product(h, narrow=narrow)
             qk = qkv[..., : n_q + n_kv].view(batch, length, -1, d).transpose(1, 2)
             qk = qk * cos + _rotate_half(qk) * sin
             q, k = qk[:, :heads], qk[:, heads:]
@@ -289,10 +292,10 @@ class LlamaDecoder(nn.Module):
                 keys, values = _repeat(keys, groups), _repeat(values, groups)
                 out = F.scaled_dot_product_attention(q, keys, values, mask)
             out = out.reshape(batch, -1, length, d).transpose(1, 2).reshape(batch, length, -1)
-            x = x + apply(attn.o_proj, out, narrow=True)
+            x = x + apply(attn.o_proj, out, narrow=narrow)
             h = layer.post_attention_layernorm(x)
             gate, up = mlp.product(h).chunk(2, dim=-1)
-            x = x + apply(mlp.down_proj, F.silu(gate) * up, narrow=True)
+            x = x + apply(mlp.down_proj, F.silu(gate) * up, narrow=narrow)
         return x
 
     # -- greedy decoding ----------------------------------------------------------------------------
