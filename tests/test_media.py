@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from avsr_cli.errors import MediaError
-from avsr_cli.frontends import media, video
+from avsr_cli.frontends import media, prefetch, video
 from avsr_cli.frontends.media import SAMPLE_RATE, iter_audio, load_audio, probe
 from avsr_cli.frontends.video import load_video
 
@@ -393,8 +393,8 @@ def main_thread_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     import threading
 
     calls: list[str] = []
-    monkeypatch.setattr(media, "_prefetched", None)
-    monkeypatch.setattr(media, "cpu_threads", lambda: 2)  # a prefetch needs a second core
+    monkeypatch.setattr(prefetch, "_current", None)
+    monkeypatch.setattr(prefetch, "cpu_threads", lambda: 2)  # a prefetch needs a second core
     for name in ("_probe", "_iter_audio"):
 
         def counted(*args, _real=getattr(media, name), _name=name, **kwargs):
@@ -464,7 +464,7 @@ def test_a_failed_prefetch_leaves_the_error_to_the_caller(
 def test_nothing_is_prefetched_on_one_core(
     files: Path, monkeypatch: pytest.MonkeyPatch, main_thread_decodes
 ) -> None:
-    monkeypatch.setattr(media, "cpu_threads", lambda: 1)
+    monkeypatch.setattr(prefetch, "cpu_threads", lambda: 1)
     media.prefetch(files / "av.mp4")
     probe(files / "av.mp4")
     list(iter_audio(files / "av.mp4"))

@@ -6,8 +6,7 @@ Decoding runs the ffmpeg binary (the one on PATH, else imageio-ffmpeg's), as ope
 Paths reach ffmpeg as absolute ``file:`` URLs, so names such as ``-clip.wav`` or ``a:b.mp4`` are safe.
 WAV and FLAC files that need no conversion are read in-process by libsndfile (soundfile) instead: the same
 samples, without two subprocesses per file.
-Every failure is a one-line `MediaError` naming the file and the problem. `prefetch` probes and decodes a
-file on the helper thread, for a caller that has other work to do first (the CLI: importing torch).
+Every failure is a one-line `MediaError` naming the file and the problem. `prefetch` reads a file ahead.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +32,9 @@ import numpy as np
 import soundfile
 
 from ..errors import MediaError
-from ..runtime import cpu_threads, helper_thread
+from ..runtime import cpu_threads
 from ..storage import atomic_path, display_name
+from .prefetch import Prefetched, prefetched_for, start_prefetch
 
 # Llama-AVSR / auto_avsr preprocessing: 16 kHz mono audio, 25 fps video, i.e. 640 audio samples per frame.
 SAMPLE_RATE = 16000
@@ -284,7 +283,7 @@ def iter_audio(
     if block_size < 1:
         raise ValueError("block_size must be >= 1")
     if sample_rate == SAMPLE_RATE and block_size == AUDIO_BLOCK:
-        job = _prefetched_for(path)
+        job = prefetched_for(path)
         blocks = job.take_blocks() if job is not None else None
         if blocks is not None:
             yield from blocks
@@ -351,7 +350,7 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 160
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Read the streams of `path`: a WAV or FLAC header in-process, anything else with ffprobe, or by parsing
     ``ffmpeg -i`` when ffprobe is absent."""
-    job = _prefetched_for(path)
+    job = prefetched_for(path)
     if job is not None and job.info is not None:
         return replace(job.info, path=Path(path))
     return _probe(path)
@@ -475,77 +474,25 @@ def _probe_ffmpeg(path: str | os.PathLike, url: str) -> MediaInfo:
     )
 
 
-# -- prefetch ----------------------------------------------------------------------------------------------
-
 PREFETCH_SECONDS = 30.0  # the most audio a prefetch keeps; a longer file is decoded again when it is used
 
 
-@dataclass
-class _Prefetch:
-    """What a background thread learnt of one file, identified by `key` (_file_key)."""
-
-    key: tuple[int, ...]
-    done: Future | None = None
-    info: MediaInfo | None = None
-    blocks: list[np.ndarray] | None = None  # iter_audio's blocks, the whole stream
-
-    def take_blocks(self) -> list[np.ndarray] | None:
-        blocks, self.blocks = self.blocks, None  # once: a second reading decodes again
-        return blocks
-
-
-_prefetched: _Prefetch | None = None
-
-
 def prefetch(path: str | os.PathLike, audio: bool = True) -> None:
-    """Probe `path` and, with `audio`, decode up to PREFETCH_SECONDS of its audio on the helper thread,
-    beside what the caller does next (the CLI: importing torch and loading the model, while ffprobe and
-    ffmpeg run on another core). `probe` and `iter_audio` of the same unchanged file then wait for it and
-    take its results; whatever it could not do (an error, a longer file) they do as usual, errors included.
-    One file at a time: a new call replaces the last. Nothing is done ahead on a single core."""
-    global _prefetched
-    if cpu_threads() < 2:
-        return
-    try:
-        key = _file_key(path)
-    except OSError:
-        return
-    job = _prefetched = _Prefetch(key)
-    job.done = helper_thread("media").submit(_run_prefetch, job, path, audio)
+    """Probe `path` and, with `audio`, decode up to PREFETCH_SECONDS of its audio ahead, on the helper
+    thread (prefetch.py), beside what the caller does next (the CLI: importing torch and loading the model,
+    while ffprobe and ffmpeg run on another core). `probe` and `iter_audio` of the same unchanged file then
+    take the results; whatever the prefetch could not do (an error, a longer file) they do as usual."""
+    start_prefetch(path, lambda job: _run_prefetch(job, path, audio))
 
 
-def _run_prefetch(job: _Prefetch, path: str | os.PathLike, audio: bool) -> None:
-    try:
-        job.info = _probe(path)
-        if audio and job.info.has_audio:
-            blocks, samples = [], 0
-            with closing(_iter_audio(path, SAMPLE_RATE, AUDIO_BLOCK)) as stream:  # closed early: ffmpeg stops
-                for block in stream:
-                    samples += len(block)
-                    if samples > PREFETCH_SECONDS * SAMPLE_RATE:
-                        return
-                    blocks.append(block)
-            job.blocks = blocks
-    except Exception:  # noqa: BLE001 - the caller does the same work again and reports what fails
-        return
-
-
-def _prefetched_for(path: str | os.PathLike) -> _Prefetch | None:
-    """The prefetch of `path` if one was started for this very file, unchanged since (finished first)."""
-    job = _prefetched
-    if job is None or job.done is None:
-        return None
-    try:
-        if _file_key(path) != job.key:
-            return None
-    except OSError:
-        return None
-    job.done.result()
-    return job
-
-
-def _file_key(path: str | os.PathLike) -> tuple[int, ...]:
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or device is never opened ahead of its checks
-        raise OSError(f"{path}: not a regular file")
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _run_prefetch(job: Prefetched, path: str | os.PathLike, audio: bool) -> None:
+    job.info = _probe(path)
+    if audio and job.info.has_audio:
+        blocks, samples = [], 0
+        with closing(_iter_audio(path, SAMPLE_RATE, AUDIO_BLOCK)) as stream:  # closed early: ffmpeg stops
+            for block in stream:
+                samples += len(block)
+                if samples > PREFETCH_SECONDS * SAMPLE_RATE:
+                    return
+                blocks.append(block)
+        job.blocks = blocks
