@@ -486,9 +486,9 @@ entrypoint()
 
 
 def test_the_cli_ends_without_tearing_the_interpreter_down(tiny_ckpt, media, tmp_path):
-    """As a command ends, the CLI freezes the objects it made (runtime.skip_final_collection), then ends the
-    process without the interpreter's teardown (runtime.end_process): atexit handlers run, the output is
-    flushed, and the exit code and the one-line error are the command's, whether it succeeded or failed.
+    """As a command ends, the CLI ends the process without the interpreter's teardown (runtime.end_process):
+    atexit handlers run (torch's and the model's objects frozen by then, out of any collection), the output
+    is flushed, and the exit code and the one-line error are the command's, whether it succeeded or failed.
     A thread it did not start is waited for, and the exit is then the usual one."""
     env = {**os.environ, "AVSR_CHECKPOINT": ""}
     transcribe = ["transcribe", str(media / "hello.wav"), "-c", str(tiny_ckpt), "--max-new-tokens", "2"]

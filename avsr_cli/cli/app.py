@@ -183,8 +183,7 @@ def entrypoint() -> None:
     try:
         app()
     except SystemExit as exc:
-        skip_final_collection()
-        end_process(exc.code)
+        end_process(exc.code)  # returns only while a thread the CLI did not start runs
         raise
     finally:
-        skip_final_collection()
+        skip_final_collection()  # the usual exit: a traceback (--debug), or that thread
